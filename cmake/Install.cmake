@@ -1,0 +1,1 @@
+# Filled in by the install/packaging work (CMake package config + pkg-config file).
