@@ -1,1 +1,524 @@
-// placeholder: being written
+// Tests for engine/data: IDX reading (raw and gzip, every kind of bad input), pixel normalization, batching.
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "engine/data/batcher.h"
+#include "engine/data/idx.h"
+#include "engine/data/normalize.h"
+#include "quant/error.h"
+#include "quant/rng.h"
+
+namespace qtrain::data {
+namespace {
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<uint8_t>;
+
+void put_u32(Bytes& b, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(v >> s));
+}
+
+Bytes idx_images(uint32_t count, uint32_t rows, uint32_t cols, const Bytes& pixels, uint32_t magic = 0x00000803) {
+  Bytes b;
+  put_u32(b, magic);
+  put_u32(b, count);
+  put_u32(b, rows);
+  put_u32(b, cols);
+  b.insert(b.end(), pixels.begin(), pixels.end());
+  return b;
+}
+
+Bytes idx_labels(uint32_t count, const Bytes& labels, uint32_t magic = 0x00000801) {
+  Bytes b;
+  put_u32(b, magic);
+  put_u32(b, count);
+  b.insert(b.end(), labels.begin(), labels.end());
+  return b;
+}
+
+// A valid 5-image 3×4 set: pixel j of image i is (37·i + 11·j) mod 256; labels 0, 3, 9, 1, 7.
+constexpr uint32_t kCount = 5, kRows = 3, kCols = 4;
+Bytes five_pixels() {
+  Bytes p(kCount * kRows * kCols);
+  for (std::size_t i = 0; i < kCount; ++i)
+    for (std::size_t j = 0; j < kRows * kCols; ++j) p[i * kRows * kCols + j] = static_cast<uint8_t>(37 * i + 11 * j);
+  return p;
+}
+const Bytes kFiveLabels = {0, 3, 9, 1, 7};
+
+// A fresh directory under the system temporary directory, removed at the end of each test.
+class DataFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    static std::atomic<int> serial{0};
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           ("qtrain_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(serial++) + "_" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string write_raw(const std::string& name, const Bytes& bytes) {
+    const std::string path = (dir_ / name).string();
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    EXPECT_TRUE(out.good()) << path;
+    return path;
+  }
+  std::string write_gz(const std::string& name, const Bytes& bytes) {
+    const std::string path = (dir_ / name).string();
+    gzFile f = gzopen(path.c_str(), "wb9");
+    EXPECT_NE(f, nullptr) << path;
+    if (!bytes.empty()) {
+      EXPECT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
+    }
+    EXPECT_EQ(gzclose(f), Z_OK);
+    return path;
+  }
+  static Bytes slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+
+  fs::path dir_;
+};
+
+// Runs fn, expects an InputError whose one-line message contains every one of `parts`.
+void expect_input_error(const std::function<void()>& fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "no InputError thrown";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    for (const auto& part : parts)
+      EXPECT_NE(msg.find(part), std::string::npos) << "missing '" << part << "' in: " << msg;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+
+void expect_five(const ImageSet& s) {
+  EXPECT_EQ(s.count, kCount);
+  EXPECT_EQ(s.rows, kRows);
+  EXPECT_EQ(s.cols, kCols);
+  EXPECT_EQ(s.classes, 10u);
+  EXPECT_EQ(s.pixels, five_pixels());
+  EXPECT_EQ(s.labels, kFiveLabels);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Valid files
+
+TEST_F(DataFiles, RoundTripRaw) {
+  const auto img = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  expect_five(read_idx(img, lab));
+}
+
+TEST_F(DataFiles, RoundTripGzip) {
+  const auto img = write_gz("img.gz", idx_images(kCount, kRows, kCols, five_pixels()));
+  const auto lab = write_gz("lab.gz", idx_labels(kCount, kFiveLabels));
+  expect_five(read_idx(img, lab));
+}
+
+TEST_F(DataFiles, LoadDirPrefersGzipAndFallsBackToRaw) {
+  // train: .gz valid, raw copies corrupt → the .gz must be the ones read.
+  write_gz("train-images-idx3-ubyte.gz", idx_images(kCount, kRows, kCols, five_pixels()));
+  write_gz("train-labels-idx1-ubyte.gz", idx_labels(kCount, kFiveLabels));
+  write_raw("train-images-idx3-ubyte", Bytes{1, 2, 3});
+  write_raw("train-labels-idx1-ubyte", Bytes{1, 2, 3});
+  expect_five(load_mnist_dir(dir_.string(), Split::kTrain));
+  // test: raw only.
+  write_raw("t10k-images-idx3-ubyte", idx_images(kCount, kRows, kCols, five_pixels()));
+  write_raw("t10k-labels-idx1-ubyte", idx_labels(kCount, kFiveLabels));
+  expect_five(load_mnist_dir(dir_.string(), Split::kTest));
+}
+
+TEST_F(DataFiles, TakeFirst) {
+  const auto img = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const ImageSet all = read_idx(img, lab);
+  const ImageSet two = take_first(all, 2);
+  EXPECT_EQ(two.count, 2u);
+  EXPECT_EQ(two.rows, kRows);
+  EXPECT_EQ(two.cols, kCols);
+  EXPECT_EQ(two.pixels, Bytes(all.pixels.begin(), all.pixels.begin() + 2 * kRows * kCols));
+  EXPECT_EQ(two.labels, (Bytes{0, 3}));
+  EXPECT_EQ(take_first(all, 100).count, kCount);
+  EXPECT_EQ(take_first(all, 0).pixels.size(), 0u);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bad input: each is an InputError naming the file and the byte offset
+
+TEST_F(DataFiles, BadMagic) {
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const auto img = write_raw("bad-images", idx_images(kCount, kRows, kCols, five_pixels(), 0x00000804));
+  expect_input_error([&] { read_idx(img, lab); },
+                     {img + ": byte 0: bad magic 0x00000804, expected 0x00000803 (IDX unsigned-byte images)"});
+  const auto imggz = write_gz("bad-images.gz", idx_images(kCount, kRows, kCols, five_pixels(), 0x00000804));
+  expect_input_error([&] { read_idx(imggz, lab); }, {imggz + ": byte 0 of the decompressed stream: bad magic"});
+  // Files swapped: says which kind of file it is.
+  expect_input_error([&] { read_idx(lab, img); }, {lab + ": byte 0:", "this is an IDX labels file"});
+  const auto img_ok = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  expect_input_error([&] { read_idx(img_ok, img_ok); },
+                     {img_ok + ": byte 0: bad magic 0x00000803, expected 0x00000801", "images file"});
+}
+
+TEST_F(DataFiles, ZeroDimensions) {
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const auto img0 = write_raw("img-count0", idx_images(0, 28, 28, {}));
+  expect_input_error([&] { read_idx(img0, lab); }, {img0 + ": byte 4: dimensions 0×28×28 are invalid"});
+  const auto img1 = write_raw("img-rows0", idx_images(5, 0, 28, {}));
+  expect_input_error([&] { read_idx(img1, lab); }, {img1 + ": byte 8: dimensions 5×0×28 are invalid"});
+  const auto img2 = write_raw("img-cols0", idx_images(5, 28, 0, {}));
+  expect_input_error([&] { read_idx(img2, lab); }, {img2 + ": byte 12: dimensions 5×28×0 are invalid"});
+}
+
+TEST_F(DataFiles, HugeDimensionsRefusedBeforeAllocating) {
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const auto img = write_raw("img-huge", idx_images(100000, 1000, 1000, {}));
+  expect_input_error([&] { read_idx(img, lab); }, {img + ": byte 4: dimensions 100000×1000×1000 are invalid", "2^28"});
+  // The product of three 32-bit dimensions overflows 64 bits if computed naively.
+  const auto img2 = write_raw("img-overflow", idx_images(0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, {}));
+  expect_input_error([&] { read_idx(img2, lab); }, {img2 + ": byte 4: dimensions", "2^28"});
+  // Just above the limit.
+  const auto img3 = write_raw("img-limit", idx_images((1u << 28) / 16 + 1, 4, 4, {}));
+  expect_input_error([&] { read_idx(img3, lab); }, {img3 + ": byte 4:", "2^28"});
+}
+
+TEST_F(DataFiles, ShortFiles) {
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  Bytes short_pixels = five_pixels();
+  short_pixels.resize(50);
+  const auto img = write_raw("img-short", idx_images(kCount, kRows, kCols, short_pixels));
+  expect_input_error([&] { read_idx(img, lab); }, {img + ": byte 16: file ends after 50 of 60 pixel bytes (truncated"});
+  const auto imggz = write_gz("img-short.gz", idx_images(kCount, kRows, kCols, short_pixels));
+  expect_input_error([&] { read_idx(imggz, lab); },
+                     {imggz + ": byte 16 of the decompressed stream: file ends after 50 of 60 pixel bytes"});
+  // Header cut inside the rows field.
+  Bytes header = idx_images(kCount, kRows, kCols, {});
+  header.resize(10);
+  const auto imgh = write_raw("img-header", header);
+  expect_input_error([&] { read_idx(imgh, lab); }, {imgh + ": byte 8: file ends after 2 of 4 header bytes"});
+  const auto empty = write_raw("img-empty", {});
+  expect_input_error([&] { read_idx(empty, lab); }, {empty + ": byte 0: file ends after 0 of 4 header bytes"});
+  // Labels cut short.
+  const auto img_ok = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  const auto lab_short = write_raw("lab-short", idx_labels(kCount, Bytes{0, 1, 2}));
+  expect_input_error([&] { read_idx(img_ok, lab_short); },
+                     {lab_short + ": byte 8: file ends after 3 of 5 label bytes (truncated"});
+}
+
+TEST_F(DataFiles, TruncatedGzipStream) {
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const auto full = write_gz("full.gz", idx_images(kCount, kRows, kCols, five_pixels()));
+  Bytes gz = slurp(full);
+  gz.resize(gz.size() / 2);
+  const auto img = write_raw("cut.gz", gz);
+  expect_input_error([&] { read_idx(img, lab); }, {img + ": byte ", "of the decompressed stream", "truncated"});
+}
+
+TEST_F(DataFiles, CorruptGzipStream) {
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const auto full = write_gz("full.gz", idx_images(kCount, kRows, kCols, five_pixels()));
+  // A wrong CRC-32 in the trailer: the data decompresses, the check fails.
+  Bytes crc = slurp(full);
+  crc[crc.size() - 8] ^= 0xFF;
+  const auto img1 = write_raw("crc.gz", crc);
+  expect_input_error(
+      [&] { read_idx(img1, lab); },
+      {img1 + ": byte ", " of the decompressed stream: corrupt gzip stream (zlib: incorrect data check"});
+  // Garbage in the deflate data: an invalid block type (BTYPE = 11).
+  Bytes bad = slurp(full);
+  bad[10] = 0xFF;
+  const auto img2 = write_raw("garbage.gz", bad);
+  expect_input_error([&] { read_idx(img2, lab); },
+                     {img2 + ": byte 0 of the decompressed stream: corrupt gzip stream (zlib: "});
+}
+
+TEST_F(DataFiles, LabelOutOfRange) {
+  const auto img = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  const auto lab = write_raw("lab-bad", idx_labels(kCount, Bytes{0, 1, 12, 3, 4}));
+  expect_input_error([&] { read_idx(img, lab); }, {lab + ": byte 10: label 12 at index 2 is out of range 0..9"});
+  const auto lab2 = write_raw("lab-bad2", idx_labels(kCount, Bytes{0, 1, 2, 3, 10}));
+  expect_input_error([&] { read_idx(img, lab2); }, {lab2 + ": byte 12: label 10 at index 4 is out of range 0..9"});
+}
+
+TEST_F(DataFiles, CountMismatch) {
+  const auto img = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  const auto lab = write_raw("lab-4", idx_labels(4, Bytes{0, 1, 2, 3}));
+  expect_input_error([&] { read_idx(img, lab); }, {lab + ": byte 4: holds 4 labels but", "5 images", "mismatch"});
+}
+
+TEST_F(DataFiles, TrailingBytes) {
+  Bytes pixels = five_pixels();
+  pixels.insert(pixels.end(), {1, 2, 3});
+  const auto lab = write_raw("lab", idx_labels(kCount, kFiveLabels));
+  const auto img = write_raw("img-trailing", idx_images(kCount, kRows, kCols, pixels));
+  expect_input_error([&] { read_idx(img, lab); }, {img + ": byte 76: unexpected data after", "3 trailing bytes"});
+  const auto imggz = write_gz("img-trailing.gz", idx_images(kCount, kRows, kCols, pixels));
+  expect_input_error([&] { read_idx(imggz, lab); }, {imggz + ": byte 76 of the decompressed stream: unexpected data"});
+  const auto img_ok = write_raw("img", idx_images(kCount, kRows, kCols, five_pixels()));
+  Bytes labels = kFiveLabels;
+  labels.push_back(0);
+  const auto lab2 = write_raw("lab-trailing", idx_labels(kCount, labels));
+  expect_input_error([&] { read_idx(img_ok, lab2); }, {lab2 + ": byte 13: unexpected data after"});
+}
+
+TEST_F(DataFiles, MissingDirectoryAndFiles) {
+  const std::string nodir = (dir_ / "does-not-exist").string();
+  expect_input_error(
+      [&] { load_mnist_dir(nodir, Split::kTrain); },
+      {"data directory '" + nodir + "' has no Fashion-MNIST/MNIST IDX files (", "train-images-idx3-ubyte.gz",
+       "sudo apt-get install dataset-fashion-mnist — or pass --data DIR", "does not exist"});
+  write_gz("t10k-images-idx3-ubyte.gz", idx_images(kCount, kRows, kCols, five_pixels()));
+  expect_input_error([&] { load_mnist_dir(dir_.string(), Split::kTest); },
+                     {"data directory '" + dir_.string() + "'", "t10k-labels-idx1-ubyte.gz", "dataset-fashion-mnist"});
+  const std::string nofile = (dir_ / "no-such-file").string();
+  expect_input_error([&] { read_idx(nofile, nofile); }, {nofile + ": cannot open (No such file or directory)"});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pixel normalization
+
+ImageSet synthetic_set(std::size_t count, std::size_t rows, std::size_t cols, uint64_t seed) {
+  ImageSet s;
+  s.count = count;
+  s.rows = rows;
+  s.cols = cols;
+  s.pixels.resize(count * rows * cols);
+  s.labels.resize(count);
+  const quant::CounterRng rng(seed, 0);
+  // Skewed like real images: many dark pixels, a spread of bright ones.
+  for (std::size_t i = 0; i < s.pixels.size(); ++i) {
+    const uint32_t u = rng.u32(i);
+    s.pixels[i] = (u & 1) ? 0 : static_cast<uint8_t>((u >> 8) % 256);
+  }
+  for (std::size_t i = 0; i < count; ++i) s.labels[i] = static_cast<uint8_t>(rng.below(1000000 + i, 10));
+  return s;
+}
+
+TEST(PixelNorm, TableWithinHalfUnitAndExponentMinimal) {
+  const ImageSet s = synthetic_set(200, 7, 9, 42);
+  const PixelNorm n = fit_pixel_norm(s);
+  // The statistics, computed directly.
+  double sum = 0, sq = 0;
+  for (const uint8_t p : s.pixels) sum += p / 255.0;
+  const double mean = sum / static_cast<double>(s.pixels.size());
+  for (const uint8_t p : s.pixels) sq += (p / 255.0 - mean) * (p / 255.0 - mean);
+  const double sd = std::sqrt(sq / static_cast<double>(s.pixels.size()));
+  EXPECT_NEAR(n.mean, mean, 1e-12);
+  EXPECT_NEAR(n.stddev, sd, 1e-12);
+  // Smallest e with max(|x(0)|, |x(255)|) ≤ 127·2^e.
+  const double bound = std::max(std::fabs(mean / sd), std::fabs((1 - mean) / sd));
+  EXPECT_LE(bound, 127.0 * std::ldexp(1.0, n.exponent));
+  EXPECT_GT(bound, 127.0 * std::ldexp(1.0, n.exponent - 1));
+  const double ulp = std::ldexp(1.0, n.exponent);
+  for (int p = 0; p < 256; ++p) {
+    const double x = (p / 255.0 - mean) / sd;
+    EXPECT_LE(std::fabs(n.table[p] * ulp - x), 0.5 * ulp + 1e-12) << "p=" << p;
+    EXPECT_GE(n.table[p], -127);
+  }
+  // Normalized data has mean ≈ 0 (within the rounding of the table).
+  double norm_sum = 0;
+  for (const uint8_t p : s.pixels) norm_sum += n.table[p] * ulp;
+  EXPECT_LE(std::fabs(norm_sum / static_cast<double>(s.pixels.size())), 0.5 * ulp);
+}
+
+TEST(PixelNorm, KnownValues) {
+  // Half 0, half 255: mean 0.5, std 0.5, x ∈ {−1, +1}; smallest e with 1 ≤ 127·2^e is −6 → ±64.
+  ImageSet s;
+  s.count = 1;
+  s.rows = 1;
+  s.cols = 4;
+  s.pixels = {0, 255, 0, 255};
+  s.labels = {0};
+  const PixelNorm n = fit_pixel_norm(s);
+  EXPECT_DOUBLE_EQ(n.mean, 0.5);
+  EXPECT_DOUBLE_EQ(n.stddev, 0.5);
+  EXPECT_EQ(n.exponent, -6);
+  EXPECT_EQ(n.table[0], -64);
+  EXPECT_EQ(n.table[255], 64);
+  EXPECT_EQ(n.table[128], 0);  // (128/255 − 0.5)/0.5 · 64 = 0.25 → 0
+  // Rebuilding from the recorded statistics gives the same table.
+  const PixelNorm m = make_pixel_norm(n.mean, n.stddev);
+  EXPECT_EQ(m.exponent, n.exponent);
+  EXPECT_EQ(m.table, n.table);
+}
+
+TEST(PixelNorm, DegenerateInputs) {
+  ImageSet s;
+  s.count = 1;
+  s.rows = 2;
+  s.cols = 2;
+  s.pixels = {7, 7, 7, 7};
+  s.labels = {0};
+  EXPECT_THROW(fit_pixel_norm(s), InputError);
+  EXPECT_THROW(fit_pixel_norm(ImageSet{}), InputError);
+  EXPECT_THROW(make_pixel_norm(0.5, 0.0), InputError);
+  EXPECT_THROW(make_pixel_norm(NAN, 1.0), InputError);
+  EXPECT_THROW(make_pixel_norm(0.5, 1e-320), InputError);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Batcher
+
+static_assert(!std::is_constructible_v<Batcher, ImageSet&&, const PixelNorm&, std::size_t, uint64_t, bool, bool>,
+              "a Batcher must not bind to a temporary ImageSet");
+
+// The reference order: Fisher–Yates as specified in batcher.h.
+std::vector<uint32_t> reference_order(std::size_t n, uint64_t seed, uint64_t epoch) {
+  std::vector<uint32_t> o(n);
+  std::iota(o.begin(), o.end(), 0u);
+  const quant::CounterRng rng(seed, quant::stream_id(quant::Purpose::kShuffle, epoch, 0));
+  for (std::size_t i = n; i-- > 1;) std::swap(o[i], o[rng.below(i, static_cast<uint32_t>(i + 1))]);
+  return o;
+}
+
+std::vector<uint32_t> order_of(const Batcher& b) { return {b.order().begin(), b.order().end()}; }
+
+TEST(Batcher, EpochOrderIsASeededPermutation) {
+  const ImageSet s = synthetic_set(103, 2, 3, 1);
+  const PixelNorm n = fit_pixel_norm(s);
+  Batcher b(s, n, 10, 1234, /*shuffle=*/true, /*drop_last=*/false);
+  std::vector<std::vector<uint32_t>> epochs;
+  for (uint64_t e = 0; e < 4; ++e) {
+    b.start_epoch(e);
+    EXPECT_EQ(b.epoch(), e);
+    auto o = order_of(b);
+    EXPECT_EQ(o, reference_order(103, 1234, e));
+    auto sorted = o;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<uint32_t> iota(103);
+    std::iota(iota.begin(), iota.end(), 0u);
+    EXPECT_EQ(sorted, iota) << "epoch " << e << " is not a permutation";
+    EXPECT_NE(o, iota);
+    epochs.push_back(o);
+  }
+  for (std::size_t i = 0; i < epochs.size(); ++i)
+    for (std::size_t j = i + 1; j < epochs.size(); ++j) EXPECT_NE(epochs[i], epochs[j]) << i << " vs " << j;
+  // Same seed and epoch → same order, whatever came before (a fresh Batcher, epochs visited out of order).
+  Batcher c(s, n, 7, 1234, true, true);
+  c.start_epoch(2);
+  EXPECT_EQ(order_of(c), epochs[2]);
+  b.start_epoch(1);
+  EXPECT_EQ(order_of(b), epochs[1]);
+  // Another seed → another order.
+  Batcher d(s, n, 10, 1235, true, false);
+  EXPECT_NE(order_of(d), epochs[0]);
+  // No shuffling → file order every epoch.
+  Batcher f(s, n, 10, 1234, false, false);
+  f.start_epoch(3);
+  std::vector<uint32_t> iota(103);
+  std::iota(iota.begin(), iota.end(), 0u);
+  EXPECT_EQ(order_of(f), iota);
+}
+
+TEST(Batcher, FillAndLastBatch) {
+  const ImageSet s = synthetic_set(103, 2, 3, 2);
+  const PixelNorm n = fit_pixel_norm(s);
+  for (const bool drop_last : {false, true}) {
+    Batcher b(s, n, 10, 99, true, drop_last);
+    b.start_epoch(5);
+    EXPECT_EQ(b.image_size(), 6u);
+    EXPECT_EQ(b.batches(), drop_last ? 10u : 11u);
+    std::vector<int8_t> images(10 * 6, 0x55);
+    std::vector<uint8_t> labels(10, 0xEE);
+    std::vector<uint32_t> seen;
+    for (std::size_t k = 0; k < b.batches(); ++k) {
+      std::fill(labels.begin(), labels.end(), 0xEE);
+      const std::size_t got = b.fill(k, images.data(), labels.data());
+      EXPECT_EQ(got, k == 10 ? 3u : 10u);
+      const auto idx = b.batch_indices(k);
+      ASSERT_EQ(idx.size(), got);
+      for (std::size_t i = 0; i < got; ++i) {
+        seen.push_back(idx[i]);
+        EXPECT_EQ(labels[i], s.labels[idx[i]]);
+        for (std::size_t j = 0; j < 6; ++j) EXPECT_EQ(images[i * 6 + j], n.table[s.pixels[idx[i] * 6 + j]]);
+      }
+      if (got < 10) {
+        EXPECT_EQ(labels[got], 0xEE) << "wrote past the short batch";
+      }
+    }
+    EXPECT_EQ(seen.size(), drop_last ? 100u : 103u);
+    auto o = order_of(b);
+    EXPECT_TRUE(std::equal(seen.begin(), seen.end(), o.begin()));
+    EXPECT_THROW(b.fill(b.batches(), images.data(), labels.data()), UsageError);
+    EXPECT_EQ(b.fill(0, images.data(), nullptr), 10u);  // labels optional
+  }
+  // Exact multiple: no short batch either way; batch larger than the set.
+  const ImageSet s100 = take_first(s, 100);
+  EXPECT_EQ(Batcher(s100, n, 10, 1, true, false).batches(), 10u);
+  EXPECT_EQ(Batcher(s100, n, 10, 1, true, true).batches(), 10u);
+  EXPECT_EQ(Batcher(s100, n, 128, 1, true, false).batches(), 1u);
+  EXPECT_EQ(Batcher(s100, n, 128, 1, true, true).batches(), 0u);
+  EXPECT_THROW(Batcher(s100, n, 0, 1, true, false), UsageError);
+}
+
+TEST(Batcher, ConcurrentFillIsConsistent) {
+  const ImageSet s = synthetic_set(512, 8, 8, 3);
+  const PixelNorm n = fit_pixel_norm(s);
+  const Batcher b(s, n, 32, 7, true, false);
+  std::vector<int8_t> serial(512 * 64), parallel(512 * 64);
+  for (std::size_t k = 0; k < b.batches(); ++k) b.fill(k, serial.data() + k * 32 * 64, nullptr);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (std::size_t k = static_cast<std::size_t>(t); k < b.batches(); k += 4)
+        b.fill(k, parallel.data() + k * 32 * 64, nullptr);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(serial, parallel);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The installed data set, when present
+
+TEST(FashionMnist, LoadsInstalledDataSet) {
+  if (!fs::is_directory(kDefaultFashionMnistDir)) {
+    GTEST_SKIP() << kDefaultFashionMnistDir
+                 << " not found; install it with: sudo apt-get install dataset-fashion-mnist";
+  }
+  const ImageSet train = load_mnist_dir(kDefaultFashionMnistDir, Split::kTrain);
+  const ImageSet test = load_mnist_dir(kDefaultFashionMnistDir, Split::kTest);
+  EXPECT_EQ(train.count, 60000u);
+  EXPECT_EQ(test.count, 10000u);
+  for (const ImageSet* s : {&train, &test}) {
+    EXPECT_EQ(s->rows, 28u);
+    EXPECT_EQ(s->cols, 28u);
+    std::vector<std::size_t> per_class(10);
+    for (const uint8_t l : s->labels) ++per_class[l];
+    for (const std::size_t c : per_class) EXPECT_EQ(c, s->count / 10);  // Fashion-MNIST is balanced
+  }
+  const PixelNorm n = fit_pixel_norm(train);
+  EXPECT_NEAR(n.mean, 0.2860, 1e-3);  // the well-known Fashion-MNIST statistics
+  EXPECT_NEAR(n.stddev, 0.3530, 1e-3);
+  EXPECT_EQ(n.exponent, -5);
+  Batcher b(train, n, 256, 0, true, false);
+  EXPECT_EQ(b.batches(), 235u);
+}
+
+}  // namespace
+}  // namespace qtrain::data

@@ -1,0 +1,68 @@
+// Seeded shuffling and mini-batching of an ImageSet into int8 input batches.
+//
+// The order of an epoch is a pure function of (seed, epoch): Fisher–Yates from the last position down, position i
+// swapping with j = CounterRng(seed, stream_id(Purpose::kShuffle, epoch, 0)).below(i, i + 1). Nothing depends on
+// earlier epochs, threads or call order, so a run can resume at any epoch and stay bit-exact.
+//
+// Lifetime: a Batcher holds a reference to the ImageSet it was built from (it never copies the pixels). The set
+// must outlive the Batcher and must not be modified while the Batcher exists; binding to a temporary set does not
+// compile. The PixelNorm is copied.
+//
+// Threads: fill(), gather(), batches(), order() are const and may run concurrently with each other; start_epoch()
+// must not run concurrently with any of them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/data/idx.h"
+#include "engine/data/normalize.h"
+
+namespace qtrain::data {
+
+class Batcher {
+ public:
+  // batch ≥ 1 (UsageError otherwise); `set` must be consistent (pixels.size() == count·rows·cols,
+  // labels.size() == count, count < 2^32). Without `shuffle` every epoch is in file order. With `drop_last` a
+  // final partial batch is skipped; otherwise it is returned short. Starts at epoch 0.
+  Batcher(const ImageSet& set, const PixelNorm& norm, std::size_t batch, uint64_t seed, bool shuffle, bool drop_last);
+  Batcher(ImageSet&& set, const PixelNorm& norm, std::size_t batch, uint64_t seed, bool shuffle,
+          bool drop_last) = delete;  // would dangle
+
+  std::size_t batches() const;  // per epoch
+  std::size_t batch_size() const { return batch_; }
+  std::size_t image_size() const;  // rows·cols int8 values per image
+  std::size_t size() const { return set_->count; }
+  uint64_t epoch() const { return epoch_; }
+
+  // Makes `epoch`'s order current (a pure function of (seed, epoch)).
+  void start_epoch(uint64_t epoch);
+
+  // Batch b (< batches()) of the current epoch: writes n·image_size() int8 values (image-major, norm.table[p]) to
+  // `images` and n labels to `labels` (skipped if null), where n = the returned image count (batch_size(), or
+  // fewer for the last batch unless drop_last). Real value of images[k] is images[k]·2^norm.exponent.
+  std::size_t fill(std::size_t b, int8_t* images, uint8_t* labels) const;
+
+  // The data-set indices of batch b of the current epoch (what fill(b, …) returns, in the same order).
+  std::span<const uint32_t> batch_indices(std::size_t b) const;
+  // The whole permutation of the current epoch.
+  std::span<const uint32_t> order() const { return order_; }
+
+  // Like fill, for arbitrary data-set indices (e.g. samples drawn by an importance sampler); each index < size().
+  void gather(std::span<const uint32_t> indices, int8_t* images, uint8_t* labels) const;
+
+  const PixelNorm& norm() const { return norm_; }
+
+ private:
+  const ImageSet* set_;
+  PixelNorm norm_;
+  std::size_t batch_;
+  uint64_t seed_;
+  bool shuffle_, drop_last_;
+  uint64_t epoch_ = 0;
+  std::vector<uint32_t> order_;
+};
+
+}  // namespace qtrain::data
