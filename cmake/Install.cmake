@@ -13,7 +13,7 @@ set(_qtrain_libraries qtrain_kernels qtrain_quant qtrain_engine)
 
 # Targets from outside qtrain that the exported link interfaces may name. qtrainConfig.cmake.in recreates exactly
 # these (same names), so a consumer's link line resolves. A new dependency must be added in both places.
-set(_qtrain_known_deps PkgConfig::HWY PkgConfig::CPUINFO PkgConfig::ZLIB_PC qtrain_dep_pthreadpool Threads::Threads)
+set(_qtrain_known_deps PkgConfig::HWY PkgConfig::CPUINFO PkgConfig::ZLIB_PC PkgConfig::NLOHMANN qtrain_dep_pthreadpool Threads::Threads)
 
 # Every library must be in the export set (install(TARGETS … EXPORT qtrainTargets) with an EXPORT_NAME) before
 # the package can be installed; otherwise CMake fails at generate time. While a library is still being written,

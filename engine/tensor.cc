@@ -1,1 +1,92 @@
-// placeholder: being written
+#include "engine/tensor.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+namespace qtrain {
+
+const char* dtype_name(DType t) { return t == DType::kI8 ? "i8" : "i32"; }
+
+AlignedBuffer::AlignedBuffer(std::size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, rounded);
+  ptr_.reset(static_cast<std::byte*>(p));
+}
+
+AlignedBuffer::AlignedBuffer(const AlignedBuffer& other) : AlignedBuffer(other.bytes_) {
+  if (bytes_) std::memcpy(data(), other.data(), bytes_);
+}
+
+AlignedBuffer& AlignedBuffer::operator=(const AlignedBuffer& other) {
+  if (this != &other) *this = AlignedBuffer(other);
+  return *this;
+}
+
+void AlignedBuffer::Free::operator()(std::byte* p) const { std::free(p); }
+
+Tensor::Tensor(std::size_t rows, std::size_t cols, DType dtype, int exponent)
+    : rows_(rows), cols_(cols), dtype_(dtype), exps_{exponent}, buf_(rows * cols * dtype_size(dtype)) {}
+
+template <>
+int8_t* Tensor::data<int8_t>() {
+  if (dtype_ != DType::kI8) throw std::logic_error("Tensor::data<int8_t> on " + describe());
+  return reinterpret_cast<int8_t*>(buf_.data());
+}
+template <>
+const int8_t* Tensor::data<int8_t>() const {
+  if (dtype_ != DType::kI8) throw std::logic_error("Tensor::data<int8_t> on " + describe());
+  return reinterpret_cast<const int8_t*>(buf_.data());
+}
+template <>
+int32_t* Tensor::data<int32_t>() {
+  if (dtype_ != DType::kI32) throw std::logic_error("Tensor::data<int32_t> on " + describe());
+  return reinterpret_cast<int32_t*>(buf_.data());
+}
+template <>
+const int32_t* Tensor::data<int32_t>() const {
+  if (dtype_ != DType::kI32) throw std::logic_error("Tensor::data<int32_t> on " + describe());
+  return reinterpret_cast<const int32_t*>(buf_.data());
+}
+
+int Tensor::exponent() const {
+  if (axis_ != ScaleAxis::kTensor) throw std::logic_error("Tensor::exponent on per-row/column " + describe());
+  return exps_[0];
+}
+
+void Tensor::set_exponent(int e) {
+  axis_ = ScaleAxis::kTensor;
+  exps_.assign(1, e);
+}
+
+void Tensor::set_exponents(ScaleAxis axis, std::vector<int> exps) {
+  const std::size_t want = axis == ScaleAxis::kTensor ? 1 : axis == ScaleAxis::kRow ? rows_ : cols_;
+  if (exps.size() != want)
+    throw std::logic_error("Tensor::set_exponents: " + std::to_string(exps.size()) + " exponents for " + describe());
+  axis_ = axis;
+  exps_ = std::move(exps);
+}
+
+double Tensor::value(std::size_t i) const {
+  const std::size_t r = i / cols_, c = i % cols_;
+  const double q = dtype_ == DType::kI8 ? data<int8_t>()[i] : data<int32_t>()[i];
+  return std::ldexp(q, exponent_at(r, c));
+}
+
+std::vector<double> Tensor::to_double() const {
+  std::vector<double> out(size());
+  for (std::size_t i = 0; i < size(); ++i) out[i] = value(i);
+  return out;
+}
+
+std::string Tensor::describe() const {
+  const char* ax = axis_ == ScaleAxis::kTensor ? "" : axis_ == ScaleAxis::kRow ? " per-row" : " per-col";
+  return std::string(dtype_name(dtype_)) + "[" + std::to_string(rows_) + "x" + std::to_string(cols_) + "]" + ax;
+}
+
+}  // namespace qtrain

@@ -1,1 +1,135 @@
-// placeholder: being written
+#include "quant/pow2.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "quant/error.h"
+
+namespace qtrain::quant {
+
+int64_t shift_round_even(int64_t x, int s) {
+  if (s <= 0) return x * (int64_t{1} << -s);
+  if (s >= 63) return 0;  // |x| < 2^63 ≤ ½·2^s: rounds to zero
+  const int64_t q = x >> s;  // floor
+  const int64_t rem = x - q * (int64_t{1} << s);
+  const int64_t half = int64_t{1} << (s - 1);
+  if (rem > half || (rem == half && (q & 1))) return q + 1;
+  return q;
+}
+
+int64_t shift_round_stochastic(int64_t x, int s, uint32_t r) {
+  if (s <= 0) return x * (int64_t{1} << -s);
+  s = std::min(s, 62);  // |x| < 2^62: beyond this every draw gives the same answer anyway
+  const int64_t u = s <= 32 ? static_cast<int64_t>(r >> (32 - s)) : static_cast<int64_t>(r) << (s - 32);
+  return (x + u) >> s;  // x + u cannot overflow: |x| < 2^62 in every caller (int32 data or int32·mantissa)
+}
+
+IntRange signed_range(int bits) {
+  if (bits < 2 || bits > 8) throw UsageError("bit-width " + std::to_string(bits) + " is out of range 2..8");
+  const int32_t q = (1 << (bits - 1)) - 1;
+  return {-q, q};
+}
+
+IntRange unsigned_range(int bits) {
+  if (bits < 2 || bits > 8) throw UsageError("bit-width " + std::to_string(bits) + " is out of range 2..8");
+  return {0, std::min((1 << bits) - 1, 127)};
+}
+
+int covering_shift(uint64_t maxabs, uint32_t limit) {
+  int s = bit_length(maxabs) - bit_length(limit);
+  // maxabs ≤ limit·2^s  ⇔  (s ≥ 0 ? maxabs ≤ limit << s : maxabs << −s ≤ limit); adjust by at most one step.
+  auto fits = [&](int t) {
+    if (t >= 0) return t >= 40 || maxabs <= (static_cast<uint64_t>(limit) << t);
+    return -t >= 40 ? false : (maxabs << -t) <= limit;
+  };
+  while (!fits(s)) ++s;
+  while (fits(s - 1)) --s;
+  return s;
+}
+
+int int8_headroom(uint32_t limit) {
+  int t = 0;
+  while ((static_cast<uint64_t>(limit) << (t + 1)) <= 127) ++t;
+  return t;
+}
+
+double Dyadic::value() const { return std::ldexp(static_cast<double>(mantissa), -shift); }
+
+Dyadic to_dyadic(double x, int mantissa_bits) {
+  if (!(x > 0) || !std::isfinite(x)) return {0, 0};
+  int exp2 = 0;
+  std::frexp(x, &exp2);  // x = f·2^exp2, f in [0.5, 1)
+  Dyadic d;
+  d.shift = mantissa_bits - exp2;
+  d.mantissa = std::llround(std::ldexp(x, d.shift));
+  return d;
+}
+
+namespace {
+inline int8_t round_clamp(int64_t x, int s, const QuantizeOptions& opt, uint64_t index) {
+  const int64_t q = opt.rounding == Rounding::kStochastic ? shift_round_stochastic(x, s, opt.rng->u32(index))
+                                                          : shift_round_even(x, s);
+  return static_cast<int8_t>(std::clamp<int64_t>(q, opt.range.lo, opt.range.hi));
+}
+
+// The largest magnitude the range can hold on the side that x's values fall.
+inline uint64_t range_magnitude_of(const IntRange& r) { return static_cast<uint64_t>(std::max(r.hi, -r.lo)); }
+
+// Magnitude that matters for covering: for an unsigned range only positive values count (negatives clamp to 0).
+inline uint64_t magnitude(int32_t v, const IntRange& r) {
+  if (r.lo >= 0) return v > 0 ? static_cast<uint64_t>(v) : 0;
+  return static_cast<uint64_t>(std::llabs(static_cast<int64_t>(v)));
+}
+}  // namespace
+
+int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
+                       const QuantizeOptions& opt, int8_t* out) {
+  const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
+  auto e_of = [&](std::size_t c) { return n_exps == 1 ? e_col[0] : e_col[c]; };
+  // The output exponent must cover every column's largest magnitude at that column's input exponent.
+  bool any = false;
+  int e_out = e_of(0);
+  if (n_exps == 1) {
+    uint64_t m = 0;
+    for (std::size_t i = 0; i < rows * cols; ++i) m = std::max(m, magnitude(x[i], opt.range));
+    if (m > 0) { any = true; e_out = e_col[0] + covering_shift(m, limit); }
+  } else {
+    std::vector<uint64_t> colmax(cols, 0);
+    for (std::size_t r = 0; r < rows; ++r)
+      for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], magnitude(x[r * cols + c], opt.range));
+    for (std::size_t c = 0; c < cols; ++c) {
+      if (colmax[c] == 0) continue;
+      const int e = e_of(c) + covering_shift(colmax[c], limit);
+      e_out = any ? std::max(e_out, e) : e;
+      any = true;
+    }
+  }
+  if (!any) {
+    std::fill(out, out + rows * cols, int8_t{0});
+    return e_out;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) {
+      const std::size_t i = r * cols + c;
+      out[i] = round_clamp(x[i], e_out - e_of(c), opt, opt.index0 + i);
+    }
+  return e_out;
+}
+
+void quantize_per_row(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
+                      int8_t* out, int* e_row) {
+  const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
+  for (std::size_t r = 0; r < rows; ++r) {
+    const int32_t* xr = x + r * cols;
+    uint64_t m = 0;
+    for (std::size_t c = 0; c < cols; ++c) m = std::max(m, magnitude(xr[c], opt.range));
+    const int s = m == 0 ? 0 : covering_shift(m, limit);
+    e_row[r] = e_in + s;
+    for (std::size_t c = 0; c < cols; ++c) out[r * cols + c] = round_clamp(xr[c], s, opt, opt.index0 + r * cols + c);
+  }
+}
+
+}  // namespace qtrain::quant

@@ -1,0 +1,84 @@
+// Power-of-two (and dyadic) fixed-point arithmetic: the rounding primitives every quantizer is built from.
+//
+// A data-plane value is q·2^e. Moving it to a coarser exponent e' > e is a right shift by s = e' − e, and the
+// shift must round: floor (what `>>` does) is biased by −½ ulp on average, which accumulates over thousands of
+// training steps. Two roundings are provided:
+//   nearest-even   q' = round(q / 2^s), ties to the even neighbour       (forward weights and activations)
+//   stochastic     q' = floor((q + r) / 2^s), r uniform in [0, 2^s)      (gradients, weight updates)
+// Stochastic rounding is unbiased: P(round up) = frac(q / 2^s), so E[q'·2^s] = q exactly. Its random bits
+// come from a counter-based generator (rng.h), so results do not depend on threads or call order.
+// A negative shift is an exact left shift.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "quant/rng.h"
+
+namespace qtrain::quant {
+
+enum class Rounding { kNearestEven, kStochastic };
+
+// Round x / 2^s to nearest, ties to even. s ≤ 0 is an exact left shift (caller guarantees no overflow).
+int64_t shift_round_even(int64_t x, int s);
+// floor((x + u) / 2^s) with u the top s bits of the 32-bit draw r (s ≤ 32; for s > 32 the draw supplies the top
+// 32 of the s fraction bits, a bias below 2^-32 ulp). s ≤ 0 is an exact left shift.
+int64_t shift_round_stochastic(int64_t x, int s, uint32_t r);
+
+// Saturate to the int32 range.
+inline int32_t saturate_i32(int64_t x) {
+  if (x > std::numeric_limits<int32_t>::max()) return std::numeric_limits<int32_t>::max();
+  if (x < std::numeric_limits<int32_t>::min()) return std::numeric_limits<int32_t>::min();
+  return static_cast<int32_t>(x);
+}
+
+// Number of bits needed to hold |x| (0 for 0).
+inline int bit_length(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+
+// The integer range of a b-bit quantized value held in an int8 carrier.
+struct IntRange {
+  int32_t lo, hi;
+};
+// Symmetric signed range ±(2^(b−1) − 1), b in 2..8. No −2^(b−1): keeps negation exact and the range symmetric.
+IntRange signed_range(int bits);
+// Unsigned range [0, 2^b − 1] for non-negative data (after ReLU), capped at 127 by the int8 carrier
+// (so 8-bit unsigned activations use 7 magnitude bits).
+IntRange unsigned_range(int bits);
+
+// Smallest shift s (possibly negative) with maxabs ≤ limit·2^s: the finest power-of-two step that still
+// represents every value without clipping. maxabs must be > 0, limit ≥ 1.
+int covering_shift(uint64_t maxabs, uint32_t limit);
+
+// The largest t ≥ 0 with limit·2^t ≤ 127: how far a value of magnitude ≤ limit may be shifted left and still
+// fit the int8 carrier (ShiftQuant's group budget).
+int int8_headroom(uint32_t limit);
+
+// A control-plane scalar as a dyadic number m·2^−s (m a positive 16-bit mantissa unless x is tiny).
+struct Dyadic {
+  int64_t mantissa = 0;
+  int shift = 0;  // value = mantissa / 2^shift
+  double value() const;
+};
+Dyadic to_dyadic(double x, int mantissa_bits = 16);
+
+// Quantize n int32 values, all with exponent `e_in`, to one exponent for the whole tensor: returns e_out and writes
+// out[i] = round(x[i] / 2^(e_out − e_in)) clamped to `range` (the clamp binds only on the side the range excludes,
+// e.g. negatives for an unsigned range). e_out is the finest exponent covering max|x| in `range`.
+// With Rounding::kStochastic, `rng` draws for index (index0 + i). All-zero input gives e_out = e_in.
+struct QuantizeOptions {
+  IntRange range;
+  Rounding rounding = Rounding::kNearestEven;
+  const CounterRng* rng = nullptr;  // required for kStochastic
+  uint64_t index0 = 0;
+};
+// x is rows×cols; e_col has one exponent per column (per-column scales, e.g. a layer output whose weights have
+// per-output-channel exponents) or a single exponent (n_exps == 1).
+int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
+                       const QuantizeOptions& opt, int8_t* out);
+// Per-row exponents (per output channel for a weight matrix): row r gets e_row[r], the finest exponent covering
+// that row's max|x|. All values of x have exponent e_in. An all-zero row gets e_row[r] = e_in.
+void quantize_per_row(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
+                      int8_t* out, int* e_row);
+
+}  // namespace qtrain::quant

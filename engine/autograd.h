@@ -1,0 +1,57 @@
+// The autograd tape. An op computes its integer forward, then records a closure that computes its integer
+// backward from what the forward kept; Tape::backward runs the closures in reverse order (a topological order,
+// since an op only reads variables made before it). Each op's forward and backward sit side by side in its own
+// file, with the float formula they implement.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "engine/tensor.h"
+#include "kernels/thread_pool.h"
+#include "quant/rng.h"
+
+namespace qtrain {
+
+// A value in the graph and, after backward, its gradient (int32 with one exponent).
+struct Var {
+  Tensor value;
+  Tensor grad;
+  bool has_grad = false;
+  bool requires_grad = true;  // false for inputs: their gradient is never computed
+};
+using VarPtr = std::shared_ptr<Var>;
+
+VarPtr make_input(Tensor value);
+
+// Adds g (int32, one exponent) into v's gradient, aligning exponents exactly when both exist.
+void accumulate_grad(Var& v, Tensor g);
+
+class Tape {
+ public:
+  void record(std::function<void()> backward) { nodes_.push_back(std::move(backward)); }
+  // Runs every recorded backward in reverse order, then forgets them.
+  void backward();
+  void clear() { nodes_.clear(); }
+  std::size_t size() const { return nodes_.size(); }
+
+ private:
+  std::vector<std::function<void()>> nodes_;
+};
+
+// Everything an op needs to know about the step it runs in.
+struct StepContext {
+  kernels::ThreadPool* pool = nullptr;  // null: single thread
+  Tape* tape = nullptr;                 // null: inference, nothing recorded
+  uint64_t seed = 0;
+  uint64_t step = 0;  // global training step: keys the stochastic-rounding streams
+  bool training() const { return tape != nullptr; }
+  // The random stream for stochastic rounding of one tensor (identified by a stable id) in this step.
+  quant::CounterRng rounding_rng(uint32_t tensor_id) const {
+    return quant::CounterRng(seed, quant::stream_id(quant::Purpose::kRounding, step, tensor_id));
+  }
+};
+
+}  // namespace qtrain

@@ -1,0 +1,36 @@
+// Integer SGD with momentum and weight decay on int32 fixed-point master weights (PyTorch's SGD formula):
+//   v ← μ·v + (g + λ·w)        w ← w − η·v
+// μ, λ and η are control-plane scalars turned into dyadic numbers (m·2^−s) each step; everything else is integer.
+// All terms are summed in int64 at the master exponent E (2^24 steps per initial weight bound), so a gradient is
+// never rounded away before it reaches the buffer. η·v is rounded into E stochastically: an update smaller than
+// one step still moves the weight by the right amount on average (the classic failure of low-precision updates).
+// The momentum buffer is stored as int32 at the finest exponent that holds it; the master weights move to a
+// coarser exponent when |w| would reach 2^30, so neither overflows.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/param.h"
+
+namespace qtrain {
+
+struct SgdConfig {
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+};
+
+class Sgd {
+ public:
+  explicit Sgd(const SgdConfig& cfg);
+  // One update of every parameter that has a gradient; clears the gradients. `step` and `seed` key the
+  // stochastic rounding.
+  void step(const std::vector<Param*>& params, double lr, uint64_t step, uint64_t seed);
+  const SgdConfig& config() const { return cfg_; }
+
+ private:
+  SgdConfig cfg_;
+  std::vector<int64_t> scratch_;
+};
+
+}  // namespace qtrain

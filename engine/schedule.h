@@ -1,0 +1,28 @@
+// Learning-rate schedules: control-plane values (the optimizer turns each into a dyadic number).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace qtrain {
+
+enum class ScheduleKind { kConstant, kStep, kCosine, kOneCycle };
+
+// Parses "constant", "step", "cosine", "onecycle"; throws UsageError listing the valid names.
+ScheduleKind parse_schedule(const std::string& name);
+const char* schedule_name(ScheduleKind k);
+
+struct LrSchedule {
+  ScheduleKind kind = ScheduleKind::kOneCycle;
+  double peak = 0.05;          // the base (constant/step/cosine) or maximum (one-cycle) learning rate
+  uint64_t total_steps = 1;
+  // step: multiply by `gamma` at 50% and 75% of training.
+  double gamma = 0.1;
+  // one-cycle (PyTorch OneCycleLR defaults): warm up over pct_start of the steps from peak/div_factor, then cosine
+  // anneal to peak/(div_factor·final_div_factor).
+  double pct_start = 0.3, div_factor = 25.0, final_div_factor = 1e4;
+
+  double at(uint64_t step) const;
+};
+
+}  // namespace qtrain

@@ -1,0 +1,30 @@
+// Saved models: the spec, the pixel normalization and every parameter's int32 master weights, in one file.
+//
+// Layout (little-endian):  "QTRNMDL1" | u32 version | u32 header bytes | JSON header | per parameter:
+// i32 exponent, rows·cols × i32 | u32 CRC-32 of everything before it.
+// Writing goes to a temporary file in the same directory, which is fsynced and renamed over the target, so a
+// crash never leaves a half-written model behind.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/data/normalize.h"
+#include "engine/model.h"
+
+namespace qtrain {
+
+struct LoadedModel {
+  std::unique_ptr<Model> model;
+  data::PixelNorm norm;
+};
+
+// Throws std::runtime_error naming the file when it cannot be written.
+void save_model(const std::string& path, Model& model, const data::PixelNorm& norm);
+// Throws InputError naming the file and byte offset when it is missing, truncated, corrupt or of another version.
+LoadedModel load_model(const std::string& path);
+
+// Writes `bytes` to `path` atomically (temporary file, fsync, rename). Shared by every writer of result files.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace qtrain

@@ -1,0 +1,82 @@
+// A tensor of the integer data plane: a dense row-major array of int8 or int32 values and the power-of-two
+// exponents that give them meaning (value = q·2^e). One exponent for the whole tensor, or one per row (a weight
+// matrix with per-output-channel scales, a weight gradient with ShiftQuant group shifts), or one per column
+// (a layer output whose weights had per-output-channel scales).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qtrain {
+
+enum class DType : uint8_t { kI8 = 1, kI32 = 4 };
+enum class ScaleAxis : uint8_t { kTensor = 0, kRow = 1, kCol = 2 };
+
+inline std::size_t dtype_size(DType t) { return static_cast<std::size_t>(t); }
+const char* dtype_name(DType t);
+
+// 64-byte aligned storage (one cache line; the widest vector load).
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(std::size_t bytes);
+  AlignedBuffer(const AlignedBuffer& other);  // deep copy
+  AlignedBuffer& operator=(const AlignedBuffer& other);
+  AlignedBuffer(AlignedBuffer&&) noexcept = default;
+  AlignedBuffer& operator=(AlignedBuffer&&) noexcept = default;
+  std::byte* data() { return ptr_.get(); }
+  const std::byte* data() const { return ptr_.get(); }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  struct Free {
+    void operator()(std::byte* p) const;
+  };
+  std::unique_ptr<std::byte, Free> ptr_;
+  std::size_t bytes_ = 0;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // A zero-filled rows×cols tensor with a single exponent.
+  Tensor(std::size_t rows, std::size_t cols, DType dtype, int exponent = 0);
+
+  std::size_t rows() const { return rows_; }
+  std::size_t cols() const { return cols_; }
+  std::size_t size() const { return rows_ * cols_; }
+  DType dtype() const { return dtype_; }
+  bool empty() const { return size() == 0; }
+
+  template <typename T>
+  T* data();
+  template <typename T>
+  const T* data() const;
+
+  ScaleAxis axis() const { return axis_; }
+  const std::vector<int>& exponents() const { return exps_; }
+  // Exponent of element (r, c).
+  int exponent_at(std::size_t r, std::size_t c) const {
+    return axis_ == ScaleAxis::kTensor ? exps_[0] : axis_ == ScaleAxis::kRow ? exps_[r] : exps_[c];
+  }
+  int exponent() const;  // single exponent; throws if the tensor has several
+  void set_exponent(int e);
+  void set_exponents(ScaleAxis axis, std::vector<int> exps);
+
+  // The real value of element i (control plane: tests, metrics, export).
+  double value(std::size_t i) const;
+  std::vector<double> to_double() const;
+  std::string describe() const;  // "i32[64×256] e=per-col" — for error messages
+
+ private:
+  std::size_t rows_ = 0, cols_ = 0;
+  DType dtype_ = DType::kI32;
+  ScaleAxis axis_ = ScaleAxis::kTensor;
+  std::vector<int> exps_{0};
+  AlignedBuffer buf_;
+};
+
+}  // namespace qtrain
