@@ -10,23 +10,6 @@
 
 namespace qtrain::quant {
 
-int64_t shift_round_even(int64_t x, int s) {
-  if (s <= 0) return x * (int64_t{1} << -s);
-  if (s >= 63) return 0;  // |x| < 2^63 ≤ ½·2^s: rounds to zero
-  const int64_t q = x >> s;  // floor
-  const int64_t rem = x - q * (int64_t{1} << s);
-  const int64_t half = int64_t{1} << (s - 1);
-  if (rem > half || (rem == half && (q & 1))) return q + 1;
-  return q;
-}
-
-int64_t shift_round_stochastic(int64_t x, int s, uint32_t r) {
-  if (s <= 0) return x * (int64_t{1} << -s);
-  s = std::min(s, 62);  // |x| < 2^62: beyond this every draw gives the same answer anyway
-  const int64_t u = s <= 32 ? static_cast<int64_t>(r >> (32 - s)) : static_cast<int64_t>(r) << (s - 32);
-  return (x + u) >> s;  // x + u cannot overflow: |x| < 2^62 in every caller (int32 data or int32·mantissa)
-}
-
 IntRange signed_range(int bits) {
   if (bits < 2 || bits > 8) throw UsageError("bit-width " + std::to_string(bits) + " is out of range 2..8");
   const int32_t q = (1 << (bits - 1)) - 1;

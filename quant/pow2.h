@@ -21,10 +21,22 @@ namespace qtrain::quant {
 enum class Rounding { kNearestEven, kStochastic };
 
 // Round x / 2^s to nearest, ties to even. s ≤ 0 is an exact left shift (caller guarantees no overflow).
-int64_t shift_round_even(int64_t x, int s);
+inline int64_t shift_round_even(int64_t x, int s) {
+  if (s <= 0) return x * (int64_t{1} << -s);
+  if (s >= 63) return 0;  // |x| < 2^63 ≤ ½·2^s: rounds to zero
+  // floor((x + half − 1 + odd) / 2^s) where odd = bit s of x: adds exactly half only when the quotient is odd,
+  // which sends ties to the even neighbour. Branch-free, so loops over it vectorize.
+  const int64_t odd = (x >> s) & 1;
+  return (x + ((int64_t{1} << (s - 1)) - 1) + odd) >> s;
+}
 // floor((x + u) / 2^s) with u the top s bits of the 32-bit draw r (s ≤ 32; for s > 32 the draw supplies the top
-// 32 of the s fraction bits, a bias below 2^-32 ulp). s ≤ 0 is an exact left shift.
-int64_t shift_round_stochastic(int64_t x, int s, uint32_t r);
+// 32 of the s fraction bits, a bias below 2^-32 ulp). s ≤ 0 is an exact left shift. |x| < 2^62.
+inline int64_t shift_round_stochastic(int64_t x, int s, uint32_t r) {
+  if (s <= 0) return x * (int64_t{1} << -s);
+  s = s < 62 ? s : 62;  // beyond this every draw gives the same answer anyway
+  const int64_t u = s <= 32 ? static_cast<int64_t>(r >> (32 - s)) : static_cast<int64_t>(r) << (s - 32);
+  return (x + u) >> s;
+}
 
 // Saturate to the int32 range.
 inline int32_t saturate_i32(int64_t x) {

@@ -1,1 +1,332 @@
-// placeholder: being written
+// Gradient checks: every op's integer forward and backward against the float formula it implements.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/linear.h"
+#include "engine/optimizer.h"
+#include "engine/relu.h"
+#include "engine/schedule.h"
+#include "engine/softmax_ce.h"
+#include "quant/pow2.h"
+#include "quant/rng.h"
+#include "quant/shiftquant.h"
+
+namespace qtrain {
+namespace {
+
+Tensor random_i32(std::size_t rows, std::size_t cols, int32_t range, int exponent, uint64_t seed) {
+  Tensor t(rows, cols, DType::kI32, exponent);
+  const quant::CounterRng rng(seed, 5);
+  for (std::size_t i = 0; i < t.size(); ++i)
+    t.data<int32_t>()[i] = static_cast<int32_t>(rng.below(i, 2 * static_cast<uint32_t>(range) + 1)) - range;
+  return t;
+}
+
+VarPtr var(Tensor t) {
+  auto v = std::make_shared<Var>();
+  v->value = std::move(t);
+  return v;
+}
+
+double deq(const Tensor& t, std::size_t r, std::size_t c) {
+  const double q = t.dtype() == DType::kI8 ? t.data<int8_t>()[r * t.cols() + c] : t.data<int32_t>()[r * t.cols() + c];
+  return std::ldexp(q, t.exponent_at(r, c));
+}
+
+// Float reference of what Linear quantizes: X to one exponent (nearest-even), W per row (nearest-even).
+struct LinearRef {
+  std::vector<double> xq, wq;
+  int ex;
+};
+LinearRef reference_quantization(Linear& lin, const Tensor& x) {
+  const auto& s = lin.spec();
+  LinearRef r;
+  std::vector<int8_t> q(x.size());
+  const auto& e = x.exponents();
+  r.ex = quant::quantize_to_tensor(x.data<int32_t>(), x.rows(), x.cols(), e.data(), e.size(),
+                                   {s.signed_input ? quant::signed_range(s.act_bits) : quant::unsigned_range(s.act_bits)},
+                                   q.data());
+  for (auto v : q) r.xq.push_back(std::ldexp(double(v), r.ex));
+  std::vector<int8_t> wq(s.out * s.in);
+  std::vector<int> ew(s.out);
+  quant::quantize_per_row(lin.weight().master.data<int32_t>(), s.out, s.in, lin.weight().master.exponent(),
+                          {quant::signed_range(s.weight_bits)}, wq.data(), ew.data());
+  for (std::size_t i = 0; i < wq.size(); ++i) r.wq.push_back(std::ldexp(double(wq[i]), ew[i / s.in]));
+  return r;
+}
+
+class LinearGrad : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
+
+TEST_P(LinearGrad, ForwardAndBackwardMatchFloatFormula) {
+  const auto [wbits, gbits, is_signed] = GetParam();
+  LinearSpec spec;
+  spec.in = 37;
+  spec.out = 11;
+  spec.weight_bits = wbits;
+  spec.act_bits = wbits;
+  spec.grad_bits = gbits;
+  spec.groups = quant::max_groups(gbits);
+  spec.signed_input = is_signed;
+  Linear lin(spec, 3, 17);
+  const std::size_t n = 9;
+  Tensor xt = random_i32(n, spec.in, 100000, -20, 1);
+  if (!is_signed)
+    for (std::size_t i = 0; i < xt.size(); ++i) xt.data<int32_t>()[i] = std::abs(xt.data<int32_t>()[i]);
+  auto x = var(xt);
+  Tape tape;
+  const StepContext ctx{nullptr, &tape, 5, 7};
+  VarPtr y = lin.forward(ctx, x);
+  const LinearRef ref = reference_quantization(lin, xt);
+
+  // Forward: y = Q(x)·Q(W)ᵀ + b; exact but for the bias, rounded to the output's exponent.
+  for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t c = 0; c < spec.out; ++c) {
+      double want = std::ldexp(double(lin.bias().master.data<int32_t>()[c]), lin.bias().master.exponent());
+      for (std::size_t k = 0; k < spec.in; ++k) want += ref.xq[r * spec.in + k] * ref.wq[c * spec.in + k];
+      EXPECT_NEAR(deq(y->value, r, c), want, std::ldexp(0.5, y->value.exponent_at(r, c))) << r << "," << c;
+    }
+
+  // Backward with a known dY.
+  y->grad = random_i32(n, spec.out, 1 << 20, -26, 2);
+  y->has_grad = true;
+  tape.backward();
+  quant::ShiftQuantized g;
+  quant::shiftquant(y->grad.data<int32_t>(), n, spec.out, y->grad.exponent(), {gbits, spec.groups},
+                    ctx.rounding_rng(3 * 4 + 1), &g);
+  std::vector<double> gq(n * spec.out);
+  for (std::size_t i = 0; i < gq.size(); ++i) gq[i] = std::ldexp(double(g.q[i]), g.channel_exponent(i % spec.out));
+  // dx = Q_g(dy)·Q(W): exact when the weight rows' exponents span no more than the int8 headroom; otherwise the
+  // weights of the small rows were rounded to the common exponent — bound that rounding.
+  ASSERT_TRUE(x->has_grad);
+  std::vector<int> ew(spec.out);
+  int emax = -1000;
+  for (std::size_t c = 0; c < spec.out; ++c) {
+    double m = 0;
+    for (std::size_t k = 0; k < spec.in; ++k) m = std::max(m, std::abs(ref.wq[c * spec.in + k]));
+    emax = std::max(emax, static_cast<int>(std::ceil(std::log2(m))));
+  }
+  for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t k = 0; k < spec.in; ++k) {
+      double want = 0, tol = 0;
+      for (std::size_t c = 0; c < spec.out; ++c) {
+        want += gq[r * spec.out + c] * ref.wq[c * spec.in + k];
+        tol += std::abs(gq[r * spec.out + c]) * std::ldexp(0.5, emax - 7 - quant::int8_headroom(quant::signed_range(wbits).hi) + 1);
+      }
+      EXPECT_NEAR(deq(x->grad, r, k), want, tol + 1e-300) << r << "," << k;
+    }
+  // dW = Q_g(dy)ᵀ·Q(x), exact.
+  ASSERT_TRUE(lin.weight().has_grad);
+  for (std::size_t c = 0; c < spec.out; ++c)
+    for (std::size_t k = 0; k < spec.in; ++k) {
+      double want = 0;
+      for (std::size_t r = 0; r < n; ++r) want += gq[r * spec.out + c] * ref.xq[r * spec.in + k];
+      ASSERT_EQ(deq(lin.weight().grad, c, k), want) << c << "," << k;
+    }
+  // db = Σ dy, exact.
+  for (std::size_t c = 0; c < spec.out; ++c) {
+    double want = 0;
+    for (std::size_t r = 0; r < n; ++r) want += deq(y->grad, r, c);
+    ASSERT_EQ(deq(lin.bias().grad, 0, c), want);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Bits, LinearGrad,
+                         ::testing::Values(std::make_tuple(8, 8, true), std::make_tuple(4, 4, false),
+                                           std::make_tuple(4, 4, true), std::make_tuple(6, 6, false),
+                                           std::make_tuple(2, 4, false)));
+
+TEST(Linear, GradientApproximatesUnquantizedFloatGradient) {
+  // At 8 bits the integer gradient is close to the float gradient of the unquantized layer.
+  LinearSpec spec{64, 32, 8, 8, 8, 1, true, true};
+  Linear lin(spec, 0, 1);
+  Tensor xt = random_i32(16, 64, 1 << 16, -16, 3);
+  auto x = var(xt);
+  Tape tape;
+  VarPtr y = lin.forward({nullptr, &tape, 0, 0}, x);
+  y->grad = random_i32(16, 32, 1 << 16, -20, 4);
+  y->has_grad = true;
+  tape.backward();
+  double err = 0, norm = 0;
+  for (std::size_t r = 0; r < 16; ++r)
+    for (std::size_t k = 0; k < 64; ++k) {
+      double want = 0;
+      for (std::size_t c = 0; c < 32; ++c)
+        want += deq(y->grad, r, c) * deq(lin.weight().master, c, k);
+      err += std::pow(deq(x->grad, r, k) - want, 2);
+      norm += want * want;
+    }
+  EXPECT_LT(std::sqrt(err / norm), 0.03);
+}
+
+TEST(Relu, ForwardAndBackward) {
+  Tensor xt = random_i32(5, 7, 1000, -3, 9);
+  auto x = var(xt);
+  Tape tape;
+  Relu relu;
+  VarPtr y = relu.forward({nullptr, &tape, 0, 0}, x);
+  y->grad = random_i32(5, 7, 1000, -9, 10);
+  y->has_grad = true;
+  tape.backward();
+  for (std::size_t i = 0; i < xt.size(); ++i) {
+    const int32_t xi = xt.data<int32_t>()[i];
+    EXPECT_EQ(y->value.data<int32_t>()[i], std::max(xi, 0));
+    EXPECT_EQ(x->grad.data<int32_t>()[i], xi > 0 ? y->grad.data<int32_t>()[i] : 0);
+  }
+  EXPECT_EQ(x->grad.exponent(), -9);
+}
+
+TEST(SoftmaxCrossEntropy, MatchesFloatFormula) {
+  for (std::size_t batch : {std::size_t{1}, std::size_t{10}, std::size_t{64}}) {
+    const std::size_t classes = 10;
+    Tensor zt = random_i32(batch, classes, 1 << 14, -12, batch);
+    std::vector<int> e_col(classes);
+    for (std::size_t c = 0; c < classes; ++c) e_col[c] = -12 + static_cast<int>(c % 3) - 1;
+    zt.set_exponents(ScaleAxis::kCol, e_col);
+    auto z = var(zt);
+    std::vector<uint8_t> labels(batch);
+    for (std::size_t r = 0; r < batch; ++r) labels[r] = static_cast<uint8_t>((r * 7) % classes);
+    Tape tape;
+    const LossResult res = softmax_cross_entropy({nullptr, &tape, 0, 0}, z, labels.data());
+    double loss = 0;
+    std::size_t correct = 0;
+    for (std::size_t r = 0; r < batch; ++r) {
+      std::vector<double> v(classes), p(classes);
+      for (std::size_t c = 0; c < classes; ++c) v[c] = deq(zt, r, c);
+      const double m = *std::max_element(v.begin(), v.end());
+      double s = 0;
+      for (std::size_t c = 0; c < classes; ++c) s += std::exp(v[c] - m);
+      for (std::size_t c = 0; c < classes; ++c) p[c] = std::exp(v[c] - m) / s;
+      loss -= std::log(p[labels[r]]);
+      if (std::max_element(v.begin(), v.end()) - v.begin() == labels[r]) ++correct;
+      for (std::size_t c = 0; c < classes; ++c) {
+        const double want = (p[c] - (c == labels[r] ? 1.0 : 0.0)) / static_cast<double>(batch);
+        EXPECT_NEAR(deq(z->grad, r, c), want, 2e-5 / static_cast<double>(batch)) << batch << " " << r << " " << c;
+      }
+    }
+    EXPECT_NEAR(res.loss, loss / static_cast<double>(batch), 1e-4);
+    EXPECT_EQ(res.correct, correct);
+  }
+}
+
+TEST(SoftmaxCrossEntropy, ExtremeLogitsStayFinite) {
+  Tensor zt(2, 3, DType::kI32, 0);
+  int32_t* d = zt.data<int32_t>();
+  d[0] = 2000000000; d[1] = -2000000000; d[2] = 0;  // enormous spread
+  d[3] = 5; d[4] = 5; d[5] = 5;                      // ties
+  auto z = var(zt);
+  const std::vector<uint8_t> labels{1, 2};
+  Tape tape;
+  const LossResult res = softmax_cross_entropy({nullptr, &tape, 0, 0}, z, labels.data());
+  EXPECT_TRUE(std::isfinite(res.loss));
+  EXPECT_NEAR(deq(z->grad, 1, 2), (1.0 / 3 - 1) / 2, 1e-6);
+}
+
+TEST(Sgd, UpdateMatchesFloatFormula) {
+  Param p;
+  p.id = 1;
+  init_uniform(p, 8, 16, 16, 3);
+  p.grad = random_i32(8, 16, 1 << 20, -30, 6);
+  std::vector<int> eg(8);
+  for (int r = 0; r < 8; ++r) eg[r] = -30 + r % 3;
+  p.grad.set_exponents(ScaleAxis::kRow, eg);
+  p.has_grad = true;
+  const std::vector<double> w0 = p.master.to_double(), g = p.grad.to_double();
+  Sgd sgd({0.9, 5e-4});
+  sgd.step({&p}, 0.05, 0, 0);
+  const std::vector<double> v1 = p.momentum.to_double(), w1 = p.master.to_double();
+  const double ulp = std::ldexp(1.0, p.master.exponent());
+  for (std::size_t i = 0; i < w0.size(); ++i) {
+    const double v = g[i] + 5e-4 * w0[i];
+    EXPECT_NEAR(v1[i], v, std::abs(v) * 1e-4 + 2 * ulp) << i;
+    EXPECT_NEAR(w1[i], w0[i] - 0.05 * v, std::abs(0.05 * v) * 1e-4 + 2 * ulp) << i;
+  }
+  // Second step uses the momentum.
+  p.grad = random_i32(8, 16, 1 << 20, -30, 7);
+  p.has_grad = true;
+  const std::vector<double> g2 = p.grad.to_double();
+  sgd.step({&p}, 0.05, 1, 0);
+  const std::vector<double> v2 = p.momentum.to_double();
+  for (std::size_t i = 0; i < w0.size(); ++i) {
+    const double v = 0.9 * v1[i] + g2[i] + 5e-4 * w1[i];
+    EXPECT_NEAR(v2[i], v, std::abs(v) * 1e-4 + 2 * ulp) << i;
+  }
+}
+
+TEST(Sgd, TinyUpdatesAreNotLostOnAverage) {
+  // An update of 1/8 of the master step must move the weights by 1/8 step on average (stochastic rounding).
+  Param p;
+  p.id = 2;
+  init_uniform(p, 1, 4096, 16, 1);
+  const std::vector<double> w0 = p.master.to_double();
+  const double ulp = std::ldexp(1.0, p.master.exponent());
+  p.grad = Tensor(1, 4096, DType::kI32, p.master.exponent() - 3);
+  for (std::size_t i = 0; i < 4096; ++i) p.grad.data<int32_t>()[i] = 1;  // g = ulp/8
+  p.has_grad = true;
+  Sgd sgd({0.0, 0.0});
+  sgd.step({&p}, 1.0, 0, 0);
+  const std::vector<double> w1 = p.master.to_double();
+  double moved = 0;
+  for (std::size_t i = 0; i < w0.size(); ++i) moved += (w0[i] - w1[i]) / ulp;
+  EXPECT_NEAR(moved / 4096, 0.125, 6 * std::sqrt(0.125 * 0.875 / 4096));
+}
+
+TEST(Sgd, MasterExponentGrowsInsteadOfOverflowing) {
+  Param p;
+  p.id = 3;
+  p.master = Tensor(1, 2, DType::kI32, -10);
+  p.momentum = Tensor(1, 2, DType::kI32, -10);
+  p.master.data<int32_t>()[0] = (1 << 30) - 5;
+  p.master.data<int32_t>()[1] = -(1 << 30) + 5;
+  p.grad = Tensor(1, 2, DType::kI32, -10);
+  p.grad.data<int32_t>()[0] = -1000;
+  p.grad.data<int32_t>()[1] = 1000;
+  p.has_grad = true;
+  const double before = std::ldexp(double((1 << 30) - 5), -10);
+  Sgd({0.0, 0.0}).step({&p}, 1.0, 0, 0);
+  EXPECT_GT(p.master.exponent(), -10);
+  EXPECT_NEAR(p.master.value(0), before + std::ldexp(1000.0, -10), std::ldexp(1.0, p.master.exponent()));
+  EXPECT_NEAR(p.master.value(1), -p.master.value(0), std::ldexp(1.0, p.master.exponent()));
+}
+
+TEST(Schedule, OneCycleMatchesPyTorchShape) {
+  LrSchedule s;
+  s.kind = ScheduleKind::kOneCycle;
+  s.peak = 0.05;
+  s.total_steps = 1000;
+  EXPECT_NEAR(s.at(0), 0.05 / 25, 1e-12);
+  EXPECT_NEAR(s.at(299), 0.05, 1e-12);  // peak at pct_start·total − 1
+  EXPECT_NEAR(s.at(999), 0.05 / 25 / 1e4, 1e-12);
+  EXPECT_LT(s.at(100), s.at(200));
+  EXPECT_GT(s.at(500), s.at(800));
+  s.kind = ScheduleKind::kCosine;
+  EXPECT_NEAR(s.at(0), 0.05, 1e-12);
+  EXPECT_NEAR(s.at(500), 0.025, 1e-12);
+  s.kind = ScheduleKind::kStep;
+  EXPECT_NEAR(s.at(499), 0.05, 1e-12);
+  EXPECT_NEAR(s.at(500), 0.005, 1e-12);
+  EXPECT_NEAR(s.at(800), 0.0005, 1e-12);
+  s.kind = ScheduleKind::kConstant;
+  EXPECT_EQ(s.at(777), 0.05);
+  EXPECT_THROW(parse_schedule("linear"), std::invalid_argument);
+}
+
+TEST(Autograd, AccumulateAlignsExponents) {
+  Var v;
+  Tensor a(1, 2, DType::kI32, -4);
+  a.data<int32_t>()[0] = 3;
+  a.data<int32_t>()[1] = -8;
+  Tensor b(1, 2, DType::kI32, -2);
+  b.data<int32_t>()[0] = 1;
+  b.data<int32_t>()[1] = 1;
+  accumulate_grad(v, a);
+  accumulate_grad(v, b);
+  EXPECT_DOUBLE_EQ(v.grad.value(0), 3.0 / 16 + 0.25);
+  EXPECT_DOUBLE_EQ(v.grad.value(1), -0.5 + 0.25);
+}
+
+}  // namespace
+}  // namespace qtrain

@@ -1,1 +1,270 @@
-// placeholder: being written
+// Quantizer properties: rounding is what it claims to be, scales never overflow, ShiftQuant's shifted GEMM is the
+// grouped product exactly.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/gemm.h"
+#include "quant/error.h"
+#include "quant/pow2.h"
+#include "quant/rng.h"
+#include "quant/shiftquant.h"
+
+namespace qtrain::quant {
+namespace {
+
+TEST(Rng, PhiloxKnownAnswers) {
+  // Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
+  EXPECT_EQ(philox4x32({0, 0, 0, 0}, {0, 0}), (std::array<uint32_t, 4>{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}));
+  EXPECT_EQ(philox4x32({0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}, {0xffffffff, 0xffffffff}),
+            (std::array<uint32_t, 4>{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}));
+  EXPECT_EQ(philox4x32({0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, {0xa4093822, 0x299f31d0}),
+            (std::array<uint32_t, 4>{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}));
+}
+
+TEST(Rng, FillMatchesSingleDraws) {
+  const CounterRng rng(42, stream_id(Purpose::kRounding, 7, 3));
+  std::vector<uint32_t> out(37);
+  rng.fill_u32(5, out.size(), out.data());
+  for (std::size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], rng.u32(5 + i)) << i;
+  EXPECT_NE(rng.u32(0), CounterRng(43, stream_id(Purpose::kRounding, 7, 3)).u32(0));
+  EXPECT_NE(rng.u32(0), CounterRng(42, stream_id(Purpose::kRounding, 8, 3)).u32(0));
+}
+
+TEST(Rounding, NearestEvenTies) {
+  EXPECT_EQ(shift_round_even(5, 1), 2);    // 2.5 → 2
+  EXPECT_EQ(shift_round_even(7, 1), 4);    // 3.5 → 4
+  EXPECT_EQ(shift_round_even(-5, 1), -2);  // −2.5 → −2
+  EXPECT_EQ(shift_round_even(-7, 1), -4);  // −3.5 → −4
+  EXPECT_EQ(shift_round_even(6, 2), 2);    // 1.5 → 2
+  EXPECT_EQ(shift_round_even(10, 2), 2);   // 2.5 → 2
+  EXPECT_EQ(shift_round_even(11, 2), 3);   // 2.75 → 3
+  EXPECT_EQ(shift_round_even(-9, 2), -2);  // −2.25 → −2
+  EXPECT_EQ(shift_round_even(3, -4), 48);  // negative shift: exact
+  EXPECT_EQ(shift_round_even(123456789, 70), 0);
+  // Exhaustive against a double reference with ties to even.
+  for (int64_t x = -3000; x <= 3000; ++x)
+    for (int s = 0; s <= 6; ++s)
+      ASSERT_EQ(shift_round_even(x, s), static_cast<int64_t>(std::nearbyint(std::ldexp(double(x), -s)))) << x << " " << s;
+}
+
+TEST(Rounding, StochasticIsFloorOrCeilAndUnbiased) {
+  const CounterRng rng(1, stream_id(Purpose::kRounding, 0, 0));
+  for (int64_t x : {int64_t{-1000}, int64_t{-37}, int64_t{-1}, int64_t{1}, int64_t{5}, int64_t{37}, int64_t{1001}}) {
+    for (int s : {1, 3, 4, 7}) {
+      const double exact = std::ldexp(static_cast<double>(x), -s);
+      constexpr int kDraws = 200000;
+      double sum = 0;
+      for (int i = 0; i < kDraws; ++i) {
+        const int64_t q = shift_round_stochastic(x, s, rng.u32(static_cast<uint64_t>(i) + 1000000 * s));
+        ASSERT_TRUE(q == std::floor(exact) || q == std::ceil(exact)) << x << " " << s << " " << q;
+        sum += static_cast<double>(q);
+      }
+      // Each draw has variance f(1−f) ≤ ¼; six standard deviations of the mean.
+      EXPECT_NEAR(sum / kDraws, exact, 6 * 0.5 / std::sqrt(double(kDraws))) << x << " " << s;
+    }
+  }
+  EXPECT_EQ(shift_round_stochastic(12, 0, 0xffffffffu), 12);  // no fraction: exact
+  EXPECT_EQ(shift_round_stochastic(12, 3, 0), 1);              // floor(1.5) with u = 0
+  EXPECT_EQ(shift_round_stochastic(12, 3, 0xffffffffu), 2);    // ceil with u = max
+}
+
+TEST(Pow2, CoveringShiftIsFinestThatFits) {
+  for (uint32_t limit : {1u, 3u, 7u, 15u, 31u, 63u, 127u})
+    for (uint64_t m = 1; m < 20000; m += (m < 300 ? 1 : 37)) {
+      const int s = covering_shift(m, limit);
+      EXPECT_LE(static_cast<double>(m), std::ldexp(double(limit), s)) << m << " " << limit;
+      EXPECT_GT(static_cast<double>(m), std::ldexp(double(limit), s - 1)) << m << " " << limit;
+    }
+  EXPECT_EQ(covering_shift(uint64_t{1} << 40, 127), 34);
+}
+
+TEST(Pow2, RangesAndHeadroom) {
+  EXPECT_EQ(signed_range(4).hi, 7);
+  EXPECT_EQ(signed_range(4).lo, -7);
+  EXPECT_EQ(signed_range(8).hi, 127);
+  EXPECT_EQ(unsigned_range(4).hi, 15);
+  EXPECT_EQ(unsigned_range(8).hi, 127);  // int8 carrier
+  EXPECT_THROW(signed_range(1), UsageError);
+  EXPECT_THROW(signed_range(9), UsageError);
+  EXPECT_EQ(int8_headroom(7), 4);
+  EXPECT_EQ(int8_headroom(31), 2);
+  EXPECT_EQ(int8_headroom(127), 0);
+}
+
+TEST(Pow2, DyadicIsAccurate) {
+  for (double x : {0.05, 0.9, 5e-4, 1e-7, 3.0, 0.123456}) {
+    const Dyadic d = to_dyadic(x);
+    EXPECT_LT(std::abs(d.value() - x) / x, std::ldexp(1.0, -15)) << x;
+    EXPECT_GE(d.mantissa, 1 << 15);
+    EXPECT_LT(d.mantissa, 1 << 16);
+  }
+  EXPECT_EQ(to_dyadic(0.0).mantissa, 0);
+}
+
+std::vector<int32_t> random_ints(std::size_t n, int32_t lo, int32_t hi, uint64_t seed) {
+  const CounterRng rng(seed, 0);
+  std::vector<int32_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = lo + static_cast<int32_t>(rng.below(i, static_cast<uint32_t>(hi - lo + 1)));
+  return v;
+}
+
+TEST(Pow2, QuantizeToTensorNeverOverflowsAndRoundsToHalfStep) {
+  for (int bits = 2; bits <= 8; ++bits) {
+    for (bool is_signed : {true, false}) {
+      const std::size_t rows = 9, cols = 13;
+      const auto x = random_ints(rows * cols, -5000000, 5000000, bits * 2 + is_signed);
+      std::vector<int> e_col(cols);
+      for (std::size_t c = 0; c < cols; ++c) e_col[c] = -20 + static_cast<int>(c % 4);
+      const QuantizeOptions opt{is_signed ? signed_range(bits) : unsigned_range(bits)};
+      std::vector<int8_t> q(rows * cols);
+      const int e = quantize_to_tensor(x.data(), rows, cols, e_col.data(), cols, opt, q.data());
+      int8_t qmax = 0;
+      for (std::size_t i = 0; i < q.size(); ++i) {
+        ASSERT_GE(q[i], opt.range.lo);
+        ASSERT_LE(q[i], opt.range.hi);
+        qmax = std::max<int8_t>(qmax, static_cast<int8_t>(std::abs(q[i])));
+        const double real = std::ldexp(double(x[i]), e_col[i % cols]);
+        const double want = is_signed ? real : std::max(real, 0.0);
+        EXPECT_LE(std::abs(std::ldexp(double(q[i]), e) - want), std::ldexp(0.5, e) * (1 + 1e-12)) << i;
+      }
+      // Finest exponent: one step finer would overflow the range.
+      EXPECT_GT(qmax, opt.range.hi / 2) << bits;
+    }
+  }
+}
+
+TEST(Pow2, QuantizePerRowUsesEachRowsRange) {
+  const std::size_t rows = 4, cols = 50;
+  auto x = random_ints(rows * cols, -1000, 1000, 3);
+  for (std::size_t c = 0; c < cols; ++c) x[3 * cols + c] /= 64;  // a small row
+  std::vector<int8_t> q(rows * cols);
+  std::vector<int> e(rows);
+  quantize_per_row(x.data(), rows, cols, -10, QuantizeOptions{signed_range(4)}, q.data(), e.data());
+  EXPECT_LE(e[3], e[0] - 5);
+  for (std::size_t i = 0; i < x.size(); ++i)
+    EXPECT_LE(std::abs(std::ldexp(double(q[i]), e[i / cols]) - std::ldexp(double(x[i]), -10)),
+              std::ldexp(0.5, e[i / cols]));
+}
+
+TEST(ShiftQuant, GroupBudget) {
+  EXPECT_EQ(max_groups(4), 5);
+  EXPECT_EQ(max_groups(6), 3);
+  EXPECT_EQ(max_groups(8), 1);
+  EXPECT_NO_THROW(validate({4, 5}));
+  EXPECT_THROW(validate({4, 6}), UsageError);
+  EXPECT_THROW(validate({8, 2}), UsageError);
+  EXPECT_THROW(validate({4, 0}), UsageError);
+  try {
+    validate({4, 6});
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("1..5"), std::string::npos) << e.what();
+  }
+}
+
+// A gradient with channel ranges spread over many octaves (log-normal scales, as in real gradients).
+std::vector<int32_t> spread_gradient(std::size_t rows, std::size_t cols, uint64_t seed) {
+  const CounterRng rng(seed, 1);
+  std::vector<int32_t> g(rows * cols);
+  for (std::size_t c = 0; c < cols; ++c) {
+    const double scale = std::exp(1.5 * rng.normal(1000000 + c)) * 1e5;
+    for (std::size_t n = 0; n < rows; ++n)
+      g[n * cols + c] = static_cast<int32_t>(std::llround(scale * rng.normal(n * cols + c)));
+  }
+  return g;
+}
+
+TEST(ShiftQuant, ShiftedGemmEqualsDequantizedGroupedProductExactly) {
+  const std::size_t n = 23, m = 37, k = 19;
+  for (int bits : {4, 5, 6, 8}) {
+    const int ng = max_groups(bits);
+    const auto g = spread_gradient(n, m, bits);
+    ShiftQuantized sq;
+    shiftquant(g.data(), n, m, -30, {bits, ng}, CounterRng(9, 9), &sq);
+    const auto w32 = random_ints(m * k, -127, 127, 11);
+    std::vector<int8_t> w(w32.begin(), w32.end());
+    for (std::size_t i = 0; i < sq.q.size(); ++i) ASSERT_LE(std::abs(sq.q[i]), signed_range(bits).hi);
+    // dgrad: one int8 GEMM over the shifted operand.
+    std::vector<int32_t> dx(n * k);
+    kernels::gemm_dgrad(sq.shifted.data(), w.data(), dx.data(), n, m, k, nullptr);
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t j = 0; j < k; ++j) {
+        double want = 0;  // Σ_c Ĝ[r,c]·W[c,j] with Ĝ = q·2^(e0 − k_c), exact in double at these sizes
+        for (std::size_t c = 0; c < m; ++c)
+          want += std::ldexp(double(sq.q[r * m + c]), sq.channel_exponent(c)) * w[c * k + j];
+        ASSERT_EQ(std::ldexp(double(dx[r * k + j]), sq.shifted_exponent()), want) << bits << " " << r << " " << j;
+      }
+    // wgrad: the unshifted operand, group shift on the output rows.
+    const auto x32 = random_ints(n * k, -127, 127, 12);
+    std::vector<int8_t> x(x32.begin(), x32.end());
+    std::vector<int32_t> dw(m * k);
+    kernels::gemm_wgrad(sq.q.data(), x.data(), dw.data(), n, m, k, nullptr);
+    for (std::size_t c = 0; c < m; ++c)
+      for (std::size_t j = 0; j < k; ++j) {
+        double want = 0;
+        for (std::size_t r = 0; r < n; ++r) want += std::ldexp(double(sq.q[r * m + c]), sq.channel_exponent(c)) * x[r * k + j];
+        ASSERT_EQ(std::ldexp(double(dw[c * k + j]), sq.channel_exponent(c)), want);
+      }
+  }
+}
+
+TEST(ShiftQuant, UnbiasedAndCloseToPerChannelBound) {
+  const std::size_t n = 64, m = 48;
+  const auto g = spread_gradient(n, m, 5);
+  const int eg = -20;
+  std::vector<double> mean(n * m, 0.0);
+  double err_sq = 0, ref_err_sq = 0, energy = 0;
+  constexpr int kTrials = 400;
+  for (int t = 0; t < kTrials; ++t) {
+    ShiftQuantized sq;
+    shiftquant(g.data(), n, m, eg, {4, 5}, CounterRng(t, 77), &sq);
+    for (std::size_t i = 0; i < n * m; ++i) {
+      const double v = std::ldexp(double(sq.q[i]), sq.channel_exponent(i % m));
+      mean[i] += v / kTrials;
+      const double d = v - std::ldexp(double(g[i]), eg);
+      err_sq += d * d / kTrials;
+    }
+  }
+  // Per-channel bound: SR with each channel's own max scale R_c / Q has variance ≤ step²/4 per element.
+  for (std::size_t c = 0; c < m; ++c) {
+    double rc = 0;
+    for (std::size_t r = 0; r < n; ++r) rc = std::max(rc, std::abs(std::ldexp(double(g[r * m + c]), eg)));
+    ref_err_sq += n * (rc / 7) * (rc / 7) / 4;
+  }
+  for (std::size_t i = 0; i < n * m; ++i) energy += std::pow(std::ldexp(double(g[i]), eg), 2);
+  // Unbiased: the mean over trials converges to the exact value (six standard deviations of the mean).
+  double max_bias_in_steps = 0;
+  ShiftQuantized sq;
+  shiftquant(g.data(), n, m, eg, {4, 5}, CounterRng(0, 77), &sq);
+  for (std::size_t i = 0; i < n * m; ++i) {
+    const double step = std::ldexp(1.0, sq.channel_exponent(i % m));
+    max_bias_in_steps = std::max(max_bias_in_steps, std::abs(mean[i] - std::ldexp(double(g[i]), eg)) / step);
+  }
+  EXPECT_LT(max_bias_in_steps, 6 * 0.5 / std::sqrt(double(kTrials)));
+  // ShiftQuant's error stays within a small factor of the per-channel quantizer it approximates (≤ 4× plus the
+  // channels below the lowest group).
+  EXPECT_LT(err_sq, 8 * ref_err_sq) << "relative MSE " << err_sq / energy << " vs bound " << ref_err_sq / energy;
+}
+
+TEST(ShiftQuant, AllZeroGradient) {
+  std::vector<int32_t> g(12, 0);
+  ShiftQuantized sq;
+  shiftquant(g.data(), 3, 4, -5, {4, 5}, CounterRng(0, 0), &sq);
+  for (int8_t v : sq.q) EXPECT_EQ(v, 0);
+  for (int8_t v : sq.shifted) EXPECT_EQ(v, 0);
+}
+
+TEST(ShiftQuant, AlignRowsIsExactWithinHeadroom) {
+  const std::size_t rows = 5, cols = 8;
+  const auto w32 = random_ints(rows * cols, -7, 7, 4);
+  std::vector<int8_t> w(w32.begin(), w32.end()), out(rows * cols);
+  const std::vector<int> e{-10, -12, -14, -11, -13};  // spread 4 octaves = int8_headroom(7)
+  const int ea = align_rows(w.data(), rows, cols, e.data(), 7, out.data());
+  for (std::size_t i = 0; i < w.size(); ++i)
+    EXPECT_EQ(std::ldexp(double(out[i]), ea), std::ldexp(double(w[i]), e[i / cols]));
+}
+
+}  // namespace
+}  // namespace qtrain::quant
