@@ -1,1 +1,595 @@
-// placeholder: being written
+// End-to-end tests of the `qtrain` command line: the binary runs as a child process, and each test checks its exit
+// code and what it printed (stdout and stderr together). Exit codes: 0 success, 2 bad usage or bad input.
+// Runs that need the data set use tiny limits (640 training / 100-200 test images, one epoch) and are skipped when
+// /usr/share/datasets/fashion-mnist is not installed.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef QTRAIN_BINARY
+#error "QTRAIN_BINARY (path of the qtrain executable) must be defined by the build"
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+using Args = std::vector<std::string>;
+using Bytes = std::vector<uint8_t>;
+
+constexpr const char* kDataDir = "/usr/share/datasets/fashion-mnist";
+
+struct Result {
+  int code = -1;    // exit status; -1 when the child did not exit normally
+  std::string out;  // stdout and stderr, interleaved as written
+};
+
+std::string join(const Args& args) {
+  std::string s = "qtrain";
+  for (const auto& a : args) s += " " + a;
+  return s;
+}
+
+// Runs `qtrain args...` with stdout and stderr captured through one pipe.
+Result run(const Args& args) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) ADD_FAILURE() << "pipe2: " << std::strerror(errno);
+  std::vector<std::string> argv_store = {QTRAIN_BINARY};
+  argv_store.insert(argv_store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_store) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the copies
+    ::dup2(fds[1], STDERR_FILENO);
+    ::execv(argv[0], argv.data());
+    const char msg[] = "test_cli: execv of the qtrain binary failed\n";
+    (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  Result r;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    r.out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+bool have_data() { return fs::exists(fs::path(kDataDir) / "train-images-idx3-ubyte.gz"); }
+
+#define REQUIRE_DATA()                                                                      \
+  do {                                                                                      \
+    if (!have_data()) GTEST_SKIP() << kDataDir << " not installed (dataset-fashion-mnist)"; \
+  } while (0)
+
+// A fresh directory under the system temporary directory, removed with everything in it at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    std::random_device rd;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      path_ = fs::temp_directory_path() / ("qtrain_test_cli_" + std::to_string(::getpid()) + "_" +
+                                           std::to_string(counter++) + "_" + std::to_string(rd()));
+      if (fs::create_directory(path_)) return;
+    }
+    ADD_FAILURE() << "cannot create a temporary directory";
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(f.good()) << "cannot write " << path;
+}
+void write_bytes(const std::string& path, const Bytes& b) { write_bytes(path, std::string(b.begin(), b.end())); }
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::stringstream ss(text);
+  for (std::string line; std::getline(ss, line);) lines.push_back(line);
+  return lines;
+}
+
+// The "test accuracy: 12.34%" value a train or eval run prints last; empty when absent.
+std::string printed_accuracy(const std::string& out) {
+  static const std::regex re(R"(test accuracy: ([0-9]+\.[0-9]+%))");
+  std::string last;
+  for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) last = (*it)[1];
+  return last;
+}
+
+const Args kTiny = {"--train-limit", "640", "--test-limit", "200", "--epochs", "1"};
+
+Args tiny_train(std::initializer_list<std::string> extra) {
+  Args a = {"train"};
+  a.insert(a.end(), kTiny.begin(), kTiny.end());
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Help
+
+TEST(CliHelp, TopLevelHelpListsSubcommands) {
+  const Result r = run({"--help"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("train"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("eval"), std::string::npos) << r.out;
+}
+
+TEST(CliHelp, TrainHelpListsKeyFlags) {
+  const Result r = run({"train", "--help"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  for (const char* flag :
+       {"--data", "--model", "--bits", "--groups", "--epochs", "--batch", "--lr", "--momentum", "--wd", "--schedule",
+        "--seed", "--threads", "--train-limit", "--test-limit", "--metrics", "--save", "--kernel-target"})
+    EXPECT_NE(r.out.find(flag), std::string::npos) << "train --help does not mention " << flag << ":\n" << r.out;
+}
+
+TEST(CliHelp, EvalHelpListsKeyFlags) {
+  const Result r = run({"eval", "--help"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  for (const char* flag : {"--load", "--data", "--threads", "--test-limit"})
+    EXPECT_NE(r.out.find(flag), std::string::npos) << "eval --help does not mention " << flag << ":\n" << r.out;
+}
+
+TEST(CliHelp, NoSubcommandIsAUsageError) {
+  const Result r = run({});
+  EXPECT_EQ(r.code, 2) << r.out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Data directory and IDX files
+
+TEST(CliData, MissingDirectoryTellsHowToInstall) {
+  const Result r = run({"train", "--data", "/nonexistent/qtrain-test-data", "--epochs", "1"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("qtrain: error:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("apt-get install dataset-fashion-mnist"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--data"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("/nonexistent/qtrain-test-data"), std::string::npos) << r.out;
+}
+
+TEST(CliData, EmptyDirectoryNamesTheMissingFiles) {
+  TempDir dir;
+  const Result r = run({"train", "--data", dir.str(), "--epochs", "1"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("train-images-idx3-ubyte"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("apt-get install dataset-fashion-mnist"), std::string::npos) << r.out;
+}
+
+void put_u32(Bytes& b, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(v >> s));
+}
+
+// An IDX images file: magic, count, rows, cols (big-endian), then `pixel_bytes` pixels (default: all of them).
+Bytes idx_images(uint32_t count, uint32_t rows, uint32_t cols, std::size_t pixel_bytes = SIZE_MAX,
+                 uint32_t magic = 0x00000803) {
+  Bytes b;
+  put_u32(b, magic);
+  put_u32(b, count);
+  put_u32(b, rows);
+  put_u32(b, cols);
+  const std::size_t n = std::min<std::size_t>(pixel_bytes, std::size_t{count} * rows * cols);
+  for (std::size_t i = 0; i < n; ++i) b.push_back(static_cast<uint8_t>((i * 37 + i / 7) & 0xff));
+  return b;
+}
+
+Bytes idx_labels(uint32_t count, int bad_index = -1, uint8_t bad_label = 10) {
+  Bytes b;
+  put_u32(b, 0x00000801);
+  put_u32(b, count);
+  for (uint32_t i = 0; i < count; ++i)
+    b.push_back(static_cast<int>(i) == bad_index ? bad_label : static_cast<uint8_t>(i % 10));
+  return b;
+}
+
+constexpr uint32_t kSynthCount = 128;
+
+// A complete synthetic data directory (raw IDX files, 128 images of 28×28 per split); tests then spoil one file.
+void write_valid_dir(const TempDir& dir) {
+  write_bytes(dir / "train-images-idx3-ubyte", idx_images(kSynthCount, 28, 28));
+  write_bytes(dir / "train-labels-idx1-ubyte", idx_labels(kSynthCount));
+  write_bytes(dir / "t10k-images-idx3-ubyte", idx_images(kSynthCount, 28, 28));
+  write_bytes(dir / "t10k-labels-idx1-ubyte", idx_labels(kSynthCount));
+}
+
+Result train_on(const TempDir& dir) { return run({"train", "--data", dir.str(), "--epochs", "1", "--batch", "32"}); }
+
+// The control for the corrupt-file tests below: the same synthetic directory, unspoiled, trains fine.
+TEST(CliData, ValidSyntheticDirectoryTrains) {
+  TempDir dir;
+  write_valid_dir(dir);
+  const Result r = train_on(dir);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(printed_accuracy(r.out), "") << r.out;
+}
+
+void expect_idx_error(const Result& r, const std::string& file, const std::string& detail) {
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_EQ(r.out.rfind("qtrain: error: ", 0), 0u) << r.out;
+  EXPECT_EQ(lines_of(r.out).size(), 1u) << "expected a one-line message:\n" << r.out;
+  EXPECT_NE(r.out.find(file), std::string::npos) << "message does not name " << file << ":\n" << r.out;
+  EXPECT_NE(r.out.find("byte"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(detail), std::string::npos) << "expected '" << detail << "' in:\n" << r.out;
+}
+
+TEST(CliData, BadMagicNamesFileAndByte) {
+  TempDir dir;
+  write_valid_dir(dir);
+  write_bytes(dir / "train-images-idx3-ubyte", idx_images(kSynthCount, 28, 28, SIZE_MAX, 0x00000801));
+  expect_idx_error(train_on(dir), dir / "train-images-idx3-ubyte", "byte 0");
+}
+
+TEST(CliData, ZeroRowsNamesFileAndByte) {
+  TempDir dir;
+  write_valid_dir(dir);
+  write_bytes(dir / "train-images-idx3-ubyte", idx_images(kSynthCount, 0, 28));
+  expect_idx_error(train_on(dir), dir / "train-images-idx3-ubyte", "byte 8");
+}
+
+TEST(CliData, TruncatedImagesNamesFileAndByte) {
+  TempDir dir;
+  write_valid_dir(dir);
+  write_bytes(dir / "train-images-idx3-ubyte", idx_images(kSynthCount, 28, 28, 1000));
+  expect_idx_error(train_on(dir), dir / "train-images-idx3-ubyte", "truncated");
+}
+
+TEST(CliData, TruncatedTestImagesNamesFile) {
+  TempDir dir;
+  write_valid_dir(dir);
+  write_bytes(dir / "t10k-images-idx3-ubyte", idx_images(kSynthCount, 28, 28, 5000));
+  expect_idx_error(train_on(dir), dir / "t10k-images-idx3-ubyte", "truncated");
+}
+
+TEST(CliData, LabelOutOfRangeNamesFileAndByte) {
+  TempDir dir;
+  write_valid_dir(dir);
+  write_bytes(dir / "train-labels-idx1-ubyte", idx_labels(kSynthCount, /*bad_index=*/5, /*bad_label=*/10));
+  // Label i sits at byte 8 + i.
+  expect_idx_error(train_on(dir), dir / "train-labels-idx1-ubyte", "byte 13");
+}
+
+TEST(CliData, LabelCountMismatchNamesFile) {
+  TempDir dir;
+  write_valid_dir(dir);
+  write_bytes(dir / "train-labels-idx1-ubyte", idx_labels(kSynthCount - 1));
+  expect_idx_error(train_on(dir), dir / "train-labels-idx1-ubyte", "mismatch");
+}
+
+TEST(CliData, TrailingBytesNamesFile) {
+  TempDir dir;
+  write_valid_dir(dir);
+  Bytes b = idx_labels(kSynthCount);
+  b.push_back(0);
+  write_bytes(dir / "train-labels-idx1-ubyte", b);
+  expect_idx_error(train_on(dir), dir / "train-labels-idx1-ubyte", "trailing");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Flags out of range: exit 2 and a message that states the valid range or names. The data directory does not
+// exist, so these also check that flags are validated before any data is read.
+
+struct BadFlag {
+  const char* name;  // test name suffix
+  Args args;         // after "train --data /nonexistent..."
+  const char* expect;
+};
+
+void PrintTo(const BadFlag& f, std::ostream* os) { *os << f.name; }
+
+class CliBadFlag : public ::testing::TestWithParam<BadFlag> {};
+
+TEST_P(CliBadFlag, ExitsTwoAndStatesTheValidRange) {
+  const BadFlag& f = GetParam();
+  Args args = {"train", "--data", "/nonexistent/qtrain-test-data"};
+  args.insert(args.end(), f.args.begin(), f.args.end());
+  const Result r = run(args);
+  EXPECT_EQ(r.code, 2) << join(args) << "\n" << r.out;
+  EXPECT_NE(r.out.find(f.expect), std::string::npos) << join(args) << ": expected '" << f.expect << "' in:\n" << r.out;
+  EXPECT_EQ(r.out.find("apt-get"), std::string::npos) << join(args) << ": the flag must be rejected before the data "
+                                                      << "is read:\n"
+                                                      << r.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Flags, CliBadFlag,
+    ::testing::Values(BadFlag{"Bits1", {"--bits", "1"}, "2..8"},                     //
+                      BadFlag{"Bits9", {"--bits", "9"}, "2..8"},                     //
+                      BadFlag{"BitsTwoValues", {"--bits", "4,4"}, "three"},          //
+                      BadFlag{"BitsThirdOutOfRange", {"--bits", "4,4,12"}, "2..8"},  //
+                      BadFlag{"BitsNotANumber", {"--bits", "x"}, "not an integer"},  //
+                      BadFlag{"BitsEmpty", {"--bits", ""}, "--bits"},                //
+                      BadFlag{"Groups6Bits4", {"--groups", "6", "--bits", "4"}, "1..5"},
+                      BadFlag{"Groups2Bits8", {"--groups", "2", "--bits", "8"}, "1..1"},
+                      BadFlag{"GroupsNegative", {"--groups", "-1", "--bits", "4"}, "1..5"},
+                      BadFlag{"Batch0", {"--batch", "0"}, "1..65536"},          //
+                      BadFlag{"BatchHuge", {"--batch", "100000"}, "1..65536"},  //
+                      BadFlag{"ModelUnknown", {"--model", "resnet99"}, "mlp"},  //
+                      BadFlag{"Epochs0", {"--epochs", "0"}, ">= 1"},            //
+                      BadFlag{"EpochsNotANumber", {"--epochs", "abc"}, "--epochs"},
+                      BadFlag{"Momentum1_5", {"--momentum", "1.5"}, "[0, 1)"},  //
+                      BadFlag{"WeightDecay1", {"--wd", "1"}, "[0, 1)"},         //
+                      BadFlag{"Lr0", {"--lr", "0"}, "(0, 100)"},                //
+                      BadFlag{"ScheduleUnknown", {"--schedule", "foo"}, "constant, step, cosine, onecycle"},
+                      BadFlag{"ThreadsNegative", {"--threads", "-1"}, "0 (all processors)"},
+                      BadFlag{"KernelTargetUnknown", {"--kernel-target", "BOGUS"}, "available"},
+                      BadFlag{"UnknownFlag", {"--frobnicate"}, "--frobnicate"}),
+    [](const ::testing::TestParamInfo<BadFlag>& p) { return std::string(p.param.name); });
+
+// Errors the library reports (UsageError) are one line starting with "qtrain: error:".
+TEST(CliFlags, UsageErrorIsOneLine) {
+  const Result r = run({"train", "--data", "/nonexistent/qtrain-test-data", "--bits", "9"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_EQ(r.out.rfind("qtrain: error: ", 0), 0u) << r.out;
+  EXPECT_EQ(lines_of(r.out).size(), 1u) << r.out;
+}
+
+// CLI11 reports an unknown subcommand as a missing one ("A subcommand is required"); it does not echo the word.
+TEST(CliFlags, UnknownSubcommand) {
+  const Result r = run({"frobnicate"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("subcommand"), std::string::npos) << r.out;
+}
+
+TEST(CliFlags, EvalWithoutLoad) {
+  const Result r = run({"eval"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--load"), std::string::npos) << r.out;
+}
+
+TEST(CliFlags, EvalThreadsNegative) {
+  TempDir dir;
+  const Result r = run({"eval", "--load", dir / "model.qtm", "--threads", "-1"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("0 (all processors)"), std::string::npos) << r.out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Saved models: round trip and every kind of bad model file.
+
+// Trains the tiny model once per test that needs it and saves it to dir/model.qtm; returns the training output.
+Result train_and_save(const TempDir& dir) {
+  const Result r =
+      run({"train", "--train-limit", "640", "--test-limit", "100", "--epochs", "1", "--save", dir / "model.qtm"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "model.qtm")) << r.out;
+  return r;
+}
+
+void expect_model_error(const Result& r, const std::string& file, const std::string& detail) {
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_EQ(r.out.rfind("qtrain: error: ", 0), 0u) << r.out;
+  EXPECT_EQ(lines_of(r.out).size(), 1u) << "expected a one-line message:\n" << r.out;
+  EXPECT_NE(r.out.find(file), std::string::npos) << "message does not name " << file << ":\n" << r.out;
+  EXPECT_NE(r.out.find(detail), std::string::npos) << "expected '" << detail << "' in:\n" << r.out;
+}
+
+TEST(CliModel, SaveThenEvalPrintsTheSameAccuracy) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Result t = train_and_save(dir);
+  const std::string trained = printed_accuracy(t.out);
+  ASSERT_NE(trained, "") << t.out;
+  const Result e = run({"eval", "--load", dir / "model.qtm", "--test-limit", "100"});
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(printed_accuracy(e.out), trained) << "train printed:\n" << t.out << "eval printed:\n" << e.out;
+  EXPECT_NE(e.out.find("(100 images)"), std::string::npos) << e.out;
+  // The accuracy of a loaded model does not depend on the thread count.
+  const Result e4 = run({"eval", "--load", dir / "model.qtm", "--test-limit", "100", "--threads", "4"});
+  EXPECT_EQ(e4.code, 0) << e4.out;
+  EXPECT_EQ(printed_accuracy(e4.out), trained) << e4.out;
+}
+
+TEST(CliModel, MissingFile) {
+  TempDir dir;
+  const std::string f = dir / "no-such-model.qtm";
+  expect_model_error(run({"eval", "--load", f}), f, "cannot open");
+}
+
+TEST(CliModel, DirectoryInsteadOfFile) {
+  TempDir dir;
+  const Result r = run({"eval", "--load", dir.str()});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find(dir.str()), std::string::npos) << r.out;
+}
+
+TEST(CliModel, GarbageFileBadMagic) {
+  TempDir dir;
+  const std::string f = dir / "garbage.qtm";
+  write_bytes(f, std::string("this is not a qtrain model file, just some text\n"));
+  expect_model_error(run({"eval", "--load", f}), f, "byte 0");
+  EXPECT_NE(run({"eval", "--load", f}).out.find("magic"), std::string::npos);
+}
+
+TEST(CliModel, EmptyFile) {
+  TempDir dir;
+  const std::string f = dir / "empty.qtm";
+  write_bytes(f, std::string());
+  expect_model_error(run({"eval", "--load", f}), f, "byte");
+}
+
+TEST(CliModel, TruncatedFile) {
+  REQUIRE_DATA();
+  TempDir dir;
+  train_and_save(dir);
+  const std::string full = read_bytes(dir / "model.qtm");
+  ASSERT_GT(full.size(), 1000u);
+  // Cut inside the parameter data, and inside the header.
+  for (std::size_t keep : {full.size() / 2, std::size_t{20}, full.size() - 2}) {
+    const std::string f = dir / ("truncated_" + std::to_string(keep) + ".qtm");
+    write_bytes(f, full.substr(0, keep));
+    SCOPED_TRACE("kept " + std::to_string(keep) + " of " + std::to_string(full.size()) + " bytes");
+    expect_model_error(run({"eval", "--load", f}), f, "byte");
+    EXPECT_NE(run({"eval", "--load", f}).out.find("truncated"), std::string::npos);
+  }
+}
+
+uint32_t le_u32(const std::string& s, std::size_t at) {
+  uint32_t v = 0;
+  for (int k = 3; k >= 0; --k) v = (v << 8) | static_cast<uint8_t>(s[at + static_cast<std::size_t>(k)]);
+  return v;
+}
+
+TEST(CliModel, FlippedParameterByteFailsTheChecksum) {
+  REQUIRE_DATA();
+  TempDir dir;
+  train_and_save(dir);
+  std::string bytes = read_bytes(dir / "model.qtm");
+  // Layout: "QTRNMDL1" | u32 version | u32 header bytes | header | (i32 exponent, i32 weights...)... | u32 CRC.
+  ASSERT_EQ(bytes.substr(0, 8), "QTRNMDL1");
+  const std::size_t params_at = 16 + le_u32(bytes, 12);
+  const std::size_t crc_at = bytes.size() - 4;
+  const std::size_t flip_at = params_at + 4 + 1001;  // a weight of the first parameter, past its exponent
+  ASSERT_LT(flip_at, crc_at);
+  bytes[flip_at] = static_cast<char>(bytes[flip_at] ^ 0x10);
+  const std::string f = dir / "flipped.qtm";
+  write_bytes(f, bytes);
+  expect_model_error(run({"eval", "--load", f}), f, "checksum");
+  EXPECT_NE(run({"eval", "--load", f}).out.find("byte " + std::to_string(crc_at)), std::string::npos)
+      << run({"eval", "--load", f}).out;
+}
+
+TEST(CliModel, FlippedChecksumByte) {
+  REQUIRE_DATA();
+  TempDir dir;
+  train_and_save(dir);
+  std::string bytes = read_bytes(dir / "model.qtm");
+  bytes.back() = static_cast<char>(bytes.back() ^ 0x01);
+  const std::string f = dir / "badcrc.qtm";
+  write_bytes(f, bytes);
+  expect_model_error(run({"eval", "--load", f}), f, "checksum");
+}
+
+TEST(CliModel, TrailingBytes) {
+  REQUIRE_DATA();
+  TempDir dir;
+  train_and_save(dir);
+  const std::string f = dir / "trailing.qtm";
+  write_bytes(f, read_bytes(dir / "model.qtm") + "xyz");
+  expect_model_error(run({"eval", "--load", f}), f, "byte");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// --metrics
+
+void expect_metrics_line(const std::string& line, int epoch) {
+  SCOPED_TRACE(line);
+  nlohmann::json j;
+  ASSERT_NO_THROW(j = nlohmann::json::parse(line));
+  ASSERT_TRUE(j.is_object());
+  for (const char* key : {"loss", "train_accuracy", "test_accuracy", "images_per_second"}) {
+    ASSERT_TRUE(j.contains(key)) << key;
+    ASSERT_TRUE(j[key].is_number()) << key;
+    EXPECT_TRUE(std::isfinite(j[key].get<double>())) << key;
+  }
+  EXPECT_GT(j["loss"].get<double>(), 0.0);
+  for (const char* key : {"train_accuracy", "test_accuracy"}) {
+    EXPECT_GE(j[key].get<double>(), 0.0) << key;
+    EXPECT_LE(j[key].get<double>(), 1.0) << key;
+  }
+  EXPECT_GT(j["images_per_second"].get<double>(), 0.0);
+  if (j.contains("epoch")) {
+    EXPECT_EQ(j["epoch"].get<int>(), epoch);
+  }
+}
+
+TEST(CliMetrics, OneEpochWritesOneJsonLine) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const std::string f = dir / "metrics.jsonl";
+  const Result r = run(tiny_train({"--metrics", f}));
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string text = read_bytes(f);
+  const auto lines = lines_of(text);
+  ASSERT_EQ(lines.size(), 1u) << text;
+  expect_metrics_line(lines[0], 1);
+  // The file's test accuracy is the one printed.
+  const auto j = nlohmann::json::parse(lines[0]);
+  char printed[32];
+  std::snprintf(printed, sizeof printed, "%.2f%%", 100.0 * j["test_accuracy"].get<double>());
+  EXPECT_EQ(printed_accuracy(r.out), printed) << r.out;
+}
+
+TEST(CliMetrics, TwoEpochsWriteTwoLines) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const std::string f = dir / "metrics.jsonl";
+  const Result r = run({"train", "--train-limit", "640", "--test-limit", "200", "--epochs", "2", "--metrics", f});
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto lines = lines_of(read_bytes(f));
+  ASSERT_EQ(lines.size(), 2u);
+  expect_metrics_line(lines[0], 1);
+  expect_metrics_line(lines[1], 2);
+}
+
+TEST(CliTrain, TinyRunW4A4G4Succeeds) {
+  REQUIRE_DATA();
+  const Result r = run(tiny_train({"--bits", "4", "--groups", "5"}));
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(printed_accuracy(r.out), "") << r.out;
+}
+
+// Bit-exact whatever the thread count: the printed loss and accuracy lines match.
+TEST(CliTrain, SameResultForOneAndFourThreads) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Result a = run(tiny_train({"--threads", "1", "--metrics", dir / "a.jsonl"}));
+  const Result b = run(tiny_train({"--threads", "4", "--metrics", dir / "b.jsonl"}));
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  const auto ja = nlohmann::json::parse(read_bytes(dir / "a.jsonl"));
+  const auto jb = nlohmann::json::parse(read_bytes(dir / "b.jsonl"));
+  EXPECT_EQ(ja["loss"], jb["loss"]);
+  EXPECT_EQ(ja["train_accuracy"], jb["train_accuracy"]);
+  EXPECT_EQ(ja["test_accuracy"], jb["test_accuracy"]);
+}
+
+}  // namespace

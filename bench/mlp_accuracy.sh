@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# MLP accuracy / throughput bench: qtrain W8A8G8 and W4A4G4 against the fp32 PyTorch reference, same data
+# (Fashion-MNIST), same architecture (784-256-128-10) and hyper-parameters (batch 64, SGD momentum 0.9, wd 5e-4,
+# one-cycle lr peaking at 0.05, seed 0). Prints a markdown table: run | test accuracy | training images/s |
+# ratio to PyTorch fp32 images/s. Training images/s counts training steps only (no evaluation), over all epochs.
+#
+# Usage: bench/mlp_accuracy.sh [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
+#   --epochs N    epochs per run (default 5)
+#   --threads T   threads for every run (default 1)
+#   --build DIR   CMake build directory holding tools/qtrain/qtrain (default: build, relative to the repository)
+#   --data DIR    data directory (default /usr/share/datasets/fashion-mnist)
+#   --out FILE    also write the table (with its heading) to FILE
+# Exits non-zero if any run fails.
+set -euo pipefail
+
+usage() { sed -n '7,13p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "mlp_accuracy.sh: error: $*" >&2; exit 2; }
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --epochs) [[ $# -ge 2 ]] || die "--epochs needs a value"; epochs=$2; shift 2 ;;
+    --threads) [[ $# -ge 2 ]] || die "--threads needs a value"; threads=$2; shift 2 ;;
+    --build) [[ $# -ge 2 ]] || die "--build needs a value"; build=$2; shift 2 ;;
+    --data) [[ $# -ge 2 ]] || die "--data needs a value"; data=$2; shift 2 ;;
+    --out) [[ $# -ge 2 ]] || die "--out needs a value"; out=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument '$1'" ;;
+  esac
+done
+[[ $epochs =~ ^[1-9][0-9]*$ ]] || die "--epochs '$epochs' must be an integer >= 1"
+[[ $threads =~ ^[1-9][0-9]*$ ]] || die "--threads '$threads' must be an integer >= 1"
+
+# A relative build directory is taken relative to the current directory if it exists there, else to the repository.
+if [[ $build != /* && ! -d $build ]]; then build=$repo/$build; fi
+qtrain=$build/tools/qtrain/qtrain
+[[ -x $qtrain ]] || die "$qtrain not found; build it with: cmake -S $repo -B $build && cmake --build $build --target qtrain"
+
+# JSON is read with the standard library of any python3 (torch is needed only for the reference run).
+py=/usr/bin/python3
+[[ -x $py ]] || py=$(command -v python3) || die "python3 is needed to read the metrics files"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/qtrain_mlp_bench.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+failed=0
+rows=()     # "name<TAB>accuracy<TAB>images/s", accuracy as a fraction; FAILED / skipped rows have empty numbers
+kernels=""
+
+# qtrain run: $1 = row name, $2 = --bits value.
+run_qtrain() {
+  local name=$1 bits=$2 file=$tmp/qtrain_$2.jsonl log=$tmp/qtrain_$2.log
+  echo "== $name: qtrain train --model mlp --bits $bits --epochs $epochs --seed 0 --threads $threads"
+  if "$qtrain" train --data "$data" --model mlp --bits "$bits" --epochs "$epochs" --seed 0 --threads "$threads" \
+       --metrics "$file" 2>&1 | tee "$log"; then
+    [[ -n $kernels ]] || kernels=$(sed -n 's/.*kernels \([A-Za-z0-9_]*\).*/\1/p' "$log" | head -n 1)
+    # Accuracy of the last epoch; images/s over all epochs = images / training seconds.
+    local summary
+    if summary=$("$py" -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+if len(lines) != int(sys.argv[2]): sys.exit("expected %s metrics lines, found %d" % (sys.argv[2], len(lines)))
+images = sum(l["images_per_second"] * l["seconds"] for l in lines)
+seconds = sum(l["seconds"] for l in lines)
+print("%s\t%.6f\t%.1f" % (lines[-1]["model"], lines[-1]["test_accuracy"], images / seconds))
+' "$file" "$epochs"); then
+      local model=${summary%%$'\t'*}
+      rows+=("qtrain ${model#mlp 784-256-128-10 }"$'\t'"${summary#*$'\t'}")
+      return
+    fi
+  fi
+  echo "mlp_accuracy.sh: $name FAILED" >&2
+  rows+=("$name (FAILED)"$'\t\t')
+  failed=1
+}
+
+run_qtrain "qtrain W8A8G8" 8
+run_qtrain "qtrain W4A4G4" 4
+
+torch_ips=""
+torch_py=${QTRAIN_TORCH_PYTHON:-/usr/bin/python3}  # the python3 that has torch (Debian python3-torch)
+if "$torch_py" -c "import torch" >/dev/null 2>&1; then
+  echo "== PyTorch fp32: bench/reference/torch_mlp.py --epochs $epochs --threads $threads"
+  if "$torch_py" "$repo/bench/reference/torch_mlp.py" --epochs "$epochs" --threads "$threads" --data "$data" \
+       2>&1 | tee "$tmp/torch.log" &&
+     summary=$(grep '^{' "$tmp/torch.log" | tail -n 1 | "$py" -c '
+import json, sys
+j = json.loads(sys.stdin.read())
+print("%.6f\t%.1f" % (j["test_accuracy"], j["train_images_per_second"]))'); then
+    rows+=("PyTorch fp32"$'\t'"$summary")
+    torch_ips=${summary#*$'\t'}
+  else
+    echo "mlp_accuracy.sh: PyTorch fp32 reference FAILED" >&2
+    rows+=("PyTorch fp32 (FAILED)"$'\t\t')
+    failed=1
+  fi
+else
+  echo "python3-torch not installed: skipping the fp32 PyTorch reference (apt-get install python3-torch)"
+  rows+=("PyTorch fp32 (skipped: python3-torch not installed)"$'\t\t')
+fi
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
+table=$(
+  echo "MLP 784-256-128-10 on Fashion-MNIST: $epochs epoch(s), batch 64, seed 0, $threads thread(s)," \
+       "CPU ${cpu:-unknown}, qtrain kernels ${kernels:-unknown}"
+  echo
+  echo "| run | test accuracy | training images/s | ratio to PyTorch fp32 images/s |"
+  echo "|---|---|---|---|"
+  for row in "${rows[@]}"; do
+    IFS=$'\t' read -r name acc ips <<<"$row" || true
+    if [[ -z $acc ]]; then echo "| $name | – | – | – |"; continue; fi
+    "$py" -c '
+import sys
+name, acc, ips, ref = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+ratio = "%.2f×" % (ips / float(ref)) if ref else "n/a"
+print("| %s | %.2f%% | %s | %s |" % (name, 100 * acc, format(round(ips), ","), ratio))
+' "$name" "$acc" "$ips" "$torch_ips"
+  done
+)
+echo
+echo "$table"
+if [[ -n $out ]]; then
+  printf '%s\n' "$table" >"$out"
+  echo
+  echo "table written to $out"
+fi
+exit "$failed"
