@@ -1,5 +1,10 @@
 // Which Highway target the kernels run on. Dispatch picks the best target that is both compiled in and
 // supported by this CPU; a user (or a test) may force a lower one.
+//
+// Environment: QTRAIN_KERNEL_TARGET=<name> (e.g. AVX2) forces that target on the first kernel call, as
+// force_target(name) would; an unknown name prints a warning listing the available targets and keeps the best.
+//
+// Forcing is process-wide (it sets Highway's global target choice) and must not race with running kernels.
 #pragma once
 
 #include <cstdint>
