@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -130,6 +131,8 @@ void save_model(const std::string& path, Model& model, const data::PixelNorm& no
 }
 
 LoadedModel load_model(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw InputError(path + ": is a directory, not a model file");
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw InputError(path + ": cannot open model file: " + std::strerror(errno));
   const auto size = static_cast<std::size_t>(f.tellg());

@@ -190,6 +190,10 @@ int main(int argc, char** argv) {
   eval->add_option("--test-limit", elimit, "Use only the first N test images (0 = all)");
   eval->add_option("--kernel-target", ekt, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
 
+  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "train" && std::string(argv[1]) != "eval") {
+    std::cerr << "qtrain: error: unknown command '" << argv[1] << "'; commands: train, eval (see 'qtrain --help')\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -199,7 +203,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    // One line, like every other usage error, with where to look for the valid flags.
+    std::string sub;
+    for (const auto* cmd : {train, eval})
+      if (*cmd) sub = " " + cmd->get_name();
+    std::cerr << "qtrain: error: " << e.what() << " (see 'qtrain" << sub << " --help')\n";
     return 2;
   }
   try {
