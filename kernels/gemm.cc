@@ -1,23 +1,29 @@
 // int8 × int8 → int32 GEMMs (see gemm.h), one Highway source compiled for every target.
 //
-// All three layouts reduce to one "NT" product with both operands contiguous along the reduction:
-//     C[i][j] = Σ_p A[i][p] · B[j][p]          i < m (rows of A), j < n (rows of B), p < k
-//   forward  Y  = X · Wᵀ      A = X,    B = W          (no copies)
-//   dgrad    dX = dY · W      A = dY,   B = Wᵀ         (W transposed into scratch)
-//   wgrad    dW = dYᵀ · X     A = dYᵀ,  B = Xᵀ         (both transposed into scratch)
-// The transposes cost O(rows·cols) against the O(n·m·k) product, and keep a single micro-kernel per target.
+// All three layouts run one product, C[i][j] = Σ_p A[i][p] · B[p][j], on operands packed per call:
+//   forward  Y[n×m]  = X · Wᵀ    A = X,    B(p, j) = W[j][p]   (B packed from W's rows: a 32-bit transpose)
+//   dgrad    dX[n×k] = dY · W    A = dY,   B(p, j) = W[p][j]   (B packed by interleaving W's rows)
+//   wgrad    dW[m×k] = dYᵀ · X   A = dYᵀ,  B(p, j) = X[p][j]   (dY transposed, B by interleaving X's rows)
 //
-// Micro-kernel: an MR×NR block of C (rows of A × rows of B) is held in MR·NR vector accumulators that each
-// collect lane-wise partial dot products along p; at the end each accumulator is summed horizontally.
-//  * AVX3_DL: VNNI `vpdpbusd` multiplies 64 u8×s8 pairs and adds groups of four into 16 int32 lanes. It needs
-//    an unsigned left operand, so A is fed as a+128 (a xor 0x80) and the excess 128·Σ_p B[j][p] (precomputed
-//    per row of B) is subtracted afterwards. vpdpbusd wraps modulo 2^32 (it is the non-saturating form), and so
-//    do our int32 vector adds and the final subtraction; the true result fits int32 (k ≤ kMaxReduction, see
-//    gemm.h), so the wrapped result is exact even though Σ(a+128)·b alone may exceed 2^31.
-//  * Every other target: sign-extend to int16 and `ReorderWidenMulAccumulate` (pmaddwd on x86: two
-//    int16 products summed into int32, |2·128·128| = 2^15 cannot overflow).
-// Rows are split into tiles over the thread pool; every C element is computed by exactly one thread with the
-// same integer operations, so the result is bit-identical for any thread count (and any target).
+// Packing. B is cut into panels of PanelWidth() columns. Within a panel, the reduction is grouped by kGroup
+// consecutive p, and one group of one column is a 32-bit lane: [panel][group][column][kGroup]. A is copied
+// row by row with its reduction zero-padded to whole groups. Padding contributes nothing, so k, m and n need
+// not be multiples of anything.
+//
+// Micro-kernel: an MR-row × NR-vector tile of C lives in MR·NR vector accumulators, one output per lane, so
+// there is never a horizontal sum. (A first version reduced dot products of K-contiguous rows and summed each
+// accumulator at the end: those sums dominated the short reductions of dgrad and wgrad, and even the forward
+// product ran ~1.5× slower than this on AVX3_DL.) Per group, the kernel loads NR
+// vectors of the panel and broadcasts A[i][group] (kGroup values in one 32-bit lane) to each row i:
+//  * AVX3_DL: kGroup = 4, `vpdpbusd` (VNNI) adds four u8×s8 products into each int32 lane. B is the
+//    unsigned operand, so the packer stores b+128 (b xor 0x80) and the kernel subtracts 128·Σ_p A[i][p] at the
+//    end. vpdpbusd wraps modulo 2^32 (the non-saturating form), as does the int32 subtraction; the true result
+//    fits int32 (reductions ≤ kMaxReduction, gemm.h), so it is exact although Σ(b+128)·a alone may not fit.
+//  * Other SIMD targets: kGroup = 2, int8 widened to int16 at packing time, `ReorderWidenMulAccumulate`
+//    (pmaddwd: two int16 products per int32 lane, |2·128·128| = 2^15 cannot overflow).
+//  * SCALAR: the same packing and tiling with a plain C++ kernel (one column per "vector").
+// Rows of C are split into tiles over the thread pool; every element is computed by one thread with the same
+// integer operations, so the result is bit-identical for any thread count and any target.
 
 #include <algorithm>
 #include <array>
@@ -40,24 +46,14 @@
 #define QTRAIN_KERNELS_GEMM_SHARED_
 namespace qtrain::kernels::detail {
 
-// The NT problem: C[i][j] = Σ_p a[i·lda + p] · b[j·ldb + p].
-struct NTProblem {
-  const int8_t* a;
-  std::size_t lda;
-  const int8_t* b;
-  std::size_t ldb;
-  int32_t* c;
-  std::size_t ldc;
-  std::size_t m, n, k;
-};
+// Per-thread scratch that only grows (64-byte aligned); valid until the next call on the same thread. One
+// buffer per role, so a call can hold several at once.
+enum class Slot { kTransposed, kPackedA, kPackedB, kSums, kCount };
+void* scratch(Slot slot, std::size_t bytes);
 
-// Per-thread scratch that only grows (64-byte aligned); valid until the next call on the same thread.
-int8_t* scratch_a(std::size_t bytes);
-int8_t* scratch_b(std::size_t bytes);
-int32_t* scratch_i32(std::size_t count);
-
-// Rows of B per cache block, so that a block (rows × k bytes) stays in about half of the L2 cache.
-std::size_t b_block_rows(std::size_t k, std::size_t multiple);
+// Rows of A per cache block: the block (rows × `row_bytes`) takes about a quarter of the L2 cache, so it stays
+// there while every panel of B streams past it.
+std::size_t a_block_rows(std::size_t row_bytes, std::size_t multiple);
 
 }  // namespace qtrain::kernels::detail
 #endif  // QTRAIN_KERNELS_GEMM_SHARED_
@@ -68,241 +64,174 @@ HWY_BEFORE_NAMESPACE();
 namespace qtrain::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Loops over the MR×NR register arrays carry HWY_UNROLL: unrolled before GCC decides where the arrays live,
-// they stay in registers; otherwise GCC 12 copies every accumulator between registers (and the stack) on each
-// iteration of the k loop.
-//
-// Register blocking. AVX-512 has 32 vector registers: 16 accumulators + 4 A + 4 B fit. Targets with 16
-// registers (SSE, AVX2) get 4×2: 8 accumulators + 4 A + 2 B.
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr std::size_t kMR = 4;
+using D32 = hn::ScalableTag<int32_t>;
+using V32 = hn::Vec<D32>;
+
+#if HWY_TARGET == HWY_AVX3_DL
+constexpr std::size_t kGroup = 4;  // reduction values per 32-bit lane
+using PackedA = int8_t;
+using PackedB = uint8_t;  // b + 128, the unsigned operand of vpdpbusd
+#else
+constexpr std::size_t kGroup = 2;
+using PackedA = int16_t;
+using PackedB = int16_t;
+#endif
+
+// Register tile: MR rows × NR vectors, out of 32 vector registers on AVX-512 and 16 on SSE/AVX2.
+//   AVX3_DL 6×4: 24 accumulators + 4 B + 1 broadcast.
+//   AVX3    6×3: pmaddwd needs a product register before each add; 6×4 spilled accumulators.
+//   others  4×2: 8 accumulators + 2 B + broadcast + products.
+#if HWY_TARGET == HWY_AVX3_DL
+constexpr std::size_t kMR = 6;
 constexpr std::size_t kNR = 4;
+#elif HWY_TARGET == HWY_AVX3
+constexpr std::size_t kMR = 6;
+constexpr std::size_t kNR = 3;
 #else
 constexpr std::size_t kMR = 4;
 constexpr std::size_t kNR = 2;
 #endif
 
-// Highway 1.0.3's AVX3_DL attribute string lacks avx512vnni (it names only avxvnni): the VNNI kernel adds it on
-// top of the target's own set (the intrinsic would not inline otherwise; see also Dpbusd below).
-#undef QTRAIN_KERNEL_ATTR
+// Columns per packed panel: the widest tile the micro-kernel computes.
+HWY_INLINE std::size_t PanelWidth() { return kNR * hn::Lanes(D32()); }
+
+// ---- Packing ------------------------------------------------------------------------------------------------
+
+// a (rows × k, leading dimension lda) → dst (rows × kp), zero-padded, as PackedA; with VNNI, also Σ_p of each
+// row (|Σ| ≤ 128·kMaxReduction < 2^31).
+void PackA(const int8_t* HWY_RESTRICT a, std::size_t lda, std::size_t rows, std::size_t k, std::size_t kp,
+           PackedA* HWY_RESTRICT dst, int32_t* HWY_RESTRICT sums) {
+  for (std::size_t i = 0; i < rows; ++i) {
+    const int8_t* row = a + i * lda;
+    PackedA* out = dst + i * kp;
+    int32_t s = 0;
+    for (std::size_t p = 0; p < k; ++p) {
+      out[p] = static_cast<PackedA>(row[p]);
+      s += row[p];
+    }
+    for (std::size_t p = k; p < kp; ++p) out[p] = 0;
+    if (sums != nullptr) sums[i] = s;
+  }
+}
+
+// The packed value of one B element. Padding is PackedB{0}, which contributes 0 (under VNNI: u8 0, not 0 ^ 0x80).
+HWY_INLINE PackedB PackValue(int8_t v) {
 #if HWY_TARGET == HWY_AVX3_DL
-#define QTRAIN_KERNEL_ATTR __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
+  return static_cast<uint8_t>(static_cast<uint8_t>(v) ^ 0x80);
 #else
-#define QTRAIN_KERNEL_ATTR
-#endif
-
-using D32 = hn::ScalableTag<int32_t>;
-using V32 = hn::Vec<D32>;
-// int16 operands of the portable path: twice the lanes of D32 (pairs feed one int32 lane), except on the
-// one-lane SCALAR target, whose ReorderWidenMulAccumulate takes one int16 per int32.
-#if HWY_TARGET == HWY_SCALAR
-using D16 = hn::Rebind<int16_t, D32>;
-#else
-using D16 = hn::Repartition<int16_t, D32>;
-#endif
-
-#if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
-// Adds the 128-bit blocks of v lane-wise: 512 → 256 → 128 bits.
-template <class D>
-HWY_INLINE hn::Vec<hn::Full128<int32_t>> FoldBlocks(D /*d*/, hn::Vec<D> v) {
-  if constexpr (hn::MaxLanes(D()) > 4) {
-    const hn::Half<D> dh;
-    return FoldBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
-  } else {
-    return v;
-  }
-}
-#endif
-
-// Sums each of up to four accumulators horizontally, subtracts 128·bsum[j] when `bsum` is given (VNNI
-// offset), and stores `nr` results to c[0..nr).
-template <std::size_t NR>
-HWY_INLINE void ReduceStore(const V32 (&acc)[NR], const int32_t* HWY_RESTRICT bsum, int32_t* HWY_RESTRICT c) {
-  static_assert(NR >= 1 && NR <= 4, "the reduction tree handles up to four accumulators");
-  const D32 d32;
-#if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
-  // Transpose-and-add within each 128-bit block (4 accumulators → one vector whose lane j of every block
-  // holds a partial sum of accumulator j), then fold the blocks: ~12 ops instead of 4 full reductions.
-  const V32 zero = hn::Zero(d32);
-  const V32 a0 = acc[0];
-  const V32 a1 = NR > 1 ? acc[NR > 1 ? 1 : 0] : zero;
-  const V32 a2 = NR > 2 ? acc[NR > 2 ? 2 : 0] : zero;
-  const V32 a3 = NR > 3 ? acc[NR > 3 ? 3 : 0] : zero;
-  // Lanes per block: [a0₀+a0₂, a1₀+a1₂, a0₁+a0₃, a1₁+a1₃] and likewise for a2, a3.
-  const V32 s01 = hn::Add(hn::InterleaveLower(d32, a0, a1), hn::InterleaveUpper(d32, a0, a1));
-  const V32 s23 = hn::Add(hn::InterleaveLower(d32, a2, a3), hn::InterleaveUpper(d32, a2, a3));
-  const hn::Repartition<int64_t, D32> d64;
-  const V32 s = hn::Add(hn::BitCast(d32, hn::InterleaveLower(d64, hn::BitCast(d64, s01), hn::BitCast(d64, s23))),
-                        hn::BitCast(d32, hn::InterleaveUpper(d64, hn::BitCast(d64, s01), hn::BitCast(d64, s23))));
-  const hn::Full128<int32_t> d128;
-  hn::Vec<decltype(d128)> sum = FoldBlocks(d32, s);
-  if (bsum != nullptr) {
-    alignas(16) int32_t bs[4] = {0, 0, 0, 0};
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) bs[j] = bsum[j];
-    sum = hn::Sub(sum, hn::ShiftLeft<7>(hn::Load(d128, bs)));  // wrapping int32 lanes: exact, see top
-  }
-  if constexpr (NR == 4) {
-    hn::StoreU(sum, d128, c);
-  } else {
-    alignas(16) int32_t out[4];
-    hn::Store(sum, d128, out);
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) c[j] = out[j];
-  }
-#else
-  HWY_UNROLL(4)
-  for (std::size_t j = 0; j < NR; ++j) {
-    uint32_t s = static_cast<uint32_t>(hn::GetLane(hn::SumOfLanes(d32, acc[j])));
-    if (bsum != nullptr) s -= static_cast<uint32_t>(bsum[j]) << 7;
-    c[j] = static_cast<int32_t>(s);
-  }
+  return v;
 #endif
 }
 
+// B stored with the reduction along rows: b (k rows × n columns, leading dimension ldb) → panels. Lane
+// (column) j of group g gets rows g·kGroup … g·kGroup+kGroup−1 of column j: an interleave of kGroup rows,
+// 16 (VNNI) or 8 columns at a time. Ragged columns and padding take the scalar loop.
+void PackRows(const int8_t* HWY_RESTRICT b, std::size_t ldb, std::size_t k, std::size_t n, PackedB* HWY_RESTRICT dst) {
+  const std::size_t pw = PanelWidth();
+  const std::size_t groups = (k + kGroup - 1) / kGroup;
+  for (std::size_t col0 = 0; col0 < n; col0 += pw) {
+    const std::size_t cols = std::min(pw, n - col0);
+    for (std::size_t g = 0; g < groups; ++g) {
+      PackedB* out = dst + ((col0 / pw) * groups + g) * pw * kGroup;
+      const int8_t* rows[kGroup];  // null: padding row beyond k
+      for (std::size_t q = 0; q < kGroup; ++q) {
+        const std::size_t p = g * kGroup + q;
+        rows[q] = p < k ? b + p * ldb + col0 : nullptr;
+      }
+      std::size_t c = 0;
 #if HWY_TARGET == HWY_AVX3_DL
-// acc += Σ₄ u8(a)·s8(b) in each int32 lane, in place. Inline asm rather than _mm512_dpbusd_epi32: with the
-// intrinsic, GCC 12 keeps the 16 accumulators in zmm16–31 but computes in zmm0–15 and copies every one back
-// and forth (some via the stack) on each iteration, ~1.3× slower.
-HWY_INLINE QTRAIN_KERNEL_ATTR void Dpbusd(__m512i& acc, __m512i a, __m512i b) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
-}
-
-// VNNI micro-kernel: C[MR×NR] = A[MR rows] · B[NR rows]ᵀ over k, with `bsum[j]` = Σ_p B[j][p].
-// Written on raw __m512i.
-template <std::size_t MR, std::size_t NR>
-QTRAIN_KERNEL_ATTR void KernelNT(const int8_t* HWY_RESTRICT a, std::size_t lda, const int8_t* HWY_RESTRICT b,
-                                 std::size_t ldb, std::size_t k, const int32_t* HWY_RESTRICT bsum,
-                                 int32_t* HWY_RESTRICT c, std::size_t ldc) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512i acc[MR][NR];
-  HWY_UNROLL(4)
-  for (std::size_t i = 0; i < MR; ++i) {
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
-  }
-  // One loop for whole and partial steps: a separate remainder block makes GCC 12 copy every accumulator on
-  // each iteration. Masked loads never touch bytes past the end; A's zeroed lanes become 128 after the flip,
-  // but B's zeroed lanes make those products 0.
-  for (std::size_t p = 0; p < k; p += 64) {
-    const __mmask64 mask = _bzhi_u64(~uint64_t{0}, static_cast<unsigned>(std::min<std::size_t>(k - p, 64)));
-    __m512i av[MR], bv[NR];
-    HWY_UNROLL(4)
-    for (std::size_t i = 0; i < MR; ++i) av[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, a + i * lda + p), flip);
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) bv[j] = _mm512_maskz_loadu_epi8(mask, b + j * ldb + p);
-    HWY_UNROLL(4)
-    for (std::size_t i = 0; i < MR; ++i) {
-      HWY_UNROLL(4)
-      for (std::size_t j = 0; j < NR; ++j) Dpbusd(acc[i][j], av[i], bv[j]);
-    }
-  }
-  HWY_UNROLL(4)
-  for (std::size_t i = 0; i < MR; ++i) {
-    V32 row[NR];
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) row[j] = V32{acc[i][j]};
-    ReduceStore<NR>(row, bsum, c + i * ldc);
-  }
-}
-#else
-// One block of the portable kernel: Lanes(d16) bytes of each row, sign-extended to int16, pairwise
-// multiply-added into int32 lanes. acc1 is the odd-lane half on targets whose ReorderWidenMulAccumulate needs
-// two accumulators (EMU128); on x86 it stays zero and the compiler drops it.
-template <std::size_t MR, std::size_t NR>
-HWY_INLINE void StepNT(V32 (&acc0)[MR][NR], V32 (&acc1)[MR][NR], const int8_t* const (&ap)[MR],
-                       const int8_t* const (&bp)[NR]) {
-  const D16 d16;
-  const hn::Rebind<int8_t, D16> d8;  // half-width: one int8 per int16 lane
-  const D32 d32;
-  hn::Vec<decltype(d16)> av[MR];
-  HWY_UNROLL(4)
-  for (std::size_t i = 0; i < MR; ++i) av[i] = hn::PromoteTo(d16, hn::LoadU(d8, ap[i]));
-  HWY_UNROLL(4)
-  for (std::size_t j = 0; j < NR; ++j) {
-    const auto bv = hn::PromoteTo(d16, hn::LoadU(d8, bp[j]));
-    HWY_UNROLL(4)
-    for (std::size_t i = 0; i < MR; ++i)
-      acc0[i][j] = hn::ReorderWidenMulAccumulate(d32, av[i], bv, acc0[i][j], acc1[i][j]);
-  }
-}
-
-// Portable micro-kernel: C[MR×NR] = A[MR rows] · B[NR rows]ᵀ over k.
-template <std::size_t MR, std::size_t NR>
-QTRAIN_KERNEL_ATTR void KernelNT(const int8_t* HWY_RESTRICT a, std::size_t lda, const int8_t* HWY_RESTRICT b,
-                                 std::size_t ldb, std::size_t k, const int32_t* HWY_RESTRICT /*bsum*/,
-                                 int32_t* HWY_RESTRICT c, std::size_t ldc) {
-  const std::size_t step = hn::Lanes(D16());
-  V32 acc0[MR][NR], acc1[MR][NR];
-  HWY_UNROLL(4)
-  for (std::size_t i = 0; i < MR; ++i) {
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) acc0[i][j] = acc1[i][j] = hn::Zero(D32());
-  }
-  const int8_t* ap[MR];
-  const int8_t* bp[NR];
-  std::size_t p = 0;
-  for (; p + step <= k; p += step) {
-    HWY_UNROLL(4)
-    for (std::size_t i = 0; i < MR; ++i) ap[i] = a + i * lda + p;
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) bp[j] = b + j * ldb + p;
-    StepNT<MR, NR>(acc0, acc1, ap, bp);
-  }
-  if (p < k) {
-    // Remainder: zero-padded copies of the rows' last k−p bytes, one more block (no reads past the end, no
-    // scalar tail loop).
-    alignas(HWY_ALIGNMENT) int8_t tail[MR + NR][HWY_MAX_BYTES] = {};
-    HWY_UNROLL(4)
-    for (std::size_t i = 0; i < MR; ++i) {
-      std::memcpy(tail[i], a + i * lda + p, k - p);
-      ap[i] = tail[i];
-    }
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) {
-      std::memcpy(tail[MR + j], b + j * ldb + p, k - p);
-      bp[j] = tail[MR + j];
-    }
-    StepNT<MR, NR>(acc0, acc1, ap, bp);
-  }
-  HWY_UNROLL(4)
-  for (std::size_t i = 0; i < MR; ++i) {
-    V32 acc[NR];
-    HWY_UNROLL(4)
-    for (std::size_t j = 0; j < NR; ++j) acc[j] = hn::RearrangeToOddPlusEven(acc0[i][j], acc1[i][j]);
-    ReduceStore<NR>(acc, nullptr, c + i * ldc);
-  }
-}
+      const hn::Full128<uint8_t> du8;
+      const hn::Full128<uint16_t> du16;
+      const auto flip = hn::Set(du8, 0x80);
+      for (; c + 16 <= cols; c += 16) {
+        hn::Vec<decltype(du8)> f[4];
+        for (std::size_t q = 0; q < 4; ++q) {
+          f[q] = rows[q] != nullptr ? hn::Xor(hn::LoadU(du8, reinterpret_cast<const uint8_t*>(rows[q]) + c), flip)
+                                    : hn::Zero(du8);
+        }
+        const auto t0 = hn::BitCast(du16, hn::InterleaveLower(du8, f[0], f[1]));
+        const auto t1 = hn::BitCast(du16, hn::InterleaveUpper(du8, f[0], f[1]));
+        const auto t2 = hn::BitCast(du16, hn::InterleaveLower(du8, f[2], f[3]));
+        const auto t3 = hn::BitCast(du16, hn::InterleaveUpper(du8, f[2], f[3]));
+        uint8_t* o = out + c * 4;
+        hn::StoreU(hn::BitCast(du8, hn::InterleaveLower(du16, t0, t2)), du8, o);
+        hn::StoreU(hn::BitCast(du8, hn::InterleaveUpper(du16, t0, t2)), du8, o + 16);
+        hn::StoreU(hn::BitCast(du8, hn::InterleaveLower(du16, t1, t3)), du8, o + 32);
+        hn::StoreU(hn::BitCast(du8, hn::InterleaveUpper(du16, t1, t3)), du8, o + 48);
+      }
+#elif HWY_TARGET != HWY_SCALAR
+      const hn::Full64<int8_t> d8;
+      const hn::Full128<int16_t> d16;
+      const hn::Full128<uint16_t> du16;
+      for (; c + 8 <= cols; c += 8) {
+        const auto x0 = hn::BitCast(du16, hn::PromoteTo(d16, hn::LoadU(d8, rows[0] + c)));
+        const auto x1 =
+            rows[1] != nullptr ? hn::BitCast(du16, hn::PromoteTo(d16, hn::LoadU(d8, rows[1] + c))) : hn::Zero(du16);
+        hn::StoreU(hn::BitCast(d16, hn::InterleaveLower(du16, x0, x1)), d16, out + c * 2);
+        hn::StoreU(hn::BitCast(d16, hn::InterleaveUpper(du16, x0, x1)), d16, out + c * 2 + 8);
+      }
 #endif
-
-using KernelFn = void (*)(const int8_t*, std::size_t, const int8_t*, std::size_t, std::size_t, const int32_t*, int32_t*,
-                          std::size_t);
-
-// Edge tiles (fewer than kMR rows of A or kNR rows of B), indexed [mr−1][nr−1].
-template <std::size_t... I>
-constexpr auto MakeEdgeTable(std::index_sequence<I...>) {
-  return std::array<KernelFn, sizeof...(I)>{&KernelNT<I / kNR + 1, I % kNR + 1>...};
+      for (; c < cols; ++c) {
+        for (std::size_t q = 0; q < kGroup; ++q) out[c * kGroup + q] = rows[q] != nullptr ? PackValue(rows[q][c]) : 0;
+      }
+      std::memset(out + cols * kGroup, 0, (pw - cols) * kGroup * sizeof(PackedB));  // padding columns
+    }
+  }
 }
-constexpr auto kEdgeKernels = MakeEdgeTable(std::make_index_sequence<kMR * kNR>());
 
-// Rows [i0, i1) of C, all columns; B walked in L2-sized blocks so each block is reused by every row group.
-void RowsNT(const detail::NTProblem& pr, const int32_t* bsum, std::size_t i0, std::size_t i1) {
-  const std::size_t nb = detail::b_block_rows(pr.k, kNR);
-  for (std::size_t j0 = 0; j0 < pr.n; j0 += nb) {
-    const std::size_t j1 = std::min(pr.n, j0 + nb);
-    for (std::size_t i = i0; i < i1; i += kMR) {
-      const std::size_t mr = std::min(kMR, i1 - i);
-      const int8_t* a = pr.a + i * pr.lda;
-      int32_t* c = pr.c + i * pr.ldc;
-      for (std::size_t j = j0; j < j1; j += kNR) {
-        const std::size_t nr = std::min(kNR, j1 - j);
-        const int32_t* bs = bsum != nullptr ? bsum + j : nullptr;
-        if (mr == kMR && nr == kNR) {
-          KernelNT<kMR, kNR>(a, pr.lda, pr.b + j * pr.ldb, pr.ldb, pr.k, bs, c + j, pr.ldc);
-        } else {
-          kEdgeKernels[(mr - 1) * kNR + (nr - 1)](a, pr.lda, pr.b + j * pr.ldb, pr.ldb, pr.k, bs, c + j, pr.ldc);
+// B stored with the reduction along columns (forward: B(p, j) = W[j][p]): w (n rows × k, leading dimension ldw)
+// → panels. Lane j of group g is the kGroup bytes W[j][g·kGroup …], so this is a transpose of 32-bit (VNNI) or
+// 16-bit (widened to 32-bit) units: 4 rows × 4 groups at a time through a 4×4 transpose of 32-bit lanes.
+void PackCols(const int8_t* HWY_RESTRICT w, std::size_t ldw, std::size_t k, std::size_t n, PackedB* HWY_RESTRICT dst) {
+  const std::size_t pw = PanelWidth();
+  const std::size_t groups = (k + kGroup - 1) / kGroup;
+  for (std::size_t col0 = 0; col0 < n; col0 += pw) {
+    const std::size_t cols = std::min(pw, n - col0);
+    PackedB* panel = dst + (col0 / pw) * groups * pw * kGroup;
+    std::size_t g4 = 0;  // groups done by the vector loop (multiple of 4)
+    std::size_t c4 = 0;  // columns done by the vector loop (multiple of 4)
+#if HWY_TARGET != HWY_SCALAR
+    const hn::Full128<uint32_t> d32;
+    const hn::Full128<uint64_t> d64;
+    g4 = k / (4 * kGroup) * 4;
+    c4 = cols / 4 * 4;
+    for (std::size_t c = 0; c < c4; c += 4) {
+      for (std::size_t g = 0; g < g4; g += 4) {
+        hn::Vec<decltype(d32)> v[4];  // v[r]: groups g…g+3 of column c+r
+        for (std::size_t r = 0; r < 4; ++r) {
+          const int8_t* src = w + (col0 + c + r) * ldw + g * kGroup;
+#if HWY_TARGET == HWY_AVX3_DL
+          const hn::Full128<uint8_t> du8;
+          v[r] = hn::BitCast(d32, hn::Xor(hn::LoadU(du8, reinterpret_cast<const uint8_t*>(src)), hn::Set(du8, 0x80)));
+#else
+          v[r] = hn::BitCast(d32, hn::PromoteTo(hn::Full128<int16_t>(), hn::LoadU(hn::Full64<int8_t>(), src)));
+#endif
+        }
+        // 4×4 transpose of 32-bit lanes: out[t] = group g+t of columns c…c+3.
+        const auto t0 = hn::BitCast(d64, hn::InterleaveLower(d32, v[0], v[1]));
+        const auto t1 = hn::BitCast(d64, hn::InterleaveUpper(d32, v[0], v[1]));
+        const auto t2 = hn::BitCast(d64, hn::InterleaveLower(d32, v[2], v[3]));
+        const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d32, v[2], v[3]));
+        const hn::Vec<decltype(d32)> out[4] = {
+            hn::BitCast(d32, hn::InterleaveLower(d64, t0, t2)), hn::BitCast(d32, hn::InterleaveUpper(d64, t0, t2)),
+            hn::BitCast(d32, hn::InterleaveLower(d64, t1, t3)), hn::BitCast(d32, hn::InterleaveUpper(d64, t1, t3))};
+        for (std::size_t t = 0; t < 4; ++t) {
+          hn::StoreU(out[t], d32, reinterpret_cast<uint32_t*>(panel + ((g + t) * pw + c) * kGroup));
         }
       }
+    }
+#endif
+    // Everything the vector loop left: groups beyond g4 for its columns, then the other columns; padding.
+    for (std::size_t c = 0; c < cols; ++c) {
+      for (std::size_t g = c < c4 ? g4 : 0; g < groups; ++g) {
+        for (std::size_t q = 0; q < kGroup; ++q) {
+          const std::size_t p = g * kGroup + q;
+          panel[(g * pw + c) * kGroup + q] = p < k ? PackValue(w[(col0 + c) * ldw + p]) : PackedB{0};
+        }
+      }
+    }
+    for (std::size_t g = 0; g < groups; ++g) {
+      std::memset(panel + (g * pw + cols) * kGroup, 0, (pw - cols) * kGroup * sizeof(PackedB));
     }
   }
 }
@@ -369,66 +298,260 @@ void Transpose8(const int8_t* HWY_RESTRICT src, std::size_t rows, std::size_t co
     for (std::size_t c = 0; c < cols16; ++c) dst[c * rows + r] = src[r * cols + c];
 }
 
-// Entry point of this target: the whole NT product, tiled over the pool.
-void GemmNT(const detail::NTProblem& pr, ThreadPool* pool) {
-  if (pr.m == 0 || pr.n == 0) return;
-  const int32_t* bsum = nullptr;
+// ---- Micro-kernels ------------------------------------------------------------------------------------------
+// C[MR rows × NR vectors of columns] = A[MR rows] · panel, over `groups` groups; `ncols` (≤ NR·lanes) columns
+// are stored (the rest of the panel is padding). `a_sums`: VNNI offset correction, else unused.
+// Loops over the register arrays carry HWY_UNROLL: unrolled before GCC 12 decides where the arrays live, they
+// stay in registers (otherwise it copied the accumulators around on every iteration).
+
 #if HWY_TARGET == HWY_AVX3_DL
-  // Row sums of B for the VNNI offset; |Σ| ≤ 128·kMaxReduction < 2^31.
-  int32_t* sums = detail::scratch_i32(pr.n);
-  for (std::size_t j = 0; j < pr.n; ++j) {
-    const int8_t* row = pr.b + j * pr.ldb;
-    int32_t s = 0;
-    for (std::size_t p = 0; p < pr.k; ++p) s += row[p];
-    sums[j] = s;
+// Highway 1.0.3's AVX3_DL attribute string lacks avx512vnni (it names only avxvnni): the VNNI kernel adds it.
+#define QTRAIN_VNNI_ATTR __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
+
+// acc += Σ₄ u8(u)·s8(s) in each int32 lane, in place. Inline asm rather than _mm512_dpbusd_epi32: with the
+// intrinsic, GCC 12 kept the accumulators in zmm16–31 but computed in zmm0–15, copying every one back and
+// forth (some via the stack) on each iteration, ~1.3× slower.
+HWY_INLINE QTRAIN_VNNI_ATTR void Dpbusd(__m512i& acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+}
+
+template <std::size_t MR, std::size_t NR>
+QTRAIN_VNNI_ATTR void KernelNN(const int8_t* HWY_RESTRICT a, std::size_t lda, const uint8_t* HWY_RESTRICT b,
+                               std::size_t groups, const int32_t* HWY_RESTRICT a_sums, int32_t* HWY_RESTRICT c,
+                               std::size_t ldc, std::size_t ncols) {
+  constexpr std::size_t kGroupBytes = kNR * 64;  // one group of a packed panel
+  __m512i acc[MR][NR];
+  HWY_UNROLL(6)
+  for (std::size_t i = 0; i < MR; ++i) {
+    HWY_UNROLL(4)
+    for (std::size_t j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
   }
-  bsum = sums;
+  for (std::size_t g = 0; g < groups; ++g) {
+    __m512i bv[NR];
+    HWY_UNROLL(4)
+    for (std::size_t j = 0; j < NR; ++j) bv[j] = _mm512_load_si512(b + g * kGroupBytes + j * 64);
+    HWY_UNROLL(6)
+    for (std::size_t i = 0; i < MR; ++i) {
+      int32_t quad;  // A[i][4g … 4g+3]
+      std::memcpy(&quad, a + i * lda + g * 4, sizeof(quad));
+      const __m512i av = _mm512_set1_epi32(quad);
+      HWY_UNROLL(4)
+      for (std::size_t j = 0; j < NR; ++j) Dpbusd(acc[i][j], bv[j], av);
+    }
+  }
+  HWY_UNROLL(6)
+  for (std::size_t i = 0; i < MR; ++i) {
+    // Σ (b+128)·a = Σ b·a + 128·Σ a, in wrapping int32 lanes (exact, see the top of the file).
+    const __m512i offset = _mm512_slli_epi32(_mm512_set1_epi32(a_sums[i]), 7);
+    HWY_UNROLL(4)
+    for (std::size_t j = 0; j < NR; ++j) {
+      const __m512i r = _mm512_sub_epi32(acc[i][j], offset);
+      int32_t* out = c + i * ldc + j * 16;
+      if (ncols >= (j + 1) * 16) {
+        _mm512_storeu_si512(out, r);
+      } else if (ncols > j * 16) {
+        _mm512_mask_storeu_epi32(out, static_cast<__mmask16>((1u << (ncols - j * 16)) - 1), r);
+      }
+    }
+  }
+}
+#undef QTRAIN_VNNI_ATTR
+
+#elif HWY_TARGET != HWY_SCALAR
+template <std::size_t MR, std::size_t NR>
+void KernelNN(const int16_t* HWY_RESTRICT a, std::size_t lda, const int16_t* HWY_RESTRICT b, std::size_t groups,
+              const int32_t* HWY_RESTRICT /*a_sums*/, int32_t* HWY_RESTRICT c, std::size_t ldc, std::size_t ncols) {
+  const D32 d32;
+  const hn::Repartition<int16_t, D32> d16;
+  const std::size_t lanes = hn::Lanes(d32);
+  const std::size_t group_elems = kNR * lanes * 2;  // int16 in one group of a packed panel
+  // acc1: the odd-lane half on targets whose ReorderWidenMulAccumulate needs two accumulators (EMU128); on x86
+  // it stays zero and the compiler drops it.
+  V32 acc0[MR][NR], acc1[MR][NR];
+  HWY_UNROLL(4)
+  for (std::size_t i = 0; i < MR; ++i) {
+    HWY_UNROLL(4)
+    for (std::size_t j = 0; j < NR; ++j) acc0[i][j] = acc1[i][j] = hn::Zero(d32);
+  }
+  for (std::size_t g = 0; g < groups; ++g) {
+    hn::Vec<decltype(d16)> bv[NR];
+    HWY_UNROLL(4)
+    for (std::size_t j = 0; j < NR; ++j) bv[j] = hn::Load(d16, b + g * group_elems + j * lanes * 2);
+    HWY_UNROLL(6)
+    for (std::size_t i = 0; i < MR; ++i) {
+      int32_t pair;  // A[i][2g], A[i][2g+1] as two int16
+      std::memcpy(&pair, a + i * lda + g * 2, sizeof(pair));
+      const auto av = hn::BitCast(d16, hn::Set(d32, pair));
+      HWY_UNROLL(4)
+      for (std::size_t j = 0; j < NR; ++j)
+        acc0[i][j] = hn::ReorderWidenMulAccumulate(d32, av, bv[j], acc0[i][j], acc1[i][j]);
+    }
+  }
+  HWY_UNROLL(6)
+  for (std::size_t i = 0; i < MR; ++i) {
+    HWY_UNROLL(4)
+    for (std::size_t j = 0; j < NR; ++j) {
+      const V32 r = hn::RearrangeToOddPlusEven(acc0[i][j], acc1[i][j]);
+      int32_t* out = c + i * ldc + j * lanes;
+      if (ncols >= (j + 1) * lanes) {
+        hn::StoreU(r, d32, out);
+      } else if (ncols > j * lanes) {
+        hn::BlendedStore(r, hn::FirstN(d32, ncols - j * lanes), d32, out);
+      }
+    }
+  }
+}
+
+#else   // HWY_SCALAR: one column per "vector", plain integer arithmetic.
+template <std::size_t MR, std::size_t NR>
+void KernelNN(const int16_t* HWY_RESTRICT a, std::size_t lda, const int16_t* HWY_RESTRICT b, std::size_t groups,
+              const int32_t* HWY_RESTRICT /*a_sums*/, int32_t* HWY_RESTRICT c, std::size_t ldc, std::size_t ncols) {
+  int32_t acc[MR][NR] = {};
+  for (std::size_t g = 0; g < groups; ++g) {
+    const int16_t* bg = b + g * kNR * 2;
+    for (std::size_t i = 0; i < MR; ++i) {
+      const int16_t* ai = a + i * lda + g * 2;
+      for (std::size_t j = 0; j < NR; ++j) acc[i][j] += ai[0] * bg[j * 2] + ai[1] * bg[j * 2 + 1];
+    }
+  }
+  for (std::size_t i = 0; i < MR; ++i)
+    for (std::size_t j = 0; j < NR && j < ncols; ++j) c[i * ldc + j] = acc[i][j];
+}
+#endif  // HWY_TARGET
+
+using KernelFn = void (*)(const PackedA*, std::size_t, const PackedB*, std::size_t, const int32_t*, int32_t*,
+                          std::size_t, std::size_t);
+
+// All tile shapes, indexed [mr−1][nr−1]: edges have fewer than kMR rows or kNR vectors of columns.
+template <std::size_t... I>
+constexpr auto MakeKernelTable(std::index_sequence<I...>) {
+  return std::array<KernelFn, sizeof...(I)>{&KernelNN<I / kNR + 1, I % kNR + 1>...};
+}
+constexpr auto kKernels = MakeKernelTable(std::make_index_sequence<kMR * kNR>());
+
+// ---- Driver -------------------------------------------------------------------------------------------------
+
+struct Packed {
+  const PackedA* a;  // rows × lda
+  std::size_t lda;
+  const PackedB* b;  // panels
+  const int32_t* a_sums;
+  int32_t* c;
+  std::size_t ldc;
+  std::size_t rows, cols, groups;
+};
+
+// Rows [i0, i1) of C, all columns: in blocks of rows that stay in L2 while each panel of B streams past.
+void Rows(const Packed& pk, std::size_t i0, std::size_t i1) {
+  const std::size_t pw = PanelWidth(), lanes = hn::Lanes(D32());
+  const std::size_t block = detail::a_block_rows(pk.lda * sizeof(PackedA), kMR);
+  for (std::size_t r0 = i0; r0 < i1; r0 += block) {
+    const std::size_t r1 = std::min(i1, r0 + block);
+    for (std::size_t col0 = 0; col0 < pk.cols; col0 += pw) {
+      const std::size_t ncols = std::min(pw, pk.cols - col0);
+      const std::size_t nr = (ncols + lanes - 1) / lanes;
+      const PackedB* b = pk.b + (col0 / pw) * pk.groups * pw * kGroup;
+      for (std::size_t i = r0; i < r1; i += kMR) {
+        const std::size_t mr = std::min(kMR, r1 - i);
+        const PackedA* a = pk.a + i * pk.lda;
+        const int32_t* sums = pk.a_sums != nullptr ? pk.a_sums + i : nullptr;
+        int32_t* c = pk.c + i * pk.ldc + col0;
+        if (mr == kMR && nr == kNR) {
+          KernelNN<kMR, kNR>(a, pk.lda, b, pk.groups, sums, c, pk.ldc, ncols);
+        } else {
+          kKernels[(mr - 1) * kNR + (nr - 1)](a, pk.lda, b, pk.groups, sums, c, pk.ldc, ncols);
+        }
+      }
+    }
+  }
+}
+
+// B's layout in memory: reduction along its rows (dgrad, wgrad) or along its columns (forward).
+enum class BLayout { kReductionRows, kReductionCols };
+
+// C (rows × cols) = A (rows × k, row-major, leading dimension lda) · B, with B given as b (k × cols, kReductionRows)
+// or as its transpose (cols × k, kReductionCols), leading dimension ldb. Packs both, tiles rows over the pool.
+void Gemm(const int8_t* a, std::size_t lda, const int8_t* b, std::size_t ldb, BLayout layout, int32_t* c,
+          std::size_t rows, std::size_t cols, std::size_t k, ThreadPool* pool) {
+  if (rows == 0 || cols == 0) return;
+  const std::size_t groups = (k + kGroup - 1) / kGroup, kp = groups * kGroup;
+  const std::size_t pw = PanelWidth(), panels = (cols + pw - 1) / pw;
+  auto* ap = static_cast<PackedA*>(detail::scratch(detail::Slot::kPackedA, rows * kp * sizeof(PackedA)));
+  auto* bp =
+      static_cast<PackedB*>(detail::scratch(detail::Slot::kPackedB, panels * groups * pw * kGroup * sizeof(PackedB)));
+  int32_t* sums = nullptr;
+#if HWY_TARGET == HWY_AVX3_DL
+  sums = static_cast<int32_t*>(detail::scratch(detail::Slot::kSums, rows * sizeof(int32_t)));
 #endif
+  PackA(a, lda, rows, k, kp, ap, sums);
+  if (layout == BLayout::kReductionRows) {
+    PackRows(b, ldb, k, cols, bp);
+  } else {
+    PackCols(b, ldb, k, cols, bp);
+  }
+  const Packed pk{ap, kp, bp, sums, c, cols, rows, cols, groups};
   const std::size_t threads = pool != nullptr ? pool->threads() : 1;
   if (threads <= 1) {
-    RowsNT(pr, bsum, 0, pr.m);
+    Rows(pk, 0, rows);
     return;
   }
   // Two tiles per thread (pthreadpool steals work, so a slower thread hands some over), whole micro-tiles.
-  const std::size_t per = (pr.m + 2 * threads - 1) / (2 * threads);
+  const std::size_t per = (rows + 2 * threads - 1) / (2 * threads);
   const std::size_t tile = (per + kMR - 1) / kMR * kMR;
-  pool->parallel_for(pr.m, tile, [&](std::size_t i0, std::size_t i1) { RowsNT(pr, bsum, i0, i1); });
+  pool->parallel_for(rows, tile, [&](std::size_t i0, std::size_t i1) { Rows(pk, i0, i1); });
+}
+
+// This target's entry points (see gemm.h for the layouts).
+void GemmForward(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
+                 ThreadPool* pool) {
+  Gemm(x, k, w, k, BLayout::kReductionCols, y, n, m, k, pool);  // B(p, j) = W[j][p]
+}
+
+void GemmDgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
+               ThreadPool* pool) {
+  Gemm(dy, m, w, k, BLayout::kReductionRows, dx, n, k, m, pool);  // A = dY, B = W
+}
+
+void GemmWgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
+               ThreadPool* pool) {
+  if (m == 0 || k == 0) return;
+  auto* dyt = static_cast<int8_t*>(detail::scratch(detail::Slot::kTransposed, n * m));  // M × N
+  Transpose8(dy, n, m, dyt);
+  Gemm(dyt, n, x, k, BLayout::kReductionRows, dw, m, k, n, pool);  // A = dYᵀ, B = X
 }
 
 }  // namespace qtrain::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
 // ------------------------------------------------------------------------------------------------------------
-// Target-independent part: dispatch, scratch, transposes, the public functions.
+// Target-independent part: dispatch, scratch, the public functions.
 #if HWY_ONCE
 #include <cpuinfo.h>
 
 namespace qtrain::kernels {
-HWY_EXPORT(GemmNT);
-HWY_EXPORT(Transpose8);
+HWY_EXPORT(GemmForward);
+HWY_EXPORT(GemmDgrad);
+HWY_EXPORT(GemmWgrad);
 
 namespace detail {
 namespace {
 
-template <typename T>
 class Scratch {
  public:
-  T* get(std::size_t count) {
-    if (count > capacity_) {
-      data_ = hwy::AllocateAligned<T>(count);
-      capacity_ = count;
+  void* get(std::size_t bytes) {
+    if (bytes > capacity_) {
+      data_ = hwy::AllocateAligned<uint8_t>(bytes);
+      capacity_ = bytes;
     }
     return data_.get();
   }
 
  private:
-  hwy::AlignedFreeUniquePtr<T[]> data_;
+  hwy::AlignedFreeUniquePtr<uint8_t[]> data_;
   std::size_t capacity_ = 0;
 };
 
-thread_local Scratch<int8_t> tl_scratch_a;
-thread_local Scratch<int8_t> tl_scratch_b;
-thread_local Scratch<int32_t> tl_scratch_i32;
+thread_local Scratch tl_scratch[static_cast<int>(Slot::kCount)];
 
 std::size_t l2_bytes() {
   static const std::size_t bytes = [] {
@@ -441,12 +564,10 @@ std::size_t l2_bytes() {
 
 }  // namespace
 
-int8_t* scratch_a(std::size_t bytes) { return tl_scratch_a.get(bytes); }
-int8_t* scratch_b(std::size_t bytes) { return tl_scratch_b.get(bytes); }
-int32_t* scratch_i32(std::size_t count) { return tl_scratch_i32.get(count); }
+void* scratch(Slot slot, std::size_t bytes) { return tl_scratch[static_cast<int>(slot)].get(bytes); }
 
-std::size_t b_block_rows(std::size_t k, std::size_t multiple) {
-  const std::size_t rows = l2_bytes() / 2 / std::max<std::size_t>(k, 1);
+std::size_t a_block_rows(std::size_t row_bytes, std::size_t multiple) {
+  const std::size_t rows = l2_bytes() / 4 / std::max<std::size_t>(row_bytes, 1);
   return std::max(multiple, rows / multiple * multiple);
 }
 
@@ -458,27 +579,19 @@ void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
 void gemm_forward(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
                   ThreadPool* pool) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GemmNT)({x, k, w, k, y, m, n, m, k}, pool);
+  HWY_DYNAMIC_DISPATCH(GemmForward)(x, w, y, n, m, k, pool);
 }
 
 void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
                 ThreadPool* pool) {
   detail::ensure_dispatch_ready();
-  if (n == 0 || k == 0) return;
-  int8_t* wt = detail::scratch_b(m * k);  // K × M
-  HWY_DYNAMIC_DISPATCH(Transpose8)(w, m, k, wt);
-  HWY_DYNAMIC_DISPATCH(GemmNT)({dy, m, wt, m, dx, k, n, k, m}, pool);
+  HWY_DYNAMIC_DISPATCH(GemmDgrad)(dy, w, dx, n, m, k, pool);
 }
 
 void gemm_wgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
                 ThreadPool* pool) {
   detail::ensure_dispatch_ready();
-  if (m == 0 || k == 0) return;
-  int8_t* dyt = detail::scratch_a(n * m);  // M × N
-  int8_t* xt = detail::scratch_b(n * k);   // K × N
-  HWY_DYNAMIC_DISPATCH(Transpose8)(dy, n, m, dyt);
-  HWY_DYNAMIC_DISPATCH(Transpose8)(x, n, k, xt);
-  HWY_DYNAMIC_DISPATCH(GemmNT)({dyt, n, xt, n, dw, k, m, k, n}, pool);
+  HWY_DYNAMIC_DISPATCH(GemmWgrad)(dy, x, dw, n, m, k, pool);
 }
 
 }  // namespace qtrain::kernels

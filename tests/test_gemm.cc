@@ -149,11 +149,12 @@ constexpr Layout kLayouts[] = {Layout::kForward, Layout::kDgrad, Layout::kWgrad}
 TEST_P(GemmTarget, MatchesReferenceOnOddShapes) {
   // Each of n, m, k is the reduction of one layout, so odd sizes exercise the micro-kernel's remainders (rows
   // not a multiple of the register tile, reductions not a multiple of the vector) in every layout; multiples
-  // of 16 and ragged edges exercise the blocked transposes; zeros are empty products (all-zero outputs).
+  // of 16 and ragged edges exercise the blocked packing; zeros are empty products (all-zero outputs); a long
+  // reduction splits A's rows into several cache blocks.
   const Shape shapes[] = {{1, 1, 1},    {3, 5, 7},      {17, 33, 65},  {64, 10, 784}, {31, 129, 257},
                           {7, 9, 1},    {1, 1, 200},    {5, 4, 63},    {4, 8, 64},    {8, 4, 128},
                           {2, 3, 129},  {64, 256, 784}, {65, 3, 1000}, {6, 70, 33},   {48, 40, 32},
-                          {33, 47, 17}, {4, 3, 0},      {3, 0, 4},     {0, 3, 4}};
+                          {33, 47, 17}, {4, 3, 0},      {3, 0, 4},     {0, 3, 4},     {20, 3, 40000}};
   std::mt19937 rng(1234);
   for (const Shape& s : shapes) {
     for (Layout l : kLayouts) {
