@@ -51,10 +51,6 @@ namespace qtrain::kernels::detail {
 enum class Slot { kTransposed, kPackedA, kPackedB, kSums, kCount };
 void* scratch(Slot slot, std::size_t bytes);
 
-// Rows of A per cache block: the block (rows × `row_bytes`) takes about a quarter of the L2 cache, so it stays
-// there while every panel of B streams past it.
-std::size_t a_block_rows(std::size_t row_bytes, std::size_t multiple);
-
 }  // namespace qtrain::kernels::detail
 #endif  // QTRAIN_KERNELS_GEMM_SHARED_
 
@@ -125,11 +121,12 @@ HWY_INLINE PackedB PackValue(int8_t v) {
 
 // B stored with the reduction along rows: b (k rows × n columns, leading dimension ldb) → panels. Lane
 // (column) j of group g gets rows g·kGroup … g·kGroup+kGroup−1 of column j: an interleave of kGroup rows,
-// 16 (VNNI) or 8 columns at a time. Ragged columns and padding take the scalar loop.
-void PackRows(const int8_t* HWY_RESTRICT b, std::size_t ldb, std::size_t k, std::size_t n, PackedB* HWY_RESTRICT dst) {
+// 16 (VNNI) or 8 columns at a time. Ragged columns and padding take the scalar loop. Packs panels [p0, p1).
+void PackRows(const int8_t* HWY_RESTRICT b, std::size_t ldb, std::size_t k, std::size_t n, PackedB* HWY_RESTRICT dst,
+              std::size_t p0, std::size_t p1) {
   const std::size_t pw = PanelWidth();
   const std::size_t groups = (k + kGroup - 1) / kGroup;
-  for (std::size_t col0 = 0; col0 < n; col0 += pw) {
+  for (std::size_t col0 = p0 * pw; col0 < std::min(n, p1 * pw); col0 += pw) {
     const std::size_t cols = std::min(pw, n - col0);
     for (std::size_t g = 0; g < groups; ++g) {
       PackedB* out = dst + ((col0 / pw) * groups + g) * pw * kGroup;
@@ -181,11 +178,13 @@ void PackRows(const int8_t* HWY_RESTRICT b, std::size_t ldb, std::size_t k, std:
 
 // B stored with the reduction along columns (forward: B(p, j) = W[j][p]): w (n rows × k, leading dimension ldw)
 // → panels. Lane j of group g is the kGroup bytes W[j][g·kGroup …], so this is a transpose of 32-bit (VNNI) or
-// 16-bit (widened to 32-bit) units: 4 rows × 4 groups at a time through a 4×4 transpose of 32-bit lanes.
-void PackCols(const int8_t* HWY_RESTRICT w, std::size_t ldw, std::size_t k, std::size_t n, PackedB* HWY_RESTRICT dst) {
+// 16-bit (widened to 32-bit) units: 4 rows × 4 groups at a time through a 4×4 transpose of 32-bit lanes. Packs
+// panels [p0, p1).
+void PackCols(const int8_t* HWY_RESTRICT w, std::size_t ldw, std::size_t k, std::size_t n, PackedB* HWY_RESTRICT dst,
+              std::size_t p0, std::size_t p1) {
   const std::size_t pw = PanelWidth();
   const std::size_t groups = (k + kGroup - 1) / kGroup;
-  for (std::size_t col0 = 0; col0 < n; col0 += pw) {
+  for (std::size_t col0 = p0 * pw; col0 < std::min(n, p1 * pw); col0 += pw) {
     const std::size_t cols = std::min(pw, n - col0);
     PackedB* panel = dst + (col0 / pw) * groups * pw * kGroup;
     std::size_t g4 = 0;  // groups done by the vector loop (multiple of 4)
@@ -441,27 +440,23 @@ struct Packed {
   std::size_t rows, cols, groups;
 };
 
-// Rows [i0, i1) of C, all columns: in blocks of rows that stay in L2 while each panel of B streams past.
-void Rows(const Packed& pk, std::size_t i0, std::size_t i1) {
+// Rows [i0, i1) of C within panel `panel` (PanelWidth() columns): one row group after the other against the
+// same packed panel, which stays in L2 (kp · PanelWidth() · 4 bytes: 64 KB at k = 1024 on AVX3_DL).
+void PanelRows(const Packed& pk, std::size_t panel, std::size_t i0, std::size_t i1) {
   const std::size_t pw = PanelWidth(), lanes = hn::Lanes(D32());
-  const std::size_t block = detail::a_block_rows(pk.lda * sizeof(PackedA), kMR);
-  for (std::size_t r0 = i0; r0 < i1; r0 += block) {
-    const std::size_t r1 = std::min(i1, r0 + block);
-    for (std::size_t col0 = 0; col0 < pk.cols; col0 += pw) {
-      const std::size_t ncols = std::min(pw, pk.cols - col0);
-      const std::size_t nr = (ncols + lanes - 1) / lanes;
-      const PackedB* b = pk.b + (col0 / pw) * pk.groups * pw * kGroup;
-      for (std::size_t i = r0; i < r1; i += kMR) {
-        const std::size_t mr = std::min(kMR, r1 - i);
-        const PackedA* a = pk.a + i * pk.lda;
-        const int32_t* sums = pk.a_sums != nullptr ? pk.a_sums + i : nullptr;
-        int32_t* c = pk.c + i * pk.ldc + col0;
-        if (mr == kMR && nr == kNR) {
-          KernelNN<kMR, kNR>(a, pk.lda, b, pk.groups, sums, c, pk.ldc, ncols);
-        } else {
-          kKernels[(mr - 1) * kNR + (nr - 1)](a, pk.lda, b, pk.groups, sums, c, pk.ldc, ncols);
-        }
-      }
+  const std::size_t col0 = panel * pw;
+  const std::size_t ncols = std::min(pw, pk.cols - col0);
+  const std::size_t nr = (ncols + lanes - 1) / lanes;
+  const PackedB* b = pk.b + panel * pk.groups * pw * kGroup;
+  for (std::size_t i = i0; i < i1; i += kMR) {
+    const std::size_t mr = std::min(kMR, i1 - i);
+    const PackedA* a = pk.a + i * pk.lda;
+    const int32_t* sums = pk.a_sums != nullptr ? pk.a_sums + i : nullptr;
+    int32_t* c = pk.c + i * pk.ldc + col0;
+    if (mr == kMR && nr == kNR) {
+      KernelNN<kMR, kNR>(a, pk.lda, b, pk.groups, sums, c, pk.ldc, ncols);
+    } else {
+      kKernels[(mr - 1) * kNR + (nr - 1)](a, pk.lda, b, pk.groups, sums, c, pk.ldc, ncols);
     }
   }
 }
@@ -483,22 +478,40 @@ void Gemm(const int8_t* a, std::size_t lda, const int8_t* b, std::size_t ldb, BL
 #if HWY_TARGET == HWY_AVX3_DL
   sums = static_cast<int32_t*>(detail::scratch(detail::Slot::kSums, rows * sizeof(int32_t)));
 #endif
-  PackA(a, lda, rows, k, kp, ap, sums);
-  if (layout == BLayout::kReductionRows) {
-    PackRows(b, ldb, k, cols, bp);
-  } else {
-    PackCols(b, ldb, k, cols, bp);
-  }
+  PackA(a, lda, rows, k, kp, ap, sums);  // small: the batch (forward, dgrad) or dYᵀ (wgrad)
+  const auto pack_b = [&](std::size_t p0, std::size_t p1) {
+    if (layout == BLayout::kReductionRows) {
+      PackRows(b, ldb, k, cols, bp, p0, p1);
+    } else {
+      PackCols(b, ldb, k, cols, bp, p0, p1);
+    }
+  };
   const Packed pk{ap, kp, bp, sums, c, cols, rows, cols, groups};
   const std::size_t threads = pool != nullptr ? pool->threads() : 1;
-  if (threads <= 1) {
-    Rows(pk, 0, rows);
+  if (threads <= 1 || panels >= threads) {
+    // Tasks are whole panels: pack one, multiply it by all of A while it is hot. Each thread packs the panels
+    // it multiplies, so packed B never moves between cores (splitting rows instead made 2 threads slower
+    // than 1 at batch 64). pthreadpool steals single panels when the split is uneven.
+    const auto panel_task = [&](std::size_t p0, std::size_t p1) {
+      for (std::size_t p = p0; p < p1; ++p) {
+        pack_b(p, p + 1);
+        PanelRows(pk, p, 0, rows);
+      }
+    };
+    if (threads <= 1) {
+      panel_task(0, panels);
+    } else {
+      pool->parallel_for(panels, 1, panel_task);
+    }
     return;
   }
-  // Two tiles per thread (pthreadpool steals work, so a slower thread hands some over), whole micro-tiles.
-  const std::size_t per = (rows + 2 * threads - 1) / (2 * threads);
+  // Fewer panels than threads (a narrow C, e.g. the classifier layer): pack B here, split the rows.
+  pack_b(0, panels);
+  const std::size_t per = (rows + threads - 1) / threads;
   const std::size_t tile = (per + kMR - 1) / kMR * kMR;
-  pool->parallel_for(rows, tile, [&](std::size_t i0, std::size_t i1) { Rows(pk, i0, i1); });
+  pool->parallel_for(rows, tile, [&](std::size_t i0, std::size_t i1) {
+    for (std::size_t p = 0; p < panels; ++p) PanelRows(pk, p, i0, i1);
+  });
 }
 
 // This target's entry points (see gemm.h for the layouts).
@@ -526,8 +539,6 @@ HWY_AFTER_NAMESPACE();
 // ------------------------------------------------------------------------------------------------------------
 // Target-independent part: dispatch, scratch, the public functions.
 #if HWY_ONCE
-#include <cpuinfo.h>
-
 namespace qtrain::kernels {
 HWY_EXPORT(GemmForward);
 HWY_EXPORT(GemmDgrad);
@@ -553,23 +564,9 @@ class Scratch {
 
 thread_local Scratch tl_scratch[static_cast<int>(Slot::kCount)];
 
-std::size_t l2_bytes() {
-  static const std::size_t bytes = [] {
-    std::size_t size = 0;
-    if (cpuinfo_initialize() && cpuinfo_get_l2_caches_count() > 0) size = cpuinfo_get_l2_cache(0)->size;
-    return size >= (64u << 10) ? size : std::size_t{256} << 10;  // unknown: assume a small L2
-  }();
-  return bytes;
-}
-
 }  // namespace
 
 void* scratch(Slot slot, std::size_t bytes) { return tl_scratch[static_cast<int>(slot)].get(bytes); }
-
-std::size_t a_block_rows(std::size_t row_bytes, std::size_t multiple) {
-  const std::size_t rows = l2_bytes() / 4 / std::max<std::size_t>(row_bytes, 1);
-  return std::max(multiple, rows / multiple * multiple);
-}
 
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
 
