@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/dispatch.h"
+#include "tests/target_test_util.h"
 #include "kernels/sgd_update.h"
 #include "quant/pow2.h"
 
@@ -70,23 +71,6 @@ std::vector<T> fill(std::size_t n, F&& f) {
   return out;
 }
 
-class ForcedTarget {
- public:
-  explicit ForcedTarget(const std::string& name) { ok_ = force_target(name); }
-  ~ForcedTarget() { force_target(""); }
-  ForcedTarget(const ForcedTarget&) = delete;
-  ForcedTarget& operator=(const ForcedTarget&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  bool ok_ = false;
-};
-
-std::vector<std::string> target_names() {
-  std::vector<std::string> names;
-  for (const Target& t : available_targets()) names.push_back(t.name);
-  return names;
-}
 
 struct AccumulateCase {
   int64_t mu_m;

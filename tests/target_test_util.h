@@ -1,0 +1,31 @@
+// Running a kernel test once per SIMD target: force each target the CPU supports in turn.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernels/dispatch.h"
+
+namespace qtrain::kernels {
+
+// Forces one target for the lifetime of the object; restores the best target afterwards.
+class ForcedTarget {
+ public:
+  explicit ForcedTarget(const std::string& name) { ok_ = force_target(name); }
+  ~ForcedTarget() { force_target(""); }
+  ForcedTarget(const ForcedTarget&) = delete;
+  ForcedTarget& operator=(const ForcedTarget&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  bool ok_ = false;
+};
+
+// Names of every target compiled in and supported here, best first (the parameters of per-target tests).
+inline std::vector<std::string> target_names() {
+  std::vector<std::string> names;
+  for (const Target& t : available_targets()) names.push_back(t.name);
+  return names;
+}
+
+}  // namespace qtrain::kernels
