@@ -113,19 +113,7 @@ std::vector<int32_t> check_against_ref(Layout l, const Shape& s, const std::vect
   return got;
 }
 
-
-class GemmTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    forced_ = std::make_unique<ForcedTarget>(GetParam());
-    ASSERT_TRUE(forced_->ok()) << "cannot force target " << GetParam();
-    ASSERT_EQ(active_target().name, GetParam());
-  }
-  void TearDown() override { forced_.reset(); }
-
- private:
-  std::unique_ptr<ForcedTarget> forced_;
-};
+class GemmTarget : public PerTargetTest {};
 
 constexpr Layout kLayouts[] = {Layout::kForward, Layout::kDgrad, Layout::kWgrad};
 

@@ -11,11 +11,9 @@
 namespace qtrain::kernels {
 namespace {
 
-class PhiloxTarget : public ::testing::TestWithParam<std::string> {};
+class PhiloxTarget : public PerTargetTest {};
 
 TEST_P(PhiloxTarget, BlocksMatchScalarDefinition) {
-  ForcedTarget forced(GetParam());
-  ASSERT_TRUE(forced.ok());
   const std::array<uint32_t, 2> key{0xdeadbeef, 0x01234567};
   // Block counts around every vector width; first blocks that straddle the 2^32 boundary of the low word.
   for (uint64_t first : {uint64_t{0}, uint64_t{5}, (uint64_t{1} << 32) - 3, uint64_t{0xfffffffffffffff0}})
@@ -29,8 +27,6 @@ TEST_P(PhiloxTarget, BlocksMatchScalarDefinition) {
 }
 
 TEST_P(PhiloxTarget, CounterRngFillMatchesSingleDraws) {
-  ForcedTarget forced(GetParam());
-  ASSERT_TRUE(forced.ok());
   const quant::CounterRng rng(7, quant::stream_id(quant::Purpose::kRounding, 3, 11));
   for (uint64_t first : {0, 1, 2, 3, 4, 1001})
     for (std::size_t n : {0, 1, 3, 4, 5, 31, 32, 33, 257}) {

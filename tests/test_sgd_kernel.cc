@@ -164,18 +164,7 @@ void check_apply(const ApplyCase& c, std::size_t n, bool in_place, bool realisti
   }
 }
 
-class SgdKernelTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    forced_ = std::make_unique<ForcedTarget>(GetParam());
-    ASSERT_TRUE(forced_->ok()) << "cannot force target " << GetParam();
-    ASSERT_EQ(active_target().name, GetParam());
-  }
-  void TearDown() override { forced_.reset(); }
-
- private:
-  std::unique_ptr<ForcedTarget> forced_;
-};
+class SgdKernelTarget : public PerTargetTest {};
 
 // Momentum and decay constants as the optimizer makes them (quant::to_dyadic), and edge cases: zero, the largest
 // mantissa the SIMD path takes, shifts of 0, 62, ≥ 63 (the term vanishes), negative (folded into the mantissa,
