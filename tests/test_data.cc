@@ -328,8 +328,10 @@ TEST(PixelNorm, TableWithinHalfUnitAndExponentMinimal) {
   const double mean = sum / static_cast<double>(s.pixels.size());
   for (const uint8_t p : s.pixels) sq += (p / 255.0 - mean) * (p / 255.0 - mean);
   const double sd = std::sqrt(sq / static_cast<double>(s.pixels.size()));
-  EXPECT_NEAR(n.mean, mean, 1e-12);
-  EXPECT_NEAR(n.stddev, sd, 1e-12);
+  ASSERT_EQ(n.channels.size(), 1u);
+  const auto& table = n.channels[0].table;
+  EXPECT_NEAR(n.channels[0].mean, mean, 1e-12);
+  EXPECT_NEAR(n.channels[0].stddev, sd, 1e-12);
   // Smallest e with max(|x(0)|, |x(255)|) ≤ 127·2^e.
   const double bound = std::max(std::fabs(mean / sd), std::fabs((1 - mean) / sd));
   EXPECT_LE(bound, 127.0 * std::ldexp(1.0, n.exponent));
@@ -337,12 +339,12 @@ TEST(PixelNorm, TableWithinHalfUnitAndExponentMinimal) {
   const double ulp = std::ldexp(1.0, n.exponent);
   for (int p = 0; p < 256; ++p) {
     const double x = (p / 255.0 - mean) / sd;
-    EXPECT_LE(std::fabs(n.table[p] * ulp - x), 0.5 * ulp + 1e-12) << "p=" << p;
-    EXPECT_GE(n.table[p], -127);
+    EXPECT_LE(std::fabs(table[p] * ulp - x), 0.5 * ulp + 1e-12) << "p=" << p;
+    EXPECT_GE(table[p], -127);
   }
   // Normalized data has mean ≈ 0 (within the rounding of the table).
   double norm_sum = 0;
-  for (const uint8_t p : s.pixels) norm_sum += n.table[p] * ulp;
+  for (const uint8_t p : s.pixels) norm_sum += table[p] * ulp;
   EXPECT_LE(std::fabs(norm_sum / static_cast<double>(s.pixels.size())), 0.5 * ulp);
 }
 
@@ -355,16 +357,18 @@ TEST(PixelNorm, KnownValues) {
   s.pixels = {0, 255, 0, 255};
   s.labels = {0};
   const PixelNorm n = fit_pixel_norm(s);
-  EXPECT_DOUBLE_EQ(n.mean, 0.5);
-  EXPECT_DOUBLE_EQ(n.stddev, 0.5);
+  ASSERT_EQ(n.channels.size(), 1u);
+  const ChannelNorm& c = n.channels[0];
+  EXPECT_DOUBLE_EQ(c.mean, 0.5);
+  EXPECT_DOUBLE_EQ(c.stddev, 0.5);
   EXPECT_EQ(n.exponent, -6);
-  EXPECT_EQ(n.table[0], -64);
-  EXPECT_EQ(n.table[255], 64);
-  EXPECT_EQ(n.table[128], 0);  // (128/255 − 0.5)/0.5 · 64 = 0.25 → 0
+  EXPECT_EQ(c.table[0], -64);
+  EXPECT_EQ(c.table[255], 64);
+  EXPECT_EQ(c.table[128], 0);  // (128/255 − 0.5)/0.5 · 64 = 0.25 → 0
   // Rebuilding from the recorded statistics gives the same table.
-  const PixelNorm m = make_pixel_norm(n.mean, n.stddev);
+  const PixelNorm m = make_pixel_norm({c.mean}, {c.stddev});
   EXPECT_EQ(m.exponent, n.exponent);
-  EXPECT_EQ(m.table, n.table);
+  EXPECT_EQ(m.channels[0].table, c.table);
 }
 
 TEST(PixelNorm, DegenerateInputs) {
@@ -376,9 +380,12 @@ TEST(PixelNorm, DegenerateInputs) {
   s.labels = {0};
   EXPECT_THROW(fit_pixel_norm(s), InputError);
   EXPECT_THROW(fit_pixel_norm(ImageSet{}), InputError);
-  EXPECT_THROW(make_pixel_norm(0.5, 0.0), InputError);
-  EXPECT_THROW(make_pixel_norm(NAN, 1.0), InputError);
-  EXPECT_THROW(make_pixel_norm(0.5, 1e-320), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5}, {0.0}), InputError);
+  EXPECT_THROW(make_pixel_norm({NAN}, {1.0}), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5}, {1e-320}), InputError);
+  EXPECT_THROW(make_pixel_norm({}, {}), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5, 0.5}, {0.25}), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5, 0.5}, {0.25, -1.0}), InputError);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -455,7 +462,7 @@ TEST(Batcher, FillAndLastBatch) {
       for (std::size_t i = 0; i < got; ++i) {
         seen.push_back(idx[i]);
         EXPECT_EQ(labels[i], s.labels[idx[i]]);
-        for (std::size_t j = 0; j < 6; ++j) EXPECT_EQ(images[i * 6 + j], n.table[s.pixels[idx[i] * 6 + j]]);
+        for (std::size_t j = 0; j < 6; ++j) EXPECT_EQ(images[i * 6 + j], n.channels[0].table[s.pixels[idx[i] * 6 + j]]);
       }
       if (got < 10) {
         EXPECT_EQ(labels[got], 0xEE) << "wrote past the short batch";
@@ -513,8 +520,8 @@ TEST(FashionMnist, LoadsInstalledDataSet) {
     for (const std::size_t c : per_class) EXPECT_EQ(c, s->count / 10);  // Fashion-MNIST is balanced
   }
   const PixelNorm n = fit_pixel_norm(train);
-  EXPECT_NEAR(n.mean, 0.2860, 1e-3);  // the well-known Fashion-MNIST statistics
-  EXPECT_NEAR(n.stddev, 0.3530, 1e-3);
+  EXPECT_NEAR(n.channels.at(0).mean, 0.2860, 1e-3);  // the well-known Fashion-MNIST statistics
+  EXPECT_NEAR(n.channels.at(0).stddev, 0.3530, 1e-3);
   EXPECT_EQ(n.exponent, -5);
   Batcher b(train, n, 256, 0, true, false);
   EXPECT_EQ(b.batches(), 235u);
