@@ -70,6 +70,41 @@ nlohmann::json spec_to_json(const ModelSpec& s) {
           {"groups", s.groups}};
 }
 
+// One channel: scalars and one table (the original single-channel form, kept so those files do not change);
+// several: an array entry per channel for mean, stddev and table.
+nlohmann::json norm_to_json(const data::PixelNorm& n) {
+  nlohmann::json mean = nlohmann::json::array(), stddev = nlohmann::json::array(), table = nlohmann::json::array();
+  for (const data::ChannelNorm& c : n.channels) {
+    mean.push_back(c.mean);
+    stddev.push_back(c.stddev);
+    table.push_back(std::vector<int>(c.table.begin(), c.table.end()));
+  }
+  if (n.channels.size() == 1)
+    return {{"mean", mean[0]}, {"stddev", stddev[0]}, {"exponent", n.exponent}, {"table", table[0]}};
+  return {{"mean", mean}, {"stddev", stddev}, {"exponent", n.exponent}, {"table", table}};
+}
+
+// Reads either form of norm_to_json.
+data::PixelNorm norm_from_json(const nlohmann::json& j) {
+  const bool single = !j.at("mean").is_array();
+  const auto per_channel = [&](const char* key) { return single ? nlohmann::json::array({j.at(key)}) : j.at(key); };
+  const auto mean = per_channel("mean").get<std::vector<double>>();
+  const auto stddev = per_channel("stddev").get<std::vector<double>>();
+  const auto tables = per_channel("table").get<std::vector<std::vector<int>>>();
+  if (mean.empty() || stddev.size() != mean.size() || tables.size() != mean.size())
+    throw std::runtime_error("pixel_norm needs one mean, stddev and table per channel");
+  data::PixelNorm n;
+  n.exponent = j.at("exponent").get<int>();
+  n.channels.resize(mean.size());
+  for (std::size_t c = 0; c < mean.size(); ++c) {
+    if (tables[c].size() != 256) throw std::runtime_error("pixel_norm.table must have 256 entries");
+    n.channels[c].mean = mean[c];
+    n.channels[c].stddev = stddev[c];
+    for (std::size_t i = 0; i < 256; ++i) n.channels[c].table[i] = static_cast<int8_t>(tables[c][i]);
+  }
+  return n;
+}
+
 ModelSpec spec_from_json(const nlohmann::json& j) {
   ModelSpec s;
   s.kind = j.at("kind").get<std::string>();
@@ -109,8 +144,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 void save_model(const std::string& path, Model& model, const data::PixelNorm& norm) {
   nlohmann::json header;
   header["model"] = spec_to_json(model.spec());
-  header["pixel_norm"] = {{"mean", norm.mean}, {"stddev", norm.stddev}, {"exponent", norm.exponent},
-                          {"table", std::vector<int>(norm.table.begin(), norm.table.end())}};
+  header["pixel_norm"] = norm_to_json(norm);
   nlohmann::json params = nlohmann::json::array();
   for (Param* p : model.params())
     params.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}});
@@ -156,13 +190,7 @@ LoadedModel load_model(const std::string& path) {
     const nlohmann::json h = nlohmann::json::parse(htext);
     const ModelSpec spec = spec_from_json(h.at("model"));
     spec.validate();
-    const auto& pn = h.at("pixel_norm");
-    out.norm.mean = pn.at("mean").get<double>();
-    out.norm.stddev = pn.at("stddev").get<double>();
-    out.norm.exponent = pn.at("exponent").get<int>();
-    const auto table = pn.at("table").get<std::vector<int>>();
-    if (table.size() != 256) throw std::runtime_error("pixel_norm.table must have 256 entries");
-    for (std::size_t i = 0; i < 256; ++i) out.norm.table[i] = static_cast<int8_t>(table[i]);
+    out.norm = norm_from_json(h.at("pixel_norm"));
     for (const auto& p : h.at("params")) shapes.emplace_back(p.at("rows").get<std::size_t>(), p.at("cols").get<std::size_t>());
     out.model = build_model(spec, 0);
   } catch (const InputError&) {

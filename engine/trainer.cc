@@ -44,10 +44,10 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true),
       sgd_(cfg.sgd) {
   cfg_.model = model_->spec();
-  if (train.rows * train.cols != cfg_.model.sizes.front())
+  if (train.image_size() != cfg_.model.sizes.front())
     throw UsageError("the model's input width " + std::to_string(cfg_.model.sizes.front()) +
                      " does not match the data's " + std::to_string(train.rows) + "x" + std::to_string(train.cols) +
-                     " images");
+                     (train.channels > 1 ? "x" + std::to_string(train.channels) : "") + " images");
   if (batcher_.batches() == 0)
     throw UsageError("--batch " + std::to_string(cfg.batch) + " is larger than the training set (" +
                      std::to_string(train.count) + " images)");
