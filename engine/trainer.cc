@@ -41,7 +41,7 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       norm_(norm),
       model_(model ? std::move(model) : (cfg.validate(), build_model(cfg.model, cfg.seed))),
       pool_(cfg.threads),
-      batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true),
+      batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true, cfg.augment),
       sgd_(cfg.sgd) {
   cfg_.model = model_->spec();
   if (train.image_size() != cfg_.model.sizes.front())

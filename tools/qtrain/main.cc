@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "engine/data/cifar.h"
 #include "engine/data/idx.h"
 #include "engine/serialize.h"
 #include "engine/trainer.h"
@@ -50,7 +51,9 @@ std::string percent(double x) {
 }
 
 struct TrainOptions {
-  std::string data = qtrain::data::kDefaultFashionMnistDir;
+  std::string dataset = "fashion-mnist";
+  std::string data;  // empty: the dataset's default directory
+  int augment = 0;
   std::string model = "mlp";
   std::string bits = "8";
   int groups = 0;
@@ -73,8 +76,23 @@ void apply_kernel_target(const std::string& name) {
   }
 }
 
-qtrain::data::ImageSet load_split(const std::string& dir, qtrain::data::Split split, std::size_t limit) {
-  auto set = qtrain::data::load_mnist_dir(dir, split);
+// Reads one split of the named data set ("fashion-mnist", "mnist": IDX files; "cifar10": the binary version).
+qtrain::data::ImageSet load_split(const std::string& dataset, const std::string& dir, qtrain::data::Split split,
+                                  std::size_t limit) {
+  qtrain::data::ImageSet set;
+  if (dataset == "cifar10") {
+    if (dir.empty())
+      throw UsageError("--dataset cifar10 needs --data DIR: CIFAR-10 is not packaged in Debian; download the binary "
+                       "version (https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz), extract it and pass its "
+                       "directory");
+    set = qtrain::data::load_cifar10_dir(dir, split);
+  } else if (dataset == "fashion-mnist" || dataset == "mnist") {
+    if (dir.empty() && dataset == "mnist")
+      throw UsageError("--dataset mnist needs --data DIR (a directory with the MNIST IDX files)");
+    set = qtrain::data::load_mnist_dir(dir.empty() ? qtrain::data::kDefaultFashionMnistDir : dir, split);
+  } else {
+    throw UsageError("--dataset '" + dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
+  }
   return limit ? qtrain::data::take_first(set, limit) : set;
 }
 
@@ -94,10 +112,16 @@ int run_train(const TrainOptions& o) {
   cfg.seed = o.seed;
   if (o.threads < 0) throw UsageError("--threads " + std::to_string(o.threads) + " is out of range: 0 (all processors) or more");
   cfg.threads = static_cast<std::size_t>(o.threads);
+  if (o.augment < 0 || o.augment > 16)
+    throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
+  cfg.augment = {o.augment, o.augment > 0};
   cfg.validate();  // flags first: a bad flag is reported before the data is read
+  if (o.dataset != "fashion-mnist" && o.dataset != "mnist" && o.dataset != "cifar10")
+    throw UsageError("--dataset '" + o.dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
 
-  const auto train = load_split(o.data, qtrain::data::Split::kTrain, o.train_limit);
-  const auto test = load_split(o.data, qtrain::data::Split::kTest, o.test_limit);
+  const auto train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, o.train_limit);
+  const auto test = load_split(o.dataset, o.data, qtrain::data::Split::kTest, o.test_limit);
+  cfg.model.sizes.front() = train.image_size();  // the MLP's input width follows the data
   qtrain::Trainer trainer(cfg, train);
   std::cout << "qtrain: " << trainer.model().spec().describe() << ", " << trainer.model().parameter_count()
             << " parameters; " << train.count << " training / " << test.count << " test images; batch " << cfg.batch
@@ -139,12 +163,12 @@ int run_train(const TrainOptions& o) {
   return 0;
 }
 
-int run_eval(const std::string& load, const std::string& data, long long threads, std::size_t limit,
-             const std::string& kernel_target) {
+int run_eval(const std::string& load, const std::string& dataset, const std::string& data, long long threads,
+             std::size_t limit, const std::string& kernel_target) {
   apply_kernel_target(kernel_target);
   if (threads < 0) throw UsageError("--threads " + std::to_string(threads) + " is out of range: 0 (all processors) or more");
   auto loaded = qtrain::load_model(load);
-  const auto test = load_split(data, qtrain::data::Split::kTest, limit);
+  const auto test = load_split(dataset, data, qtrain::data::Split::kTest, limit);
   qtrain::kernels::ThreadPool pool(static_cast<std::size_t>(threads));
   const double acc = qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool);
   std::cout << "model: " << loaded.model->spec().describe() << "\n"
@@ -162,7 +186,10 @@ int main(int argc, char** argv) {
 
   TrainOptions t;
   auto* train = app.add_subcommand("train", "Train a model on Fashion-MNIST / MNIST and report test accuracy");
-  train->add_option("--data", t.data, "Directory with the IDX files (train-images-idx3-ubyte.gz, ...)")->capture_default_str();
+  train->add_option("--dataset", t.dataset, "Data set: fashion-mnist, mnist (IDX files) or cifar10 (binary version)")->capture_default_str();
+  train->add_option("--data", t.data, "Data directory (default for fashion-mnist: " +
+                    std::string(qtrain::data::kDefaultFashionMnistDir) + ", from the dataset-fashion-mnist package)");
+  train->add_option("--augment", t.augment, "Augmentation: random crop with this zero padding (pixels) plus horizontal flips; 0 = off")->capture_default_str();
   train->add_option("--model", t.model, "Model to train: mlp (784-256-128-10)")->capture_default_str();
   train->add_option("--bits", t.bits, "Bit-widths: one value for all, or weights,activations,gradients (2..8)")->capture_default_str();
   train->add_option("--groups", t.groups, "ShiftQuant gradient groups N_G (0 = the largest the gradient bits allow)")->capture_default_str();
@@ -180,12 +207,13 @@ int main(int argc, char** argv) {
   train->add_option("--save", t.save, "Save the trained model to FILE");
   train->add_option("--kernel-target", t.kernel_target, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
 
-  std::string load, edata = qtrain::data::kDefaultFashionMnistDir, ekt;
+  std::string load, edata, edataset = "fashion-mnist", ekt;
   long long ethreads = 1;
   std::size_t elimit = 0;
   auto* eval = app.add_subcommand("eval", "Evaluate a saved model on the test set");
   eval->add_option("--load", load, "Model file written by 'qtrain train --save'")->required();
-  eval->add_option("--data", edata, "Directory with the IDX files")->capture_default_str();
+  eval->add_option("--dataset", edataset, "Data set: fashion-mnist, mnist or cifar10")->capture_default_str();
+  eval->add_option("--data", edata, "Data directory (default for fashion-mnist: the Debian package path)");
   eval->add_option("--threads", ethreads, "Threads (0 = all processors available)")->capture_default_str();
   eval->add_option("--test-limit", elimit, "Use only the first N test images (0 = all)");
   eval->add_option("--kernel-target", ekt, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
@@ -212,7 +240,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (*train) return run_train(t);
-    if (*eval) return run_eval(load, edata, ethreads, elimit, ekt);
+    if (*eval) return run_eval(load, edataset, edata, ethreads, elimit, ekt);
   } catch (const qtrain::UsageError& e) {
     std::cerr << "qtrain: error: " << e.what() << "\n";
     return 2;
