@@ -29,8 +29,8 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
   Tensor q(x.rows(), x.cols(), DType::kI8);
   const quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
   const auto& e = src->exponents();
-  q.set_exponent(quant::quantize_to_tensor(src->data<int32_t>(), x.rows(), x.cols(), e.data(), e.size(), opt,
-                                           q.data<int8_t>()));
+  q.set_exponent(
+      quant::quantize_to_tensor(src->data<int32_t>(), x.rows(), x.cols(), e.data(), e.size(), opt, q.data<int8_t>()));
   return q;
 }
 
@@ -43,8 +43,7 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   auto qw = std::make_shared<QuantizedWeights>();
   qw->q = Tensor(m, k, DType::kI8);
   std::vector<int> e_row(m);
-  quant::quantize_per_row(w.master.data<int32_t>(), m, k, w.master.exponent(), opt, qw->q.data<int8_t>(),
-                          e_row.data());
+  quant::quantize_per_row(w.master.data<int32_t>(), m, k, w.master.exponent(), opt, qw->q.data<int8_t>(), e_row.data());
   qw->aligned.resize(m * k);
   qw->aligned_exponent = quant::align_rows(qw->q.data<int8_t>(), m, k, e_row.data(),
                                            static_cast<uint32_t>(opt.range.hi), qw->aligned.data());
@@ -109,8 +108,7 @@ Tensor WgradAccumulator::finish(const quant::ShiftQuantized& g, int ex) {
   return narrow_per_row(sum_.data(), m_, k_, e_dw);
 }
 
-Tensor qgemm_wgrad(const quant::ShiftQuantized& g, const Tensor& xq, kernels::ThreadPool* pool,
-                   std::size_t max_rows) {
+Tensor qgemm_wgrad(const quant::ShiftQuantized& g, const Tensor& xq, kernels::ThreadPool* pool, std::size_t max_rows) {
   max_rows = std::clamp<std::size_t>(max_rows, 1, kernels::kMaxReduction);
   const std::size_t n = g.rows, k = xq.cols();
   WgradAccumulator acc(g.cols, k);
