@@ -159,7 +159,7 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
   const int ex = xq->exponent();
 
   auto out = std::make_shared<Var>();
-  out->value = Tensor(rows, m, DType::kI32);
+  out->value = Tensor::uninitialized(rows, m, DType::kI32);  // every row is a GEMM output
   int32_t* y = out->value.data<int32_t>();
   if (spec_.pointwise()) {
     kernels::gemm_forward(xq->data<int8_t>(), wq->q.data<int8_t>(), y, rows, m, g.k, ctx.pool);

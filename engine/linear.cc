@@ -51,7 +51,7 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
 
   // Y = X_q · W_qᵀ: each output sums k ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].
   auto out = std::make_shared<Var>();
-  out->value = Tensor(n, m, DType::kI32);
+  out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
   int32_t* y = out->value.data<int32_t>();
   kernels::gemm_forward(xq->data<int8_t>(), wq->q.data<int8_t>(), y, n, m, k, ctx.pool);
   std::vector<int> e_out(m);

@@ -412,7 +412,7 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
     cc[c] = static_cast<int32_t>(s.c);
   }
   auto out = std::make_shared<Var>();
-  out->value = Tensor(m, nc, DType::kI32, e_out);
+  out->value = Tensor::uninitialized(m, nc, DType::kI32, e_out);  // norm_apply writes every element
   if (training) saved->d.resize(m * nc);
   kernels::norm_apply(xp, m, nc, col, {a.data(), nullptr, t.data(), cc.data()}, out->value.data<int32_t>(),
                       training ? saved->d.data() : nullptr);

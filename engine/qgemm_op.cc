@@ -19,7 +19,7 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
   const Tensor* src = &x;
   Tensor widened;
   if (x.dtype() == DType::kI8) {
-    widened = Tensor(x.rows(), x.cols(), DType::kI32);
+    widened = Tensor::uninitialized(x.rows(), x.cols(), DType::kI32);
     std::copy(x.data<int8_t>(), x.data<int8_t>() + x.size(), widened.data<int32_t>());
     widened.set_exponents(x.axis(), x.exponents());
     src = &widened;
@@ -41,7 +41,7 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   const std::size_t m = w.master.rows(), k = w.master.cols();
   const quant::QuantizeOptions opt{quant::signed_range(cfg_.weight_bits)};
   auto qw = std::make_shared<QuantizedWeights>();
-  qw->q = Tensor(m, k, DType::kI8);
+  qw->q = Tensor::uninitialized(m, k, DType::kI8);
   std::vector<int> e_row(m);
   quant::quantize_per_row(w.master.data<int32_t>(), m, k, w.master.exponent(), opt, qw->q.data<int8_t>(), e_row.data());
   qw->aligned.resize(m * k);
@@ -82,7 +82,7 @@ void WgradAccumulator::add(const quant::ShiftQuantized& g, std::size_t r0, std::
     throw std::logic_error("WgradAccumulator: chunk of " + std::to_string(r1 - r0) + " rows exceeds kMaxReduction");
   if (r1 == r0) return;
   if (chunks_ == 0) {
-    first_ = Tensor(m_, k_, DType::kI32);
+    first_ = Tensor::uninitialized(m_, k_, DType::kI32);  // the GEMM writes every element
     kernels::gemm_wgrad(g.q.data() + r0 * m_, x_rows, first_.data<int32_t>(), r1 - r0, m_, k_, pool);
   } else {
     if (chunks_ == 1) {

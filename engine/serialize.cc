@@ -63,11 +63,18 @@ class Reader {
 };
 
 nlohmann::json spec_to_json(const ModelSpec& s) {
-  return {{"kind", s.kind},
-          {"sizes", s.sizes},
-          {"bits", {{"weight", s.bits.weight}, {"act", s.bits.act}, {"grad", s.bits.grad}}},
-          {"input_bits", s.input_bits},
-          {"groups", s.groups}};
+  nlohmann::json j = {{"kind", s.kind},
+                      {"sizes", s.sizes},
+                      {"bits", {{"weight", s.bits.weight}, {"act", s.bits.act}, {"grad", s.bits.grad}}},
+                      {"input_bits", s.input_bits},
+                      {"groups", s.groups}};
+  if (s.convolutional()) {  // MLP files stay exactly as they were
+    j["input"] = {s.in_h, s.in_w, s.in_c};
+    j["classes"] = s.classes;
+    j["edge_bits"] = s.edge_bits;
+    j["norm"] = s.norm;
+  }
+  return j;
 }
 
 // One channel: scalars and one table (the original single-channel form, kept so those files do not change);
@@ -114,6 +121,16 @@ ModelSpec spec_from_json(const nlohmann::json& j) {
   s.bits.grad = j.at("bits").at("grad").get<int>();
   s.input_bits = j.at("input_bits").get<int>();
   s.groups = j.at("groups").get<int>();
+  if (j.contains("input")) {
+    const auto in = j.at("input").get<std::vector<std::size_t>>();
+    if (in.size() != 3) throw std::runtime_error("model.input must be [height, width, channels]");
+    s.in_h = in[0];
+    s.in_w = in[1];
+    s.in_c = in[2];
+    s.classes = j.at("classes").get<std::size_t>();
+    s.edge_bits = j.at("edge_bits").get<int>();
+    s.norm = j.at("norm").get<std::string>();
+  }
   return s;
 }
 }  // namespace
@@ -158,6 +175,11 @@ void save_model(const std::string& path, Model& model, const data::PixelNorm& no
   for (Param* p : model.params()) {
     put<int32_t>(out, p->master.exponent());
     out.append(reinterpret_cast<const char*>(p->master.data<int32_t>()), p->master.size() * sizeof(int32_t));
+  }
+  // Buffers (running statistics): their exponents (one per column), then the int32 data. Shapes follow the spec.
+  for (Tensor* t : model.buffers()) {
+    for (std::size_t c = 0; c < t->cols(); ++c) put<int32_t>(out, t->exponent_at(0, c));
+    out.append(reinterpret_cast<const char*>(t->data<int32_t>()), t->size() * sizeof(int32_t));
   }
   put<uint32_t>(out, static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(out.data()),
                                                  static_cast<uInt>(out.size()))));
@@ -215,6 +237,16 @@ LoadedModel load_model(const std::string& path) {
     p->master.set_exponent(e);
     p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, e);
     ++p->version;
+  }
+  for (Tensor* t : out.model->buffers()) {
+    std::vector<int> exps(t->cols());
+    for (int& e : exps) {
+      e = r.get<int32_t>("running-statistics exponent");
+      if (e < -200 || e > 200) r.fail("running-statistics exponent " + std::to_string(e) + " is out of range");
+    }
+    const std::string data = r.take(t->size() * sizeof(int32_t), "running statistics");
+    std::memcpy(t->data<int32_t>(), data.data(), data.size());
+    t->set_exponents(t->cols() == 1 ? ScaleAxis::kTensor : ScaleAxis::kCol, std::move(exps));
   }
   const std::size_t crc_pos = r.pos();
   const uint32_t stored = r.get<uint32_t>("checksum");

@@ -118,9 +118,22 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     round_span(x, rows * cols, e_out - e_col[0], opt, opt.index0, out);
     return e_out;
   }
+  // Per-column shifts: nearest-even row by row; stochastic through single-element spans (rare: activations are
+  // rounded to nearest).
+  std::vector<int> shift(cols);
+  for (std::size_t c = 0; c < cols; ++c) shift[c] = e_out - e_of(c);
+  if (opt.rounding == Rounding::kNearestEven) {
+    const int64_t lo = opt.range.lo, hi = opt.range.hi;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const int32_t* xr = x + r * cols;
+      int8_t* o = out + r * cols;
+      for (std::size_t c = 0; c < cols; ++c) o[c] = static_cast<int8_t>(std::clamp(shift_round_even(xr[c], shift[c]), lo, hi));
+    }
+    return e_out;
+  }
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c)
-      round_span(x + r * cols + c, 1, e_out - e_of(c), opt, opt.index0 + r * cols + c, out + r * cols + c);
+      round_span(x + r * cols + c, 1, shift[c], opt, opt.index0 + r * cols + c, out + r * cols + c);
   return e_out;
 }
 

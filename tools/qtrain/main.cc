@@ -61,6 +61,8 @@ struct TrainOptions {
   long long batch = 64;
   double lr = 0.05, momentum = 0.9, wd = 5e-4;
   std::string schedule = "onecycle";
+  std::string norm = "l1";
+  int edge_bits = 0;
   uint64_t seed = 0;
   long long threads = 1;
   std::size_t train_limit = 0, test_limit = 0;
@@ -102,6 +104,8 @@ int run_train(const TrainOptions& o) {
   cfg.model.kind = o.model;
   cfg.model.bits = parse_bits(o.bits);
   cfg.model.groups = o.groups;
+  cfg.model.norm = o.norm;
+  cfg.model.edge_bits = o.edge_bits;
   cfg.epochs = o.epochs;
   if (o.batch < 1) throw UsageError("--batch " + std::to_string(o.batch) + " is out of range 1..65536");
   cfg.batch = static_cast<std::size_t>(o.batch);
@@ -121,7 +125,7 @@ int run_train(const TrainOptions& o) {
 
   const auto train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, o.train_limit);
   const auto test = load_split(o.dataset, o.data, qtrain::data::Split::kTest, o.test_limit);
-  cfg.model.sizes.front() = train.image_size();  // the MLP's input width follows the data
+  cfg.model.set_input(train.rows, train.cols, train.channels);  // the model's input follows the data
   qtrain::Trainer trainer(cfg, train);
   std::cout << "qtrain: " << trainer.model().spec().describe() << ", " << trainer.model().parameter_count()
             << " parameters; " << train.count << " training / " << test.count << " test images; batch " << cfg.batch
@@ -190,7 +194,14 @@ int main(int argc, char** argv) {
   train->add_option("--data", t.data, "Data directory (default for fashion-mnist: " +
                     std::string(qtrain::data::kDefaultFashionMnistDir) + ", from the dataset-fashion-mnist package)");
   train->add_option("--augment", t.augment, "Augmentation: random crop with this zero padding (pixels) plus horizontal flips; 0 = off")->capture_default_str();
-  train->add_option("--model", t.model, "Model to train: mlp (784-256-128-10)")->capture_default_str();
+  train->add_option("--model", t.model,
+                    "Model: mlp (784-256-128-10), cnn (2 conv + 2 FC), resnet8, resnet20 (CIFAR-style ResNets)")
+      ->capture_default_str();
+  train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
+      ->capture_default_str();
+  train->add_option("--edge-bits", t.edge_bits,
+                    "Weight/activation bits of the first conv and last FC of the convolutional models (0 = 8)")
+      ->capture_default_str();
   train->add_option("--bits", t.bits, "Bit-widths: one value for all, or weights,activations,gradients (2..8)")->capture_default_str();
   train->add_option("--groups", t.groups, "ShiftQuant gradient groups N_G (0 = the largest the gradient bits allow)")->capture_default_str();
   train->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
