@@ -58,6 +58,7 @@ inline int32_t sign(int32_t v) { return (v > 0) - (v < 0); }
 
 void stats_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1, int64_t* sum,
                 int32_t* mn, int32_t* mx) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) {
     sum[c] = 0;
     mn[c] = std::numeric_limits<int32_t>::max();
@@ -75,6 +76,7 @@ void stats_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_
 
 void abs_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
                   const NormColumns& col, int64_t* out) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) out[c] = 0;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
@@ -86,6 +88,7 @@ void abs_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::siz
 
 void sq_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
                  const NormColumns& col, int64_t* out) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) out[c] = 0;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
@@ -97,6 +100,7 @@ void sq_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size
 
 void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
                 const NormColumns& col, const NormAffine& aff, int32_t* y, int16_t* d_out) {
+  if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
@@ -109,6 +113,7 @@ void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_
 
 void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
                      std::size_t c1, int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d, int64_t* sum_sign) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) {
     sum_dy[c] = 0;
     mn[c] = std::numeric_limits<int32_t>::max();
@@ -132,6 +137,7 @@ void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std:
 template <bool kL1>
 void grad_apply_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
                      std::size_t c1, const NormColumns& col, const NormAffine& aff, int32_t* dx) {
+  if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
@@ -312,7 +318,9 @@ void SqDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, 
                int64_t* HWY_RESTRICT out) {
   const D d;
   const std::size_t lanes = hn::Lanes(d);
-  const V m15 = hn::Set(d, 0x7FFF);
+  const hn::Repartition<int16_t, D> d16x2;
+  using V16 = hn::Vec<decltype(d16x2)>;
+  const V m15 = hn::Set(d, 0x7FFF), m16 = hn::Set(d, 0xFFFF);
   HWY_ALIGN int32_t bh[kMaxGroup * hn::MaxLanes(d)];
   HWY_ALIGN int32_t bl[kMaxGroup * hn::MaxLanes(d)];
   for (std::size_t r0 = 0; r0 < rows; r0 += kNormBlockRows) {
@@ -325,7 +333,10 @@ void SqDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, 
       for (std::size_t g = 0; g < G; ++g) {
         const V d0 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + g * lanes));
         const V d1 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + cols + g * lanes));
-        const V s = hn::Add(hn::Mul(d0, d0), hn::Mul(d1, d1));
+        // Both rows' 16-bit values in one int32 lane, then one pairwise multiply-add (vpmaddwd): d₀² + d₁².
+        const V16 packed = hn::BitCast(d16x2, hn::Or(hn::And(d0, m16), hn::ShiftLeft<16>(d1)));
+        V odd = hn::Zero(d);
+        const V s = hn::RearrangeToOddPlusEven(hn::ReorderWidenMulAccumulate(d, packed, packed, hn::Zero(d), odd), odd);
         hi[g] = hn::Add(hi[g], hn::ShiftRight<15>(s));
         lo[g] = hn::Add(lo[g], hn::And(s, m15));
       }
