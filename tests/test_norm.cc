@@ -117,10 +117,11 @@ void check_kernels(const KernelCase& kc, std::mt19937_64& rng) {
                   : static_cast<uint64_t>(std::max(round_half_up(hi, k) - center[c], center[c] - round_half_up(lo, k)));
   }
   const kernels::NormColumns col{shift.data(), center.data()};
-  std::vector<int64_t> dev(cols), dev_ref(cols);
-  kernels::norm_abs_dev(x.data(), rows, cols, col, dev.data());
-  kernels::ref::norm_abs_dev(x.data(), rows, cols, col, dev_ref.data());
+  std::vector<int64_t> dev(cols), dev_ref(cols), sgn(cols), sgn_ref(cols);
+  kernels::norm_abs_dev(x.data(), rows, cols, col, dev.data(), sgn.data());
+  kernels::ref::norm_abs_dev(x.data(), rows, cols, col, dev_ref.data(), sgn_ref.data());
   ASSERT_EQ(dev, dev_ref) << what << " abs_dev";
+  ASSERT_EQ(sgn, sgn_ref) << what << " abs_dev sign";
   kernels::norm_sq_dev(x.data(), rows, cols, col, dev.data());
   kernels::ref::norm_sq_dev(x.data(), rows, cols, col, dev_ref.data());
   ASSERT_EQ(dev, dev_ref) << what << " sq_dev";
@@ -154,23 +155,17 @@ void check_kernels(const KernelCase& kc, std::mt19937_64& rng) {
   for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(y2[i], y_ref[i]) << what << " apply without d";
 
   // Backward.
-  std::vector<int64_t> sdy(cols), sdy_ref(cols), ssg(cols), ssg_ref(cols);
+  std::vector<int64_t> sdy(cols), sdy_ref(cols);
   std::vector<kernels::WideSum> dot(cols), dot_ref(cols);
-  for (bool with_sign : {true, false}) {
-    kernels::norm_grad_stats(dy.data(), d16_ref.data(), rows, cols, sdy.data(), mn.data(), mx.data(), dot.data(),
-                             with_sign ? ssg.data() : nullptr);
-    kernels::ref::norm_grad_stats(dy.data(), d16_ref.data(), rows, cols, sdy_ref.data(), mn_ref.data(), mx_ref.data(),
-                                  dot_ref.data(), with_sign ? ssg_ref.data() : nullptr);
-    ASSERT_EQ(sdy, sdy_ref) << what;
-    ASSERT_EQ(mn, mn_ref) << what;
-    ASSERT_EQ(mx, mx_ref) << what;
-    if (with_sign) {
-      ASSERT_EQ(ssg, ssg_ref) << what;
-    }
-    for (std::size_t c = 0; c < cols; ++c) {
-      ASSERT_EQ(dot[c].hi, dot_ref[c].hi) << what << " column " << c;
-      ASSERT_EQ(dot[c].lo, dot_ref[c].lo) << what << " column " << c;
-    }
+  kernels::norm_grad_stats(dy.data(), d16_ref.data(), rows, cols, sdy.data(), mn.data(), mx.data(), dot.data());
+  kernels::ref::norm_grad_stats(dy.data(), d16_ref.data(), rows, cols, sdy_ref.data(), mn_ref.data(), mx_ref.data(),
+                                dot_ref.data());
+  ASSERT_EQ(sdy, sdy_ref) << what;
+  ASSERT_EQ(mn, mn_ref) << what;
+  ASSERT_EQ(mx, mx_ref) << what;
+  for (std::size_t c = 0; c < cols; ++c) {
+    ASSERT_EQ(dot[c].hi, dot_ref[c].hi) << what << " column " << c;
+    ASSERT_EQ(dot[c].lo, dot_ref[c].lo) << what << " column " << c;
   }
   // The wide sums are exact: compare with a direct long-double-free exact computation (two int64 halves).
   for (std::size_t c = 0; c < cols && rows <= 4096; ++c) {
@@ -244,18 +239,21 @@ TEST_P(NormKernelTarget, ExtremeSumsAreExact) {
   // Working values at their bound ±(2^15 − 1) (k = 0, centre 0).
   std::vector<int32_t> xs(rows * cols), shift(cols, 0), center(cols, 0);
   for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = ((i / cols) % 3 == 0) ? -32767 : 32767;
-  std::vector<int64_t> dev(cols), dev_ref(cols);
-  kernels::norm_abs_dev(xs.data(), rows, cols, {shift.data(), center.data()}, dev.data());
-  for (std::size_t c = 0; c < cols; ++c) EXPECT_EQ(dev[c], static_cast<int64_t>(rows) * 32767) << c;
+  std::vector<int64_t> dev(cols), sgn(cols);
+  kernels::norm_abs_dev(xs.data(), rows, cols, {shift.data(), center.data()}, dev.data(), sgn.data());
+  const int64_t negatives = static_cast<int64_t>((rows + 2) / 3);
+  for (std::size_t c = 0; c < cols; ++c) {
+    EXPECT_EQ(dev[c], static_cast<int64_t>(rows) * 32767) << c;
+    EXPECT_EQ(sgn[c], static_cast<int64_t>(rows) - 2 * negatives) << c;
+  }
   kernels::norm_sq_dev(xs.data(), rows, cols, {shift.data(), center.data()}, dev.data());
   for (std::size_t c = 0; c < cols; ++c) EXPECT_EQ(dev[c], static_cast<int64_t>(rows) * 32767 * 32767) << c;
   std::vector<int16_t> d16(rows * cols, 32767);
-  std::vector<int64_t> sdy(cols), ssg(cols);
+  std::vector<int64_t> sdy(cols);
   std::vector<kernels::WideSum> dot(cols);
-  kernels::norm_grad_stats(dy.data(), d16.data(), rows, cols, sdy.data(), mn.data(), mx.data(), dot.data(), ssg.data());
+  kernels::norm_grad_stats(dy.data(), d16.data(), rows, cols, sdy.data(), mn.data(), mx.data(), dot.data());
   for (std::size_t c = 0; c < cols; ++c) {
     EXPECT_EQ(sdy[c], static_cast<int64_t>(rows) * kI32Min);
-    EXPECT_EQ(ssg[c], static_cast<int64_t>(rows));
     const int64_t total = static_cast<int64_t>(rows) * (int64_t{kI32Min} * 32767);  // ≈ −2^62.6, fits int64
     EXPECT_EQ(dot[c].hi, total >> 32) << c;
     EXPECT_EQ(dot[c].lo, total & 0xFFFFFFFF) << c;
