@@ -34,7 +34,7 @@
 //     (max|d|·|γρ| + |β|): scale invariance makes the range known without calibration.
 //   * Backward: dx = R((u·a + w·b) / 2^t) + c' per element with u = R(dy, k_dy) the 16-bit working gradient,
 //     w = sign(d) for L1 (a select, no multiply) or w = d for L2; per-channel a, b, c' from the exact sums Σdy,
-//     Σdy·d, Σsign(d). dx is int32 with one exponent.
+//     Σdy·d and (L1, counted by the forward's Σ|d| pass) Σsign(d). dx is int32 with one exponent.
 // Bounds: rows < 2^30 for a batch norm (every per-column sum is exact in int64, see kernels/norm.h); F ≤ 2^16
 // features for a layer norm (its row sums Σγdy·d < 2^45·F stay in int64).
 #pragma once
