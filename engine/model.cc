@@ -50,6 +50,15 @@ std::string ModelSpec::describe() const {
   return o.str();
 }
 
+std::vector<ParamShape> ModelSpec::param_shapes() const {
+  std::vector<ParamShape> out;
+  for (std::size_t i = 0; i + 1 < sizes.size(); ++i) {
+    out.push_back({"linear" + std::to_string(i) + ".weight", sizes[i + 1], sizes[i]});
+    out.push_back({"linear" + std::to_string(i) + ".bias", 1, sizes[i + 1]});
+  }
+  return out;
+}
+
 Model::Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers)
     : spec_(std::move(spec)), layers_(std::move(layers)) {}
 

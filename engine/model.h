@@ -10,6 +10,12 @@
 
 namespace qtrain {
 
+// Name and shape of one parameter tensor, as a model of a spec will hold it.
+struct ParamShape {
+  std::string name;
+  std::size_t rows = 0, cols = 0;
+};
+
 // Bit-widths of one layer: weights, input activations, output gradients (ShiftQuant).
 struct LayerBits {
   int weight = 8, act = 8, grad = 8;
@@ -26,6 +32,10 @@ struct ModelSpec {
   // Throws UsageError naming the flag and the valid range.
   void validate() const;
   std::string describe() const;  // "mlp 784-256-128-10 W4A4G4 N_G=5"
+  // The parameters build_model creates for this (valid) spec, in Model::params() order, without allocating them:
+  // file readers check the sizes a file declares against its length before building anything. Every model kind
+  // must list its parameters here (tests hold it to build_model).
+  std::vector<ParamShape> param_shapes() const;
 };
 
 // Names the models `build_model` knows, for help texts and errors.
