@@ -21,9 +21,9 @@ void Reader::read_i32_values(Tensor& t, const std::string& name) {
   pos_ += t.size() * sizeof(int32_t);
   constexpr int32_t kLimit = int32_t{1} << 30;
   for (std::size_t i = 0; i < t.size(); ++i)
-    if (dst[i] >= kLimit || dst[i] <= -kLimit)
+    if (dst[i] > kLimit || dst[i] < -kLimit)
       fail_at(at + 4 * i, name + " element " + std::to_string(i) + " = " + std::to_string(dst[i]) +
-                              " is out of range (|value| < 2^30)");
+                              " is out of range (|value| <= 2^30)");
 }
 
 uint32_t crc32_of(const char* data, std::size_t n) {

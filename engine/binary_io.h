@@ -42,8 +42,9 @@ class Reader {
     pos_ += n;
     return s;
   }
-  // Fills t (already shaped, int32) from the next rows·cols values; each must satisfy |v| < 2^30 (the bound the
-  // optimizer keeps master weights and momentum below).
+  // Fills t (already shaped, int32) from the next rows·cols values; each must satisfy |v| ≤ 2^30 (the bound the
+  // optimizer keeps master weights and momentum within: it narrows a tensor whose largest value needs more than
+  // 30 bits, and rounding to nearest can land exactly on 2^30).
   void read_i32_values(Tensor& t, const std::string& name);
   [[noreturn]] void fail(const std::string& msg) const { fail_at(pos_, msg); }
   [[noreturn]] void fail_at(std::size_t at, const std::string& msg) const {

@@ -111,10 +111,10 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, std::vector<ParamS
                              std::to_string(expect) + ")");
   st.loss_sum = pos.number("loss_sum", 0, 1e18);
   st.seen = static_cast<std::size_t>(pos.integer("seen", 0, INT64_MAX));
-  st.correct = static_cast<std::size_t>(pos.integer("correct", 0, static_cast<int64_t>(st.seen)));
   if (st.seen != st.step_in_epoch * c.config.batch)
     throw std::runtime_error("position.seen " + std::to_string(st.seen) + " does not match " +
                              std::to_string(st.step_in_epoch) + " steps of " + std::to_string(c.config.batch));
+  st.correct = static_cast<std::size_t>(pos.integer("correct", 0, static_cast<int64_t>(st.seen)));
 
   const Fields health = root.object("health");
   st.health.reference = health.number("reference", 0, 1e9);
