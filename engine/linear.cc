@@ -16,6 +16,11 @@ Linear::Linear(const LinearSpec& spec, uint32_t layer_id, uint64_t seed) : spec_
   if (spec.in > kernels::kMaxReduction)
     throw UsageError("Linear layer input width " + std::to_string(spec.in) + " exceeds " +
                      std::to_string(kernels::kMaxReduction) + " (the int32 accumulator bound of int8 GEMMs)");
+  // The input-gradient GEMM reduces over the output channels.
+  if (spec.out > kernels::kMaxReduction)
+    throw UsageError("Linear layer output width " + std::to_string(spec.out) + " exceeds " +
+                     std::to_string(kernels::kMaxReduction) +
+                     " (the int32 accumulator bound of the input-gradient GEMM)");
   quant::signed_range(spec.weight_bits);  // validates 2..8
   quant::signed_range(spec.act_bits);
   quant::validate(quant::ShiftQuantConfig{spec.grad_bits, spec.groups});
