@@ -81,8 +81,8 @@ run_qtrain "qtrain W4A4G4" 4
 torch_ips=""
 torch_py=${QTRAIN_TORCH_PYTHON:-/usr/bin/python3}  # the python3 that has torch (Debian python3-torch)
 if "$torch_py" -c "import torch" >/dev/null 2>&1; then
-  echo "== PyTorch fp32: bench/reference/torch_mlp.py --epochs $epochs --threads $threads"
-  if "$torch_py" "$repo/bench/reference/torch_mlp.py" --epochs "$epochs" --threads "$threads" --data "$data" \
+  echo "== PyTorch fp32: bench/reference/torch_models.py --model mlp --epochs $epochs --threads $threads"
+  if "$torch_py" "$repo/bench/reference/torch_models.py" --model mlp --epochs "$epochs" --threads "$threads" --data "$data" \
        2>&1 | tee "$tmp/torch.log" &&
      summary=$(grep '^{' "$tmp/torch.log" | tail -n 1 | "$py" -c '
 import json, sys

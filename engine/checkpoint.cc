@@ -16,8 +16,8 @@ namespace {
 
 constexpr char kMagic[8] = {'Q', 'T', 'R', 'N', 'C', 'K', 'P', 'T'};
 constexpr const char* kFormat = "qtrain checkpoint";
-constexpr uint32_t kSections = 3;
-constexpr const char* kTags[kSections] = {"HEAD", "WGHT", "MOMT"};
+constexpr uint32_t kSections = 4;
+constexpr const char* kTags[kSections] = {"HEAD", "WGHT", "MOMT", "BUFS"};
 constexpr std::size_t kMaxFileBytes = std::size_t{1} << 32;
 constexpr int kMaxExponent = 200;
 constexpr int kMaxMomentumOffset = 62;  // |exponent(momentum) − exponent(master)|: the optimizer's shift bound
@@ -58,7 +58,7 @@ EpochMetrics metrics_from_json(const Fields& f) {
 }
 
 // The header's contents, checked field by field (std::runtime_error naming the field).
-void header_from_json(const nlohmann::json& h, Checkpoint& c, std::vector<ParamShape>& shapes) {
+void header_from_json(const nlohmann::json& h, Checkpoint& c, nlohmann::json& tensors) {
   const Fields root(h, "");
   if (root.string("format") != kFormat) throw std::runtime_error("format is not \"" + std::string(kFormat) + "\"");
   c.config.model = json_io::spec_from_json(root.object("model"));
@@ -76,6 +76,10 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, std::vector<ParamS
   c.config.epochs = static_cast<int>(cfg.integer("epochs", 1, kMaxEpochs));
   c.config.sgd.momentum = cfg.number("momentum", 0, 1);
   c.config.sgd.weight_decay = cfg.number("weight_decay", 0, 1);
+  c.config.augment.pad = static_cast<int>(cfg.integer("augment_pad", 0, 16));
+  const nlohmann::json& flip = cfg.at("augment_flip");
+  if (!flip.is_boolean()) throw std::runtime_error(cfg.path("augment_flip") + " must be true or false");
+  c.config.augment.flip = flip.get<bool>();
   c.config.threads = 1;
   try {
     c.config.validate();
@@ -87,11 +91,19 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, std::vector<ParamS
   c.train_count = static_cast<std::size_t>(data.integer("count", 1, UINT32_MAX));
   c.image_rows = static_cast<std::size_t>(data.integer("rows", 1, 1 << 16));
   c.image_cols = static_cast<std::size_t>(data.integer("cols", 1, 1 << 16));
+  c.image_channels = static_cast<std::size_t>(data.integer("channels", 1, json_io::kMaxImageChannels));
   c.train_crc = static_cast<uint32_t>(data.integer("crc32", 0, UINT32_MAX));
-  if (c.image_rows * c.image_cols != c.config.model.sizes.front())
-    throw std::runtime_error("data.rows x data.cols (" + std::to_string(c.image_rows) + "x" +
-                             std::to_string(c.image_cols) + ") does not match the model's input width " +
-                             std::to_string(c.config.model.sizes.front()));
+  const ModelSpec& ms = c.config.model;
+  const bool fits = ms.convolutional()
+                        ? ms.in_h == c.image_rows && ms.in_w == c.image_cols && ms.in_c == c.image_channels
+                        : ms.sizes.front() == c.image_rows * c.image_cols * c.image_channels;
+  if (!fits)
+    throw std::runtime_error("data.rows x data.cols x data.channels (" + std::to_string(c.image_rows) + "x" +
+                             std::to_string(c.image_cols) + "x" + std::to_string(c.image_channels) +
+                             ") does not match the model's input (" + ms.describe() + ")");
+  if (c.norm.channels.size() != c.image_channels)
+    throw std::runtime_error("pixel_norm has " + std::to_string(c.norm.channels.size()) + " channels, the data " +
+                             std::to_string(c.image_channels));
 
   const Fields pos = root.object("position");
   c.steps_per_epoch = static_cast<std::size_t>(pos.integer("steps_per_epoch", 1, UINT32_MAX));
@@ -132,20 +144,25 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, std::vector<ParamS
       throw std::runtime_error("history[" + std::to_string(i) + "].epoch must be " + std::to_string(i + 1));
   }
 
-  shapes = c.config.model.param_shapes();
-  const nlohmann::json& tensors = root.array("tensors");
-  if (tensors.size() != shapes.size())
+  tensors = root.array("tensors");
+}
+
+// The header's tensor list against the built model: same names, shapes and dtype, in order.
+void check_tensors(const nlohmann::json& tensors, Model& model) {
+  const std::vector<Param*> params = model.params();
+  if (tensors.size() != params.size())
     throw std::runtime_error("tensors lists " + std::to_string(tensors.size()) + " tensors, the model has " +
-                             std::to_string(shapes.size()));
-  for (std::size_t i = 0; i < shapes.size(); ++i) {
+                             std::to_string(params.size()));
+  for (std::size_t i = 0; i < params.size(); ++i) {
     const Fields t(tensors[i], "tensors[" + std::to_string(i) + "]");
     const std::string name = t.string("name"), dtype = t.string("dtype");
     const auto rows = t.integer("rows", 0, INT64_MAX), cols = t.integer("cols", 0, INT64_MAX);
-    if (name != shapes[i].name || static_cast<std::size_t>(rows) != shapes[i].rows ||
-        static_cast<std::size_t>(cols) != shapes[i].cols)
+    const Tensor& m = params[i]->master;
+    if (name != params[i]->name || static_cast<std::size_t>(rows) != m.rows() ||
+        static_cast<std::size_t>(cols) != m.cols())
       throw std::runtime_error("tensors[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
-                               std::to_string(cols) + ", the model has " + shapes[i].name + " " +
-                               std::to_string(shapes[i].rows) + "x" + std::to_string(shapes[i].cols));
+                               std::to_string(cols) + ", the model has " + params[i]->name + " " +
+                               std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
     if (dtype != "i32") throw std::runtime_error("tensors[" + std::to_string(i) + "].dtype must be \"i32\"");
   }
 }
@@ -171,8 +188,14 @@ std::string encode_checkpoint(Trainer& trainer) {
                  {"schedule", schedule_name(cfg.schedule)},
                  {"epochs", cfg.epochs},
                  {"momentum", cfg.sgd.momentum},
-                 {"weight_decay", cfg.sgd.weight_decay}};
-  h["data"] = {{"count", train.count}, {"rows", train.rows}, {"cols", train.cols}, {"crc32", trainer.training_data_crc()}};
+                 {"weight_decay", cfg.sgd.weight_decay},
+                 {"augment_pad", cfg.augment.pad},
+                 {"augment_flip", cfg.augment.flip}};
+  h["data"] = {{"count", train.count},
+               {"rows", train.rows},
+               {"cols", train.cols},
+               {"channels", train.channels},
+               {"crc32", trainer.training_data_crc()}};
   h["position"] = {{"global_step", st.global_step}, {"epoch", st.epoch},       {"step_in_epoch", st.step_in_epoch},
                    {"steps_per_epoch", trainer.steps_per_epoch()},            {"loss_sum", st.loss_sum},
                    {"correct", st.correct},          {"seen", st.seen}};
@@ -200,6 +223,9 @@ std::string encode_checkpoint(Trainer& trainer) {
   put_section(out, kTags[0], h.dump());
   put_section(out, kTags[1], weights);
   put_section(out, kTags[2], momentum);
+  std::string buffers;
+  binary_io::put_buffers(buffers, model);
+  put_section(out, kTags[3], buffers);
   return out;
 }
 
@@ -249,27 +275,31 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
     r.fail(std::to_string(r.remaining()) + " unexpected bytes after the last section (the file should end here)");
 
   Checkpoint c;
-  std::vector<ParamShape> shapes;
+  nlohmann::json tensors;
   try {
     const nlohmann::json h = nlohmann::json::parse(bytes.begin() + static_cast<std::ptrdiff_t>(sec[0].begin),
                                                    bytes.begin() + static_cast<std::ptrdiff_t>(sec[0].end));
-    header_from_json(h, c, shapes);
+    header_from_json(h, c, tensors);
+    binary_io::check_size_bound(c.config.model, bytes.size());
   } catch (const nlohmann::json::parse_error& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD is not valid JSON (") + e.what() + ")");
   } catch (const std::exception& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
   }
-
-  // Sizes against the file before anything is allocated (each tensor ≤ kMaxLayerWidth² elements: no overflow).
-  uint64_t need = 0;
-  for (const ParamShape& s : shapes) need += 4 + uint64_t{s.rows} * s.cols * 4;
+  c.model = build_model(c.config.model, 0);
+  try {
+    check_tensors(tensors, *c.model);
+  } catch (const std::exception& e) {
+    r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
+  }
+  // Section sizes against the model.
+  const uint64_t pbytes = binary_io::param_bytes(*c.model), bbytes = binary_io::buffer_bytes(*c.model);
   for (uint32_t i = 1; i < kSections; ++i) {
-    const uint64_t have = sec[i].end - sec[i].begin;
+    const uint64_t have = sec[i].end - sec[i].begin, need = i == 3 ? bbytes : pbytes;
     if (have != need)
       r.fail_at(sec[i].begin, std::string("section ") + kTags[i] + " holds " + std::to_string(have) +
-                                  " bytes, the tensors in the header need " + std::to_string(need));
+                                  " bytes, the model needs " + std::to_string(need));
   }
-  c.model = build_model(c.config.model, 0);
   const std::vector<Param*> params = c.model->params();
   Reader w(path, bytes, sec[1].begin, sec[1].end), m(path, bytes, sec[2].begin, sec[2].end);
   for (Param* p : params) {
@@ -290,16 +320,20 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
     m.read_i32_values(p->momentum, p->name + " momentum");
     ++p->version;
   }
+  Reader b(path, bytes, sec[3].begin, sec[3].end);
+  binary_io::read_buffers(b, *c.model);
   return c;
 }
 
 std::unique_ptr<Trainer> resume_trainer(Checkpoint& c, const data::ImageSet& train, const std::string& path) {
   if (!c.model) throw std::logic_error("resume_trainer: the checkpoint's model was already used");
-  if (train.count != c.train_count || train.rows != c.image_rows || train.cols != c.image_cols)
+  if (train.count != c.train_count || train.rows != c.image_rows || train.cols != c.image_cols ||
+      train.channels != c.image_channels)
     throw InputError(path + ": the run was trained on " + std::to_string(c.train_count) + " images of " +
-                     std::to_string(c.image_rows) + "x" + std::to_string(c.image_cols) + ", the training data now has " +
-                     std::to_string(train.count) + " of " + std::to_string(train.rows) + "x" +
-                     std::to_string(train.cols) + " (same --data and --train-limit as the original run?)");
+                     std::to_string(c.image_rows) + "x" + std::to_string(c.image_cols) + "x" +
+                     std::to_string(c.image_channels) + ", the training data now has " + std::to_string(train.count) +
+                     " of " + std::to_string(train.rows) + "x" + std::to_string(train.cols) + "x" +
+                     std::to_string(train.channels) + " (same --dataset, --data and --train-limit as the run?)");
   TrainConfig cfg = c.config;
   auto trainer = std::make_unique<Trainer>(cfg, train, std::move(c.model), c.norm);
   if (trainer->training_data_crc() != c.train_crc)

@@ -1,15 +1,16 @@
 // Checkpoints: everything a training run needs to continue bit-exactly after a crash or a deliberate stop.
 //
 // File layout (little-endian), format version 1:
-//   "QTRNCKPT" | u32 version | u32 section count (3)
+//   "QTRNCKPT" | u32 version | u32 section count (4)
 //   then each section:  4-byte tag | u64 payload length | payload | u32 CRC-32 of tag, length and payload
 //     "HEAD"  JSON: the model spec, the pixel normalization, the training configuration that matters for
-//             resuming (seed, batch, lr, schedule, epochs, momentum, weight decay), a fingerprint of the training
-//             data (image count, size, CRC-32), the position (epoch, step in the epoch, global step, steps per
+//             resuming (seed, batch, lr, schedule, epochs, momentum, weight decay, augmentation), a fingerprint of
+//             the training data (image count, rows, cols, channels, CRC-32), the position (epoch, step in the epoch, global step, steps per
 //             epoch, the epoch's running loss/accuracy sums), the health monitor's state, the finished epochs'
 //             metrics, and the list of tensors (name, rows, cols, dtype "i32") the next two sections hold
 //     "WGHT"  per tensor: i32 exponent, rows·cols i32 master weights
 //     "MOMT"  per tensor: i32 exponent, rows·cols i32 momentum buffer
+//     "BUFS"  per model buffer (running statistics of the norm layers): one i32 exponent per column, rows·cols i32
 //   and nothing after the last section.
 // There is no separate random-generator state: the data order is a pure function of (seed, epoch) and every
 // stochastic rounding of (seed, global step, tensor id, element), so seed + global step are the whole state.
@@ -36,13 +37,13 @@ namespace qtrain {
 inline constexpr uint32_t kCheckpointVersion = 1;
 
 struct Checkpoint {
-  TrainConfig config;  // model spec, seed, batch, lr, schedule, epochs, momentum, weight decay (threads: 1)
+  TrainConfig config;  // model spec, seed, batch, lr, schedule, epochs, momentum, weight decay, augmentation
   data::PixelNorm norm;
-  std::size_t train_count = 0, image_rows = 0, image_cols = 0;
+  std::size_t train_count = 0, image_rows = 0, image_cols = 0, image_channels = 1;
   uint32_t train_crc = 0;  // Trainer::training_data_crc of the run's training set
   std::size_t steps_per_epoch = 0;
   TrainState state;
-  std::unique_ptr<Model> model;  // master weights and momentum buffers as saved
+  std::unique_ptr<Model> model;  // master weights, momentum buffers and running statistics as saved
 };
 
 // The checkpoint of `trainer`'s current state, as bytes / written atomically to `path` (std::runtime_error

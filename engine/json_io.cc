@@ -94,11 +94,18 @@ std::string Fields::string(const char* key) const {
 }
 
 nlohmann::json spec_to_json(const ModelSpec& s) {
-  return {{"kind", s.kind},
-          {"sizes", s.sizes},
-          {"bits", {{"weight", s.bits.weight}, {"act", s.bits.act}, {"grad", s.bits.grad}}},
-          {"input_bits", s.input_bits},
-          {"groups", s.groups}};
+  nlohmann::json j = {{"kind", s.kind},
+                      {"sizes", s.sizes},
+                      {"bits", {{"weight", s.bits.weight}, {"act", s.bits.act}, {"grad", s.bits.grad}}},
+                      {"input_bits", s.input_bits},
+                      {"groups", s.groups}};
+  if (s.convolutional()) {  // MLP files stay exactly as they were
+    j["input"] = {s.in_h, s.in_w, s.in_c};
+    j["classes"] = s.classes;
+    j["edge_bits"] = s.edge_bits;
+    j["norm"] = s.norm;
+  }
+  return j;
 }
 
 ModelSpec spec_from_json(const Fields& f) {
@@ -118,6 +125,18 @@ ModelSpec spec_from_json(const Fields& f) {
   s.bits.grad = static_cast<int>(bits.integer("grad", 2, 8));
   s.input_bits = static_cast<int>(f.integer("input_bits", 2, 8));
   s.groups = static_cast<int>(f.integer("groups", 0, 8));
+  if (f.json().contains("input")) {  // convolutional models
+    const nlohmann::json& in = f.array("input");
+    if (in.size() != 3)
+      throw std::runtime_error(f.path("input") + " must be [height, width, channels] (found " +
+                               std::to_string(in.size()) + " entries)");
+    s.in_h = static_cast<std::size_t>(integer_value(in[0], f.path("input") + "[0]", 1, kMaxImageSide));
+    s.in_w = static_cast<std::size_t>(integer_value(in[1], f.path("input") + "[1]", 1, kMaxImageSide));
+    s.in_c = static_cast<std::size_t>(integer_value(in[2], f.path("input") + "[2]", 1, kMaxImageChannels));
+    s.classes = static_cast<std::size_t>(f.integer("classes", 1, kMaxClasses));
+    s.edge_bits = static_cast<int>(f.integer("edge_bits", 0, 8));
+    s.norm = f.string("norm");
+  }
   try {
     s.validate();
   } catch (const UsageError& e) {
@@ -127,30 +146,72 @@ ModelSpec spec_from_json(const Fields& f) {
   return s;
 }
 
+// One channel: scalars and one table (the original single-channel form, kept so those files do not change);
+// several: an array entry per channel for mean, stddev and table.
 nlohmann::json norm_to_json(const data::PixelNorm& n) {
-  return {{"mean", n.mean},
-          {"stddev", n.stddev},
-          {"exponent", n.exponent},
-          {"table", std::vector<int>(n.table.begin(), n.table.end())}};
+  nlohmann::json mean = nlohmann::json::array(), stddev = nlohmann::json::array(), table = nlohmann::json::array();
+  for (const data::ChannelNorm& c : n.channels) {
+    mean.push_back(c.mean);
+    stddev.push_back(c.stddev);
+    table.push_back(std::vector<int>(c.table.begin(), c.table.end()));
+  }
+  if (n.channels.size() == 1)
+    return {{"mean", mean[0]}, {"stddev", stddev[0]}, {"exponent", n.exponent}, {"table", table[0]}};
+  return {{"mean", mean}, {"stddev", stddev}, {"exponent", n.exponent}, {"table", table}};
 }
 
 data::PixelNorm norm_from_json(const Fields& f) {
-  // Pixels are in [0, 1]: so is their mean, and their standard deviation is at most 1/2.
-  const double mean = f.number("mean", 0.0, 1.0);
-  const double stddev = f.number("stddev", 1e-9, 1.0);
+  // Pixels are in [0, 1]: so is each channel's mean, and its standard deviation is at most 1/2.
+  constexpr double kMinStddev = 1e-9;
+  const bool single = !f.at("mean").is_array();
+  std::vector<double> mean, stddev;
+  std::vector<const nlohmann::json*> tables;
+  std::vector<std::string> table_paths;
+  if (single) {
+    mean.push_back(f.number("mean", 0.0, 1.0));
+    stddev.push_back(f.number("stddev", kMinStddev, 1.0));
+    tables.push_back(&f.array("table"));
+    table_paths.push_back(f.path("table"));
+  } else {
+    const nlohmann::json& m = f.array("mean");
+    const nlohmann::json& s = f.array("stddev");
+    const nlohmann::json& t = f.array("table");
+    if (m.empty() || m.size() > 64 || s.size() != m.size() || t.size() != m.size())
+      throw std::runtime_error(f.path("mean") + ", " + f.path("stddev") + " and " + f.path("table") +
+                               " need one entry per channel (1..64 channels)");
+    for (std::size_t c = 0; c < m.size(); ++c) {
+      std::string i = "[";
+      i += std::to_string(c);
+      i += ']';
+      const nlohmann::json pair = {{"mean", m[c]}, {"stddev", s[c]}};
+      const Fields one(pair, f.where());
+      // Checked through a one-channel object so the messages name the field; the path gets the index.
+      try {
+        mean.push_back(one.number("mean", 0.0, 1.0));
+        stddev.push_back(one.number("stddev", kMinStddev, 1.0));
+      } catch (const std::runtime_error& e) {
+        throw std::runtime_error(std::string(e.what()) + " (channel " + std::to_string(c) + ")");
+      }
+      if (!t[c].is_array()) throw std::runtime_error(f.path("table") + i + " must be an array");
+      tables.push_back(&t[c]);
+      table_paths.push_back(f.path("table") + i);
+    }
+  }
   const data::PixelNorm n = data::make_pixel_norm(mean, stddev);
   const int64_t e = f.integer("exponent", -64, 64);
   if (e != n.exponent)
     throw std::runtime_error(f.path("exponent") + " is " + std::to_string(e) + " but the statistics give " +
                              std::to_string(n.exponent));
-  const nlohmann::json& table = f.array("table");
-  if (table.size() != 256)
-    throw std::runtime_error(f.path("table") + " must have 256 entries (found " + std::to_string(table.size()) + ")");
-  for (std::size_t i = 0; i < 256; ++i) {
-    const std::string p = f.path("table") + "[" + std::to_string(i) + "]";
-    if (integer_value(table[i], p, -128, 127) != n.table[i])
-      throw std::runtime_error(p + " is " + table[i].dump() + " but the statistics give " +
-                               std::to_string(n.table[i]));
+  for (std::size_t c = 0; c < tables.size(); ++c) {
+    const nlohmann::json& table = *tables[c];
+    if (table.size() != 256)
+      throw std::runtime_error(table_paths[c] + " must have 256 entries (found " + std::to_string(table.size()) + ")");
+    for (std::size_t i = 0; i < 256; ++i) {
+      const std::string p = table_paths[c] + "[" + std::to_string(i) + "]";
+      if (integer_value(table[i], p, -128, 127) != n.channels[c].table[i])
+        throw std::runtime_error(p + " is " + table[i].dump() + " but the statistics give " +
+                                 std::to_string(n.channels[c].table[i]));
+    }
   }
   return n;
 }

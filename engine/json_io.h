@@ -44,9 +44,11 @@ int64_t integer_value(const nlohmann::json& j, const std::string& path, int64_t 
 std::string type_of(const nlohmann::json& j);
 
 nlohmann::json spec_to_json(const ModelSpec& s);
-// Reads and validates a spec (known kind, bit-widths, group count, layer sizes in 1..kMaxLayerWidth).
+// Reads and validates a spec (known kind, bit-widths, group count, layer sizes in 1..kMaxLayerWidth; for the
+// convolutional models input geometry, classes, edge bits and norm).
 ModelSpec spec_from_json(const Fields& f);
 inline constexpr std::size_t kMaxLayerWidth = std::size_t{1} << 24;
+inline constexpr int64_t kMaxImageSide = 4096, kMaxImageChannels = 64, kMaxClasses = 65536;
 
 nlohmann::json norm_to_json(const data::PixelNorm& n);
 // Reads the statistics and requires the stored exponent and table to be exactly the ones make_pixel_norm derives

@@ -15,6 +15,9 @@ class Layer {
   virtual ~Layer() = default;
   virtual VarPtr forward(const StepContext& ctx, const VarPtr& x) = 0;
   virtual std::vector<Param*> params() { return {}; }
+  // State that is not trained by the optimizer but belongs to the model (a norm's running statistics): saved
+  // with the model, restored on load.
+  virtual std::vector<Tensor*> buffers() { return {}; }
   virtual std::string name() const = 0;
 };
 

@@ -5,14 +5,17 @@
 //           Y[n,c] = Σ_k X_q[n,k]·W_q[c,k]  (int8 GEMM, int32 accumulator), exponent e_x + e_w[c]; + b[c] aligned
 // Backward  dY (int32, one exponent) → ShiftQuant (b_g bits, N_G groups, stochastic rounding)
 //           dX = dY_shifted · W_aligned          (one int8 GEMM, exact grouped product; straight-through X_q)
-//           dW[c,:] = Σ_n dY_q[n,c]·X_q[n,:]     (int8 GEMM; exponent e0 − k_c + e_x per row)
+//           dW[c,:] = Σ_n dY_q[n,c]·X_q[n,:]     (int8 GEMMs over ≤ kMaxReduction rows, chunks summed in int64;
+//                                                 exponent e0 − k_c + e_x per row)
 //           db[c]   = Σ_n dY[n,c]                (exact int64 sum of the unquantized int32 gradient)
 // Float formula it implements: y = Q(x)·Q(W)ᵀ + b, dx = Q_g(dy)·Q(W), dW = Q_g(dy)ᵀ·Q(x), db = Σ dy.
+// The quantizers, the weight cache and the dX/dW GEMMs are the shared QGemmOp (qgemm_op.h), as in Conv2d.
 #pragma once
 
 #include <cstddef>
 
 #include "engine/layer.h"
+#include "engine/qgemm_op.h"
 
 namespace qtrain {
 
@@ -37,15 +40,11 @@ class Linear : public Layer {
   Param& bias() { return bias_; }
 
  private:
-  void quantize_weights();
-
   LinearSpec spec_;
   uint32_t id_;
   Param weight_;  // out × in
   Param bias_;    // 1 × out
-  // Quantized weights of the current parameter version (reused by forward and dgrad, and across eval batches).
-  Tensor wq_;
-  uint64_t wq_version_ = ~uint64_t{0};
+  QGemmOp op_;    // input quantizer, per-version W_q cache, backward GEMMs
 };
 
 }  // namespace qtrain

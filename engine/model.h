@@ -10,32 +10,43 @@
 
 namespace qtrain {
 
-// Name and shape of one parameter tensor, as a model of a spec will hold it.
-struct ParamShape {
-  std::string name;
-  std::size_t rows = 0, cols = 0;
-};
-
 // Bit-widths of one layer: weights, input activations, output gradients (ShiftQuant).
 struct LayerBits {
   int weight = 8, act = 8, grad = 8;
 };
 
+// What to build. The MLP is `sizes` (input width, hidden widths, classes); the convolutional models take their
+// input geometry from in_h × in_w × in_c:
+//   cnn       conv3x3(32)-norm-ReLU-maxpool2, conv3x3(64)-norm-ReLU-maxpool2, FC128-ReLU, FC(classes)
+//   resnet8   CIFAR-style ResNet: conv3x3(16)-norm-ReLU, one basic block per stage (16, 32/2, 64/2; 1x1 projection
+//             shortcuts with norm), global average pool, FC(classes)
+//   resnet20  the same with three basic blocks per stage
 struct ModelSpec {
   std::string kind = "mlp";
   std::vector<std::size_t> sizes{784, 256, 128, 10};  // mlp: input, hidden…, classes
-  LayerBits bits;                                     // every layer (the first layer's input is the pixels)
+  std::size_t in_h = 28, in_w = 28, in_c = 1;         // convolutional models: input geometry (NHWC)
+  std::size_t classes = 10;                           // convolutional models
+  LayerBits bits;                                     // every layer but the edges (the first layer's input is the pixels)
   int input_bits = 8;                                 // pixels: signed int8 after normalization
+  // Convolutional models: weight and activation bits of the first conv and the last FC (0 = 8, the usual choice
+  // of quantized training). The MLP quantizes every layer with `bits`.
+  int edge_bits = 0;
   int groups = 0;                                     // ShiftQuant N_G; 0 = the largest the gradient bits allow
+  std::string norm = "l1";                            // convolutional models: l1 or l2 batch norm
   // The N_G actually used (resolves 0).
   int resolved_groups() const;
+  int resolved_edge_bits() const { return edge_bits > 0 ? edge_bits : 8; }
+  bool convolutional() const { return kind != "mlp"; }
+  // Sets the input geometry from the data (and the MLP's input width).
+  void set_input(std::size_t h, std::size_t w, std::size_t c);
   // Throws UsageError naming the flag and the valid range.
   void validate() const;
   std::string describe() const;  // "mlp 784-256-128-10 W4A4G4 N_G=5"
-  // The parameters build_model creates for this (valid) spec, in Model::params() order, without allocating them:
-  // file readers check the sizes a file declares against its length before building anything. Every model kind
-  // must list its parameters here (tests hold it to build_model).
-  std::vector<ParamShape> param_shapes() const;
+  // An upper bound on the int32 elements (parameters and buffers) build_model allocates for this valid spec, at
+  // most about twice the true count plus 2^20, computed without allocating (saturates at SIZE_MAX). File readers
+  // compare it with the file's size before building anything, so a header that describes a huge model on a small
+  // file is refused without a huge allocation. Every model kind must be covered (tests hold it to build_model).
+  std::size_t size_bound() const;
 };
 
 // Names the models `build_model` knows, for help texts and errors.
@@ -46,6 +57,7 @@ class Model {
   Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers);
   VarPtr forward(const StepContext& ctx, const VarPtr& x);
   std::vector<Param*> params();
+  std::vector<Tensor*> buffers();  // running statistics and other non-trained state
   const ModelSpec& spec() const { return spec_; }
   const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
   std::size_t parameter_count();

@@ -87,6 +87,7 @@ void save_model(const std::string& path, Model& model, const data::PixelNorm& no
     put<int32_t>(out, p->master.exponent());
     binary_io::put_i32_values(out, p->master);
   }
+  binary_io::put_buffers(out, model);
   put<uint32_t>(out, binary_io::crc32_of(out.data(), out.size()));
   write_file_atomic(path, out);
 }
@@ -108,52 +109,54 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
   const std::string htext = r.take(hlen, "header");
   LoadedModel out;
   ModelSpec spec;
-  std::vector<ParamShape> shapes;
+  nlohmann::json listed;
   try {
     const nlohmann::json h = nlohmann::json::parse(htext);
     const json_io::Fields root(h, "");
     spec = json_io::spec_from_json(root.object("model"));
     out.norm = json_io::norm_from_json(root.object("pixel_norm"));
-    shapes = spec.param_shapes();
-    const nlohmann::json& listed = root.array("params");
-    if (listed.size() != shapes.size())
-      throw std::runtime_error("params lists " + std::to_string(listed.size()) + " parameters, the model has " +
-                               std::to_string(shapes.size()));
-    for (std::size_t i = 0; i < shapes.size(); ++i) {
-      const json_io::Fields p(listed[i], "params[" + std::to_string(i) + "]");
-      const std::string name = p.string("name");
-      const auto rows = p.integer("rows", 0, INT64_MAX), cols = p.integer("cols", 0, INT64_MAX);
-      if (name != shapes[i].name || static_cast<std::size_t>(rows) != shapes[i].rows ||
-          static_cast<std::size_t>(cols) != shapes[i].cols)
-        throw std::runtime_error("params[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
-                                 std::to_string(cols) + ", the model has " + shapes[i].name + " " +
-                                 std::to_string(shapes[i].rows) + "x" + std::to_string(shapes[i].cols));
-    }
+    listed = root.array("params");
+    binary_io::check_size_bound(spec, bytes.size());
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": the header is not valid JSON (" + e.what() + ")");
   } catch (const std::exception& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());
   }
-  // The sizes the header declares must match the file before anything is allocated: a header that claims a huge
-  // model on a small file is refused here. (Each tensor is at most kMaxLayerWidth² elements, so no sum overflows.)
-  uint64_t need = 4;  // the checksum
-  for (const ParamShape& s : shapes) need += 4 + uint64_t{s.rows} * s.cols * 4;
+  out.model = build_model(spec, 0);
+  const std::vector<Param*> params = out.model->params();
+  try {
+    if (listed.size() != params.size())
+      throw std::runtime_error("params lists " + std::to_string(listed.size()) + " parameters, the model has " +
+                               std::to_string(params.size()));
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const json_io::Fields p(listed[i], "params[" + std::to_string(i) + "]");
+      const std::string name = p.string("name");
+      const auto rows = p.integer("rows", 0, INT64_MAX), cols = p.integer("cols", 0, INT64_MAX);
+      const Tensor& m = params[i]->master;
+      if (name != params[i]->name || static_cast<std::size_t>(rows) != m.rows() ||
+          static_cast<std::size_t>(cols) != m.cols())
+        throw std::runtime_error("params[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
+                                 std::to_string(cols) + ", the model has " + params[i]->name + " " +
+                                 std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
+    }
+  } catch (const std::exception& e) {
+    throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());
+  }
+  // The bytes the model needs must be exactly the bytes the file holds.
+  const uint64_t need = binary_io::param_bytes(*out.model) + binary_io::buffer_bytes(*out.model) + 4;
   const uint64_t have = bytes.size() - r.pos();
   if (have < need)
-    r.fail("the header declares " + std::to_string(need) + " bytes of parameters and checksum, the file holds " +
-           std::to_string(have) + " (truncated)");
+    r.fail("the model needs " + std::to_string(need) + " bytes of parameters, statistics and checksum, the file " +
+           "holds " + std::to_string(have) + " (truncated)");
   if (have > need)
-    r.fail("the header declares " + std::to_string(need) + " bytes of parameters and checksum, the file holds " +
-           std::to_string(have) + " (" + std::to_string(have - need) + " unexpected bytes after the checksum)");
+    r.fail("the model needs " + std::to_string(need) + " bytes of parameters, statistics and checksum, the file " +
+           "holds " + std::to_string(have) + " (" + std::to_string(have - need) + " unexpected bytes after the checksum)");
   const std::size_t crc_pos = bytes.size() - 4;
   uint32_t stored;
   std::memcpy(&stored, bytes.data() + crc_pos, 4);
   if (stored != binary_io::crc32_of(bytes.data(), crc_pos))
     throw InputError(path + ": byte " + std::to_string(crc_pos) + ": checksum mismatch (the file is corrupt)");
-  out.model = build_model(spec, 0);
-  const std::vector<Param*> params = out.model->params();
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    Param* p = params[i];
+  for (Param* p : params) {
     const std::size_t at = r.pos();
     const int32_t e = r.get<int32_t>("parameter exponent");
     if (e < -kMaxExponent || e > kMaxExponent)
@@ -165,6 +168,7 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
     p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, e);
     ++p->version;
   }
+  binary_io::read_buffers(r, *out.model);
   return out;
 }
 

@@ -2,6 +2,8 @@
 //
 // Layout (little-endian):  "QTRNMDL1" | u32 version | u32 header bytes | JSON header | per parameter:
 // i32 exponent, rows·cols × i32 | u32 CRC-32 of everything before it.
+// The header's pixel_norm holds exponent, mean, stddev and table: numbers and one 256-entry table for single-channel
+// data (the form of the first files), arrays with one entry per channel otherwise; both are read.
 // Writing goes to a temporary file in the same directory, which is fsynced and renamed over the target, so a
 // crash never leaves a half-written model behind.
 #pragma once

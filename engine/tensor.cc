@@ -10,16 +10,16 @@ namespace qtrain {
 
 const char* dtype_name(DType t) { return t == DType::kI8 ? "i8" : "i32"; }
 
-AlignedBuffer::AlignedBuffer(std::size_t bytes) : bytes_(bytes) {
+AlignedBuffer::AlignedBuffer(std::size_t bytes, bool zero) : bytes_(bytes) {
   if (bytes == 0) return;
   const std::size_t rounded = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
+  if (zero) std::memset(p, 0, rounded);
   ptr_.reset(static_cast<std::byte*>(p));
 }
 
-AlignedBuffer::AlignedBuffer(const AlignedBuffer& other) : AlignedBuffer(other.bytes_) {
+AlignedBuffer::AlignedBuffer(const AlignedBuffer& other) : AlignedBuffer(other.bytes_, /*zero=*/false) {
   if (bytes_) std::memcpy(data(), other.data(), bytes_);
 }
 
@@ -32,6 +32,16 @@ void AlignedBuffer::Free::operator()(std::byte* p) const { std::free(p); }
 
 Tensor::Tensor(std::size_t rows, std::size_t cols, DType dtype, int exponent)
     : rows_(rows), cols_(cols), dtype_(dtype), exps_{exponent}, buf_(rows * cols * dtype_size(dtype)) {}
+
+Tensor Tensor::uninitialized(std::size_t rows, std::size_t cols, DType dtype, int exponent) {
+  Tensor t;
+  t.rows_ = rows;
+  t.cols_ = cols;
+  t.dtype_ = dtype;
+  t.exps_ = {exponent};
+  t.buf_ = AlignedBuffer(rows * cols * dtype_size(dtype), /*zero=*/false);
+  return t;
+}
 
 template <>
 int8_t* Tensor::data<int8_t>() {

@@ -22,7 +22,8 @@ const char* dtype_name(DType t);
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
-  explicit AlignedBuffer(std::size_t bytes);
+  // Zero-filled unless `zero` is false (for storage the caller overwrites completely).
+  explicit AlignedBuffer(std::size_t bytes, bool zero = true);
   AlignedBuffer(const AlignedBuffer& other);  // deep copy
   AlignedBuffer& operator=(const AlignedBuffer& other);
   AlignedBuffer(AlignedBuffer&&) noexcept = default;
@@ -44,6 +45,8 @@ class Tensor {
   Tensor() = default;
   // A zero-filled rows×cols tensor with a single exponent.
   Tensor(std::size_t rows, std::size_t cols, DType dtype, int exponent = 0);
+  // The same without zero-filling, for outputs that a kernel overwrites completely (a GEMM result).
+  static Tensor uninitialized(std::size_t rows, std::size_t cols, DType dtype, int exponent = 0);
 
   std::size_t rows() const { return rows_; }
   std::size_t cols() const { return cols_; }

@@ -18,8 +18,10 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-VarPtr batch_input(const int8_t* images, std::size_t n, std::size_t image_size, int exponent) {
-  Tensor x(n, image_size, DType::kI8, exponent);
+// A batch of n images as the model's input: n × (H·W·C) for the MLP, N·H·W × C (NHWC) for convolutional models.
+VarPtr batch_input(const ModelSpec& spec, const int8_t* images, std::size_t n, std::size_t image_size, int exponent) {
+  const std::size_t cols = spec.convolutional() ? spec.in_c : image_size;
+  Tensor x(n * image_size / cols, cols, DType::kI8, exponent);
   std::copy(images, images + n * image_size, x.data<int8_t>());
   return make_input(std::move(x));
 }
@@ -45,14 +47,18 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       norm_(norm),
       model_(model ? std::move(model) : (cfg.validate(), build_model(cfg.model, cfg.seed))),
       pool_(cfg.threads),
-      batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true),
+      batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true, cfg.augment),
       sgd_(cfg.sgd),
       health_(cfg.health) {
   cfg_.model = model_->spec();
-  if (train.rows * train.cols != cfg_.model.sizes.front())
-    throw UsageError("the model's input width " + std::to_string(cfg_.model.sizes.front()) +
-                     " does not match the data's " + std::to_string(train.rows) + "x" + std::to_string(train.cols) +
-                     " images");
+  const ModelSpec& ms = cfg_.model;
+  const bool fits = ms.convolutional()
+                        ? ms.in_h == train.rows && ms.in_w == train.cols && ms.in_c == train.channels
+                        : ms.sizes.front() == train.image_size();
+  if (!fits)
+    throw UsageError("the model's input (" + ms.describe() + ") does not match the data's " +
+                     std::to_string(train.rows) + "x" + std::to_string(train.cols) + "x" +
+                     std::to_string(train.channels) + " images");
   if (batcher_.batches() == 0)
     throw UsageError("--batch " + std::to_string(cfg.batch) + " is larger than the training set (" +
                      std::to_string(train.count) + " images)");
@@ -101,7 +107,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
   for (std::size_t b = st.step_in_epoch; b < steps; ++b) {
     const std::size_t n = batcher_.fill(b, images.data(), labels.data());
     StepContext ctx{&pool_, &tape, cfg_.seed, st.global_step};
-    VarPtr logits = model_->forward(ctx, batch_input(images.data(), n, isz, norm_.exponent));
+    VarPtr logits = model_->forward(ctx, batch_input(model_->spec(), images.data(), n, isz, norm_.exponent));
     const LossResult r = softmax_cross_entropy(ctx, logits, labels.data());
     tape.backward();
     const bool grads_zero = weight_grads_zero(params);
@@ -174,7 +180,7 @@ void Trainer::restore(const TrainState& s) {
 uint32_t Trainer::training_data_crc() const {
   if (!data_crc_known_) {
     uLong crc = crc32(0L, Z_NULL, 0);
-    const uint64_t dims[3] = {train_.count, train_.rows, train_.cols};
+    const uint64_t dims[4] = {train_.count, train_.rows, train_.cols, train_.channels};
     crc = crc32(crc, reinterpret_cast<const Bytef*>(dims), sizeof dims);
     crc = crc32_z(crc, train_.pixels.data(), train_.pixels.size());
     crc = crc32_z(crc, train_.labels.data(), train_.labels.size());
@@ -196,7 +202,7 @@ double evaluate_model(Model& model, const data::ImageSet& set, const data::Pixel
   for (std::size_t b = 0; b < batcher.batches(); ++b) {
     const std::size_t n = batcher.fill(b, images.data(), labels.data());
     StepContext ctx{pool, nullptr, 0, 0};
-    VarPtr logits = model.forward(ctx, batch_input(images.data(), n, isz, norm.exponent));
+    VarPtr logits = model.forward(ctx, batch_input(model.spec(), images.data(), n, isz, norm.exponent));
     correct += softmax_cross_entropy(ctx, logits, labels.data()).correct;
   }
   return set.count ? static_cast<double>(correct) / static_cast<double>(set.count) : 0.0;

@@ -28,6 +28,7 @@ struct TrainConfig {
   SgdConfig sgd;
   uint64_t seed = 0;
   std::size_t threads = 1;  // 0: every processor available to the process
+  data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)
   HealthConfig health;      // stop a diverging or dead run (engine/health.h)
   void validate() const;    // throws UsageError naming the flag and its valid range
 };

@@ -52,10 +52,23 @@ int main(int argc, char** argv) {
   const std::string lab = qtrain::fuzz::idx_labels(5);
   write(dir / "idx_labels/valid", lab);
   write(dir / "idx_labels/valid.gz", gz(lab));
-  std::string bad = lab;
-  bad[10] = 10;
-  write(dir / "idx_labels/label_out_of_range", bad);
+  std::string bad_label = lab;
+  bad_label[10] = 10;
+  write(dir / "idx_labels/label_out_of_range", bad_label);
   write(dir / "idx_labels/trailing", lab + "x");
+
+  // CIFAR-10 batches: one and two records, a cut record, a bad label.
+  std::string rec(3073, '\0');
+  rec[0] = 3;
+  for (std::size_t i = 1; i < rec.size(); ++i) rec[i] = static_cast<char>(i * 31);
+  write(dir / "cifar10/one_record", rec);
+  std::string two = rec + rec;
+  two[3073] = 9;
+  write(dir / "cifar10/two_records", two);
+  write(dir / "cifar10/cut_record", rec.substr(0, 1000));
+  std::string bad = rec;
+  bad[0] = 10;
+  write(dir / "cifar10/bad_label", bad);
 
   // A tiny model (4-3-10) on 8 synthetic 2×2 images, and checkpoints of it mid-epoch and at an epoch's end.
   qtrain::data::ImageSet set;

@@ -52,37 +52,57 @@ Dyadic to_dyadic(double x, int mantissa_bits) {
 }
 
 namespace {
-inline int8_t round_clamp(int64_t x, int s, const QuantizeOptions& opt, uint64_t index) {
-  const int64_t q = opt.rounding == Rounding::kStochastic ? shift_round_stochastic(x, s, opt.rng->u32(index))
-                                                          : shift_round_even(x, s);
-  return static_cast<int8_t>(std::clamp<int64_t>(q, opt.range.lo, opt.range.hi));
-}
-
-// The largest magnitude the range can hold on the side that x's values fall.
+// The largest magnitude the range can hold.
 inline uint64_t range_magnitude_of(const IntRange& r) { return static_cast<uint64_t>(std::max(r.hi, -r.lo)); }
 
 // Magnitude that matters for covering: for an unsigned range only positive values count (negatives clamp to 0).
-inline uint64_t magnitude(int32_t v, const IntRange& r) {
-  if (r.lo >= 0) return v > 0 ? static_cast<uint64_t>(v) : 0;
-  return static_cast<uint64_t>(std::llabs(static_cast<int64_t>(v)));
+inline uint64_t magnitude(int32_t v, bool is_unsigned) {
+  const int64_t x = is_unsigned ? std::max<int32_t>(v, 0) : v;
+  return static_cast<uint64_t>(x < 0 ? -x : x);
+}
+
+uint64_t max_magnitude(const int32_t* x, std::size_t n, bool is_unsigned) {
+  uint64_t m = 0;
+  for (std::size_t i = 0; i < n; ++i) m = std::max(m, magnitude(x[i], is_unsigned));
+  return m;
+}
+
+// out[i] = clamp(round(x[i] / 2^s)) for i < n, the rounding hoisted out of the loop.
+void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& opt, uint64_t index0, int8_t* out) {
+  const int64_t lo = opt.range.lo, hi = opt.range.hi;
+  if (opt.rounding == Rounding::kNearestEven) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<int8_t>(std::clamp(shift_round_even(x[i], s), lo, hi));
+    return;
+  }
+  constexpr std::size_t kBlock = 256;
+  uint32_t draws[kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t len = std::min(kBlock, n - i0);
+    opt.rng->fill_u32(index0 + i0, len, draws);
+    for (std::size_t j = 0; j < len; ++j)
+      out[i0 + j] = static_cast<int8_t>(std::clamp(shift_round_stochastic(x[i0 + j], s, draws[j]), lo, hi));
+  }
 }
 }  // namespace
 
 int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
                        const QuantizeOptions& opt, int8_t* out) {
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
+  const bool is_unsigned = opt.range.lo >= 0;
   auto e_of = [&](std::size_t c) { return n_exps == 1 ? e_col[0] : e_col[c]; };
   // The output exponent must cover every column's largest magnitude at that column's input exponent.
   bool any = false;
   int e_out = e_of(0);
   if (n_exps == 1) {
-    uint64_t m = 0;
-    for (std::size_t i = 0; i < rows * cols; ++i) m = std::max(m, magnitude(x[i], opt.range));
-    if (m > 0) { any = true; e_out = e_col[0] + covering_shift(m, limit); }
+    const uint64_t m = max_magnitude(x, rows * cols, is_unsigned);
+    if (m > 0) {
+      any = true;
+      e_out = e_col[0] + covering_shift(m, limit);
+    }
   } else {
     std::vector<uint64_t> colmax(cols, 0);
     for (std::size_t r = 0; r < rows; ++r)
-      for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], magnitude(x[r * cols + c], opt.range));
+      for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], magnitude(x[r * cols + c], is_unsigned));
     for (std::size_t c = 0; c < cols; ++c) {
       if (colmax[c] == 0) continue;
       const int e = e_of(c) + covering_shift(colmax[c], limit);
@@ -94,24 +114,39 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     std::fill(out, out + rows * cols, int8_t{0});
     return e_out;
   }
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c) {
-      const std::size_t i = r * cols + c;
-      out[i] = round_clamp(x[i], e_out - e_of(c), opt, opt.index0 + i);
+  if (n_exps == 1) {
+    round_span(x, rows * cols, e_out - e_col[0], opt, opt.index0, out);
+    return e_out;
+  }
+  // Per-column shifts: nearest-even row by row; stochastic through single-element spans (rare: activations are
+  // rounded to nearest).
+  std::vector<int> shift(cols);
+  for (std::size_t c = 0; c < cols; ++c) shift[c] = e_out - e_of(c);
+  if (opt.rounding == Rounding::kNearestEven) {
+    const int64_t lo = opt.range.lo, hi = opt.range.hi;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const int32_t* xr = x + r * cols;
+      int8_t* o = out + r * cols;
+      for (std::size_t c = 0; c < cols; ++c) o[c] = static_cast<int8_t>(std::clamp(shift_round_even(xr[c], shift[c]), lo, hi));
     }
+    return e_out;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c)
+      round_span(x + r * cols + c, 1, shift[c], opt, opt.index0 + r * cols + c, out + r * cols + c);
   return e_out;
 }
 
 void quantize_per_row(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
                       int8_t* out, int* e_row) {
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
+  const bool is_unsigned = opt.range.lo >= 0;
   for (std::size_t r = 0; r < rows; ++r) {
     const int32_t* xr = x + r * cols;
-    uint64_t m = 0;
-    for (std::size_t c = 0; c < cols; ++c) m = std::max(m, magnitude(xr[c], opt.range));
+    const uint64_t m = max_magnitude(xr, cols, is_unsigned);
     const int s = m == 0 ? 0 : covering_shift(m, limit);
     e_row[r] = e_in + s;
-    for (std::size_t c = 0; c < cols; ++c) out[r * cols + c] = round_clamp(xr[c], s, opt, opt.index0 + r * cols + c);
+    round_span(xr, cols, s, opt, opt.index0 + r * cols, out + r * cols);
   }
 }
 

@@ -61,22 +61,21 @@ void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, c
     shift[c] = s0 - kc;
   }
   // Pass 2: stochastic rounding to each channel's scale; the dgrad view is the same value shifted into place.
-  const std::size_t block = 256;
-  std::vector<uint32_t> draws(block);
-  for (std::size_t n = 0; n < rows; ++n) {
-    const int32_t* row = g + n * cols;
-    int8_t* q = out->q.data() + n * cols;
-    int8_t* sh = out->shifted.data() + n * cols;
-    for (std::size_t c0 = 0; c0 < cols; c0 += block) {
-      const std::size_t len = std::min(block, cols - c0);
-      rng.fill_u32(n * cols + c0, len, draws.data());
-      for (std::size_t j = 0; j < len; ++j) {
-        const std::size_t c = c0 + j;
-        const int64_t v = shift_round_stochastic(row[c], shift[c], draws[j]);
-        const int8_t qv = static_cast<int8_t>(std::clamp<int64_t>(v, -static_cast<int64_t>(limit), limit));
-        q[c] = qv;
-        sh[c] = static_cast<int8_t>(qv * (1 << (ng - 1 - out->k[c])));
-      }
+  // Draws are made in blocks over the whole tensor (element index n·cols + c), whatever the row length.
+  constexpr std::size_t kBlock = 4096;
+  std::vector<uint32_t> draws(std::min(kBlock, rows * cols));
+  const std::size_t total = rows * cols;
+  for (std::size_t i0 = 0; i0 < total; i0 += kBlock) {
+    const std::size_t len = std::min(kBlock, total - i0);
+    rng.fill_u32(i0, len, draws.data());
+    std::size_t c = i0 % cols;
+    for (std::size_t j = 0; j < len; ++j) {
+      const std::size_t i = i0 + j;
+      const int64_t v = shift_round_stochastic(g[i], shift[c], draws[j]);
+      const int8_t qv = static_cast<int8_t>(std::clamp<int64_t>(v, -static_cast<int64_t>(limit), limit));
+      out->q[i] = qv;
+      out->shifted[i] = static_cast<int8_t>(qv * (1 << (ng - 1 - out->k[c])));
+      if (++c == cols) c = 0;
     }
   }
 }

@@ -372,6 +372,39 @@ TEST(CliFlags, UsageErrorIsOneLine) {
   EXPECT_EQ(lines_of(r.out).size(), 1u) << r.out;
 }
 
+TEST(CliFlags, DatasetChoices) {
+  Result r = run({"train", "--dataset", "imagenet"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("fashion-mnist, mnist, cifar10"), std::string::npos) << r.out;
+  r = run({"train", "--dataset", "cifar10"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--data DIR"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cifar-10-binary"), std::string::npos) << r.out;
+  r = run({"train", "--augment", "17"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("0..16"), std::string::npos) << r.out;
+}
+
+// A tiny generated CIFAR-10 binary set (the real one is not packaged): the whole CLI path for 3-channel images.
+TEST(CliTrain, Cifar10BinaryFilesTrainAnMlp) {
+  TempDir dir;
+  auto batch = [&](const std::string& name, int records, int salt) {
+    std::string b;
+    for (int r = 0; r < records; ++r) {
+      const int label = (r + salt) % 10;
+      b.push_back(static_cast<char>(label));
+      for (int i = 0; i < 3072; ++i) b.push_back(static_cast<char>((label * 25 + (i * 7 + r) % 13) & 0xff));
+    }
+    write_bytes(dir / name, b);
+  };
+  for (int i = 1; i <= 5; ++i) batch("data_batch_" + std::to_string(i) + ".bin", 64, i);
+  batch("test_batch.bin", 64, 0);
+  const Result r = run({"train", "--dataset", "cifar10", "--data", dir.str(), "--epochs", "1", "--augment", "4"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("mlp 3072-256-128-10"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("320 training / 64 test images"), std::string::npos) << r.out;
+}
+
 TEST(CliFlags, UnknownSubcommand) {
   const Result r = run({"frobnicate"});
   EXPECT_EQ(r.code, 2) << r.out;
@@ -759,7 +792,7 @@ TEST(CliModel, UnknownModelKindInHeader) {
   std::string bytes = read_bytes(dir / "model.qtm");
   const std::size_t at = bytes.find("\"kind\":\"mlp\"");
   ASSERT_NE(at, std::string::npos);
-  bytes.replace(at + 8, 3, "cnn");
+  bytes.replace(at + 8, 3, "vgg");
   // CRC-32 (IEEE, as zlib) of everything before the last 4 bytes.
   uint32_t crc = 0xFFFFFFFFu;
   for (std::size_t i = 0; i + 4 < bytes.size(); ++i) {
@@ -768,9 +801,9 @@ TEST(CliModel, UnknownModelKindInHeader) {
   }
   crc = ~crc;
   std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
-  const std::string f = dir / "cnn.qtm";
+  const std::string f = dir / "vgg.qtm";
   write_bytes(f, bytes);
-  expect_model_error(run({"eval", "--load", f}), f, "unknown model 'cnn'");
+  expect_model_error(run({"eval", "--load", f}), f, "unknown model 'vgg'");
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -18,8 +19,11 @@
 #include <vector>
 
 #include "engine/data/batcher.h"
+#include "engine/data/cifar.h"
 #include "engine/data/idx.h"
 #include "engine/data/normalize.h"
+#include "engine/model.h"
+#include "engine/serialize.h"
 #include "quant/error.h"
 #include "quant/rng.h"
 
@@ -328,8 +332,10 @@ TEST(PixelNorm, TableWithinHalfUnitAndExponentMinimal) {
   const double mean = sum / static_cast<double>(s.pixels.size());
   for (const uint8_t p : s.pixels) sq += (p / 255.0 - mean) * (p / 255.0 - mean);
   const double sd = std::sqrt(sq / static_cast<double>(s.pixels.size()));
-  EXPECT_NEAR(n.mean, mean, 1e-12);
-  EXPECT_NEAR(n.stddev, sd, 1e-12);
+  ASSERT_EQ(n.channels.size(), 1u);
+  const auto& table = n.channels[0].table;
+  EXPECT_NEAR(n.channels[0].mean, mean, 1e-12);
+  EXPECT_NEAR(n.channels[0].stddev, sd, 1e-12);
   // Smallest e with max(|x(0)|, |x(255)|) ≤ 127·2^e.
   const double bound = std::max(std::fabs(mean / sd), std::fabs((1 - mean) / sd));
   EXPECT_LE(bound, 127.0 * std::ldexp(1.0, n.exponent));
@@ -337,12 +343,12 @@ TEST(PixelNorm, TableWithinHalfUnitAndExponentMinimal) {
   const double ulp = std::ldexp(1.0, n.exponent);
   for (int p = 0; p < 256; ++p) {
     const double x = (p / 255.0 - mean) / sd;
-    EXPECT_LE(std::fabs(n.table[p] * ulp - x), 0.5 * ulp + 1e-12) << "p=" << p;
-    EXPECT_GE(n.table[p], -127);
+    EXPECT_LE(std::fabs(table[p] * ulp - x), 0.5 * ulp + 1e-12) << "p=" << p;
+    EXPECT_GE(table[p], -127);
   }
   // Normalized data has mean ≈ 0 (within the rounding of the table).
   double norm_sum = 0;
-  for (const uint8_t p : s.pixels) norm_sum += n.table[p] * ulp;
+  for (const uint8_t p : s.pixels) norm_sum += table[p] * ulp;
   EXPECT_LE(std::fabs(norm_sum / static_cast<double>(s.pixels.size())), 0.5 * ulp);
 }
 
@@ -355,16 +361,18 @@ TEST(PixelNorm, KnownValues) {
   s.pixels = {0, 255, 0, 255};
   s.labels = {0};
   const PixelNorm n = fit_pixel_norm(s);
-  EXPECT_DOUBLE_EQ(n.mean, 0.5);
-  EXPECT_DOUBLE_EQ(n.stddev, 0.5);
+  ASSERT_EQ(n.channels.size(), 1u);
+  const ChannelNorm& c = n.channels[0];
+  EXPECT_DOUBLE_EQ(c.mean, 0.5);
+  EXPECT_DOUBLE_EQ(c.stddev, 0.5);
   EXPECT_EQ(n.exponent, -6);
-  EXPECT_EQ(n.table[0], -64);
-  EXPECT_EQ(n.table[255], 64);
-  EXPECT_EQ(n.table[128], 0);  // (128/255 − 0.5)/0.5 · 64 = 0.25 → 0
+  EXPECT_EQ(c.table[0], -64);
+  EXPECT_EQ(c.table[255], 64);
+  EXPECT_EQ(c.table[128], 0);  // (128/255 − 0.5)/0.5 · 64 = 0.25 → 0
   // Rebuilding from the recorded statistics gives the same table.
-  const PixelNorm m = make_pixel_norm(n.mean, n.stddev);
+  const PixelNorm m = make_pixel_norm({c.mean}, {c.stddev});
   EXPECT_EQ(m.exponent, n.exponent);
-  EXPECT_EQ(m.table, n.table);
+  EXPECT_EQ(m.channels[0].table, c.table);
 }
 
 TEST(PixelNorm, DegenerateInputs) {
@@ -376,9 +384,12 @@ TEST(PixelNorm, DegenerateInputs) {
   s.labels = {0};
   EXPECT_THROW(fit_pixel_norm(s), InputError);
   EXPECT_THROW(fit_pixel_norm(ImageSet{}), InputError);
-  EXPECT_THROW(make_pixel_norm(0.5, 0.0), InputError);
-  EXPECT_THROW(make_pixel_norm(NAN, 1.0), InputError);
-  EXPECT_THROW(make_pixel_norm(0.5, 1e-320), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5}, {0.0}), InputError);
+  EXPECT_THROW(make_pixel_norm({NAN}, {1.0}), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5}, {1e-320}), InputError);
+  EXPECT_THROW(make_pixel_norm({}, {}), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5, 0.5}, {0.25}), InputError);
+  EXPECT_THROW(make_pixel_norm({0.5, 0.5}, {0.25, -1.0}), InputError);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -455,7 +466,7 @@ TEST(Batcher, FillAndLastBatch) {
       for (std::size_t i = 0; i < got; ++i) {
         seen.push_back(idx[i]);
         EXPECT_EQ(labels[i], s.labels[idx[i]]);
-        for (std::size_t j = 0; j < 6; ++j) EXPECT_EQ(images[i * 6 + j], n.table[s.pixels[idx[i] * 6 + j]]);
+        for (std::size_t j = 0; j < 6; ++j) EXPECT_EQ(images[i * 6 + j], n.channels[0].table[s.pixels[idx[i] * 6 + j]]);
       }
       if (got < 10) {
         EXPECT_EQ(labels[got], 0xEE) << "wrote past the short batch";
@@ -494,6 +505,376 @@ TEST(Batcher, ConcurrentFillIsConsistent) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// CIFAR-10 binary files (generated: the real set is not packaged)
+
+// Byte of channel c (0 R, 1 G, 2 B) at position p (= row·32 + col) of the k-th record written by cifar_file.
+uint8_t cifar_value(std::size_t k, std::size_t c, std::size_t p) {
+  return static_cast<uint8_t>(7 * k + 101 * c + 3 * p);
+}
+
+// Records first..first+n−1 in the file layout: label, then the R, G and B planes.
+Bytes cifar_records(std::size_t first, std::size_t n, const Bytes& labels) {
+  Bytes b;
+  for (std::size_t k = first; k < first + n; ++k) {
+    b.push_back(labels[k - first]);
+    for (std::size_t c = 0; c < 3; ++c)
+      for (std::size_t p = 0; p < 1024; ++p) b.push_back(cifar_value(k, c, p));
+  }
+  return b;
+}
+
+TEST_F(DataFiles, CifarRoundTripIsHwc) {
+  // Train: five files of 2, 1, 3, 1, 2 records (9 in all); test: 3 records.
+  const std::size_t per_file[5] = {2, 1, 3, 1, 2};
+  const Bytes train_labels = {0, 1, 2, 3, 4, 5, 6, 7, 9}, test_labels = {9, 8, 0};
+  std::size_t first = 0;
+  for (int f = 0; f < 5; ++f) {
+    const Bytes labels(train_labels.begin() + static_cast<std::ptrdiff_t>(first),
+                       train_labels.begin() + static_cast<std::ptrdiff_t>(first + per_file[f]));
+    write_raw("data_batch_" + std::to_string(f + 1) + ".bin", cifar_records(first, per_file[f], labels));
+    first += per_file[f];
+  }
+  write_raw("test_batch.bin", cifar_records(0, 3, test_labels));
+
+  const ImageSet train = load_cifar10_dir(dir_.string(), Split::kTrain);
+  EXPECT_EQ(train.count, 9u);
+  EXPECT_EQ(train.rows, 32u);
+  EXPECT_EQ(train.cols, 32u);
+  EXPECT_EQ(train.channels, 3u);
+  EXPECT_EQ(train.image_size(), 3072u);
+  EXPECT_EQ(train.labels, train_labels);
+  ASSERT_EQ(train.pixels.size(), 9u * 3072);
+  for (std::size_t k = 0; k < 9; ++k)
+    for (std::size_t p = 0; p < 1024; ++p)
+      for (std::size_t c = 0; c < 3; ++c) ASSERT_EQ(train.pixels[(k * 1024 + p) * 3 + c], cifar_value(k, c, p));
+  // One pixel by hand: image 4 (second record of data_batch_3.bin), row 5, col 7, green = file byte
+  // 3073 + 1 + 1024 + 5·32 + 7 of that file; in HWC it is value ((4·32 + 5)·32 + 7)·3 + 1.
+  const Bytes batch3 = slurp((dir_ / "data_batch_3.bin").string());
+  EXPECT_EQ(train.pixels[((4 * 32 + 5) * 32 + 7) * 3 + 1], batch3[3073 + 1 + 1024 + 5 * 32 + 7]);
+
+  const ImageSet test = load_cifar10_dir(dir_.string(), Split::kTest);
+  EXPECT_EQ(test.count, 3u);
+  EXPECT_EQ(test.labels, test_labels);
+  EXPECT_EQ(test.pixels[(2 * 1024 + 1023) * 3 + 2], cifar_value(2, 2, 1023));
+  // The directory that holds the extracted cifar-10-batches-bin/ works too; take_first keeps the channels.
+  fs::create_directories(dir_ / "parent" / "cifar-10-batches-bin");
+  write_raw("parent/cifar-10-batches-bin/test_batch.bin", cifar_records(0, 3, test_labels));
+  EXPECT_EQ(load_cifar10_dir((dir_ / "parent").string(), Split::kTest).pixels, test.pixels);
+  const ImageSet two = take_first(test, 2);
+  EXPECT_EQ(two.channels, 3u);
+  EXPECT_EQ(two.pixels, Bytes(test.pixels.begin(), test.pixels.begin() + 2 * 3072));
+}
+
+TEST_F(DataFiles, CifarBadInput) {
+  // Not a whole number of records: the offset is the start of the incomplete record.
+  Bytes cut = cifar_records(0, 2, {1, 2});
+  cut.resize(cut.size() + 100, 0);
+  const auto f1 = write_raw("cut.bin", cut);
+  expect_input_error([&] { read_cifar10({f1}); },
+                     {f1 + ": byte 6146: file ends after 100 of 3073 bytes of record 2", "not a multiple"});
+  // A label out of range: the offset is the record's label byte.
+  const auto f2 = write_raw("label.bin", cifar_records(0, 3, {0, 12, 3}));
+  expect_input_error([&] { read_cifar10({f2}); }, {f2 + ": byte 3073: label 12 of record 1 is out of range 0..9"});
+  const auto f3 = write_raw("label10.bin", cifar_records(0, 1, {10}));
+  expect_input_error([&] { read_cifar10({f3}); }, {f3 + ": byte 0: label 10 of record 0 is out of range 0..9"});
+  // Empty and missing files.
+  const auto f4 = write_raw("empty.bin", {});
+  expect_input_error([&] { read_cifar10({f4}); }, {f4 + ": byte 0: file is empty"});
+  const std::string nofile = (dir_ / "no-such-file.bin").string();
+  expect_input_error([&] { read_cifar10({nofile}); }, {nofile + ": cannot open"});
+}
+
+TEST_F(DataFiles, CifarHugeFilesRefusedBeforeAllocating) {
+  // Sparse files: one record more than 2^28 pixel bytes allow, and two files that pass alone but not together.
+  const std::size_t limit = kMaxIdxElements / 3072;
+  const auto big = write_raw("big.bin", {});
+  fs::resize_file(big, (limit + 1) * kCifarRecordBytes);
+  expect_input_error([&] { read_cifar10({big}); }, {big + ": byte 0: ", "2^28", "refusing to allocate"});
+  const auto half = write_raw("half.bin", {});
+  fs::resize_file(half, (limit / 2 + 1) * kCifarRecordBytes);
+  const auto small = write_raw("small.bin", cifar_records(0, 1, {0}));
+  expect_input_error([&] { read_cifar10({small, half, half}); }, {half + ": byte 0: ", "refusing to allocate"});
+}
+
+TEST_F(DataFiles, CifarMissingDirectoryAndFiles) {
+  const std::string nodir = (dir_ / "does-not-exist").string();
+  expect_input_error(
+      [&] { load_cifar10_dir(nodir, Split::kTrain); },
+      {"data directory '" + nodir + "' has no CIFAR-10 binary files", "data_batch_1.bin", "does not exist",
+       "not packaged in Debian", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "--data DIR"});
+  for (int f : {1, 2, 4, 5}) write_raw("data_batch_" + std::to_string(f) + ".bin", cifar_records(0, 1, {0}));
+  expect_input_error([&] { load_cifar10_dir(dir_.string(), Split::kTrain); },
+                     {"(missing data_batch_3.bin)", "cifar-10-binary.tar.gz"});
+  expect_input_error([&] { load_cifar10_dir(dir_.string(), Split::kTest); }, {"missing test_batch.bin"});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per-channel normalization
+
+// count images of rows×cols×3 whose channels have different statistics: R skewed dark, G mid-grey with little
+// spread, B bright.
+ImageSet three_channel_set(std::size_t count, std::size_t rows, std::size_t cols, uint64_t seed) {
+  ImageSet s;
+  s.count = count;
+  s.rows = rows;
+  s.cols = cols;
+  s.channels = 3;
+  s.pixels.resize(count * s.image_size());
+  s.labels.assign(count, 0);
+  const quant::CounterRng rng(seed, 0);
+  for (std::size_t j = 0; j < s.pixels.size(); j += 3) {
+    const uint32_t u = rng.u32(j);
+    s.pixels[j] = (u & 1) ? 0 : static_cast<uint8_t>((u >> 8) % 256);
+    s.pixels[j + 1] = static_cast<uint8_t>(120 + (u >> 16) % 16);
+    s.pixels[j + 2] = static_cast<uint8_t>(255 - (u >> 24) % 64);
+  }
+  for (std::size_t i = 0; i < count; ++i) s.labels[i] = static_cast<uint8_t>(rng.below(1000000 + i, 10));
+  return s;
+}
+
+TEST(PixelNorm, PerChannelStatisticsAndSharedExponent) {
+  const ImageSet s = three_channel_set(50, 5, 6, 7);
+  const PixelNorm n = fit_pixel_norm(s);
+  ASSERT_EQ(n.channels.size(), 3u);
+  double bound = 0;
+  int finest = -1000;  // the largest of the channels' own minimal exponents
+  for (std::size_t c = 0; c < 3; ++c) {
+    // Channel c alone, as a single-channel set: the same statistics, exactly.
+    ImageSet one;
+    one.count = s.count;
+    one.rows = s.rows;
+    one.cols = s.cols;
+    for (std::size_t j = c; j < s.pixels.size(); j += 3) one.pixels.push_back(s.pixels[j]);
+    one.labels = s.labels;
+    const PixelNorm alone = fit_pixel_norm(one);
+    EXPECT_EQ(n.channels[c].mean, alone.channels[0].mean) << c;
+    EXPECT_EQ(n.channels[c].stddev, alone.channels[0].stddev) << c;
+    finest = std::max(finest, alone.exponent);
+    const double m = n.channels[c].mean, sd = n.channels[c].stddev;
+    bound = std::max({bound, std::fabs(m / sd), std::fabs((1 - m) / sd)});
+    // Every entry within half a unit of the shared exponent.
+    const double ulp = std::ldexp(1.0, n.exponent);
+    for (int p = 0; p < 256; ++p)
+      EXPECT_LE(std::fabs(n.channels[c].table[p] * ulp - (p / 255.0 - m) / sd), 0.5 * ulp + 1e-12) << c << " " << p;
+  }
+  // The statistics differ per channel, and the exponent is the finest that covers every channel.
+  EXPECT_LT(n.channels[0].mean, n.channels[1].mean);
+  EXPECT_LT(n.channels[1].mean, n.channels[2].mean);
+  EXPECT_EQ(n.exponent, finest);
+  EXPECT_LE(bound, 127.0 * std::ldexp(1.0, n.exponent));
+  EXPECT_GT(bound, 127.0 * std::ldexp(1.0, n.exponent - 1));
+  // Rebuilt from the recorded statistics: the same tables.
+  EXPECT_TRUE(make_pixel_norm({n.channels[0].mean, n.channels[1].mean, n.channels[2].mean},
+                              {n.channels[0].stddev, n.channels[1].stddev, n.channels[2].stddev}) == n);
+  // A constant channel is named.
+  ImageSet flat = s;
+  for (std::size_t j = 1; j < flat.pixels.size(); j += 3) flat.pixels[j] = 9;
+  expect_input_error([&] { fit_pixel_norm(flat); }, {"every training pixel of channel 1 has the value 9"});
+}
+
+TEST(Batcher, FillsChannelsThroughTheirOwnTables) {
+  const ImageSet s = three_channel_set(20, 4, 5, 8);
+  const PixelNorm n = fit_pixel_norm(s);
+  Batcher b(s, n, 8, 3, true, false);
+  EXPECT_EQ(b.image_size(), 60u);
+  std::vector<int8_t> images(8 * 60);
+  const std::size_t got = b.fill(1, images.data(), nullptr);
+  const auto idx = b.batch_indices(1);
+  for (std::size_t k = 0; k < got; ++k)
+    for (std::size_t p = 0; p < 20; ++p)
+      for (std::size_t c = 0; c < 3; ++c)
+        ASSERT_EQ(images[(k * 20 + p) * 3 + c], n.channels[c].table[s.pixels[(idx[k] * 20 + p) * 3 + c]]);
+  // A normalization for another channel count is refused.
+  const ImageSet grey = synthetic_set(20, 4, 5, 8);
+  EXPECT_THROW(Batcher(s, fit_pixel_norm(grey), 8, 3, true, false), UsageError);
+  EXPECT_THROW(Batcher(grey, n, 8, 3, true, false), UsageError);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Augmentation
+
+// The augmented image of set image i under draw d, by the formula in batcher.h.
+std::vector<int8_t> reference_augment(const ImageSet& s, const PixelNorm& n, std::size_t i, const AugmentDraw& d) {
+  const auto rows = static_cast<long>(s.rows), cols = static_cast<long>(s.cols);
+  const std::size_t ch = s.channels;
+  std::vector<int8_t> out(s.image_size());
+  for (long r = 0; r < rows; ++r) {
+    for (long c = 0; c < cols; ++c) {
+      const long sr = r + d.dy, sc = (d.flip ? cols - 1 - c : c) + d.dx;
+      for (std::size_t k = 0; k < ch; ++k) {
+        const std::size_t o = static_cast<std::size_t>(r * cols + c) * ch + k;
+        out[o] =
+            (sr < 0 || sr >= rows || sc < 0 || sc >= cols)
+                ? int8_t{0}
+                : n.channels[k].table[s.pixels[i * s.image_size() + static_cast<std::size_t>(sr * cols + sc) * ch + k]];
+      }
+    }
+  }
+  return out;
+}
+
+TEST(Augment, DrawsArePureFunctionsOfSeedEpochAndImage) {
+  const ImageSet s = three_channel_set(300, 6, 7, 9);
+  const PixelNorm n = fit_pixel_norm(s);
+  const Augment aug{2, true};
+  Batcher a(s, n, 32, 77, true, false, aug);
+  Batcher b(s, n, 50, 77, false, true, aug);  // other batch size, order and drop_last: same draws
+  for (uint64_t e : {0, 3, 1}) {
+    a.start_epoch(e);
+    b.start_epoch(e);
+    const quant::CounterRng rng(77, quant::stream_id(quant::Purpose::kAugment, e, 0));
+    for (uint32_t i = 0; i < s.count; ++i) {
+      const AugmentDraw d = a.augment_draw(i), db = b.augment_draw(i);
+      EXPECT_EQ(d.dy, static_cast<int>(rng.below(4 * i, 5)) - 2);
+      EXPECT_EQ(d.dx, static_cast<int>(rng.below(4 * i + 1, 5)) - 2);
+      EXPECT_EQ(d.flip, (rng.u32(4 * i + 2) >> 31) != 0);
+      EXPECT_TRUE(d.dy == db.dy && d.dx == db.dx && d.flip == db.flip);
+    }
+  }
+  // Another epoch or seed draws differently.
+  a.start_epoch(0);
+  Batcher c(s, n, 32, 78, true, false, aug);
+  std::size_t same_epoch = 0, same_seed = 0;
+  Batcher a1(s, n, 32, 77, true, false, aug);
+  a1.start_epoch(1);
+  for (uint32_t i = 0; i < s.count; ++i) {
+    const AugmentDraw d = a.augment_draw(i), d1 = a1.augment_draw(i), dc = c.augment_draw(i);
+    same_epoch += d.dy == d1.dy && d.dx == d1.dx && d.flip == d1.flip;
+    same_seed += d.dy == dc.dy && d.dx == dc.dx && d.flip == dc.flip;
+  }
+  EXPECT_LT(same_epoch, s.count / 5);
+  EXPECT_LT(same_seed, s.count / 5);
+  // fill(b) is the reference formula applied to the draw, and equals gather(batch_indices(b)); threads agree.
+  std::vector<int8_t> serial(s.count * s.image_size()), parallel(serial.size()), gathered(32 * s.image_size());
+  for (std::size_t k = 0; k < a.batches(); ++k) {
+    const std::size_t got = a.fill(k, serial.data() + k * 32 * s.image_size(), nullptr);
+    const auto idx = a.batch_indices(k);
+    a.gather(idx, gathered.data(), nullptr);
+    EXPECT_TRUE(std::equal(gathered.begin(), gathered.begin() + static_cast<std::ptrdiff_t>(got * s.image_size()),
+                           serial.begin() + static_cast<std::ptrdiff_t>(k * 32 * s.image_size())));
+    for (std::size_t j = 0; j < got; ++j) {
+      const auto ref = reference_augment(s, n, idx[j], a.augment_draw(idx[j]));
+      ASSERT_TRUE(std::equal(ref.begin(), ref.end(),
+                             serial.begin() + static_cast<std::ptrdiff_t>((k * 32 + j) * s.image_size())))
+          << "batch " << k << " image " << j;
+    }
+  }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (std::size_t k = static_cast<std::size_t>(t); k < a.batches(); k += 3)
+        a.fill(k, parallel.data() + k * 32 * s.image_size(), nullptr);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(serial, parallel);
+}
+
+TEST(Augment, CropOffsetsWithinPadAndPaddingIsZero) {
+  // Bright images normalized by dark statistics: no real pixel maps to int8 0, so the zeros are the padding.
+  ImageSet s = three_channel_set(400, 8, 9, 10);
+  const PixelNorm n = make_pixel_norm({0.1, 0.1, 0.1}, {0.2, 0.2, 0.2});
+  for (uint8_t& p : s.pixels) p = static_cast<uint8_t>(128 + p / 2);
+  for (const int pad : {1, 3}) {
+    Batcher b(s, n, 400, 5, false, false, Augment{pad, false});
+    std::vector<int8_t> images(400 * s.image_size());
+    b.fill(0, images.data(), nullptr);
+    int lo_y = 0, hi_y = 0, lo_x = 0, hi_x = 0;
+    for (uint32_t i = 0; i < s.count; ++i) {
+      const AugmentDraw d = b.augment_draw(i);
+      EXPECT_FALSE(d.flip);
+      EXPECT_LE(std::abs(d.dy), pad);
+      EXPECT_LE(std::abs(d.dx), pad);
+      lo_y = std::min(lo_y, d.dy), hi_y = std::max(hi_y, d.dy), lo_x = std::min(lo_x, d.dx),
+      hi_x = std::max(hi_x, d.dx);
+      // Zeros fill exactly the padded area: |dy| rows and |dx| columns (counted once where they cross), × 3 channels.
+      const auto zeros = std::count(images.begin() + static_cast<std::ptrdiff_t>(i * s.image_size()),
+                                    images.begin() + static_cast<std::ptrdiff_t>((i + 1) * s.image_size()), int8_t{0});
+      const long ay = std::abs(d.dy), ax = std::abs(d.dx);
+      EXPECT_EQ(zeros, 3 * (ay * 9 + ax * 8 - ay * ax)) << "image " << i;
+      // The top-left output pixel is source pixel (dy, dx) when that is inside the image.
+      if (d.dy >= 0 && d.dx >= 0) {
+        const auto src = i * s.image_size() + static_cast<std::size_t>(d.dy * 9 + d.dx) * 3;
+        EXPECT_EQ(images[i * s.image_size()], n.channels[0].table[s.pixels[src]]);
+      }
+    }
+    // Every shift in [−P, P] occurs.
+    EXPECT_EQ(lo_y, -pad);
+    EXPECT_EQ(hi_y, pad);
+    EXPECT_EQ(lo_x, -pad);
+    EXPECT_EQ(hi_x, pad);
+  }
+  EXPECT_THROW(Batcher(s, n, 8, 1, true, false, Augment{-1, false}), UsageError);
+  EXPECT_THROW(Batcher(s, n, 8, 1, true, false, Augment{9, false}), UsageError);  // more than min(8, 9)
+}
+
+TEST(Augment, FlipMirrorsRows) {
+  const ImageSet s = three_channel_set(200, 4, 5, 11);
+  const PixelNorm n = fit_pixel_norm(s);
+  Batcher plain(s, n, 200, 6, false, false);
+  Batcher flip(s, n, 200, 6, false, false, Augment{0, true});
+  std::vector<int8_t> a(200 * 60), b(200 * 60);
+  plain.fill(0, a.data(), nullptr);
+  flip.fill(0, b.data(), nullptr);
+  std::size_t flipped = 0;
+  for (uint32_t i = 0; i < 200; ++i) {
+    const AugmentDraw d = flip.augment_draw(i);
+    EXPECT_EQ(d.dy, 0);
+    EXPECT_EQ(d.dx, 0);
+    flipped += d.flip;
+    for (std::size_t r = 0; r < 4; ++r)
+      for (std::size_t c = 0; c < 5; ++c)
+        for (std::size_t k = 0; k < 3; ++k)
+          ASSERT_EQ(b[((i * 4 + r) * 5 + c) * 3 + k], a[((i * 4 + r) * 5 + (d.flip ? 4 - c : c)) * 3 + k]);
+  }
+  EXPECT_GT(flipped, 70u);  // about half
+  EXPECT_LT(flipped, 130u);
+}
+
+TEST(Augment, OffByDefaultLeavesBatchesUnchanged) {
+  const ImageSet s = synthetic_set(103, 2, 3, 2);
+  const PixelNorm n = fit_pixel_norm(s);
+  Batcher a(s, n, 10, 99, true, false);
+  Batcher b(s, n, 10, 99, true, false, Augment{});
+  EXPECT_EQ(a.augment().pad, 0);
+  EXPECT_FALSE(a.augment().flip);
+  a.start_epoch(4);
+  b.start_epoch(4);
+  std::vector<int8_t> x(60), y(60);
+  for (std::size_t k = 0; k < a.batches(); ++k) {
+    const std::size_t got = a.fill(k, x.data(), nullptr);
+    EXPECT_EQ(b.fill(k, y.data(), nullptr), got);
+    EXPECT_EQ(x, y);
+    const auto idx = a.batch_indices(k);
+    for (std::size_t i = 0; i < got; ++i) {
+      const AugmentDraw d = a.augment_draw(idx[i]);
+      EXPECT_TRUE(d.dy == 0 && d.dx == 0 && !d.flip);
+      for (std::size_t j = 0; j < 6; ++j) EXPECT_EQ(x[i * 6 + j], n.channels[0].table[s.pixels[idx[i] * 6 + j]]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Model files record the per-channel normalization; single-channel files keep the original form
+
+TEST_F(DataFiles, ModelFileRecordsPerChannelNorm) {
+  ModelSpec spec;
+  spec.sizes = {12, 10};
+  const auto model = build_model(spec, 1);
+  const PixelNorm grey = make_pixel_norm({0.286}, {0.353});
+  const PixelNorm rgb = make_pixel_norm({0.49, 0.48, 0.45}, {0.25, 0.24, 0.26});
+  for (const PixelNorm* norm : {&grey, &rgb}) {
+    const std::string path = (dir_ / "m.qtm").string();
+    save_model(path, *model, *norm);
+    EXPECT_TRUE(load_model(path).norm == *norm);
+    // One channel: the original form (a number, not a one-entry array); three: one entry per channel.
+    const Bytes bytes = slurp(path);
+    const std::string text(bytes.begin(), bytes.end());
+    EXPECT_NE(text.find(norm == &grey ? "\"mean\":0.286," : "\"mean\":[0.49,0.48,0.45]"), std::string::npos) << text;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The installed data set, when present
 
 TEST(FashionMnist, LoadsInstalledDataSet) {
@@ -513,8 +894,8 @@ TEST(FashionMnist, LoadsInstalledDataSet) {
     for (const std::size_t c : per_class) EXPECT_EQ(c, s->count / 10);  // Fashion-MNIST is balanced
   }
   const PixelNorm n = fit_pixel_norm(train);
-  EXPECT_NEAR(n.mean, 0.2860, 1e-3);  // the well-known Fashion-MNIST statistics
-  EXPECT_NEAR(n.stddev, 0.3530, 1e-3);
+  EXPECT_NEAR(n.channels.at(0).mean, 0.2860, 1e-3);  // the well-known Fashion-MNIST statistics
+  EXPECT_NEAR(n.channels.at(0).stddev, 0.3530, 1e-3);
   EXPECT_EQ(n.exponent, -5);
   Batcher b(train, n, 256, 0, true, false);
   EXPECT_EQ(b.batches(), 235u);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/dispatch.h"
+#include "tests/target_test_util.h"
 #include "kernels/gemm.h"
 #include "kernels/thread_pool.h"
 
@@ -112,37 +113,7 @@ std::vector<int32_t> check_against_ref(Layout l, const Shape& s, const std::vect
   return got;
 }
 
-// Forces one target for the lifetime of the object; restores the best target afterwards.
-class ForcedTarget {
- public:
-  explicit ForcedTarget(const std::string& name) { ok_ = force_target(name); }
-  ~ForcedTarget() { force_target(""); }
-  ForcedTarget(const ForcedTarget&) = delete;
-  ForcedTarget& operator=(const ForcedTarget&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  bool ok_ = false;
-};
-
-std::vector<std::string> target_names() {
-  std::vector<std::string> names;
-  for (const Target& t : available_targets()) names.push_back(t.name);
-  return names;
-}
-
-class GemmTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    forced_ = std::make_unique<ForcedTarget>(GetParam());
-    ASSERT_TRUE(forced_->ok()) << "cannot force target " << GetParam();
-    ASSERT_EQ(active_target().name, GetParam());
-  }
-  void TearDown() override { forced_.reset(); }
-
- private:
-  std::unique_ptr<ForcedTarget> forced_;
-};
+class GemmTarget : public PerTargetTest {};
 
 constexpr Layout kLayouts[] = {Layout::kForward, Layout::kDgrad, Layout::kWgrad};
 

@@ -32,18 +32,28 @@ TEST(Bounds, LinearRefusesReductionsBeyondTheBound) {
   s.out = 1;
   EXPECT_THROW(Linear(s, 0, 0), UsageError);
   s.in = 1;
+  s.signed_input = true;
   s.out = kMaxReduction + 1;  // the input-gradient GEMM reduces over the outputs
   EXPECT_THROW(Linear(s, 0, 0), UsageError);
   s.out = kMaxReduction;
   EXPECT_NO_THROW(Linear(s, 0, 0));
-  // The weight-gradient GEMM reduces over the batch.
+  // The weight-gradient GEMM reduces over the batch: it runs in chunks of at most kMaxReduction rows, each exact in
+  // int32 and summed in int64, so a larger batch trains.
   s.out = 1;
   Linear lin(s, 0, 0);
   auto x = std::make_shared<Var>();
   x->value = Tensor(kMaxReduction + 1, 1, DType::kI8, 0);
-  EXPECT_THROW(lin.forward({nullptr, nullptr, 0, 0}, x), UsageError);
-  x->value = Tensor(kMaxReduction, 1, DType::kI8, 0);
-  EXPECT_NO_THROW(lin.forward({nullptr, nullptr, 0, 0}, x));
+  std::fill_n(x->value.data<int8_t>(), kMaxReduction + 1, int8_t{127});
+  x->requires_grad = false;
+  Tape tape;
+  VarPtr y = lin.forward({nullptr, &tape, 0, 0}, x);
+  y->grad = Tensor(kMaxReduction + 1, 1, DType::kI32, -20);
+  std::fill_n(y->grad.data<int32_t>(), kMaxReduction + 1, 1 << 20);
+  y->has_grad = true;
+  EXPECT_NO_THROW(tape.backward());
+  ASSERT_TRUE(lin.weight().has_grad);
+  // dW = Σ_n dY·X = (kMaxReduction+1)·1·127 in real units (dY = 2^20·2^−20 = 1, X = 127).
+  EXPECT_DOUBLE_EQ(lin.weight().grad.value(0), 127.0 * static_cast<double>(kMaxReduction + 1));
 }
 
 TEST(Bounds, LinearForwardAtTheFullReductionIsExact) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/dispatch.h"
+#include "tests/target_test_util.h"
 #include "kernels/sgd_update.h"
 #include "quant/pow2.h"
 
@@ -70,23 +71,6 @@ std::vector<T> fill(std::size_t n, F&& f) {
   return out;
 }
 
-class ForcedTarget {
- public:
-  explicit ForcedTarget(const std::string& name) { ok_ = force_target(name); }
-  ~ForcedTarget() { force_target(""); }
-  ForcedTarget(const ForcedTarget&) = delete;
-  ForcedTarget& operator=(const ForcedTarget&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  bool ok_ = false;
-};
-
-std::vector<std::string> target_names() {
-  std::vector<std::string> names;
-  for (const Target& t : available_targets()) names.push_back(t.name);
-  return names;
-}
 
 struct AccumulateCase {
   int64_t mu_m;
@@ -180,18 +164,7 @@ void check_apply(const ApplyCase& c, std::size_t n, bool in_place, bool realisti
   }
 }
 
-class SgdKernelTarget : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    forced_ = std::make_unique<ForcedTarget>(GetParam());
-    ASSERT_TRUE(forced_->ok()) << "cannot force target " << GetParam();
-    ASSERT_EQ(active_target().name, GetParam());
-  }
-  void TearDown() override { forced_.reset(); }
-
- private:
-  std::unique_ptr<ForcedTarget> forced_;
-};
+class SgdKernelTarget : public PerTargetTest {};
 
 // Momentum and decay constants as the optimizer makes them (quant::to_dyadic), and edge cases: zero, the largest
 // mantissa the SIMD path takes, shifts of 0, 62, ≥ 63 (the term vanishes), negative (folded into the mantissa,

@@ -44,23 +44,19 @@ std::string snapshot(Model& m) {
   return s;
 }
 
-TEST(Training, Mlp8BitOneEpochOn10kImagesLearns) {
+// One epoch on the first 10k training images, evaluated on the whole test set.
+EpochMetrics one_epoch_on_10k(int bits) {
   const data::ImageSet train = data::take_first(train_set(), 10000);
-  Trainer t(config(8, 1), train);
+  Trainer t(config(bits, 1), train);
   const EpochMetrics m = t.train_epoch(1, &test_set());
-  std::printf("W8A8G8, 1 epoch on 10k images: loss %.4f, train %.2f%%, test %.2f%%\n", m.loss,
-              100 * m.train_accuracy, 100 * m.test_accuracy);
-  EXPECT_GE(m.test_accuracy, 0.80);
+  std::printf("%s, 1 epoch on 10k images: loss %.4f, train %.2f%%, test %.2f%%\n",
+              t.model().spec().describe().c_str(), m.loss, 100 * m.train_accuracy, 100 * m.test_accuracy);
+  return m;
 }
 
-TEST(Training, Mlp4BitOneEpochOn10kImagesLearns) {
-  const data::ImageSet train = data::take_first(train_set(), 10000);
-  Trainer t(config(4, 1), train);
-  const EpochMetrics m = t.train_epoch(1, &test_set());
-  std::printf("W4A4G4 N_G=5, 1 epoch on 10k images: loss %.4f, train %.2f%%, test %.2f%%\n", m.loss,
-              100 * m.train_accuracy, 100 * m.test_accuracy);
-  EXPECT_GE(m.test_accuracy, 0.78);
-}
+// fp32 PyTorch reaches 81.3% in the same setting (bench/reference/torch_models.py with 10k images).
+TEST(Training, Mlp8BitOneEpochOn10kImagesLearns) { EXPECT_GE(one_epoch_on_10k(8).test_accuracy, 0.80); }
+TEST(Training, Mlp4BitOneEpochOn10kImagesLearns) { EXPECT_GE(one_epoch_on_10k(4).test_accuracy, 0.78); }
 
 TEST(Training, OneTwoAndThreeThreadsGiveBitIdenticalWeights) {
   const data::ImageSet train = data::take_first(train_set(), 3200);
@@ -97,7 +93,7 @@ TEST(Training, SavedModelEvaluatesIdentically) {
   std::filesystem::remove(path);
   EXPECT_EQ(snapshot(*loaded.model), snapshot(t.model()));
   EXPECT_EQ(loaded.model->spec().describe(), t.model().spec().describe());
-  EXPECT_EQ(std::memcmp(loaded.norm.table.data(), t.norm().table.data(), 256), 0);
+  EXPECT_TRUE(loaded.norm == t.norm());
   EXPECT_EQ(evaluate_model(*loaded.model, test, loaded.norm, nullptr), acc);
 }
 

@@ -249,6 +249,7 @@ ImageSet take_first(const ImageSet& s, std::size_t n) {
   out.count = std::min(n, s.count);
   out.rows = s.rows;
   out.cols = s.cols;
+  out.channels = s.channels;
   out.classes = s.classes;
   const std::size_t px = out.count * s.image_size();
   out.pixels.assign(s.pixels.begin(), s.pixels.begin() + static_cast<std::ptrdiff_t>(px));

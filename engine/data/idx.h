@@ -16,14 +16,15 @@
 
 namespace qtrain::data {
 
-// A labelled set of single-channel 8-bit images, image-major: pixel (i, r, c) is pixels[(i·rows + r)·cols + c].
+// A labelled set of 8-bit images with `channels` interleaved channels (NHWC, the layout the layers consume: an
+// image is a rows·cols × channels matrix): value (i, r, c, ch) is pixels[((i·rows + r)·cols + c)·channels + ch].
 struct ImageSet {
-  std::size_t count = 0, rows = 0, cols = 0;
-  std::vector<uint8_t> pixels;  // count·rows·cols
+  std::size_t count = 0, rows = 0, cols = 0, channels = 1;
+  std::vector<uint8_t> pixels;  // count·rows·cols·channels
   std::vector<uint8_t> labels;  // count, each < classes
   std::size_t classes = 10;
 
-  std::size_t image_size() const { return rows * cols; }
+  std::size_t image_size() const { return rows * cols * channels; }
 };
 
 // Largest number of elements (pixels) a file may declare; larger headers are refused before anything is allocated.

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "engine/checkpoint.h"
+#include "engine/data/cifar.h"
 #include "engine/data/idx.h"
 #include "engine/serialize.h"
 #include "engine/trainer.h"
@@ -54,7 +55,9 @@ std::string percent(double x) {
 }
 
 struct TrainOptions {
-  std::string data = qtrain::data::kDefaultFashionMnistDir;
+  std::string dataset = "fashion-mnist";
+  std::string data;  // empty: the dataset's default directory
+  int augment = 0;
   std::string model = "mlp";
   std::string bits = "8";
   int groups = 0;
@@ -62,6 +65,8 @@ struct TrainOptions {
   long long batch = 64;
   double lr = 0.05, momentum = 0.9, wd = 5e-4;
   std::string schedule = "onecycle";
+  std::string norm = "l1";
+  int edge_bits = 0;
   uint64_t seed = 0;
   long long threads = 1;
   std::size_t train_limit = 0, test_limit = 0;
@@ -82,8 +87,23 @@ void apply_kernel_target(const std::string& name) {
   }
 }
 
-qtrain::data::ImageSet load_split(const std::string& dir, qtrain::data::Split split, std::size_t limit) {
-  auto set = qtrain::data::load_mnist_dir(dir, split);
+// Reads one split of the named data set ("fashion-mnist", "mnist": IDX files; "cifar10": the binary version).
+qtrain::data::ImageSet load_split(const std::string& dataset, const std::string& dir, qtrain::data::Split split,
+                                  std::size_t limit) {
+  qtrain::data::ImageSet set;
+  if (dataset == "cifar10") {
+    if (dir.empty())
+      throw UsageError("--dataset cifar10 needs --data DIR: CIFAR-10 is not packaged in Debian; download the binary "
+                       "version (https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz), extract it and pass its "
+                       "directory");
+    set = qtrain::data::load_cifar10_dir(dir, split);
+  } else if (dataset == "fashion-mnist" || dataset == "mnist") {
+    if (dir.empty() && dataset == "mnist")
+      throw UsageError("--dataset mnist needs --data DIR (a directory with the MNIST IDX files)");
+    set = qtrain::data::load_mnist_dir(dir.empty() ? qtrain::data::kDefaultFashionMnistDir : dir, split);
+  } else {
+    throw UsageError("--dataset '" + dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
+  }
   return limit && limit < set.count ? qtrain::data::take_first(set, limit) : set;
 }
 
@@ -111,6 +131,11 @@ void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags,
           o.bits, bits_text(c.model.bits));
   require("--groups", flags.model.resolved_groups() == c.model.resolved_groups(), std::to_string(o.groups),
           std::to_string(c.model.resolved_groups()));
+  require("--norm", flags.model.norm == c.model.norm, flags.model.norm, c.model.norm);
+  require("--edge-bits", flags.model.resolved_edge_bits() == c.model.resolved_edge_bits(), std::to_string(o.edge_bits),
+          std::to_string(c.model.resolved_edge_bits()));
+  require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
+          std::to_string(o.augment), std::to_string(c.augment.pad));
   require("--epochs", flags.epochs == c.epochs, std::to_string(flags.epochs), std::to_string(c.epochs));
   require("--batch", flags.batch == c.batch, std::to_string(flags.batch), std::to_string(c.batch));
   require("--momentum", flags.sgd.momentum == c.sgd.momentum, num(flags.sgd.momentum), num(c.sgd.momentum));
@@ -154,6 +179,8 @@ int run_train(const TrainOptions& o) {
   cfg.model.kind = o.model;
   cfg.model.bits = parse_bits(o.bits);
   cfg.model.groups = o.groups;
+  cfg.model.norm = o.norm;
+  cfg.model.edge_bits = o.edge_bits;
   cfg.epochs = o.epochs;
   if (o.batch < 1) throw UsageError("--batch " + std::to_string(o.batch) + " is out of range 1..65536");
   cfg.batch = static_cast<std::size_t>(o.batch);
@@ -165,7 +192,12 @@ int run_train(const TrainOptions& o) {
   if (o.threads < 0) throw UsageError("--threads " + std::to_string(o.threads) + " is out of range: 0 (all processors) or more");
   cfg.threads = static_cast<std::size_t>(o.threads);
   cfg.health.enabled = !o.no_health_check;
+  if (o.augment < 0 || o.augment > 16)
+    throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
+  cfg.augment = {o.augment, o.augment > 0};
   cfg.validate();  // flags first: a bad flag is reported before the data is read
+  if (o.dataset != "fashion-mnist" && o.dataset != "mnist" && o.dataset != "cifar10")
+    throw UsageError("--dataset '" + o.dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
   const std::string ckpt_path = !o.checkpoint.empty() ? o.checkpoint : o.resume;
   if (o.checkpoint_every < 0)
     throw UsageError("--checkpoint-every " + std::to_string(o.checkpoint_every) +
@@ -190,16 +222,17 @@ int run_train(const TrainOptions& o) {
     }
     ck.config.threads = cfg.threads;
     ck.config.health = cfg.health;
-    train = load_split(o.data, qtrain::data::Split::kTrain, ck.train_count);
+    train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, ck.train_count);
     const qtrain::TrainState& st = ck.state;
     resumed = "resuming " + o.resume + " at epoch " + std::to_string(std::min(st.epoch, ck.config.epochs)) +
               ", step " + std::to_string(st.epoch > ck.config.epochs ? ck.steps_per_epoch : st.step_in_epoch) + "/" +
               std::to_string(ck.steps_per_epoch) + " (global step " + std::to_string(st.global_step) + ")";
     trainer = qtrain::resume_trainer(ck, train, o.resume);
   } else {
-    train = load_split(o.data, qtrain::data::Split::kTrain, o.train_limit);
+    train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, o.train_limit);
+    cfg.model.set_input(train.rows, train.cols, train.channels);  // the model's input follows the data
   }
-  const auto test = load_split(o.data, qtrain::data::Split::kTest, o.test_limit);
+  const auto test = load_split(o.dataset, o.data, qtrain::data::Split::kTest, o.test_limit);
   if (!trainer) trainer = std::make_unique<qtrain::Trainer>(cfg, train);
   qtrain::Trainer& t = *trainer;
   const qtrain::TrainConfig& run = t.config();
@@ -283,12 +316,12 @@ int run_train(const TrainOptions& o) {
   return 0;
 }
 
-int run_eval(const std::string& load, const std::string& data, long long threads, std::size_t limit,
-             const std::string& kernel_target) {
+int run_eval(const std::string& load, const std::string& dataset, const std::string& data, long long threads,
+             std::size_t limit, const std::string& kernel_target) {
   apply_kernel_target(kernel_target);
   if (threads < 0) throw UsageError("--threads " + std::to_string(threads) + " is out of range: 0 (all processors) or more");
   auto loaded = qtrain::load_model(load);
-  const auto test = load_split(data, qtrain::data::Split::kTest, limit);
+  const auto test = load_split(dataset, data, qtrain::data::Split::kTest, limit);
   qtrain::kernels::ThreadPool pool(static_cast<std::size_t>(threads));
   const double acc = qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool);
   std::cout << "model: " << loaded.model->spec().describe() << "\n"
@@ -306,8 +339,18 @@ int main(int argc, char** argv) {
 
   TrainOptions t;
   auto* train = app.add_subcommand("train", "Train a model on Fashion-MNIST / MNIST and report test accuracy");
-  train->add_option("--data", t.data, "Directory with the IDX files (train-images-idx3-ubyte.gz, ...)")->capture_default_str();
-  train->add_option("--model", t.model, "Model to train: mlp (784-256-128-10)")->capture_default_str();
+  train->add_option("--dataset", t.dataset, "Data set: fashion-mnist, mnist (IDX files) or cifar10 (binary version)")->capture_default_str();
+  train->add_option("--data", t.data, "Data directory (default for fashion-mnist: " +
+                    std::string(qtrain::data::kDefaultFashionMnistDir) + ", from the dataset-fashion-mnist package)");
+  train->add_option("--augment", t.augment, "Augmentation: random crop with this zero padding (pixels) plus horizontal flips; 0 = off")->capture_default_str();
+  train->add_option("--model", t.model,
+                    "Model: mlp (784-256-128-10), cnn (2 conv + 2 FC), resnet8, resnet20 (CIFAR-style ResNets)")
+      ->capture_default_str();
+  train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
+      ->capture_default_str();
+  train->add_option("--edge-bits", t.edge_bits,
+                    "Weight/activation bits of the first conv and last FC of the convolutional models (0 = 8)")
+      ->capture_default_str();
   train->add_option("--bits", t.bits, "Bit-widths: one value for all, or weights,activations,gradients (2..8)")->capture_default_str();
   train->add_option("--groups", t.groups, "ShiftQuant gradient groups N_G (0 = the largest the gradient bits allow)")->capture_default_str();
   train->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
@@ -336,12 +379,13 @@ int main(int argc, char** argv) {
   train->add_flag("--no-health-check", t.no_health_check,
                   "Do not stop a run whose loss diverges or whose gradients stay zero (exit code 3)");
 
-  std::string load, edata = qtrain::data::kDefaultFashionMnistDir, ekt;
+  std::string load, edata, edataset = "fashion-mnist", ekt;
   long long ethreads = 1;
   std::size_t elimit = 0;
   auto* eval = app.add_subcommand("eval", "Evaluate a saved model on the test set");
   eval->add_option("--load", load, "Model file written by 'qtrain train --save'")->required();
-  eval->add_option("--data", edata, "Directory with the IDX files")->capture_default_str();
+  eval->add_option("--dataset", edataset, "Data set: fashion-mnist, mnist or cifar10")->capture_default_str();
+  eval->add_option("--data", edata, "Data directory (default for fashion-mnist: the Debian package path)");
   eval->add_option("--threads", ethreads, "Threads (0 = all processors available)")->capture_default_str();
   eval->add_option("--test-limit", elimit, "Use only the first N test images (0 = all)");
   eval->add_option("--kernel-target", ekt, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
@@ -370,7 +414,7 @@ int main(int argc, char** argv) {
     if (opt->count() > 0) t.given.insert(opt->get_name());
   try {
     if (*train) return run_train(t);
-    if (*eval) return run_eval(load, edata, ethreads, elimit, ekt);
+    if (*eval) return run_eval(load, edataset, edata, ethreads, elimit, ekt);
   } catch (const qtrain::UsageError& e) {
     std::cerr << "qtrain: error: " << e.what() << "\n";
     return 2;

@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""fp32 PyTorch reference for qtrain's models (mlp, cnn, resnet8, resnet20) on Fashion-MNIST or CIFAR-10.
+
+Same data, architecture and hyper-parameters as `qtrain train --model M` with its defaults: inputs normalized by
+the training set's per-channel mean/std, batch 64 (last partial batch dropped: 937 steps per epoch on
+Fashion-MNIST), SGD momentum 0.9, weight decay 5e-4, OneCycleLR peaking at 0.05 over all steps, seed 0. The
+convolutional models use BatchNorm where qtrain uses its integer L1 norm: this is the fp32 baseline a user would
+otherwise train.
+  mlp       784-256-128-10, ReLU
+  cnn       conv3x3(32)-BN-ReLU-maxpool2, conv3x3(64)-BN-ReLU-maxpool2, FC128-ReLU, FC10
+  resnet8   CIFAR-style ResNet: conv3x3(16)-BN-ReLU, one basic block per stage (16, 32/2, 64/2; 1x1 projection
+            shortcuts with BN), global average pool, FC10
+  resnet20  the same with three basic blocks per stage
+
+Prints one line per epoch, then a final JSON line:
+  {"framework": "pytorch-fp32", "epochs": N, "test_accuracy": 0..1, "train_images_per_second": X, "threads": T}
+train_images_per_second counts training steps only (forward, backward, optimizer), not evaluation.
+
+Run with Debian's python3-torch:  /usr/bin/python3 bench/reference/torch_models.py --model mlp --epochs 5
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def read_idx(path, header_bytes):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=header_bytes)
+
+
+def find(data_dir, name):
+    for candidate in (name + ".gz", name):
+        path = os.path.join(data_dir, candidate)
+        if os.path.isfile(path):
+            return path
+    sys.exit(f"torch_models.py: error: {data_dir} has no {name}.gz "
+             "(install the data set with: sudo apt-get install dataset-fashion-mnist, or pass --data DIR)")
+
+
+def load_idx(data_dir, prefix):
+    x = read_idx(find(data_dir, f"{prefix}-images-idx3-ubyte"), 16).reshape(-1, 1, 28, 28)
+    y = read_idx(find(data_dir, f"{prefix}-labels-idx1-ubyte"), 8)
+    return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y.astype(np.int64))
+
+
+def load_cifar(data_dir, train):
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+    raw = []
+    for name in names:
+        path = os.path.join(data_dir, name)
+        if not os.path.isfile(path):
+            sys.exit(f"torch_models.py: error: {path} not found (CIFAR-10 binary version: "
+                     "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz)")
+        raw.append(np.fromfile(path, np.uint8).reshape(-1, 3073))
+    r = np.concatenate(raw)
+    x = torch.tensor(r[:, 1:].reshape(-1, 3, 32, 32), dtype=torch.float32) / 255.0
+    return x, torch.tensor(r[:, 0].astype(np.int64))
+
+
+def conv_bn(cin, cout, k, stride):
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout, 3, 1))
+        self.short = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.short(x))
+
+
+def resnet(channels, blocks_per_stage):
+    layers = [*conv_bn(channels, 16, 3, 1), nn.ReLU()]
+    cin = 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for b in range(blocks_per_stage):
+            layers.append(Block(cin, cout, stride if b == 0 else 1))
+            cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def build(name, channels, size):
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 256), nn.ReLU(), nn.Linear(256, 128),
+                             nn.ReLU(), nn.Linear(128, 10))
+    if name == "cnn":
+        return nn.Sequential(*conv_bn(channels, 32, 3, 1), nn.ReLU(), nn.MaxPool2d(2),
+                             *conv_bn(32, 64, 3, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(), nn.Linear(128, 10))
+    return resnet(channels, 1 if name == "resnet8" else 3)
+
+
+def augment(x, pad, gen):
+    """Random crop with zero padding (after normalization: the mean) and random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        out[i] = crop.flip(2) if flip[i] else crop
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["mlp", "cnn", "resnet8", "resnet20"], default="mlp")
+    ap.add_argument("--dataset", choices=["fashion-mnist", "cifar10"], default="fashion-mnist")
+    ap.add_argument("--augment", type=int, default=0, metavar="PAD",
+                    help="random crop with this zero padding plus horizontal flips (0: off)")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data", default=None, help="data directory (default: the Debian Fashion-MNIST package path)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.epochs < 1 or args.threads < 1 or args.batch < 1:
+        ap.error("--epochs, --threads and --batch must be >= 1")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    if args.dataset == "cifar10":
+        if not args.data:
+            ap.error("--dataset cifar10 needs --data DIR (the extracted binary version)")
+        xtr, ytr = load_cifar(args.data, True)
+        xte, yte = load_cifar(args.data, False)
+    else:
+        data = args.data or "/usr/share/datasets/fashion-mnist"
+        xtr, ytr = load_idx(data, "train")
+        xte, yte = load_idx(data, "t10k")
+    mu = xtr.mean(dim=(0, 2, 3), keepdim=True)
+    sd = xtr.std(dim=(0, 2, 3), keepdim=True)
+    xtr = (xtr - mu) / sd
+    xte = (xte - mu) / sd
+
+    model = build(args.model, xtr.shape[1], xtr.shape[2])
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    n = xtr.shape[0]
+    steps_per_epoch = n // args.batch  # drop the last partial batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    train_seconds = 0.0
+    acc = 0.0
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        loss_sum, correct = 0.0, 0
+        t0 = time.perf_counter()
+        for i in range(steps_per_epoch):
+            idx = perm[i * args.batch:(i + 1) * args.batch]
+            xb = augment(xtr[idx], args.augment, gen) if args.augment else xtr[idx]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item()
+            correct += (logits.argmax(1) == ytr[idx]).sum().item()
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+
+        model.eval()
+        with torch.no_grad():
+            acc = sum((model(xte[j:j + 500]).argmax(1) == yte[j:j + 500]).sum().item()
+                      for j in range(0, xte.shape[0], 500)) / xte.shape[0]
+        seen = steps_per_epoch * args.batch
+        print(f"epoch {epoch}/{args.epochs}  loss {loss_sum / steps_per_epoch:.4f}  train {100 * correct / seen:.2f}%  "
+              f"test {100 * acc:.2f}%  {seen / seconds:.0f} img/s  {seconds:.1f} s", flush=True)
+
+    print(json.dumps({"framework": "pytorch-fp32", "model": args.model, "dataset": args.dataset,
+                      "epochs": args.epochs, "test_accuracy": acc,
+                      "train_images_per_second": args.epochs * steps_per_epoch * args.batch / train_seconds,
+                      "threads": args.threads}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+#include "engine/add.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "engine/narrow.h"
+#include "quant/pow2.h"
+
+namespace qtrain {
+
+namespace {
+int64_t element(const Tensor& t, std::size_t i) {
+  return t.dtype() == DType::kI8 ? int64_t{t.data<int8_t>()[i]} : int64_t{t.data<int32_t>()[i]};
+}
+
+// Working exponent of one column (or of the whole tensor): the finer exponent, unless the operands are more than
+// 31 octaves apart and the coarser one has a non-zero value in the column.
+int working_exponent(int ea, int eb, bool coarse_nonzero) {
+  const int fine = std::min(ea, eb), coarse = std::max(ea, eb);
+  return coarse_nonzero ? std::max(fine, coarse - 31) : fine;
+}
+}  // namespace
+
+VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) {
+  const Tensor& av = a->value;
+  const Tensor& bv = b->value;
+  if (av.rows() != bv.rows() || av.cols() != bv.cols() || av.axis() == ScaleAxis::kRow || bv.axis() == ScaleAxis::kRow)
+    throw std::invalid_argument("add: operands " + av.describe() + " and " + bv.describe() +
+                                " must have the same shape and per-tensor or per-column exponents");
+  const std::size_t rows = av.rows(), cols = av.cols();
+  const bool per_col = av.axis() == ScaleAxis::kCol || bv.axis() == ScaleAxis::kCol;
+  // Does the coarser operand have a non-zero value in column c (any column when per tensor)?
+  std::vector<char> coarse_nonzero(cols, 0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) {
+      const bool a_coarse = av.exponent_at(0, c) >= bv.exponent_at(0, c);
+      if (element(a_coarse ? av : bv, r * cols + c) != 0) coarse_nonzero[c] = 1;
+    }
+  const bool any = std::any_of(coarse_nonzero.begin(), coarse_nonzero.end(), [](char v) { return v != 0; });
+  const int e_tensor = per_col ? 0 : working_exponent(av.exponent(), bv.exponent(), any);
+  std::vector<int> e(cols, e_tensor);
+  if (per_col)
+    for (std::size_t c = 0; c < cols; ++c)
+      e[c] = working_exponent(av.exponent_at(0, c), bv.exponent_at(0, c), coarse_nonzero[c] != 0);
+  // a·2^(e_a − e) + b·2^(e_b − e): shifts ≤ 31, so each term < 2^62 and the sum < 2^63.
+  std::vector<int64_t> sum(rows * cols);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) {
+      const std::size_t i = r * cols + c;
+      sum[i] = quant::shift_round_even(element(av, i), e[c] - av.exponent_at(0, c)) +
+               quant::shift_round_even(element(bv, i), e[c] - bv.exponent_at(0, c));
+    }
+  auto out = std::make_shared<Var>();
+  out->value = per_col ? narrow_per_col(sum.data(), rows, cols, e) : narrow_tensor(sum.data(), rows, cols, e_tensor);
+  if (!ctx.training() || (!a->requires_grad && !b->requires_grad)) return out;
+  ctx.tape->record([a, b, out] {
+    if (!out->has_grad) return;
+    if (a->requires_grad) accumulate_grad(*a, out->grad);
+    if (b->requires_grad) accumulate_grad(*b, out->grad);
+  });
+  return out;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,67 @@
+#include "engine/narrow.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "quant/pow2.h"
+
+namespace qtrain {
+
+int narrowing_shift(uint64_t maxabs) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  int s = std::max(0, quant::bit_length(maxabs) - 31);
+  // Rounding is monotone and symmetric, so checking the largest magnitude suffices; rounding up can carry into
+  // bit 31 (e.g. 2^32 − 1 → 2^31), which costs one more shift.
+  if (quant::shift_round_even(static_cast<int64_t>(maxabs), s) > kMax) ++s;
+  return s;
+}
+
+Tensor narrow_tensor(const int64_t* v, std::size_t rows, std::size_t cols, int e) {
+  uint64_t mx = 0;
+  for (std::size_t i = 0; i < rows * cols; ++i) mx = std::max(mx, magnitude64(v[i]));
+  const int s = narrowing_shift(mx);
+  Tensor out(rows, cols, DType::kI32, e + s);
+  int32_t* o = out.data<int32_t>();
+  if (s == 0) {
+    for (std::size_t i = 0; i < rows * cols; ++i) o[i] = static_cast<int32_t>(v[i]);
+  } else {
+    for (std::size_t i = 0; i < rows * cols; ++i) o[i] = static_cast<int32_t>(quant::shift_round_even(v[i], s));
+  }
+  return out;
+}
+
+Tensor narrow_per_col(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_col) {
+  std::vector<uint64_t> mx(cols, 0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], magnitude64(v[r * cols + c]));
+  std::vector<int> s(cols), e(cols);
+  for (std::size_t c = 0; c < cols; ++c) {
+    s[c] = narrowing_shift(mx[c]);
+    e[c] = e_col[c] + s[c];
+  }
+  Tensor out(rows, cols, DType::kI32);
+  int32_t* o = out.data<int32_t>();
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c)
+      o[r * cols + c] = static_cast<int32_t>(quant::shift_round_even(v[r * cols + c], s[c]));
+  out.set_exponents(ScaleAxis::kCol, std::move(e));
+  return out;
+}
+
+Tensor narrow_per_row(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_row) {
+  Tensor out(rows, cols, DType::kI32);
+  int32_t* o = out.data<int32_t>();
+  std::vector<int> e(rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const int64_t* vr = v + r * cols;
+    uint64_t mx = 0;
+    for (std::size_t c = 0; c < cols; ++c) mx = std::max(mx, magnitude64(vr[c]));
+    const int s = narrowing_shift(mx);
+    e[r] = e_row[r] + s;
+    for (std::size_t c = 0; c < cols; ++c) o[r * cols + c] = static_cast<int32_t>(quant::shift_round_even(vr[c], s));
+  }
+  out.set_exponents(ScaleAxis::kRow, std::move(e));
+  return out;
+}
+
+}  // namespace qtrain

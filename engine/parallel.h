@@ -1,0 +1,25 @@
+// Splitting an op's loop over the step's thread pool. Tasks must write disjoint outputs; integer results then do
+// not depend on the number of threads.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+
+#include "kernels/thread_pool.h"
+
+namespace qtrain {
+
+// Runs fn(begin, end) over tiles covering [0, n): on the pool (about four tiles per thread) when there is one.
+// fn must not throw (the pool runs it behind C frames).
+inline void for_tiles(kernels::ThreadPool* pool, std::size_t n,
+                      const std::function<void(std::size_t, std::size_t)>& fn) {
+  if (n == 0) return;
+  if (pool == nullptr || pool->threads() <= 1) {
+    fn(0, n);
+    return;
+  }
+  pool->parallel_for(n, std::max<std::size_t>(1, n / (4 * pool->threads())), fn);
+}
+
+}  // namespace qtrain

@@ -1,0 +1,99 @@
+// The quantized GEMM operator that Linear and Conv2d share: Y = X_q · W_qᵀ, where X_q is the layer input (Linear)
+// or its im2col patches (Conv2d), and the backward that goes with it.
+//
+// Forward   X (int32 or int8) → X_q: b_a-bit int8, one exponent e_x, the finest power of two covering max|x|
+//                               (nearest-even; the unsigned range [0, 2^b−1] when the input is non-negative)
+//           W (int32 master)  → W_q: b_w-bit int8, one exponent per output channel e_w[c] (nearest-even),
+//                               quantized once per parameter version and shared by every batch of that version
+//           Y[n,c] = Σ_k X_q[n,k]·W_q[c,k]   int32 accumulator, exponent e_x + e_w[c]; exact while k ≤ kMaxReduction
+// Backward  dY (int32, one exponent) → ShiftQuant: dY_q (b_g bits, N_G power-of-two channel groups, stochastic)
+//           dX = dY_shifted · W_aligned      one int8 GEMM reducing over the m output channels (m ≤ kMaxReduction),
+//                                            exponent e0 − (N_G−1) + E_w; exact when the e_w span ≤ int8 headroom
+//           dW[c,:] = Σ_n dY_q[n,c]·X_q[n,:]  int8 GEMMs over chunks of ≤ kMaxReduction rows (each chunk exact in
+//                                            int32), chunks summed exactly in int64, exponent e0 − k_c + e_x per row
+//                                            (+ a narrowing shift only if a sum exceeds int32)
+// Float formula: y = Q(x)·Q(W)ᵀ, dx = Q_g(dy)·Q(W), dW = Q_g(dy)ᵀ·Q(x).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/param.h"
+#include "engine/tensor.h"
+#include "kernels/gemm.h"
+#include "quant/shiftquant.h"
+
+namespace qtrain {
+
+struct QGemmConfig {
+  int weight_bits = 8;
+  int act_bits = 8;
+  int grad_bits = 8;
+  int groups = 1;             // ShiftQuant N_G of the output gradient
+  bool signed_input = false;  // false: the input is non-negative (after ReLU) and uses the unsigned range
+  // Throws UsageError naming the valid range.
+  void validate() const;
+};
+
+// W_q of one parameter version.
+struct QuantizedWeights {
+  Tensor q;                     // out × in int8, one exponent per row (output channel): the forward operand
+  std::vector<int8_t> aligned;  // the rows brought to one exponent (quant::align_rows): the dgrad operand
+  int aligned_exponent = 0;
+  uint64_t version = 0;
+};
+
+// X as b-bit int8 with one exponent. A signed 8-bit int8 input with one exponent (normalized pixels) passes
+// unchanged. Per-column input exponents are allowed (per-channel layer outputs), per-row ones are not.
+Tensor quantize_activation(const Tensor& x, int bits, bool is_signed);
+
+class QGemmOp {
+ public:
+  explicit QGemmOp(const QGemmConfig& cfg);
+  const QGemmConfig& config() const { return cfg_; }
+
+  Tensor quantize_input(const Tensor& x) const { return quantize_activation(x, cfg_.act_bits, cfg_.signed_input); }
+  // W_q of the parameter's current version (quantized on the first call after each update). Backward closures
+  // hold the returned pointer, so a later requantization never changes what an earlier step's backward sees.
+  std::shared_ptr<const QuantizedWeights> weights(const Param& w);
+  // ShiftQuant of dY (rows × out, one exponent) with this step's random stream `stream`.
+  quant::ShiftQuantized quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const;
+
+ private:
+  QGemmConfig cfg_;
+  std::shared_ptr<const QuantizedWeights> cache_;
+};
+
+// Rows [r0, r1) of dX = dY_shifted · W_aligned into out ((r1 − r0) × in int32, exponent qgemm_dgrad_exponent).
+void qgemm_dgrad_rows(const quant::ShiftQuantized& g, const QuantizedWeights& w, std::size_t r0, std::size_t r1,
+                      int32_t* out, kernels::ThreadPool* pool);
+int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights& w);
+// All of dX (g.rows × in, one exponent).
+Tensor qgemm_dgrad(const quant::ShiftQuantized& g, const QuantizedWeights& w, kernels::ThreadPool* pool);
+
+// dW = dY_qᵀ · X_q accumulated over row chunks: add() runs one int8 GEMM per chunk (≤ kMaxReduction rows, so the
+// int32 accumulator is exact) and sums the chunks in int64 (exact). One chunk needs no int64 pass at all.
+class WgradAccumulator {
+ public:
+  WgradAccumulator(std::size_t out, std::size_t in) : m_(out), k_(in) {}
+  // Adds Σ_{n in [r0, r1)} dY_q[n,:]ᵀ · x_rows[n − r0, :]; x_rows holds rows r0..r1 of X_q (in columns each).
+  void add(const quant::ShiftQuantized& g, std::size_t r0, std::size_t r1, const int8_t* x_rows,
+           kernels::ThreadPool* pool);
+  // dW (out × in int32) with per-row exponents e0 − k_c + e_x (+ the narrowing shift of the row, if any).
+  Tensor finish(const quant::ShiftQuantized& g, int ex);
+
+ private:
+  std::size_t m_, k_;
+  std::size_t chunks_ = 0;
+  Tensor first_;              // the first chunk's int32 result
+  std::vector<int64_t> sum_;  // from the second chunk on
+};
+
+// dW for a whole X_q (g.rows × in), in chunks of at most max_rows (≤ kMaxReduction) rows.
+Tensor qgemm_wgrad(const quant::ShiftQuantized& g, const Tensor& xq, kernels::ThreadPool* pool,
+                   std::size_t max_rows = kernels::kMaxReduction);
+
+}  // namespace qtrain
