@@ -48,6 +48,28 @@ Tensor narrow_per_col(const int64_t* v, std::size_t rows, std::size_t cols, cons
   return out;
 }
 
+Tensor narrow_cols_to_tensor(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_col) {
+  if (cols == 0) return Tensor(rows, cols, DType::kI32);
+  std::vector<uint64_t> mx(cols, 0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], magnitude64(v[r * cols + c]));
+  // Column c fits int32 at exponents ≥ e_col[c] + bit_length(M_c) − 31 (one more if rounding carries).
+  int t = *std::min_element(e_col.begin(), e_col.end());
+  for (std::size_t c = 0; c < cols; ++c)
+    if (mx[c] != 0) t = std::max(t, e_col[c] + quant::bit_length(mx[c]) - 31);
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  bool carry = false;
+  for (std::size_t c = 0; c < cols; ++c)
+    carry = carry || (mx[c] != 0 && quant::shift_round_even(static_cast<int64_t>(mx[c]), t - e_col[c]) > kMax);
+  if (carry) ++t;
+  Tensor out(rows, cols, DType::kI32, t);
+  int32_t* o = out.data<int32_t>();
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c)  // all-zero columns stay 0 (their shift may be arbitrarily large)
+      o[r * cols + c] = mx[c] == 0 ? 0 : static_cast<int32_t>(quant::shift_round_even(v[r * cols + c], t - e_col[c]));
+  return out;
+}
+
 Tensor narrow_per_row(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_row) {
   Tensor out(rows, cols, DType::kI32);
   int32_t* o = out.data<int32_t>();

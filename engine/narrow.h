@@ -25,6 +25,11 @@ int narrowing_shift(uint64_t maxabs);
 Tensor narrow_tensor(const int64_t* v, std::size_t rows, std::size_t cols, int e);
 // v with exponent e_col[c] in column c → int32 tensor with per-column exponents e_col[c] + s_c.
 Tensor narrow_per_col(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_col);
+// v with exponent e_col[c] in column c → int32 tensor with ONE exponent (a gradient): the finest T ≥ min e_col at
+// which every column fits int32. Columns with e_col[c] > T are shifted left (exact), columns with e_col[c] < T are
+// rounded to nearest even: each value is exact or rounded once. Needs |v|·2^(e_col[c] − T) < 2^62 on the exact side,
+// which holds because T is chosen so every value fits int32.
+Tensor narrow_cols_to_tensor(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_col);
 // v with exponent e_row[r] in row r → int32 tensor with per-row exponents e_row[r] + s_r.
 Tensor narrow_per_row(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_row);
 

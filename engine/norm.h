@@ -60,6 +60,7 @@ class BatchNorm : public Layer {
  public:
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
   std::vector<Param*> params() override { return {&gamma_, &beta_}; }
+  std::vector<Tensor*> buffers() override { return {&running_mean_, &running_scale_}; }
   std::string name() const override;
 
   NormKind kind() const { return kind_; }

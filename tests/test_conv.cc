@@ -12,7 +12,9 @@
 #include "engine/add.h"
 #include "engine/autograd.h"
 #include "engine/conv2d.h"
+#include "engine/depthwise_conv2d.h"
 #include "engine/linear.h"
+#include "engine/narrow.h"
 #include "engine/optimizer.h"
 #include "engine/pool.h"
 #include "engine/qgemm_op.h"
@@ -50,6 +52,30 @@ bool bit_identical(const Tensor& a, const Tensor& b) {
   return a.size() == 0 ||
          (a.dtype() == DType::kI8 ? std::memcmp(a.data<int8_t>(), b.data<int8_t>(), a.size()) == 0
                                   : std::memcmp(a.data<int32_t>(), b.data<int32_t>(), a.size() * 4) == 0);
+}
+
+// ---- Narrowing int64 sums -------------------------------------------------------------------------------------
+
+TEST(Narrow, FinestExponentThatFitsInt32) {
+  EXPECT_EQ(narrowing_shift(0), 0);
+  EXPECT_EQ(narrowing_shift((uint64_t{1} << 31) - 1), 0);
+  EXPECT_EQ(narrowing_shift(uint64_t{1} << 31), 1);
+  EXPECT_EQ(narrowing_shift((uint64_t{1} << 32) - 1), 2);  // /2 rounds up to 2^31: one more shift
+  const std::vector<int64_t> v{int64_t{3} << 40, -5, 7, -(int64_t{1} << 20)};
+  const Tensor t = narrow_tensor(v.data(), 2, 2, -10);
+  EXPECT_EQ(t.exponent(), -10 + 11);
+  EXPECT_EQ(t.data<int32_t>()[0], 3 << 29);
+  EXPECT_EQ(t.data<int32_t>()[1], -0);  // −5/2048 rounds to 0
+  // Columns at different exponents into one: column 0 (2^0) must coarsen to fit, column 1 (2^−20) rounds to it.
+  const std::vector<int64_t> w{int64_t{1} << 33, 3 << 19, -(int64_t{1} << 33), -(5 << 18)};
+  const Tensor u = narrow_cols_to_tensor(w.data(), 2, 2, {0, -20});
+  EXPECT_EQ(u.exponent(), 3);
+  for (std::size_t i = 0; i < w.size(); ++i)
+    EXPECT_NEAR(deq(u, i), std::ldexp(double(w[i]), i % 2 == 0 ? 0 : -20), 4.0) << i;
+  const std::vector<int64_t> z{5, 0, -6, 0};  // column 1 all zero at a huge exponent: ignored, no overflow
+  const Tensor zt = narrow_cols_to_tensor(z.data(), 2, 2, {-3, 200});
+  EXPECT_EQ(zt.exponent(), -3);
+  EXPECT_EQ(zt.data<int32_t>()[2], -6);
 }
 
 // ---- Conv2d ---------------------------------------------------------------------------------------------------
@@ -310,6 +336,100 @@ TEST(QGemm, SplitWeightGradientNarrowsWhenTheSumExceedsInt32) {
   const Tensor dw = qgemm_wgrad(g, xq, nullptr, 1000);
   EXPECT_EQ(deq(dw, 0), want);
 }
+
+// ---- DepthwiseConv2d ------------------------------------------------------------------------------------------
+
+class DepthwiseGrad : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(DepthwiseGrad, ForwardAndBackwardMatchFloatFormula) {
+  const ConvCase cc = GetParam();
+  Conv2dSpec spec;
+  spec.in_h = 7;
+  spec.in_w = 5;
+  spec.in_channels = 4;
+  spec.kernel_h = cc.kh;
+  spec.kernel_w = cc.kw;
+  spec.stride = cc.stride;
+  spec.padding = cc.pad;
+  spec.weight_bits = spec.act_bits = spec.grad_bits = cc.bits;
+  spec.groups = quant::max_groups(cc.bits);
+  spec.signed_input = cc.is_signed;
+  const std::size_t n = 2, c = 4, kk = cc.kh * cc.kw, ho = spec.out_h(), wo = spec.out_w(), rows = n * ho * wo;
+  Tensor xt = random_i32(n * 7 * 5, c, 100000, 0, 81);
+  xt.set_exponents(ScaleAxis::kCol, {-20, -19, -22, -21});
+  if (!cc.is_signed)
+    for (std::size_t i = 0; i < xt.size(); ++i) xt.data<int32_t>()[i] = std::abs(xt.data<int32_t>()[i]);
+  // One channel's gradient 2^10 times smaller than the others: ShiftQuant puts it in a finer group.
+  Tensor dy = random_i32(rows, c, 1 << 20, -26, 82);
+  for (std::size_t r = 0; r < rows; ++r) dy.data<int32_t>()[r * c + 2] >>= 10;
+
+  auto run = [&](kernels::ThreadPool* pool) {
+    DepthwiseConv2d conv(spec, 4, 19);
+    ConvRun r;
+    r.x = var(xt);
+    Tape tape;
+    r.y = conv.forward({pool, &tape, 5, 7}, r.x);
+    r.y->grad = dy;
+    r.y->has_grad = true;
+    tape.backward();
+    r.master = conv.weight().master;
+    r.dw = conv.weight().grad;
+    return r;
+  };
+  const ConvRun r = run(nullptr);
+
+  const quant::IntRange ar = cc.is_signed ? quant::signed_range(cc.bits) : quant::unsigned_range(cc.bits);
+  std::vector<int8_t> xq8(xt.size());
+  const int ex =
+      quant::quantize_to_tensor(xt.data<int32_t>(), xt.rows(), c, xt.exponents().data(), c, {ar}, xq8.data());
+  std::vector<int8_t> wq8(c * kk);
+  std::vector<int> ew(c);
+  quant::quantize_per_row(r.master.data<int32_t>(), c, kk, r.master.exponent(), {quant::signed_range(cc.bits)},
+                          wq8.data(), ew.data());
+  quant::ShiftQuantized gs;
+  const StepContext ctx{nullptr, nullptr, 5, 7};
+  quant::shiftquant(dy.data<int32_t>(), rows, c, dy.exponent(), {cc.bits, spec.groups}, ctx.rounding_rng(17), &gs);
+  auto xq = [&](std::size_t i) { return std::ldexp(double(xq8[i]), ex); };
+  auto wq = [&](std::size_t ch, std::size_t tap) { return std::ldexp(double(wq8[ch * kk + tap]), ew[ch]); };
+  auto gq = [&](std::size_t i) { return std::ldexp(double(gs.q[i]), gs.channel_exponent(i % c)); };
+
+  // The per-channel reference, with the tap loop written out.
+  std::vector<double> y(rows * c, 0.0), dx(xt.size(), 0.0), dw(c * kk, 0.0);
+  for (std::size_t b = 0; b < n; ++b)
+    for (std::size_t oh = 0; oh < ho; ++oh)
+      for (std::size_t ow = 0; ow < wo; ++ow)
+        for (std::size_t i = 0; i < cc.kh; ++i)
+          for (std::size_t j = 0; j < cc.kw; ++j) {
+            const long ih = static_cast<long>(oh * cc.stride + i) - static_cast<long>(cc.pad);
+            const long iw = static_cast<long>(ow * cc.stride + j) - static_cast<long>(cc.pad);
+            if (ih < 0 || iw < 0 || ih >= 7 || iw >= 5) continue;
+            const std::size_t o = (b * ho + oh) * wo + ow, in = (b * 7 + static_cast<std::size_t>(ih)) * 5 + iw;
+            for (std::size_t ch = 0; ch < c; ++ch) {
+              y[o * c + ch] += xq(in * c + ch) * wq(ch, i * cc.kw + j);
+              dx[in * c + ch] += gq(o * c + ch) * wq(ch, i * cc.kw + j);
+              dw[ch * kk + i * cc.kw + j] += gq(o * c + ch) * xq(in * c + ch);
+            }
+          }
+  for (std::size_t i = 0; i < y.size(); ++i) ASSERT_EQ(deq(r.y->value, i), y[i]) << "y " << i;
+  // dx: exact (no weight alignment in a depthwise conv), unless a value had to be rounded to fit int32.
+  int emin = 1000;
+  for (std::size_t ch = 0; ch < c; ++ch) emin = std::min(emin, gs.channel_exponent(ch) + ew[ch]);
+  const double tol = r.x->grad.exponent() == emin ? 0.0 : std::ldexp(0.5, r.x->grad.exponent());
+  for (std::size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(deq(r.x->grad, i), dx[i], tol) << "dx " << i;
+  for (std::size_t i = 0; i < dw.size(); ++i) ASSERT_EQ(deq(r.dw, i), dw[i]) << "dW " << i;
+
+  kernels::ThreadPool pool(2);
+  const ConvRun r2 = run(&pool);
+  EXPECT_TRUE(bit_identical(r2.y->value, r.y->value));
+  EXPECT_TRUE(bit_identical(r2.x->grad, r.x->grad));
+  EXPECT_TRUE(bit_identical(r2.dw, r.dw));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DepthwiseGrad,
+                         ::testing::Values(ConvCase{3, 3, 1, 1, 4, false}, ConvCase{3, 3, 2, 0, 8, true},
+                                           ConvCase{3, 3, 2, 1, 6, false}, ConvCase{1, 1, 1, 0, 4, true},
+                                           ConvCase{2, 3, 1, 1, 4, false}, ConvCase{5, 5, 2, 2, 8, false}),
+                         case_name);
 
 // ---- Pools ----------------------------------------------------------------------------------------------------
 

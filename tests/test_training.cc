@@ -97,5 +97,38 @@ TEST(Training, SavedModelEvaluatesIdentically) {
   EXPECT_EQ(evaluate_model(*loaded.model, test, loaded.norm, nullptr), acc);
 }
 
+// The CNN with integer L1 batch norm at W4A4G4 (8-bit first conv and classifier) learns from 3000 images.
+TEST(Training, Cnn4BitL1NormLearns) {
+  const data::ImageSet train = data::take_first(train_set(), 3000);
+  const data::ImageSet test = data::take_first(test_set(), 1000);
+  TrainConfig cfg = config(4, 1);
+  cfg.model.kind = "cnn";
+  Trainer t(cfg, train);
+  const EpochMetrics m = t.train_epoch(1, &test);
+  std::printf("%s, 1 epoch on 3000 images: loss %.4f, train %.2f%%, test %.2f%%\n",
+              t.model().spec().describe().c_str(), m.loss, 100 * m.train_accuracy, 100 * m.test_accuracy);
+  EXPECT_GE(m.test_accuracy, 0.70);
+}
+
+TEST(Training, SavedConvModelKeepsRunningStatistics) {
+  const data::ImageSet train = data::take_first(train_set(), 640);
+  const data::ImageSet test = data::take_first(test_set(), 300);
+  TrainConfig cfg = config(4, 1);
+  cfg.model.kind = "resnet8";
+  Trainer t(cfg, train);
+  t.train_epoch(1, nullptr);
+  const double acc = t.evaluate(test);
+  const auto path = std::filesystem::temp_directory_path() / ("qtrain_resnet_" + std::to_string(::getpid()) + ".qtm");
+  save_model(path.string(), t.model(), t.norm());
+  LoadedModel loaded = load_model(path.string());
+  std::filesystem::remove(path);
+  EXPECT_EQ(snapshot(*loaded.model), snapshot(t.model()));
+  const auto a = t.model().buffers(), b = loaded.model->buffers();
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_GT(a.size(), 0u);
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]->to_double(), b[i]->to_double()) << "buffer " << i;
+  EXPECT_EQ(evaluate_model(*loaded.model, test, loaded.norm, nullptr), acc);
+}
+
 }  // namespace
 }  // namespace qtrain
