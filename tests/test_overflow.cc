@@ -13,6 +13,7 @@
 #include "engine/softmax_ce.h"
 #include "kernels/gemm.h"
 #include "quant/error.h"
+#include "quant/pow2.h"
 #include "quant/shiftquant.h"
 
 namespace qtrain {
@@ -78,6 +79,34 @@ TEST(Bounds, LinearForwardAtTheFullReductionIsExact) {
     EXPECT_EQ(y->value.data<int32_t>()[0], sign * expect);
     EXPECT_EQ(y->value.data<int32_t>()[1], -sign * expect);
   }
+}
+
+// A bias far coarser than the layer's output (bias exponent 200, output exponent about −20): the aligned bias
+// saturates instead of overflowing a 64-bit shift (a fuzz finding: fuzz_model, tests/fuzz_corpus/model/
+// regression-bias-shift-overflow), and the output saturates at the int32 limits.
+TEST(Bounds, BiasFarCoarserThanTheOutputSaturates) {
+  LinearSpec s;
+  s.in = 4;
+  s.out = 3;
+  s.signed_input = true;
+  Linear lin(s, 0, 0);
+  lin.bias().master.set_exponent(200);
+  int32_t* b = lin.bias().master.data<int32_t>();
+  b[0] = 5;
+  b[1] = -(1 << 30);
+  b[2] = 0;
+  auto x = std::make_shared<Var>();
+  x->value = Tensor(2, 4, DType::kI8, -5);
+  std::fill_n(x->value.data<int8_t>(), 8, int8_t{3});
+  const VarPtr y = lin.forward({nullptr, nullptr, 0, 0}, x);
+  for (std::size_t r = 0; r < 2; ++r) {
+    EXPECT_EQ(y->value.data<int32_t>()[r * 3 + 0], std::numeric_limits<int32_t>::max());
+    EXPECT_EQ(y->value.data<int32_t>()[r * 3 + 1], std::numeric_limits<int32_t>::min());
+  }
+  EXPECT_EQ(quant::shift_round_even_sat(5, -144), int64_t{1} << 62);
+  EXPECT_EQ(quant::shift_round_even_sat(-5, -60), -(int64_t{1} << 62));
+  EXPECT_EQ(quant::shift_round_even_sat(5, -59), int64_t{5} << 59);
+  EXPECT_EQ(quant::shift_round_even_sat(5, 1), quant::shift_round_even(5, 1));
 }
 
 TEST(Bounds, SgdWithExtremeMomentumAndGradientStaysInRange) {
