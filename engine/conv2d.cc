@@ -1,11 +1,14 @@
 #include "engine/conv2d.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 #include "engine/narrow.h"
 #include "engine/parallel.h"
+#include "kernels/eltwise.h"
 #include "kernels/gemm.h"
 #include "quant/error.h"
 
@@ -120,6 +123,66 @@ void col2im_add(const int32_t* dp, const Geometry& g, std::size_t l0, std::size_
   });
 }
 
+// Whether col2im sums fit int32: every dP value is a reduction of Cout products of int8 values of magnitude
+// ≤ 127 (the shifted ShiftQuant operand and the aligned weights), |dP| ≤ Cout·127², and a dx element receives at
+// most kh·kw of them. When kh·kw·Cout·127² ≤ 2^31 − 1 (Cout ≤ 14794 for 3×3 kernels) the int32 sums are exact,
+// and they are already the gradient: narrowing them (narrow.h) would shift by 0 and change nothing.
+bool col2im_fits_i32(const Geometry& g, std::size_t cout) {
+  constexpr uint64_t kMaxProduct = 127 * 127;
+  return static_cast<uint64_t>(g.kh * g.kw) * cout * kMaxProduct <= static_cast<uint64_t>(INT32_MAX);
+}
+
+// The output row oh of kernel row i that reads input row ih (oh·s − p + i = ih), or false.
+bool output_row_of(const Geometry& g, std::size_t ih, std::size_t i, std::size_t* oh) {
+  const long num = static_cast<long>(ih + g.p) - static_cast<long>(i);
+  if (num < 0 || num % static_cast<long>(g.s) != 0) return false;
+  *oh = static_cast<std::size_t>(num) / g.s;
+  return *oh < g.ho;
+}
+
+// col2im into int32 (col2im_fits_i32), tap by tap: for kernel tap (i, j), the output pixels of one output row
+// read input pixels ow·s − p + j, so the tap's slice of dP (C values per output pixel, K apart) is added to
+// input pixels s·C apart — one strided add per tap and input line. dx is not pre-zeroed: an input line is zeroed
+// by the block that holds its first contributing output line (or, with no contributor at all, the image's
+// first output line), before any term is added. Tasks own whole input lines, as above.
+void col2im_add_i32(const int32_t* dp, const Geometry& g, std::size_t l0, std::size_t l1, int32_t* dx,
+                    kernels::ThreadPool* pool) {
+  const std::size_t n0 = l0 / g.ho, n1 = (l1 - 1) / g.ho + 1;
+  for_tiles(pool, (n1 - n0) * g.h, [&](std::size_t t0, std::size_t t1) {
+    for (std::size_t t = t0; t < t1; ++t) {
+      const std::size_t n = n0 + t / g.h, ih = t % g.h;
+      int32_t* dline = dx + (n * g.h + ih) * g.w * g.c;
+      std::size_t first = n * g.ho;  // first contributing output line; the image's first line if none
+      bool any = false;
+      for (std::size_t i = 0; i < g.kh; ++i) {
+        std::size_t oh;
+        if (output_row_of(g, ih, i, &oh) && (!any || n * g.ho + oh < first)) {
+          first = n * g.ho + oh;
+          any = true;
+        }
+      }
+      if (first >= l0 && first < l1) std::memset(dline, 0, g.w * g.c * sizeof(int32_t));
+      for (std::size_t i = 0; i < g.kh; ++i) {
+        std::size_t oh;
+        if (!output_row_of(g, ih, i, &oh)) continue;
+        const std::size_t l = n * g.ho + oh;
+        if (l < l0 || l >= l1) continue;
+        const int32_t* prow = dp + (l - l0) * g.wo * g.k;
+        for (std::size_t j = 0; j < g.kw; ++j) {
+          // Output columns ow with 0 ≤ ow·s − p + j < W.
+          const std::size_t lo_num = g.p > j ? g.p - j : 0;
+          const std::size_t ow0 = (lo_num + g.s - 1) / g.s;
+          if (g.w + g.p < j + 1) continue;
+          const std::size_t ow1 = std::min(g.wo, (g.w + g.p - j - 1) / g.s + 1);
+          if (ow0 >= ow1) continue;
+          kernels::add_strided_i32(dline + (ow0 * g.s + j - g.p) * g.c, g.s * g.c, prow + ow0 * g.k + (i * g.kw + j) * g.c,
+                                   g.k, ow1 - ow0, g.c);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 Conv2d::Conv2d(const Conv2dSpec& spec, uint32_t layer_id, uint64_t seed)
@@ -165,11 +228,11 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     kernels::gemm_forward(xq->data<int8_t>(), wq->q.data<int8_t>(), y, rows, m, g.k, ctx.pool);
   } else {
     const std::size_t bl = std::min(block_lines(), lines);
-    std::vector<int8_t> patches(bl * g.wo * g.k);
+    const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * g.wo * g.k);  // im2col writes every byte
     for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
       const std::size_t l1 = std::min(lines, l0 + bl);
-      im2col(xq->data<int8_t>(), g, l0, l1, patches.data(), ctx.pool);
-      kernels::gemm_forward(patches.data(), wq->q.data<int8_t>(), y + l0 * g.wo * m, (l1 - l0) * g.wo, m, g.k,
+      im2col(xq->data<int8_t>(), g, l0, l1, patches.get(), ctx.pool);
+      kernels::gemm_forward(patches.get(), wq->q.data<int8_t>(), y + l0 * g.wo * m, (l1 - l0) * g.wo, m, g.k,
                             ctx.pool);
     }
   }
@@ -190,22 +253,41 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
       return;
     }
     const std::size_t bl = std::min(block_lines(), lines);
-    std::vector<int8_t> patches(bl * geo.wo * geo.k);
-    std::vector<int32_t> dp(need_dx ? bl * geo.wo * geo.k : 0);
-    std::vector<int64_t> dx(need_dx ? xq->size() : 0, 0);
+    const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * geo.wo * geo.k);
+    // dX: dgrad and col2im run over sub-blocks of ~1 MiB of dP, so dP is still in cache when col2im reads it.
+    const bool dx_i32 = col2im_fits_i32(geo, m);
+    const std::size_t sub = std::max<std::size_t>(1, (std::size_t{1} << 20) / (geo.wo * geo.k * sizeof(int32_t)));
+    const std::size_t dp_lines = need_dx ? std::min(sub, bl) : 0;
+    const auto dp = std::make_unique_for_overwrite<int32_t[]>(dp_lines * geo.wo * geo.k);
+    Tensor dx32;  // the gradient itself when the int32 sums are exact; its lines are zeroed on first touch
+    std::vector<int64_t> dx64;
+    if (need_dx && dx_i32) dx32 = Tensor::uninitialized(xq->rows(), xq->cols(), DType::kI32);
+    if (need_dx && !dx_i32) dx64.assign(xq->size(), 0);
     WgradAccumulator acc(m, geo.k);
     for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
       const std::size_t l1 = std::min(lines, l0 + bl), r0 = l0 * geo.wo, r1 = l1 * geo.wo;
-      im2col(xq->data<int8_t>(), geo, l0, l1, patches.data(), ctx.pool);
-      acc.add(gq, r0, r1, patches.data(), ctx.pool);  // r1 − r0 ≤ kMaxReduction (block_lines)
-      if (need_dx) {
-        qgemm_dgrad_rows(gq, *wq, r0, r1, dp.data(), ctx.pool);
-        col2im_add(dp.data(), geo, l0, l1, dx.data(), ctx.pool);
+      im2col(xq->data<int8_t>(), geo, l0, l1, patches.get(), ctx.pool);
+      acc.add(gq, r0, r1, patches.get(), ctx.pool);  // r1 − r0 ≤ kMaxReduction (block_lines)
+      for (std::size_t s0 = l0; need_dx && s0 < l1; s0 += dp_lines) {
+        const std::size_t s1 = std::min(l1, s0 + dp_lines);
+        qgemm_dgrad_rows(gq, *wq, s0 * geo.wo, s1 * geo.wo, dp.get(), ctx.pool);
+        if (dx_i32) {
+          col2im_add_i32(dp.get(), geo, s0, s1, dx32.data<int32_t>(), ctx.pool);
+        } else {
+          col2im_add(dp.get(), geo, s0, s1, dx64.data(), ctx.pool);
+        }
       }
     }
     weight_.grad = acc.finish(gq, xq->exponent());
     weight_.has_grad = true;
-    if (need_dx) accumulate_grad(*x, narrow_tensor(dx.data(), xq->rows(), xq->cols(), qgemm_dgrad_exponent(gq, *wq)));
+    if (!need_dx) return;
+    const int e_dx = qgemm_dgrad_exponent(gq, *wq);
+    if (dx_i32) {
+      dx32.set_exponent(e_dx);
+      accumulate_grad(*x, std::move(dx32));
+    } else {
+      accumulate_grad(*x, narrow_tensor(dx64.data(), xq->rows(), xq->cols(), e_dx));
+    }
   });
   return out;
 }

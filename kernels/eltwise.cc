@@ -575,12 +575,18 @@ void ReluBackwardI32(const int32_t* dy, const int32_t* HWY_RESTRICT x, std::size
   for (; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0;
 }
 
-void AddI32(int32_t* HWY_RESTRICT dst, const int32_t* HWY_RESTRICT src, std::size_t n) {
+void AddStridedI32(int32_t* HWY_RESTRICT dst, std::size_t dst_stride, const int32_t* HWY_RESTRICT src,
+                   std::size_t src_stride, std::size_t runs, std::size_t len) {
   const D32 d;
-  const std::size_t lanes = hn::Lanes(d);
-  std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) hn::StoreU(hn::Add(hn::LoadU(d, dst + i), hn::LoadU(d, src + i)), d, dst + i);
-  for (; i < n; ++i) dst[i] = static_cast<int32_t>(static_cast<uint32_t>(dst[i]) + static_cast<uint32_t>(src[i]));
+  const hn::CappedTag<int32_t, 4> d4;  // 128-bit tail (e.g. 4 or 8 channels on wider targets)
+  const std::size_t lanes = hn::Lanes(d), lanes4 = hn::Lanes(d4);
+  for (std::size_t r = 0; r < runs; ++r, dst += dst_stride, src += src_stride) {
+    std::size_t e = 0;
+    for (; e + lanes <= len; e += lanes) hn::StoreU(hn::Add(hn::LoadU(d, dst + e), hn::LoadU(d, src + e)), d, dst + e);
+    for (; e + lanes4 <= len; e += lanes4)
+      hn::StoreU(hn::Add(hn::LoadU(d4, dst + e), hn::LoadU(d4, src + e)), d4, dst + e);
+    for (; e < len; ++e) dst[e] = static_cast<int32_t>(static_cast<uint32_t>(dst[e]) + static_cast<uint32_t>(src[e]));
+  }
 }
 
 #else  // HWY_SCALAR: the references.
@@ -621,7 +627,10 @@ void ReluI32(const int32_t* x, std::size_t n, int32_t* y) { ref::relu_i32(x, n, 
 void ReluBackwardI32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx) {
   ref::relu_backward_i32(dy, x, n, dx);
 }
-void AddI32(int32_t* dst, const int32_t* src, std::size_t n) { ref::add_i32(dst, src, n); }
+void AddStridedI32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                   std::size_t len) {
+  ref::add_strided_i32(dst, dst_stride, src, src_stride, runs, len);
+}
 
 #endif  // HWY_TARGET != HWY_SCALAR
 
@@ -644,7 +653,7 @@ HWY_EXPORT(AlignedSumColMax);
 HWY_EXPORT(AlignedSumNarrowCols);
 HWY_EXPORT(ReluI32);
 HWY_EXPORT(ReluBackwardI32);
-HWY_EXPORT(AddI32);
+HWY_EXPORT(AddStridedI32);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -725,9 +734,10 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
   HWY_DYNAMIC_DISPATCH(ReluBackwardI32)(dy, x, n, dx);
 }
 
-void add_i32(int32_t* dst, const int32_t* src, std::size_t n) {
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
+                     std::size_t runs, std::size_t len) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(AddI32)(dst, src, n);
+  HWY_DYNAMIC_DISPATCH(AddStridedI32)(dst, dst_stride, src, src_stride, runs, len);
 }
 
 namespace ref {
@@ -808,9 +818,13 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
   for (std::size_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0;
 }
 
-void add_i32(int32_t* dst, const int32_t* src, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i)
-    dst[i] = static_cast<int32_t>(static_cast<uint32_t>(dst[i]) + static_cast<uint32_t>(src[i]));
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
+                     std::size_t runs, std::size_t len) {
+  for (std::size_t r = 0; r < runs; ++r)
+    for (std::size_t e = 0; e < len; ++e) {
+      int32_t& o = dst[r * dst_stride + e];
+      o = static_cast<int32_t>(static_cast<uint32_t>(o) + static_cast<uint32_t>(src[r * src_stride + e]));
+    }
 }
 
 }  // namespace ref

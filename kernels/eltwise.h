@@ -63,8 +63,10 @@ void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t row
 void relu_i32(const int32_t* x, std::size_t n, int32_t* y);
 void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx);
 
-// dst[i] += src[i] (int32, wrapping; callers guarantee the sums fit).
-void add_i32(int32_t* dst, const int32_t* src, std::size_t n);
+// Strided runs of int32 adds: dst[r·dst_stride + e] += src[r·src_stride + e] for r < runs, e < len, run after run
+// (so overlapping destination runs are fine). Wrapping; callers guarantee the sums fit.
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
+                     std::size_t runs, std::size_t len);
 
 // Plain scalar references (no SIMD): the specification the tests hold the kernels to.
 namespace ref {
@@ -84,7 +86,8 @@ void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t row
                              const int* lb, const int* t, int32_t* out);
 void relu_i32(const int32_t* x, std::size_t n, int32_t* y);
 void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx);
-void add_i32(int32_t* dst, const int32_t* src, std::size_t n);
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
+                     std::size_t runs, std::size_t len);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

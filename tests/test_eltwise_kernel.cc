@@ -236,13 +236,24 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
     in_place = dy;
     relu_backward_i32(in_place.data(), x.data(), n, in_place.data());
     ASSERT_EQ(in_place, want);
-
-    std::vector<int32_t> acc_want = x, acc_got = x;
-    acc_got.resize(n + 4, 0x5A5A5A5A);
-    ref::add_i32(acc_want.data(), dy.data(), n);
-    add_i32(acc_got.data(), dy.data(), n);
-    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(acc_got[i], acc_want[i]) << i;
-    for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(acc_got[i], 0x5A5A5A5A);
+  }
+  // Strided adds: runs of len values, destination runs apart by dst_stride (overlapping when smaller than len).
+  const std::size_t kLens[] = {1, 3, 4, 5, 8, 12, 16, 17, 32, 48, 64, 100};
+  for (std::size_t len : kLens) {
+    for (std::size_t runs : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{7}, std::size_t{28}}) {
+      for (std::size_t dst_stride : {len, 2 * len, len + 3, len > 4 ? len / 3 : std::size_t{1}}) {
+        const std::size_t src_stride = len + rng() % 20;
+        const std::size_t dst_n = runs == 0 ? 0 : (runs - 1) * dst_stride + len;
+        const auto src = fill<int32_t>(runs * src_stride, [&] { return random_i32(rng) / 4; });
+        auto want = fill<int32_t>(dst_n, [&] { return random_i32(rng) / 4; });
+        std::vector<int32_t> got = want;
+        got.resize(dst_n + 4, 0x5A5A5A5A);
+        ref::add_strided_i32(want.data(), dst_stride, src.data(), src_stride, runs, len);
+        add_strided_i32(got.data(), dst_stride, src.data(), src_stride, runs, len);
+        for (std::size_t i = 0; i < dst_n; ++i) ASSERT_EQ(got[i], want[i]) << "len " << len << " runs " << runs << " " << i;
+        for (std::size_t i = dst_n; i < dst_n + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
+      }
+    }
   }
 }
 
