@@ -91,7 +91,7 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
   const std::size_t batch = batch_of(xv, s.in_h, s.in_w, s.channels, name());
   const std::size_t ho = s.out_h(), wo = s.out_w(), c = s.channels, k = s.kernel;
   auto out = std::make_shared<Var>();
-  out->value = Tensor(batch * ho * wo, c, DType::kI32);
+  out->value = Tensor::uninitialized(batch * ho * wo, c, DType::kI32);  // every window is non-empty (validate_pool)
   out->value.set_exponents(xv.axis(), xv.exponents());
   // Window position (i·k + j) of each output's maximum: what backward routes dy to.
   auto arg = std::make_shared<std::vector<uint16_t>>(out->value.size());
@@ -128,18 +128,29 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
     if (!out->has_grad) return;
     const Tensor& dy = out->grad;
     const int32_t* d = dy.data<int32_t>();
-    // dx[argmax] += dy: int64, ≤ ⌈k/s⌉² terms per element.
-    std::vector<int64_t> dx(x->value.size(), 0);
-    for_tiles(pool, batch, [&](std::size_t n0, std::size_t n1) {  // an image's windows stay inside the image
-      for (std::size_t o = n0 * ho * wo; o < n1 * ho * wo; ++o) {
-        const std::size_t n = o / (ho * wo), oh = o / wo % ho, ow = o % wo;
-        for (std::size_t ch = 0; ch < c; ++ch) {
-          const std::size_t pos = (*arg)[o * c + ch], i = pos / k, j = pos % k;
-          const std::size_t ih = oh * s.stride + i - s.padding, iw = ow * s.stride + j - s.padding;
-          dx[((n * s.in_h + ih) * s.in_w + iw) * c + ch] += d[o * c + ch];
+    // dx[argmax] += dy, with ≤ ⌈k/s⌉² terms per element.
+    auto route = [&](auto* dx) {
+      for_tiles(pool, batch, [&](std::size_t n0, std::size_t n1) {  // an image's windows stay inside the image
+        for (std::size_t o = n0 * ho * wo; o < n1 * ho * wo; ++o) {
+          const std::size_t n = o / (ho * wo), oh = o / wo % ho, ow = o % wo;
+          for (std::size_t ch = 0; ch < c; ++ch) {
+            const std::size_t pos = (*arg)[o * c + ch], i = pos / k, j = pos % k;
+            const std::size_t ih = oh * s.stride + i - s.padding, iw = ow * s.stride + j - s.padding;
+            dx[((n * s.in_h + ih) * s.in_w + iw) * c + ch] += d[o * c + ch];
+          }
         }
-      }
-    });
+      });
+    };
+    if (k <= s.stride) {
+      // Windows do not overlap: each element receives at most one term, so the int32 result is the exact sum
+      // (what narrowing the int64 sums would give, with shift 0).
+      Tensor dx(x->value.rows(), c, DType::kI32, dy.exponent());
+      route(dx.data<int32_t>());
+      accumulate_grad(*x, std::move(dx));
+      return;
+    }
+    std::vector<int64_t> dx(x->value.size(), 0);  // int64: overlapping windows may sum several int32 terms
+    route(dx.data());
     accumulate_grad(*x, narrow_tensor(dx.data(), x->value.rows(), c, dy.exponent()));
   });
   return out;
@@ -241,7 +252,7 @@ VarPtr GlobalAvgPool::forward(const StepContext& ctx, const VarPtr& x) {
     std::vector<int64_t> p(batch * c);
     for (std::size_t i = 0; i < p.size(); ++i) p[i] = int64_t{dy.data<int32_t>()[i]} * inv.mul;
     const Tensor g = narrow_tensor(p.data(), batch, c, dy.exponent() - inv.shift);
-    Tensor dx(batch * hw, c, DType::kI32, g.exponent());
+    Tensor dx = Tensor::uninitialized(batch * hw, c, DType::kI32, g.exponent());  // every row written below
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t q = 0; q < hw; ++q)
         std::memcpy(dx.data<int32_t>() + (n * hw + q) * c, g.data<int32_t>() + n * c, c * sizeof(int32_t));
@@ -268,7 +279,7 @@ VarPtr Flatten::forward(const StepContext& ctx, const VarPtr& x) {
                                 std::to_string(c_) + " (NHWC) with per-tensor or per-channel exponents");
   const std::size_t batch = xv.rows() / hw, cols = hw * c_;
   auto out = std::make_shared<Var>();
-  out->value = Tensor(batch, cols, xv.dtype());
+  out->value = Tensor::uninitialized(batch, cols, xv.dtype());
   if (xv.size() != 0)
     std::memcpy(xv.dtype() == DType::kI8 ? static_cast<void*>(out->value.data<int8_t>())
                                          : static_cast<void*>(out->value.data<int32_t>()),
@@ -285,9 +296,8 @@ VarPtr Flatten::forward(const StepContext& ctx, const VarPtr& x) {
   if (!ctx.training() || !x->requires_grad) return out;
   ctx.tape->record([x, out, batch, hw, c = c_] {
     if (!out->has_grad) return;
-    const Tensor& dy = out->grad;
-    Tensor dx(batch * hw, c, DType::kI32, dy.exponent());
-    std::memcpy(dx.data<int32_t>(), dy.data<int32_t>(), dy.size() * sizeof(int32_t));
+    Tensor dx = take_grad(*out);  // the same bytes, seen as N·H·W × C
+    dx.reshape(batch * hw, c);
     accumulate_grad(*x, std::move(dx));
   });
   return out;

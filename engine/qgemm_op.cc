@@ -26,7 +26,7 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
   }
   if (src->axis() == ScaleAxis::kRow)
     throw std::logic_error("quantized GEMM input with per-row exponents: " + x.describe());
-  Tensor q(x.rows(), x.cols(), DType::kI8);
+  Tensor q = Tensor::uninitialized(x.rows(), x.cols(), DType::kI8);  // quantize_to_tensor writes every element
   const quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
   const auto& e = src->exponents();
   q.set_exponent(
@@ -71,7 +71,7 @@ int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights&
 }
 
 Tensor qgemm_dgrad(const quant::ShiftQuantized& g, const QuantizedWeights& w, kernels::ThreadPool* pool) {
-  Tensor dx(g.rows, w.q.cols(), DType::kI32, qgemm_dgrad_exponent(g, w));
+  Tensor dx = Tensor::uninitialized(g.rows, w.q.cols(), DType::kI32, qgemm_dgrad_exponent(g, w));  // GEMM output
   qgemm_dgrad_rows(g, w, 0, g.rows, dx.data<int32_t>(), pool);
   return dx;
 }
@@ -89,7 +89,7 @@ void WgradAccumulator::add(const quant::ShiftQuantized& g, std::size_t r0, std::
       sum_.assign(first_.data<int32_t>(), first_.data<int32_t>() + m_ * k_);
       first_ = Tensor();
     }
-    Tensor part(m_, k_, DType::kI32);
+    Tensor part = Tensor::uninitialized(m_, k_, DType::kI32);  // the GEMM writes every element
     kernels::gemm_wgrad(g.q.data() + r0 * m_, x_rows, part.data<int32_t>(), r1 - r0, m_, k_, pool);
     const int32_t* p = part.data<int32_t>();
     for (std::size_t i = 0; i < m_ * k_; ++i) sum_[i] += p[i];  // ≤ chunks·2^31: exact in int64

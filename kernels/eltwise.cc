@@ -429,7 +429,7 @@ void ShiftQuantRound(const int32_t* HWY_RESTRICT g, const uint32_t* HWY_RESTRICT
 
 // ---- aligned sums ---------------------------------------------------------------------------------------------
 
-HWY_INLINE V64 LoadI32(const int32_t* HWY_RESTRICT p) { return hn::PromoteTo(D64(), hn::LoadU(D32H(), p)); }
+HWY_INLINE V64 LoadI32(const int32_t* p) { return hn::PromoteTo(D64(), hn::LoadU(D32H(), p)); }
 
 HWY_INLINE V64 SumCore(const int32_t* a, const int32_t* b, V64 la, V64 lb) {
   return hn::Add(hn::operator<<(LoadI32(a), la), hn::operator<<(LoadI32(b), lb));
@@ -449,7 +449,7 @@ struct NarrowVec {
   NarrowVec(V64 t_, V64 mask_, V64 half_, V64 oddm_) : t(t_), mask(mask_), half(half_), oddm(oddm_) {}
 };
 
-HWY_INLINE void NarrowStore(V64 s, const NarrowVec& p, int32_t* HWY_RESTRICT out) {
+HWY_INLINE void NarrowStore(V64 s, const NarrowVec& p, int32_t* out) {
   const D64 d;
   const V64 q = hn::operator>>(s, p.t);
   const V64 r = hn::And(s, p.mask);
@@ -479,8 +479,7 @@ uint64_t AlignedSumMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRIC
   return m;
 }
 
-void AlignedSumNarrow(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t n, int la, int lb,
-                      int t, int32_t* HWY_RESTRICT out) {
+void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
   const V64 vla = hn::Set(d, la), vlb = hn::Set(d, lb);
@@ -527,8 +526,8 @@ void AlignedSumColMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT
   }
 }
 
-void AlignedSumNarrowCols(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t rows,
-                          std::size_t cols, const int* la, const int* lb, const int* t, int32_t* HWY_RESTRICT out) {
+void AlignedSumNarrowCols(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
+                          const int* lb, const int* t, int32_t* out) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
   const std::size_t full = cols / lanes * lanes;

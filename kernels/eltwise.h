@@ -50,7 +50,7 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
 
 // Exponent-aligned sums s = a·2^la + b·2^lb (exact in int64; 0 ≤ la, lb ≤ 31), in two passes: the largest |s|,
 // then out = sat32(R_even(s, t)) (0 ≤ t ≤ 62; saturation at the int32 limits, a no-op when t makes s fit).
-// One shift pair for the whole tensor:
+// out may alias a or b (each element is read before it is written). One shift pair for the whole tensor:
 uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb);
 void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out);
 // One shift pair (and one t) per column of rows×cols:

@@ -586,6 +586,7 @@ TEST(Flatten, ReshapesValuesExponentsAndGradient) {
   for (std::size_t i = 0; i < xt.size(); ++i) ASSERT_EQ(deq(y->value, i), deq(xt, i));
   y->grad = random_i32(n, h * w * c, 1000, -9, 52);
   y->has_grad = true;
+  y->retain_grad = true;  // compared with x's below
   tape.backward();
   ASSERT_EQ(x->grad.rows(), n * h * w);
   for (std::size_t i = 0; i < xt.size(); ++i) ASSERT_EQ(deq(x->grad, i), deq(y->grad, i));
@@ -618,6 +619,7 @@ TEST(Add, AlignsExponentsPerColumnExactly) {
   // Backward: both inputs receive dy.
   y->grad = random_i32(6, 4, 1000, -7, 65);
   y->has_grad = true;
+  y->retain_grad = true;  // compared with the inputs' below
   tape.backward();
   for (std::size_t i = 0; i < at.size(); ++i) {
     ASSERT_EQ(deq(a->grad, i), deq(y->grad, i));
@@ -653,6 +655,7 @@ TEST(Add, FarApartExponentsAndSharedInputs) {
   }
   s->grad = random_i32(2, 3, 500, -3, 74);
   s->has_grad = true;
+  s->retain_grad = true;  // compared with x's below
   tape.backward();
   for (std::size_t i = 0; i < 6; ++i) ASSERT_EQ(deq(x->grad, i), 2 * deq(s->grad, i));
 }
