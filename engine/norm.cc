@@ -11,6 +11,7 @@
 #include "kernels/norm.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
+#include "quant/uninit_vector.h"
 
 namespace qtrain {
 namespace {
@@ -253,7 +254,7 @@ const Fx kC = fx_const(std::sqrt(std::acos(-1.0) / 2));  // c = sqrt(π/2)
 
 // What a batch norm's backward needs from its forward.
 struct BatchSaved {
-  std::vector<int16_t> d;  // working values, rows×C
+  UninitVector<int16_t> d;  // working values, rows×C (norm_apply writes every one)
   std::vector<Fx> rho;     // x̂ per unit of d
   std::vector<Fx> gamma;   // the step's 15-bit γ
   std::vector<int> unit;   // exponent of one unit of d: e_c + k_c

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/philox.cc"
@@ -40,7 +41,7 @@ void PhiloxBlocks(uint64_t first, std::size_t blocks, uint64_t stream, uint32_t 
   const auto low32 = hn::Set(d64, 0xffffffffull);
   const auto m0 = hn::BitCast(d32, hn::Set(d64, kMul0));
   const auto m1 = hn::BitCast(d32, hn::Set(d64, kMul1));
-  HWY_ALIGN uint64_t w[4][hn::MaxLanes(d64)];
+  HWY_ALIGN uint64_t w[2][hn::MaxLanes(d64)];
   std::size_t b = 0;
   for (; b + lanes <= blocks; b += lanes) {
     const uint64_t base = first + b;
@@ -63,12 +64,17 @@ void PhiloxBlocks(uint64_t first, std::size_t blocks, uint64_t stream, uint32_t 
       k0 += kWeyl0;
       k1 += kWeyl1;
     }
-    hn::Store(c0, d64, w[0]);
-    hn::Store(c1, d64, w[1]);
-    hn::Store(c2, d64, w[2]);
-    hn::Store(c3, d64, w[3]);
-    for (std::size_t i = 0; i < lanes; ++i)
-      for (int j = 0; j < 4; ++j) out[4 * (b + i) + j] = static_cast<uint32_t>(w[j][i]);
+    // Words (c0, c1) and (c2, c3) of each block packed into one u64 each (little-endian: c0 first), then the two
+    // interleaved: block i's four words land at out[4i .. 4i + 3].
+    const auto lo = hn::Or(c0, hn::ShiftLeft<32>(c1));
+    const auto hi = hn::Or(c2, hn::ShiftLeft<32>(c3));
+    hn::Store(lo, d64, w[0]);
+    hn::Store(hi, d64, w[1]);
+    uint32_t* o = out + 4 * b;
+    for (std::size_t i = 0; i < lanes; ++i) {
+      std::memcpy(o + 4 * i, &w[0][i], sizeof(uint64_t));
+      std::memcpy(o + 4 * i + 2, &w[1][i], sizeof(uint64_t));
+    }
   }
   if (b < blocks) ref::philox_blocks(first + b, blocks - b, stream, {key0, key1}, out + 4 * b);
 #endif
