@@ -588,6 +588,55 @@ void AddStridedI32(int32_t* HWY_RESTRICT dst, std::size_t dst_stride, const int3
   }
 }
 
+// ---- max pooling ----------------------------------------------------------------------------------------------
+
+void MaxArgmaxI32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n,
+                  int32_t* HWY_RESTRICT y, uint16_t* HWY_RESTRICT arg) {
+  const D32 d;
+  const hn::Rebind<uint16_t, D32> d16;
+  const std::size_t lanes = hn::Lanes(d);
+  std::size_t e = 0;
+  for (; e + lanes <= n; e += lanes) {
+    V32 best = hn::LoadU(d, src[0] + e);
+    V32 at = hn::Set(d, pos[0]);
+    for (std::size_t j = 1; j < count; ++j) {
+      const V32 v = hn::LoadU(d, src[j] + e);
+      const auto gt = hn::Gt(v, best);  // strict: ties keep the earlier position
+      best = hn::IfThenElse(gt, v, best);
+      at = hn::IfThenElse(gt, hn::Set(d, pos[j]), at);
+    }
+    hn::StoreU(best, d, y + e);
+    hn::StoreU(hn::DemoteTo(d16, at), d16, arg + e);
+  }
+  for (; e < n; ++e) {
+    int32_t b = src[0][e];
+    uint16_t a = pos[0];
+    for (std::size_t j = 1; j < count; ++j)
+      if (src[j][e] > b) {
+        b = src[j][e];
+        a = pos[j];
+      }
+    y[e] = b;
+    arg[e] = a;
+  }
+}
+
+void UnpoolMaxI32(const int32_t* HWY_RESTRICT dy, const uint16_t* HWY_RESTRICT arg, std::size_t n,
+                  int32_t* const* dst, std::size_t count) {
+  const D32 d;
+  const hn::Rebind<uint16_t, D32> d16;
+  const std::size_t lanes = hn::Lanes(d);
+  std::size_t e = 0;
+  for (; e + lanes <= n; e += lanes) {
+    const V32 g = hn::LoadU(d, dy + e);
+    const V32 a = hn::PromoteTo(d, hn::LoadU(d16, arg + e));
+    for (std::size_t j = 0; j < count; ++j)
+      hn::StoreU(hn::IfThenElseZero(hn::Eq(a, hn::Set(d, static_cast<int32_t>(j))), g), d, dst[j] + e);
+  }
+  for (; e < n; ++e)
+    for (std::size_t j = 0; j < count; ++j) dst[j][e] = arg[e] == j ? dy[e] : 0;
+}
+
 #else  // HWY_SCALAR: the references.
 
 uint64_t MaxAbsI32(const int32_t* x, std::size_t n, bool positive_only) {
@@ -631,6 +680,14 @@ void AddStridedI32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std
   ref::add_strided_i32(dst, dst_stride, src, src_stride, runs, len);
 }
 
+void MaxArgmaxI32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
+                  uint16_t* arg) {
+  ref::max_argmax_i32(src, pos, count, n, y, arg);
+}
+void UnpoolMaxI32(const int32_t* dy, const uint16_t* arg, std::size_t n, int32_t* const* dst, std::size_t count) {
+  ref::unpool_max_i32(dy, arg, n, dst, count);
+}
+
 #endif  // HWY_TARGET != HWY_SCALAR
 
 }  // namespace qtrain::kernels::HWY_NAMESPACE
@@ -653,6 +710,8 @@ HWY_EXPORT(AlignedSumNarrowCols);
 HWY_EXPORT(ReluI32);
 HWY_EXPORT(ReluBackwardI32);
 HWY_EXPORT(AddStridedI32);
+HWY_EXPORT(MaxArgmaxI32);
+HWY_EXPORT(UnpoolMaxI32);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -737,6 +796,17 @@ void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, s
                      std::size_t runs, std::size_t len) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(AddStridedI32)(dst, dst_stride, src, src_stride, runs, len);
+}
+
+void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
+                    uint16_t* arg) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(MaxArgmaxI32)(src, pos, count, n, y, arg);
+}
+
+void unpool_max_i32(const int32_t* dy, const uint16_t* arg, std::size_t n, int32_t* const* dst, std::size_t count) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(UnpoolMaxI32)(dy, arg, n, dst, count);
 }
 
 namespace ref {
@@ -824,6 +894,26 @@ void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, s
       int32_t& o = dst[r * dst_stride + e];
       o = static_cast<int32_t>(static_cast<uint32_t>(o) + static_cast<uint32_t>(src[r * src_stride + e]));
     }
+}
+
+void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
+                    uint16_t* arg) {
+  for (std::size_t e = 0; e < n; ++e) {
+    int32_t b = src[0][e];
+    uint16_t a = pos[0];
+    for (std::size_t j = 1; j < count; ++j)
+      if (src[j][e] > b) {
+        b = src[j][e];
+        a = pos[j];
+      }
+    y[e] = b;
+    arg[e] = a;
+  }
+}
+
+void unpool_max_i32(const int32_t* dy, const uint16_t* arg, std::size_t n, int32_t* const* dst, std::size_t count) {
+  for (std::size_t j = 0; j < count; ++j)
+    for (std::size_t e = 0; e < n; ++e) dst[j][e] = arg[e] == j ? dy[e] : 0;
 }
 
 }  // namespace ref

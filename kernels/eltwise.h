@@ -68,6 +68,15 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
 void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
                      std::size_t runs, std::size_t len);
 
+// Max pooling of one output pixel over `count` window positions (count ≥ 1), n values (channels) each:
+//   y[e] = max_j src[j][e],  arg[e] = pos[j] of the first j attaining it (later positions win only if strictly
+//   greater, so ties keep the first).
+void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
+                    uint16_t* arg);
+// Its gradient for non-overlapping windows that write every input once: dst[j][e] = arg[e] == j ? dy[e] : 0 for
+// j < count.
+void unpool_max_i32(const int32_t* dy, const uint16_t* arg, std::size_t n, int32_t* const* dst, std::size_t count);
+
 // Plain scalar references (no SIMD): the specification the tests hold the kernels to.
 namespace ref {
 uint64_t max_abs_i32(const int32_t* x, std::size_t n, bool positive_only);
@@ -88,6 +97,9 @@ void relu_i32(const int32_t* x, std::size_t n, int32_t* y);
 void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx);
 void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
                      std::size_t runs, std::size_t len);
+void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
+                    uint16_t* arg);
+void unpool_max_i32(const int32_t* dy, const uint16_t* arg, std::size_t n, int32_t* const* dst, std::size_t count);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

@@ -257,6 +257,47 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
   }
 }
 
+TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
+  std::mt19937_64 rng(7);
+  for (std::size_t n : kLengths) {
+    for (std::size_t count : {std::size_t{1}, std::size_t{2}, std::size_t{4}, std::size_t{9}}) {
+      // Few distinct values, so ties are frequent.
+      std::vector<std::vector<int32_t>> planes(count);
+      for (auto& p : planes) p = fill<int32_t>(n, [&] { return rng() % 3 == 0 ? random_i32(rng) : int32_t(rng() % 5) - 2; });
+      std::vector<const int32_t*> src(count);
+      std::vector<uint16_t> pos(count);
+      for (std::size_t j = 0; j < count; ++j) {
+        src[j] = planes[j].data();
+        pos[j] = static_cast<uint16_t>(3 * j + 1);
+      }
+      std::vector<int32_t> want_y(n), got_y(n + 4, 0x5A5A5A5A);
+      std::vector<uint16_t> want_a(n), got_a(n + 4, 0x5A5A);
+      ref::max_argmax_i32(src.data(), pos.data(), count, n, want_y.data(), want_a.data());
+      max_argmax_i32(src.data(), pos.data(), count, n, got_y.data(), got_a.data());
+      for (std::size_t e = 0; e < n; ++e) {
+        ASSERT_EQ(got_y[e], want_y[e]) << n << " " << count << " " << e;
+        ASSERT_EQ(got_a[e], want_a[e]) << n << " " << count << " " << e;
+      }
+      for (std::size_t e = n; e < n + 4; ++e) ASSERT_TRUE(got_y[e] == 0x5A5A5A5A && got_a[e] == 0x5A5A);
+
+      const auto dy = random_values(n, rng);
+      const auto arg = fill<uint16_t>(n, [&] { return static_cast<uint16_t>(rng() % (count + 1)); });
+      std::vector<std::vector<int32_t>> want(count, std::vector<int32_t>(n)), got(count, std::vector<int32_t>(n + 4, 7));
+      std::vector<int32_t*> wp(count), gp(count);
+      for (std::size_t j = 0; j < count; ++j) {
+        wp[j] = want[j].data();
+        gp[j] = got[j].data();
+      }
+      ref::unpool_max_i32(dy.data(), arg.data(), n, wp.data(), count);
+      unpool_max_i32(dy.data(), arg.data(), n, gp.data(), count);
+      for (std::size_t j = 0; j < count; ++j) {
+        for (std::size_t e = 0; e < n; ++e) ASSERT_EQ(got[j][e], want[j][e]) << n << " " << j << " " << e;
+        for (std::size_t e = n; e < n + 4; ++e) ASSERT_EQ(got[j][e], 7) << "wrote past the end";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTargets, EltwiseKernelTarget, ::testing::ValuesIn(target_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
