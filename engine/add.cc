@@ -61,11 +61,13 @@ VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) {
     out->value.set_exponents(ScaleAxis::kCol, std::move(e));
   } else if (fast) {
     const int ea = av.exponent(), eb = bv.exponent(), e = std::min(ea, eb);
-    const uint64_t mx = kernels::aligned_sum_max(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e);
+    out->value = Tensor::uninitialized(rows, cols, DType::kI32);
+    int32_t* o = out->value.data<int32_t>();
+    // One pass writes the sums at shift 0; a second one only if some sum needs a coarser exponent.
+    const uint64_t mx = kernels::aligned_sum_max(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, o);
     const int t = narrowing_shift(mx);
-    out->value = Tensor::uninitialized(rows, cols, DType::kI32, e + t);
-    kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t,
-                                out->value.data<int32_t>());
+    if (t != 0) kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o);
+    out->value.set_exponent(e + t);
   } else {
     // Does the coarser operand have a non-zero value in column c (any column when per tensor)?
     std::vector<char> coarse_nonzero(cols, 0);

@@ -23,15 +23,19 @@ void add_into(Var& v, const Tensor& g) {
   const int la = ea - e, lb = eb - e;
   const int32_t* a = v.grad.data<int32_t>();
   const int32_t* b = g.data<int32_t>();
-  int32_t* out = v.grad.data<int32_t>();
   if (la <= 31 && lb <= 31) {
-    // a·2^la + b·2^lb < 2^63: the kernels' int64 lanes hold every sum exactly.
-    const uint64_t maxabs = kernels::aligned_sum_max(a, b, g.size(), la, lb);
+    // a·2^la + b·2^lb < 2^63: the kernels' int64 lanes hold every sum exactly. One pass writes the sums at shift 0
+    // into a new tensor (a and b stay intact); a second one only if some sum needs a coarser exponent.
+    Tensor sum = Tensor::uninitialized(v.grad.rows(), v.grad.cols(), DType::kI32);
+    int32_t* out = sum.data<int32_t>();
+    const uint64_t maxabs = kernels::aligned_sum_max(a, b, g.size(), la, lb, out);
     const int s = std::max(0, quant::bit_length(maxabs) - 31);
-    kernels::aligned_sum_narrow(a, b, g.size(), la, lb, s, out);
-    v.grad.set_exponent(e + s);
+    if (s != 0) kernels::aligned_sum_narrow(a, b, g.size(), la, lb, s, out);
+    sum.set_exponent(e + s);
+    v.grad = std::move(sum);
     return;
   }
+  int32_t* out = v.grad.data<int32_t>();
   // Exponents more than 31 octaves apart (not met in practice): the plain int64 loop.
   std::vector<int64_t> sum(g.size());
   int64_t maxabs = 0;

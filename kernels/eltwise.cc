@@ -462,21 +462,41 @@ HWY_INLINE void NarrowStore(V64 s, const NarrowVec& p, int32_t* out) {
   hn::StoreU(hn::TruncateTo(du32, hn::BitCast(du, sat)), du32, reinterpret_cast<uint32_t*>(out));
 }
 
-uint64_t AlignedSumMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t n, int la, int lb) {
+template <bool kStore>
+uint64_t AlignedSumMaxT(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t n, int la, int lb,
+                        int32_t* HWY_RESTRICT out) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
   const V64 vla = hn::Set(d, la), vlb = hn::Set(d, lb);
+  const NarrowVec identity(0);
   MinMax64 m0, m1;
   std::size_t i = 0;
   for (; i + 2 * lanes <= n; i += 2 * lanes) {
-    m0.Add(SumCore(a + i, b + i, vla, vlb));
-    m1.Add(SumCore(a + i + lanes, b + i + lanes, vla, vlb));
+    const V64 s0 = SumCore(a + i, b + i, vla, vlb), s1 = SumCore(a + i + lanes, b + i + lanes, vla, vlb);
+    m0.Add(s0);
+    m1.Add(s1);
+    if constexpr (kStore) {
+      NarrowStore(s0, identity, out + i);
+      NarrowStore(s1, identity, out + i + lanes);
+    }
   }
-  for (; i + lanes <= n; i += lanes) m0.Add(SumCore(a + i, b + i, vla, vlb));
+  for (; i + lanes <= n; i += lanes) {
+    const V64 s0 = SumCore(a + i, b + i, vla, vlb);
+    m0.Add(s0);
+    if constexpr (kStore) NarrowStore(s0, identity, out + i);
+  }
   m0.Merge(m1);
   uint64_t m = m0.MaxAbs();
-  for (; i < n; ++i) m = std::max(m, ed::mag64(ed::aligned_sum_one(a[i], b[i], la, lb)));
+  for (; i < n; ++i) {
+    const int64_t s0 = ed::aligned_sum_one(a[i], b[i], la, lb);
+    m = std::max(m, ed::mag64(s0));
+    if constexpr (kStore) out[i] = ed::narrow_one(s0, 0);
+  }
   return m;
+}
+
+uint64_t AlignedSumMax(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
+  return out != nullptr ? AlignedSumMaxT<true>(a, b, n, la, lb, out) : AlignedSumMaxT<false>(a, b, n, la, lb, nullptr);
 }
 
 void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
@@ -657,8 +677,8 @@ void ShiftQuantRound(const int32_t* g, const uint32_t* draws, std::size_t rows, 
                      const int* up, int32_t limit, int8_t* q, int8_t* shifted) {
   ref::shiftquant_round(g, draws, rows, cols, shift, up, limit, q, shifted);
 }
-uint64_t AlignedSumMax(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb) {
-  return ref::aligned_sum_max(a, b, n, la, lb);
+uint64_t AlignedSumMax(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
+  return ref::aligned_sum_max(a, b, n, la, lb, out);
 }
 void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
   ref::aligned_sum_narrow(a, b, n, la, lb, t, out);
@@ -760,9 +780,9 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
   HWY_DYNAMIC_DISPATCH(ShiftQuantRound)(g, draws, rows, cols, shift, up, limit, q, shifted);
 }
 
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb) {
+uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
   detail::ensure_dispatch_ready();
-  return HWY_DYNAMIC_DISPATCH(AlignedSumMax)(a, b, n, la, lb);
+  return HWY_DYNAMIC_DISPATCH(AlignedSumMax)(a, b, n, la, lb, out);
 }
 
 void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
@@ -852,9 +872,13 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
     }
 }
 
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb) {
+uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
   uint64_t m = 0;
-  for (std::size_t i = 0; i < n; ++i) m = std::max(m, ed::mag64(ed::aligned_sum_one(a[i], b[i], la, lb)));
+  for (std::size_t i = 0; i < n; ++i) {
+    const int64_t s = ed::aligned_sum_one(a[i], b[i], la, lb);
+    m = std::max(m, ed::mag64(s));
+    if (out != nullptr) out[i] = ed::narrow_one(s, 0);
+  }
   return m;
 }
 

@@ -50,8 +50,11 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
 
 // Exponent-aligned sums s = a·2^la + b·2^lb (exact in int64; 0 ≤ la, lb ≤ 31), in two passes: the largest |s|,
 // then out = sat32(R_even(s, t)) (0 ≤ t ≤ 62; saturation at the int32 limits, a no-op when t makes s fit).
-// out may alias a or b (each element is read before it is written). One shift pair for the whole tensor:
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb);
+// out may alias a or b (each element is read before it is written). One shift pair for the whole tensor.
+// aligned_sum_max also writes sat32(s) to `out` when it is not null: the t = 0 result, final whenever the returned
+// max fits int32 (one pass instead of two in the common case; out must then not alias a or b, which a second
+// pass would need).
+uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr);
 void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out);
 // One shift pair (and one t) per column of rows×cols:
 void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
@@ -87,7 +90,7 @@ void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, co
                         int32_t hi, int8_t* out);
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                       const int* up, int32_t limit, int8_t* q, int8_t* shifted);
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb);
+uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr);
 void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out);
 void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
                          const int* lb, uint64_t* colmax);

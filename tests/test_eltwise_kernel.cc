@@ -187,6 +187,16 @@ TEST_P(EltwiseKernelTarget, AlignedSumsMatchReference) {
       const auto a = random_values(n, rng);
       const auto b = random_values(n, rng);
       ASSERT_EQ(aligned_sum_max(a.data(), b.data(), n, la, lb), ref::aligned_sum_max(a.data(), b.data(), n, la, lb));
+      {  // with the t = 0 result stored on the way
+        std::vector<int32_t> want0(n), got0(n + 4, 0x5A5A5A5A);
+        const uint64_t m_want = ref::aligned_sum_max(a.data(), b.data(), n, la, lb, want0.data());
+        ASSERT_EQ(aligned_sum_max(a.data(), b.data(), n, la, lb, got0.data()), m_want);
+        for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(got0[i], want0[i]) << "n=" << n << " element " << i;
+        for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got0[i], 0x5A5A5A5A) << "wrote past the end";
+        std::vector<int32_t> narrow0(n);
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, 0, narrow0.data());
+        ASSERT_EQ(want0, narrow0);
+      }
       std::vector<int32_t> want(n), got(n + 4, 0x5A5A5A5A);
       ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, want.data());
       aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, got.data());
