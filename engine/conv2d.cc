@@ -249,7 +249,7 @@ std::string Conv2d::name() const {
 std::size_t Conv2d::block_lines() const {
   const std::size_t wo = spec_.out_w();
   std::size_t rows = spec_.max_block_rows != 0 ? spec_.max_block_rows
-                                               : std::max<std::size_t>(wo, (std::size_t{1} << 21) / spec_.patch_size());
+                                               : std::max<std::size_t>(wo, (std::size_t{1} << 18) / spec_.patch_size());
   rows = std::min(rows, kernels::kMaxReduction);
   return std::max<std::size_t>(1, rows / wo);
 }
