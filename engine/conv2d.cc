@@ -77,58 +77,79 @@ inline void zero_bytes(int8_t* dst, std::size_t n) {
   for (; e < n; ++e) dst[e] = 0;
 }
 
-// `count` runs of n bytes, src_stride and dst_stride apart; n known at compile time for the common kernel rows
-// (3×3 over 1, 16, 32 or 64 channels) so each run is a few straight moves.
+// Interior patches: `count` consecutive patch rows (K = kh·N bytes each, k apart), row r made of kernel rows
+// i = 0..kh−1, each N bytes from src[i] + off + r·step, or zeros when src[i] is null (an input row outside the
+// image). N is a compile-time constant for the common kernel rows (3×3 over 1, 16, 32 or 64 channels), so every
+// kernel row is a few straight moves and each patch row is written front to back.
 template <std::size_t N>
-void copy_runs_n(int8_t* dst, std::size_t dst_stride, const int8_t* src, std::size_t src_stride, std::size_t count) {
-  for (std::size_t r = 0; r < count; ++r, dst += dst_stride, src += src_stride) std::memcpy(dst, src, N);
+void interior_rows_n(int8_t* d, std::size_t k, const int8_t* const* src, std::size_t kh, std::size_t off,
+                     std::size_t step, std::size_t count) {
+  for (std::size_t r = 0; r < count; ++r, d += k, off += step)
+    for (std::size_t i = 0; i < kh; ++i) {
+      if (src[i] != nullptr) {
+        std::memcpy(d + i * N, src[i] + off, N);
+      } else {
+        std::memset(d + i * N, 0, N);
+      }
+    }
 }
-void copy_runs(int8_t* dst, std::size_t dst_stride, const int8_t* src, std::size_t src_stride, std::size_t n,
-               std::size_t count) {
+void interior_rows(int8_t* d, std::size_t k, const int8_t* const* src, std::size_t kh, std::size_t n, std::size_t off,
+                   std::size_t step, std::size_t count) {
   switch (n) {
-    case 3: return copy_runs_n<3>(dst, dst_stride, src, src_stride, count);
-    case 16: return copy_runs_n<16>(dst, dst_stride, src, src_stride, count);
-    case 32: return copy_runs_n<32>(dst, dst_stride, src, src_stride, count);
-    case 48: return copy_runs_n<48>(dst, dst_stride, src, src_stride, count);
-    case 64: return copy_runs_n<64>(dst, dst_stride, src, src_stride, count);
-    case 96: return copy_runs_n<96>(dst, dst_stride, src, src_stride, count);
-    case 192: return copy_runs_n<192>(dst, dst_stride, src, src_stride, count);
+    case 3: return interior_rows_n<3>(d, k, src, kh, off, step, count);
+    case 16: return interior_rows_n<16>(d, k, src, kh, off, step, count);
+    case 32: return interior_rows_n<32>(d, k, src, kh, off, step, count);
+    case 48: return interior_rows_n<48>(d, k, src, kh, off, step, count);
+    case 64: return interior_rows_n<64>(d, k, src, kh, off, step, count);
+    case 96: return interior_rows_n<96>(d, k, src, kh, off, step, count);
+    case 192: return interior_rows_n<192>(d, k, src, kh, off, step, count);
     default:
-      for (std::size_t r = 0; r < count; ++r) copy_bytes(dst + r * dst_stride, src + r * src_stride, n);
+      for (std::size_t r = 0; r < count; ++r, d += k, off += step)
+        for (std::size_t i = 0; i < kh; ++i) {
+          if (src[i] != nullptr) {
+            copy_bytes(d + i * n, src[i] + off, n);
+          } else {
+            zero_bytes(d + i * n, n);
+          }
+        }
   }
 }
 
 // Patches of output lines [l0, l1) (a line is one output row (n, oh): Wo patches) into p, row-major
-// ((l1 − l0)·Wo × K). Zero outside the image. Kernel row by kernel row: row i of every patch of the line reads
-// input row oh·s − p + i, its kernel columns j0..j1 a contiguous run of (j1 − j0)·C bytes.
+// ((l1 − l0)·Wo × K). Zero outside the image. Kernel row i of every patch of the line reads input row oh·s − p + i,
+// its kernel columns j0..j1 a contiguous run of (j1 − j0)·C bytes; interior patches (j0 = 0, j1 = kw) are whole runs.
 void im2col(const int8_t* x, const Geometry& g, std::size_t l0, std::size_t l1, int8_t* p, kernels::ThreadPool* pool) {
   const std::size_t run = g.kw * g.c;  // bytes of one kernel row of a patch
   // Output columns [ow_in0, ow_in1) whose kernel rows lie wholly inside the image: 0 ≤ ow·s − p, ow·s − p + kw ≤ W.
   const std::size_t ow_in0 = (g.p + g.s - 1) / g.s;
   const std::size_t ow_in1 = g.w + g.p < g.kw ? 0 : std::min(g.wo, (g.w + g.p - g.kw) / g.s + 1);
   for_tiles(pool, l1 - l0, [&](std::size_t t0, std::size_t t1) {
+    std::vector<const int8_t*> src(g.kh);
     for (std::size_t l = l0 + t0; l < l0 + t1; ++l) {
       const std::size_t n = l / g.ho, oh = l % g.ho;
       int8_t* line = p + (l - l0) * g.wo * g.k;
       for (std::size_t i = 0; i < g.kh; ++i) {
         const long ih = static_cast<long>(oh * g.s + i) - static_cast<long>(g.p);
-        int8_t* dst = line + i * run;
-        if (ih < 0 || ih >= static_cast<long>(g.h)) {
-          for (std::size_t ow = 0; ow < g.wo; ++ow) zero_bytes(dst + ow * g.k, run);
+        src[i] = ih < 0 || ih >= static_cast<long>(g.h) ? nullptr
+                                                         : x + (n * g.h + static_cast<std::size_t>(ih)) * g.w * g.c;
+      }
+      for (std::size_t ow = 0; ow < g.wo; ++ow) {
+        if (ow == ow_in0 && ow_in0 < ow_in1) {  // interior: whole kernel rows inside the image
+          interior_rows(line + ow * g.k, g.k, src.data(), g.kh, run, (ow * g.s - g.p) * g.c, g.s * g.c,
+                        ow_in1 - ow_in0);
+          ow = ow_in1 - 1;
           continue;
         }
-        const int8_t* src = x + (n * g.h + static_cast<std::size_t>(ih)) * g.w * g.c;
-        for (std::size_t ow = 0; ow < g.wo; ++ow) {
-          if (ow == ow_in0 && ow_in0 < ow_in1) {  // interior: whole kernel rows inside the image
-            copy_runs(dst + ow * g.k, g.k, src + (ow * g.s - g.p) * g.c, g.s * g.c, run, ow_in1 - ow_in0);
-            ow = ow_in1 - 1;
+        std::size_t j0, j1;
+        g.valid_kernel_cols(ow, &j0, &j1);
+        for (std::size_t i = 0; i < g.kh; ++i) {
+          int8_t* d = line + ow * g.k + i * run;
+          if (src[i] == nullptr || j0 == j1) {
+            zero_bytes(d, run);
             continue;
           }
-          std::size_t j0, j1;
-          g.valid_kernel_cols(ow, &j0, &j1);
-          int8_t* d = dst + ow * g.k;
           zero_bytes(d, j0 * g.c);
-          if (j1 > j0) copy_bytes(d + j0 * g.c, src + (ow * g.s + j0 - g.p) * g.c, (j1 - j0) * g.c);
+          copy_bytes(d + j0 * g.c, src[i] + (ow * g.s + j0 - g.p) * g.c, (j1 - j0) * g.c);
           zero_bytes(d + j1 * g.c, (g.kw - j1) * g.c);
         }
       }
