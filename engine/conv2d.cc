@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 
 #include "engine/narrow.h"
@@ -206,47 +207,90 @@ bool output_row_of(const Geometry& g, std::size_t ih, std::size_t i, std::size_t
   return *oh < g.ho;
 }
 
-// col2im into int32 (col2im_fits_i32), tap by tap: for kernel tap (i, j), the output pixels of one output row
-// read input pixels ow·s − p + j, so the tap's slice of dP (C values per output pixel, K apart) is added to
-// input pixels s·C apart — one strided add per tap and input line. dx is not pre-zeroed: an input line is zeroed
-// by the block that holds its first contributing output line (or, with no contributor at all, the image's
-// first output line), before any term is added. Tasks own whole input lines, as above.
-void col2im_add_i32(const int32_t* dp, const Geometry& g, std::size_t l0, std::size_t l1, int32_t* dx,
-                    kernels::ThreadPool* pool) {
+// For each input column iw, the offsets ow·K + j·C (within one output line of dP, from its kernel row's first
+// column) of the (ow, j) pairs with ow·s − p + j = iw, 0 ≤ ow < Wo: the terms col2im gathers for that column.
+struct Col2imTaps {
+  std::vector<std::size_t> offset;  // W × kw
+  std::vector<uint32_t> count;      // W
+  explicit Col2imTaps(const Geometry& g) : offset(g.w * g.kw), count(g.w, 0) {
+    for (std::size_t iw = 0; iw < g.w; ++iw)
+      for (std::size_t j = 0; j < g.kw; ++j) {
+        if (iw + g.p < j || (iw + g.p - j) % g.s != 0) continue;
+        const std::size_t ow = (iw + g.p - j) / g.s;
+        if (ow < g.wo) offset[iw * g.kw + count[iw]++] = ow * g.k + j * g.c;
+      }
+  }
+};
+
+// col2im into int32 (col2im_fits_i32) as a gather: each pixel of an input line sums its terms from the kernel
+// rows i whose output line oh (oh·s − p + i = ih) is in [l0, l1), and is written once (kernels::gather_sum_i32) —
+// no zero-fill and no read-modify-write of dX, except on lines whose terms span two blocks: the block holding the
+// line's first contributing output line (or, with no contributor at all, the image's first output line) stores,
+// later blocks add. Tasks own whole input lines, as above.
+void col2im_gather_i32(const int32_t* dp, const Geometry& g, const Col2imTaps& taps, std::size_t l0, std::size_t l1,
+                       int32_t* dx, kernels::ThreadPool* pool) {
   const std::size_t n0 = l0 / g.ho, n1 = (l1 - 1) / g.ho + 1;
   for_tiles(pool, (n1 - n0) * g.h, [&](std::size_t t0, std::size_t t1) {
+    std::vector<const int32_t*> src(g.kh);
     for (std::size_t t = t0; t < t1; ++t) {
       const std::size_t n = n0 + t / g.h, ih = t % g.h;
-      int32_t* dline = dx + (n * g.h + ih) * g.w * g.c;
       std::size_t first = n * g.ho;  // first contributing output line; the image's first line if none
       bool any = false;
-      for (std::size_t i = 0; i < g.kh; ++i) {
-        std::size_t oh;
-        if (output_row_of(g, ih, i, &oh) && (!any || n * g.ho + oh < first)) {
-          first = n * g.ho + oh;
-          any = true;
-        }
-      }
-      if (first >= l0 && first < l1) std::memset(dline, 0, g.w * g.c * sizeof(int32_t));
+      std::size_t nsrc = 0;
       for (std::size_t i = 0; i < g.kh; ++i) {
         std::size_t oh;
         if (!output_row_of(g, ih, i, &oh)) continue;
         const std::size_t l = n * g.ho + oh;
-        if (l < l0 || l >= l1) continue;
-        const int32_t* prow = dp + (l - l0) * g.wo * g.k;
-        for (std::size_t j = 0; j < g.kw; ++j) {
-          // Output columns ow with 0 ≤ ow·s − p + j < W.
-          const std::size_t lo_num = g.p > j ? g.p - j : 0;
-          const std::size_t ow0 = (lo_num + g.s - 1) / g.s;
-          if (g.w + g.p < j + 1) continue;
-          const std::size_t ow1 = std::min(g.wo, (g.w + g.p - j - 1) / g.s + 1);
-          if (ow0 >= ow1) continue;
-          kernels::add_strided_i32(dline + (ow0 * g.s + j - g.p) * g.c, g.s * g.c, prow + ow0 * g.k + (i * g.kw + j) * g.c,
-                                   g.k, ow1 - ow0, g.c);
-        }
+        if (!any || l < first) first = l;
+        any = true;
+        if (l >= l0 && l < l1) src[nsrc++] = dp + (l - l0) * g.wo * g.k + i * g.kw * g.c;
       }
+      const bool store = first >= l0 && first < l1;
+      if (nsrc == 0 && !store) continue;
+      kernels::gather_sum_i32(src.data(), nsrc, taps.offset.data(), taps.count.data(), g.kw, g.w, g.c,
+                              /*accumulate=*/!store, dx + (n * g.h + ih) * g.w * g.c);
     }
   });
+}
+
+// Stride-1 convolutions (square kernel, p ≤ k − 1) compute dX as a convolution of dY_shifted with the flipped,
+// transposed aligned weights — conv_transpose2d at stride 1 is a correlation over dY zero-padded by p' = k − 1 − p:
+//   dX[n,ih,iw,c] = Σ_{i',j',co} dYs[n, ih − p' + i', iw − p' + j', co] · W'[c, (i', j', co)]
+//   W'[c, (i', j', co)] = W_aligned[co, (k − 1 − i', k − 1 − j', c)]
+// These are exactly the terms of dP + col2im (each product dYs·W once; zero padding adds zero products), summed
+// by one int8 GEMM per block of input lines, whose reduction k²·Cout obeys the same int32 bound
+// (col2im_fits_i32): no int32 dP is ever materialized and dX is written once.
+bool dgrad_as_conv(const Conv2dSpec& s) {
+  return s.stride == 1 && s.kernel_h == s.kernel_w && s.padding + 1 <= s.kernel_h;
+}
+
+void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const QuantizedWeights& w, std::size_t batch,
+                int32_t* dx, kernels::ThreadPool* pool) {
+  // The transposed convolution as a forward one: input dY (Ho × Wo × Cout), output dX (H × W × C).
+  Conv2dSpec t;
+  t.in_h = s.out_h();
+  t.in_w = s.out_w();
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.kernel_h = t.kernel_w = s.kernel_h;
+  t.stride = 1;
+  t.padding = s.kernel_h - 1 - s.padding;
+  const Geometry gt(t);  // gt.ho = H, gt.wo = W, gt.k = k²·Cout
+  const std::size_t k = s.kernel_h, c = s.in_channels, co_n = s.out_channels, kk = gt.k, kf = s.patch_size();
+  std::vector<int8_t> wt(c * kk);
+  for (std::size_t ch = 0; ch < c; ++ch)
+    for (std::size_t i = 0; i < k; ++i)
+      for (std::size_t j = 0; j < k; ++j)
+        for (std::size_t co = 0; co < co_n; ++co)
+          wt[ch * kk + (i * k + j) * co_n + co] = w.aligned[co * kf + ((k - 1 - i) * k + (k - 1 - j)) * c + ch];
+  const std::size_t lines = batch * gt.ho;
+  const std::size_t bl = std::min(lines, std::max<std::size_t>(1, (std::size_t{1} << 18) / (gt.wo * kk)));
+  const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * gt.wo * kk);
+  for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
+    const std::size_t l1 = std::min(lines, l0 + bl);
+    im2col(g.shifted.data(), gt, l0, l1, patches.get(), pool);
+    kernels::gemm_forward(patches.get(), wt.data(), dx + l0 * gt.wo * c, (l1 - l0) * gt.wo, c, kk, pool);
+  }
 }
 
 }  // namespace
@@ -320,25 +364,30 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     }
     const std::size_t bl = std::min(block_lines(), lines);
     const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * geo.wo * geo.k);
-    // dX: dgrad and col2im run over sub-blocks of ~1 MiB of dP, so dP is still in cache when col2im reads it.
     const bool dx_i32 = col2im_fits_i32(geo, m);
+    const bool as_conv = need_dx && dx_i32 && dgrad_as_conv(spec_);
+    // Otherwise dX comes from dP and col2im, run over sub-blocks of ~1 MiB of dP, so dP is still in cache when
+    // col2im reads it.
+    const bool via_col2im = need_dx && !as_conv;
     const std::size_t sub = std::max<std::size_t>(1, (std::size_t{1} << 20) / (geo.wo * geo.k * sizeof(int32_t)));
-    const std::size_t dp_lines = need_dx ? std::min(sub, bl) : 0;
+    const std::size_t dp_lines = via_col2im ? std::min(sub, bl) : 0;
     const auto dp = std::make_unique_for_overwrite<int32_t[]>(dp_lines * geo.wo * geo.k);
-    Tensor dx32;  // the gradient itself when the int32 sums are exact; its lines are zeroed on first touch
+    Tensor dx32;  // the gradient itself when the int32 sums are exact; every line is written once
+    std::optional<Col2imTaps> taps;
     std::vector<int64_t> dx64;
     if (need_dx && dx_i32) dx32 = Tensor::uninitialized(xq->rows(), xq->cols(), DType::kI32);
-    if (need_dx && !dx_i32) dx64.assign(xq->size(), 0);
+    if (via_col2im && dx_i32) taps.emplace(geo);
+    if (via_col2im && !dx_i32) dx64.assign(xq->size(), 0);
     WgradAccumulator acc(m, geo.k);
     for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
       const std::size_t l1 = std::min(lines, l0 + bl), r0 = l0 * geo.wo, r1 = l1 * geo.wo;
       im2col(xq->data<int8_t>(), geo, l0, l1, patches.get(), ctx.pool);
       acc.add(gq, r0, r1, patches.get(), ctx.pool);  // r1 − r0 ≤ kMaxReduction (block_lines)
-      for (std::size_t s0 = l0; need_dx && s0 < l1; s0 += dp_lines) {
+      for (std::size_t s0 = l0; via_col2im && s0 < l1; s0 += dp_lines) {
         const std::size_t s1 = std::min(l1, s0 + dp_lines);
         qgemm_dgrad_rows(gq, *wq, s0 * geo.wo, s1 * geo.wo, dp.get(), ctx.pool);
         if (dx_i32) {
-          col2im_add_i32(dp.get(), geo, s0, s1, dx32.data<int32_t>(), ctx.pool);
+          col2im_gather_i32(dp.get(), geo, *taps, s0, s1, dx32.data<int32_t>(), ctx.pool);
         } else {
           col2im_add(dp.get(), geo, s0, s1, dx64.data(), ctx.pool);
         }
@@ -347,6 +396,7 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     weight_.grad = acc.finish(gq, xq->exponent());
     weight_.has_grad = true;
     if (!need_dx) return;
+    if (as_conv) dgrad_conv(spec_, gq, *wq, xq->rows() / (spec_.in_h * spec_.in_w), dx32.data<int32_t>(), ctx.pool);
     const int e_dx = qgemm_dgrad_exponent(gq, *wq);
     if (dx_i32) {
       dx32.set_exponent(e_dx);

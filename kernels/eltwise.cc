@@ -608,6 +608,37 @@ void AddStridedI32(int32_t* HWY_RESTRICT dst, std::size_t dst_stride, const int3
   }
 }
 
+// ---- gathered sums (col2im) ----------------------------------------------------------------------------------
+
+HWY_INLINE uint32_t WrapAdd(uint32_t a, int32_t b) { return a + static_cast<uint32_t>(b); }
+
+void GatherSumI32(const int32_t* const* src, std::size_t nsrc, const std::size_t* HWY_RESTRICT offset,
+                  const uint32_t* HWY_RESTRICT count, std::size_t max_taps, std::size_t w, std::size_t c,
+                  bool accumulate, int32_t* HWY_RESTRICT dst) {
+  const D32 d;
+  const std::size_t lanes = hn::Lanes(d);
+  for (std::size_t q = 0; q < w; ++q) {
+    const std::size_t* off = offset + q * max_taps;
+    const std::size_t taps = count[q];
+    int32_t* o = dst + q * c;
+    std::size_t e = 0;
+    for (; e + lanes <= c; e += lanes) {
+      V32 acc = accumulate ? hn::LoadU(d, o + e) : hn::Zero(d);
+      for (std::size_t r = 0; r < nsrc; ++r) {
+        const int32_t* base = src[r] + e;
+        for (std::size_t t = 0; t < taps; ++t) acc = hn::Add(acc, hn::LoadU(d, base + off[t]));
+      }
+      hn::StoreU(acc, d, o + e);
+    }
+    for (; e < c; ++e) {
+      uint32_t acc = accumulate ? static_cast<uint32_t>(o[e]) : 0u;
+      for (std::size_t r = 0; r < nsrc; ++r)
+        for (std::size_t t = 0; t < taps; ++t) acc = WrapAdd(acc, src[r][off[t] + e]);
+      o[e] = static_cast<int32_t>(acc);
+    }
+  }
+}
+
 // ---- max pooling ----------------------------------------------------------------------------------------------
 
 void MaxArgmaxI32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n,
@@ -700,6 +731,10 @@ void AddStridedI32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std
   ref::add_strided_i32(dst, dst_stride, src, src_stride, runs, len);
 }
 
+void GatherSumI32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
+                  std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst) {
+  ref::gather_sum_i32(src, nsrc, offset, count, max_taps, w, c, accumulate, dst);
+}
 void MaxArgmaxI32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
                   uint16_t* arg) {
   ref::max_argmax_i32(src, pos, count, n, y, arg);
@@ -730,6 +765,7 @@ HWY_EXPORT(AlignedSumNarrowCols);
 HWY_EXPORT(ReluI32);
 HWY_EXPORT(ReluBackwardI32);
 HWY_EXPORT(AddStridedI32);
+HWY_EXPORT(GatherSumI32);
 HWY_EXPORT(MaxArgmaxI32);
 HWY_EXPORT(UnpoolMaxI32);
 
@@ -816,6 +852,12 @@ void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, s
                      std::size_t runs, std::size_t len) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(AddStridedI32)(dst, dst_stride, src, src_stride, runs, len);
+}
+
+void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
+                    std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(GatherSumI32)(src, nsrc, offset, count, max_taps, w, c, accumulate, dst);
 }
 
 void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
@@ -917,6 +959,18 @@ void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, s
     for (std::size_t e = 0; e < len; ++e) {
       int32_t& o = dst[r * dst_stride + e];
       o = static_cast<int32_t>(static_cast<uint32_t>(o) + static_cast<uint32_t>(src[r * src_stride + e]));
+    }
+}
+
+void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
+                    std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst) {
+  for (std::size_t q = 0; q < w; ++q)
+    for (std::size_t e = 0; e < c; ++e) {
+      uint32_t acc = accumulate ? static_cast<uint32_t>(dst[q * c + e]) : 0u;
+      for (std::size_t r = 0; r < nsrc; ++r)
+        for (std::size_t t = 0; t < count[q]; ++t)
+          acc += static_cast<uint32_t>(src[r][offset[q * max_taps + t] + e]);
+      dst[q * c + e] = static_cast<int32_t>(acc);
     }
 }
 

@@ -71,6 +71,12 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
 void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
                      std::size_t runs, std::size_t len);
 
+// Gathered sums (one input line of col2im, engine/conv2d.cc): for each of w output pixels (c values each),
+//   dst[q·c + e]  =  Σ_{r < nsrc} Σ_{t < count[q]} src[r][offset[q·max_taps + t] + e]      (+ dst[q·c + e] when
+//   accumulate). Int32, wrapping; callers guarantee the sums fit.
+void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
+                    std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst);
+
 // Max pooling of one output pixel over `count` window positions (count ≥ 1), n values (channels) each:
 //   y[e] = max_j src[j][e],  arg[e] = pos[j] of the first j attaining it (later positions win only if strictly
 //   greater, so ties keep the first).
@@ -100,6 +106,8 @@ void relu_i32(const int32_t* x, std::size_t n, int32_t* y);
 void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx);
 void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
                      std::size_t runs, std::size_t len);
+void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
+                    std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst);
 void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,
                     uint16_t* arg);
 void unpool_max_i32(const int32_t* dy, const uint16_t* arg, std::size_t n, int32_t* const* dst, std::size_t count);

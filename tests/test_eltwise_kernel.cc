@@ -267,6 +267,33 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
   }
 }
 
+TEST_P(EltwiseKernelTarget, GatherSumMatchesReference) {
+  std::mt19937_64 rng(8);
+  for (std::size_t c : {std::size_t{1}, std::size_t{3}, std::size_t{4}, std::size_t{8}, std::size_t{16},
+                        std::size_t{17}, std::size_t{32}, std::size_t{64}}) {
+    for (std::size_t nsrc : {std::size_t{0}, std::size_t{1}, std::size_t{3}}) {
+      const std::size_t w = 1 + rng() % 30, max_taps = 1 + rng() % 4, plane = 40 * c + 7;
+      std::vector<std::vector<int32_t>> planes(nsrc);
+      std::vector<const int32_t*> src(nsrc);
+      for (std::size_t r = 0; r < nsrc; ++r) {
+        planes[r] = fill<int32_t>(plane, [&] { return random_i32(rng) / 16; });
+        src[r] = planes[r].data();
+      }
+      const auto count = fill<uint32_t>(w, [&] { return static_cast<uint32_t>(rng() % (max_taps + 1)); });
+      const auto offset = fill<std::size_t>(w * max_taps, [&] { return static_cast<std::size_t>(rng() % (plane - c + 1)); });
+      for (bool accumulate : {false, true}) {
+        auto want = fill<int32_t>(w * c, [&] { return random_i32(rng) / 16; });
+        std::vector<int32_t> got = want;
+        got.resize(w * c + 4, 0x5A5A5A5A);
+        ref::gather_sum_i32(src.data(), nsrc, offset.data(), count.data(), max_taps, w, c, accumulate, want.data());
+        gather_sum_i32(src.data(), nsrc, offset.data(), count.data(), max_taps, w, c, accumulate, got.data());
+        for (std::size_t i = 0; i < w * c; ++i) ASSERT_EQ(got[i], want[i]) << "c=" << c << " nsrc=" << nsrc << " " << i;
+        for (std::size_t i = w * c; i < w * c + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
+      }
+    }
+  }
+}
+
 TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
   std::mt19937_64 rng(7);
   for (std::size_t n : kLengths) {
