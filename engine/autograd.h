@@ -21,13 +21,23 @@ struct Var {
   Tensor grad;
   bool has_grad = false;
   bool requires_grad = true;  // false for inputs: their gradient is never computed
+  // Backward may consume an op output's gradient once the op's own backward has read it (moving it into the
+  // op's input instead of copying): afterwards grad is empty and has_grad false. Set retain_grad to keep it
+  // (tests that inspect an intermediate gradient).
+  bool retain_grad = false;
 };
 using VarPtr = std::shared_ptr<Var>;
 
 VarPtr make_input(Tensor value);
 
-// Adds g (int32, one exponent) into v's gradient, aligning exponents exactly when both exist.
-void accumulate_grad(Var& v, Tensor g);
+// Adds g (int32, one exponent) into v's gradient, aligning exponents exactly when both exist: the sum at the finer
+// exponent (exact in int64), then the finest exponent ≥ it whose int32 holds the sum (nearest-even; saturating).
+void accumulate_grad(Var& v, Tensor&& g);
+// The same for a gradient the caller keeps (copied only when v has no gradient yet).
+void accumulate_grad(Var& v, const Tensor& g);
+// The gradient of an op output for its op's backward to consume: moved out unless the Var retains it, in which
+// case a copy (the Var's gradient is left as it was).
+Tensor take_grad(Var& out);
 
 class Tape {
  public:

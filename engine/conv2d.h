@@ -12,8 +12,9 @@
 // Backward  dY (int32, one exponent) → ShiftQuant (b_g bits, N_G groups, stochastic rounding)
 //           dP = dY_shifted · W_aligned          int32, exponent e_d; reduction over Cout ≤ kMaxReduction
 //           dX[n,h,w,c] = Σ dP[(n,oh,ow), (i,j,c)] over oh·s − p + i = h, ow·s − p + j = w   (col2im)
-//                                                exact in int64 (≤ kh·kw terms of |dP| < 2^31), then int32 at
-//                                                the finest exponent that fits (narrow.h)
+//                                                ≤ kh·kw terms of |dP| ≤ Cout·127²: exact in int32 while
+//                                                kh·kw·Cout·127² < 2^31 (then it is dX itself); otherwise exact
+//                                                in int64, then int32 at the finest exponent that fits (narrow.h)
 //           dW = dY_qᵀ · P                       reduction over N·Ho·Wo rows: int8 GEMMs over blocks of
 //                                                ≤ kMaxReduction rows, blocks summed exactly in int64
 // Patches are built a block of output rows at a time, in forward and again in backward (from the kept X_q), so
@@ -47,7 +48,8 @@ struct Conv2dSpec {
   bool signed_input = false;  // false: the input is non-negative (after ReLU) and uses the unsigned range
   bool needs_input_grad = true;
   // Rows of patches materialized at once (rounded down to whole output rows Wo, at most kMaxReduction);
-  // 0: automatic, about 2 MiB of int8 patches. Results do not depend on it.
+  // 0: automatic, about 256 KiB of int8 patches (they and the GEMM's packed copy stay in L2). Results do not depend
+  // on it.
   std::size_t max_block_rows = 0;
 
   std::size_t out_h() const;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "kernels/eltwise.h"
+#include "kernels/sgd_update.h"
 #include "quant/pow2.h"
 
 namespace qtrain {
@@ -17,16 +19,10 @@ int narrowing_shift(uint64_t maxabs) {
 }
 
 Tensor narrow_tensor(const int64_t* v, std::size_t rows, std::size_t cols, int e) {
-  uint64_t mx = 0;
-  for (std::size_t i = 0; i < rows * cols; ++i) mx = std::max(mx, magnitude64(v[i]));
-  const int s = narrowing_shift(mx);
-  Tensor out(rows, cols, DType::kI32, e + s);
-  int32_t* o = out.data<int32_t>();
-  if (s == 0) {
-    for (std::size_t i = 0; i < rows * cols; ++i) o[i] = static_cast<int32_t>(v[i]);
-  } else {
-    for (std::size_t i = 0; i < rows * cols; ++i) o[i] = static_cast<int32_t>(quant::shift_round_even(v[i], s));
-  }
+  const int s = narrowing_shift(kernels::max_abs_i64(v, rows * cols));
+  Tensor out = Tensor::uninitialized(rows, cols, DType::kI32, e + s);
+  // int32(shift_round_even(v, s)), s ≤ 32 here (|v| < 2^62).
+  kernels::sgd_narrow(v, rows * cols, s, out.data<int32_t>());
   return out;
 }
 
@@ -39,7 +35,7 @@ Tensor narrow_per_col(const int64_t* v, std::size_t rows, std::size_t cols, cons
     s[c] = narrowing_shift(mx[c]);
     e[c] = e_col[c] + s[c];
   }
-  Tensor out(rows, cols, DType::kI32);
+  Tensor out = Tensor::uninitialized(rows, cols, DType::kI32);  // every element written below
   int32_t* o = out.data<int32_t>();
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c)
@@ -62,7 +58,7 @@ Tensor narrow_cols_to_tensor(const int64_t* v, std::size_t rows, std::size_t col
   for (std::size_t c = 0; c < cols; ++c)
     carry = carry || (mx[c] != 0 && quant::shift_round_even(static_cast<int64_t>(mx[c]), t - e_col[c]) > kMax);
   if (carry) ++t;
-  Tensor out(rows, cols, DType::kI32, t);
+  Tensor out = Tensor::uninitialized(rows, cols, DType::kI32, t);  // every element written below
   int32_t* o = out.data<int32_t>();
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c)  // all-zero columns stay 0 (their shift may be arbitrarily large)
@@ -71,7 +67,7 @@ Tensor narrow_cols_to_tensor(const int64_t* v, std::size_t rows, std::size_t col
 }
 
 Tensor narrow_per_row(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_row) {
-  Tensor out(rows, cols, DType::kI32);
+  Tensor out = Tensor::uninitialized(rows, cols, DType::kI32);  // every element written below
   int32_t* o = out.data<int32_t>();
   std::vector<int> e(rows);
   for (std::size_t r = 0; r < rows; ++r) {

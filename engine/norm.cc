@@ -11,6 +11,7 @@
 #include "kernels/norm.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
+#include "quant/uninit_vector.h"
 
 namespace qtrain {
 namespace {
@@ -468,7 +469,7 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
         t2[c] = s.t;
         c2[c] = static_cast<int32_t>(s.c);
       }
-      Tensor dx(m, nc, DType::kI32, e_dx);
+      Tensor dx = Tensor::uninitialized(m, nc, DType::kI32, e_dx);  // the kernel writes every element
       const kernels::NormColumns gcol{kd.data(), zero.data()};
       const kernels::NormAffine aff{a2.data(), b2.data(), t2.data(), c2.data()};
       if (l1) {
@@ -698,7 +699,7 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
         e_dx = std::max(e_dx, stage_exponent(ta[r], tb[r], bias[r]));
       }
       if (e_dx == kNoConstraint) e_dx = kDefaultExponent;
-      Tensor dx(n, nf, DType::kI32, e_dx);
+      Tensor dx = Tensor::uninitialized(n, nf, DType::kI32, e_dx);  // every element written below
       int32_t* out_dx = dx.data<int32_t>();
       for (std::size_t r = 0; r < n; ++r) {
         const Stage s = make_stage(ta[r], tb[r], bias[r], e_dx, 60, 61);

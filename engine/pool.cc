@@ -7,6 +7,7 @@
 
 #include "engine/narrow.h"
 #include "engine/parallel.h"
+#include "kernels/eltwise.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
 
@@ -91,13 +92,15 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
   const std::size_t batch = batch_of(xv, s.in_h, s.in_w, s.channels, name());
   const std::size_t ho = s.out_h(), wo = s.out_w(), c = s.channels, k = s.kernel;
   auto out = std::make_shared<Var>();
-  out->value = Tensor(batch * ho * wo, c, DType::kI32);
+  out->value = Tensor::uninitialized(batch * ho * wo, c, DType::kI32);  // every window is non-empty (validate_pool)
   out->value.set_exponents(xv.axis(), xv.exponents());
   // Window position (i·k + j) of each output's maximum: what backward routes dy to.
   auto arg = std::make_shared<std::vector<uint16_t>>(out->value.size());
   const int32_t* xd = xv.data<int32_t>();
   int32_t* y = out->value.data<int32_t>();
   for_tiles(ctx.pool, batch * ho, [&](std::size_t t0, std::size_t t1) {
+    std::vector<const int32_t*> src(k * k);
+    std::vector<uint16_t> pos(k * k);
     for (std::size_t t = t0; t < t1; ++t) {
       const std::size_t n = t / ho, oh = t % ho;
       std::size_t i0, i1;
@@ -105,21 +108,16 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
       for (std::size_t ow = 0; ow < wo; ++ow) {
         std::size_t j0, j1;
         window_range(ow, s.stride, s.padding, k, s.in_w, &j0, &j1);
-        int32_t* yr = y + (t * wo + ow) * c;
-        uint16_t* ar = arg->data() + (t * wo + ow) * c;
-        bool first = true;
+        // The window's positions inside the image, in order (i, then j): the first maximum wins.
+        std::size_t count = 0;
         for (std::size_t i = i0; i < i1; ++i)
           for (std::size_t j = j0; j < j1; ++j) {
             const std::size_t ih = oh * s.stride + i - s.padding, iw = ow * s.stride + j - s.padding;
-            const int32_t* xr = xd + ((n * s.in_h + ih) * s.in_w + iw) * c;
-            const auto pos = static_cast<uint16_t>(i * k + j);
-            for (std::size_t ch = 0; ch < c; ++ch)
-              if (first || xr[ch] > yr[ch]) {  // strict: ties keep the first position
-                yr[ch] = xr[ch];
-                ar[ch] = pos;
-              }
-            first = false;
+            src[count] = xd + ((n * s.in_h + ih) * s.in_w + iw) * c;
+            pos[count++] = static_cast<uint16_t>(i * k + j);
           }
+        kernels::max_argmax_i32(src.data(), pos.data(), count, c, y + (t * wo + ow) * c,
+                                arg->data() + (t * wo + ow) * c);
       }
     }
   });
@@ -128,18 +126,63 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
     if (!out->has_grad) return;
     const Tensor& dy = out->grad;
     const int32_t* d = dy.data<int32_t>();
-    // dx[argmax] += dy: int64, ≤ ⌈k/s⌉² terms per element.
-    std::vector<int64_t> dx(x->value.size(), 0);
-    for_tiles(pool, batch, [&](std::size_t n0, std::size_t n1) {  // an image's windows stay inside the image
-      for (std::size_t o = n0 * ho * wo; o < n1 * ho * wo; ++o) {
-        const std::size_t n = o / (ho * wo), oh = o / wo % ho, ow = o % wo;
-        for (std::size_t ch = 0; ch < c; ++ch) {
-          const std::size_t pos = (*arg)[o * c + ch], i = pos / k, j = pos % k;
-          const std::size_t ih = oh * s.stride + i - s.padding, iw = ow * s.stride + j - s.padding;
-          dx[((n * s.in_h + ih) * s.in_w + iw) * c + ch] += d[o * c + ch];
+    const std::size_t h = s.in_h, w = s.in_w;
+    if (k == s.stride && s.padding == 0) {
+      // The windows tile the input: every input pixel inside the Ho·k × Wo·k area belongs to exactly one window
+      // and receives dy or 0 (one term: the int32 value is the exact sum); the pixels beyond it receive nothing.
+      Tensor dx = Tensor::uninitialized(x->value.rows(), c, DType::kI32, dy.exponent());
+      int32_t* g = dx.data<int32_t>();
+      for_tiles(pool, batch * ho, [&](std::size_t t0, std::size_t t1) {
+        std::vector<int32_t*> dst(k * k);
+        for (std::size_t t = t0; t < t1; ++t) {
+          const std::size_t n = t / ho, oh = t % ho;
+          for (std::size_t ow = 0; ow < wo; ++ow) {
+            for (std::size_t i = 0; i < k; ++i)
+              for (std::size_t j = 0; j < k; ++j)
+                dst[i * k + j] = g + ((n * h + oh * k + i) * w + ow * k + j) * c;
+            const std::size_t o = (t * wo + ow) * c;
+            kernels::unpool_max_i32(d + o, arg->data() + o, c, dst.data(), k * k);
+          }
+          // Columns right of the last window, on this window row's input rows.
+          for (std::size_t i = 0; i < k && wo * k < w; ++i)
+            std::memset(g + ((n * h + oh * k + i) * w + wo * k) * c, 0, (w - wo * k) * c * sizeof(int32_t));
+          // Rows below the last window row.
+          if (oh + 1 == ho && ho * k < h)
+            std::memset(g + (n * h + ho * k) * w * c, 0, (h - ho * k) * w * c * sizeof(int32_t));
         }
-      }
-    });
+      });
+      accumulate_grad(*x, std::move(dx));
+      return;
+    }
+    // dx[argmax] += dy, with ≤ ⌈k/s⌉² terms per element; pos → offset of (i, j) from the window origin.
+    std::vector<long> offset(k * k);
+    for (std::size_t p = 0; p < k * k; ++p)
+      offset[p] = (static_cast<long>(p / k) * static_cast<long>(w) + static_cast<long>(p % k)) * static_cast<long>(c);
+    auto route = [&](auto* dx) {
+      for_tiles(pool, batch, [&](std::size_t n0, std::size_t n1) {  // an image's windows stay inside the image
+        for (std::size_t o = n0 * ho * wo; o < n1 * ho * wo; ++o) {
+          const std::size_t n = o / (ho * wo), oh = o / wo % ho, ow = o % wo;
+          // Index of the window origin (oh·s − p, ow·s − p), which may lie in the padding.
+          const long origin = ((static_cast<long>(n * h + oh * s.stride) - static_cast<long>(s.padding)) *
+                                   static_cast<long>(w) +
+                               static_cast<long>(ow * s.stride) - static_cast<long>(s.padding)) *
+                              static_cast<long>(c);
+          const uint16_t* a = arg->data() + o * c;
+          const int32_t* g = d + o * c;
+          for (std::size_t ch = 0; ch < c; ++ch) dx[origin + offset[a[ch]] + static_cast<long>(ch)] += g[ch];
+        }
+      });
+    };
+    if (k <= s.stride) {
+      // Windows do not overlap: each element receives at most one term, so the int32 result is the exact sum
+      // (what narrowing the int64 sums would give, with shift 0).
+      Tensor dx(x->value.rows(), c, DType::kI32, dy.exponent());
+      route(dx.data<int32_t>());
+      accumulate_grad(*x, std::move(dx));
+      return;
+    }
+    std::vector<int64_t> dx(x->value.size(), 0);  // int64: overlapping windows may sum several int32 terms
+    route(dx.data());
     accumulate_grad(*x, narrow_tensor(dx.data(), x->value.rows(), c, dy.exponent()));
   });
   return out;
@@ -241,7 +284,7 @@ VarPtr GlobalAvgPool::forward(const StepContext& ctx, const VarPtr& x) {
     std::vector<int64_t> p(batch * c);
     for (std::size_t i = 0; i < p.size(); ++i) p[i] = int64_t{dy.data<int32_t>()[i]} * inv.mul;
     const Tensor g = narrow_tensor(p.data(), batch, c, dy.exponent() - inv.shift);
-    Tensor dx(batch * hw, c, DType::kI32, g.exponent());
+    Tensor dx = Tensor::uninitialized(batch * hw, c, DType::kI32, g.exponent());  // every row written below
     for (std::size_t n = 0; n < batch; ++n)
       for (std::size_t q = 0; q < hw; ++q)
         std::memcpy(dx.data<int32_t>() + (n * hw + q) * c, g.data<int32_t>() + n * c, c * sizeof(int32_t));
@@ -268,7 +311,7 @@ VarPtr Flatten::forward(const StepContext& ctx, const VarPtr& x) {
                                 std::to_string(c_) + " (NHWC) with per-tensor or per-channel exponents");
   const std::size_t batch = xv.rows() / hw, cols = hw * c_;
   auto out = std::make_shared<Var>();
-  out->value = Tensor(batch, cols, xv.dtype());
+  out->value = Tensor::uninitialized(batch, cols, xv.dtype());
   if (xv.size() != 0)
     std::memcpy(xv.dtype() == DType::kI8 ? static_cast<void*>(out->value.data<int8_t>())
                                          : static_cast<void*>(out->value.data<int32_t>()),
@@ -285,9 +328,8 @@ VarPtr Flatten::forward(const StepContext& ctx, const VarPtr& x) {
   if (!ctx.training() || !x->requires_grad) return out;
   ctx.tape->record([x, out, batch, hw, c = c_] {
     if (!out->has_grad) return;
-    const Tensor& dy = out->grad;
-    Tensor dx(batch * hw, c, DType::kI32, dy.exponent());
-    std::memcpy(dx.data<int32_t>(), dy.data<int32_t>(), dy.size() * sizeof(int32_t));
+    Tensor dx = take_grad(*out);  // the same bytes, seen as N·H·W × C
+    dx.reshape(batch * hw, c);
     accumulate_grad(*x, std::move(dx));
   });
   return out;

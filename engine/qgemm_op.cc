@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "engine/narrow.h"
+#include "kernels/eltwise.h"
 #include "quant/pow2.h"
 
 namespace qtrain {
@@ -26,7 +27,7 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
   }
   if (src->axis() == ScaleAxis::kRow)
     throw std::logic_error("quantized GEMM input with per-row exponents: " + x.describe());
-  Tensor q(x.rows(), x.cols(), DType::kI8);
+  Tensor q = Tensor::uninitialized(x.rows(), x.cols(), DType::kI8);  // quantize_to_tensor writes every element
   const quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
   const auto& e = src->exponents();
   q.set_exponent(
@@ -71,7 +72,7 @@ int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights&
 }
 
 Tensor qgemm_dgrad(const quant::ShiftQuantized& g, const QuantizedWeights& w, kernels::ThreadPool* pool) {
-  Tensor dx(g.rows, w.q.cols(), DType::kI32, qgemm_dgrad_exponent(g, w));
+  Tensor dx = Tensor::uninitialized(g.rows, w.q.cols(), DType::kI32, qgemm_dgrad_exponent(g, w));  // GEMM output
   qgemm_dgrad_rows(g, w, 0, g.rows, dx.data<int32_t>(), pool);
   return dx;
 }
@@ -85,23 +86,29 @@ void WgradAccumulator::add(const quant::ShiftQuantized& g, std::size_t r0, std::
     first_ = Tensor::uninitialized(m_, k_, DType::kI32);  // the GEMM writes every element
     kernels::gemm_wgrad(g.q.data() + r0 * m_, x_rows, first_.data<int32_t>(), r1 - r0, m_, k_, pool);
   } else {
-    if (chunks_ == 1) {
-      sum_.assign(first_.data<int32_t>(), first_.data<int32_t>() + m_ * k_);
-      first_ = Tensor();
-    }
-    Tensor part(m_, k_, DType::kI32);
+    Tensor part = Tensor::uninitialized(m_, k_, DType::kI32);  // the GEMM writes every element
     kernels::gemm_wgrad(g.q.data() + r0 * m_, x_rows, part.data<int32_t>(), r1 - r0, m_, k_, pool);
-    const int32_t* p = part.data<int32_t>();
-    for (std::size_t i = 0; i < m_ * k_; ++i) sum_[i] += p[i];  // ≤ chunks·2^31: exact in int64
+    if (sum_.empty() && rows_ + (r1 - r0) <= kernels::kMaxReduction) {
+      // Every sum so far reduces ≤ kMaxReduction rows of int8 products: exact in int32 (the GEMM's own bound).
+      kernels::add_strided_i32(first_.data<int32_t>(), 0, part.data<int32_t>(), 0, 1, m_ * k_);
+    } else {
+      if (sum_.empty()) {
+        sum_.assign(first_.data<int32_t>(), first_.data<int32_t>() + m_ * k_);
+        first_ = Tensor();
+      }
+      const int32_t* p = part.data<int32_t>();
+      for (std::size_t i = 0; i < m_ * k_; ++i) sum_[i] += p[i];  // ≤ chunks·2^31: exact in int64
+    }
   }
+  rows_ += r1 - r0;
   ++chunks_;
 }
 
 Tensor WgradAccumulator::finish(const quant::ShiftQuantized& g, int ex) {
   std::vector<int> e_dw(m_);
   for (std::size_t c = 0; c < m_; ++c) e_dw[c] = g.channel_exponent(c) + ex;
-  if (chunks_ <= 1) {
-    Tensor dw = chunks_ == 1 ? std::move(first_) : Tensor(m_, k_, DType::kI32);
+  if (sum_.empty()) {  // int32 sums (exact; what narrowing the int64 sums would give, with shift 0)
+    Tensor dw = chunks_ >= 1 ? std::move(first_) : Tensor(m_, k_, DType::kI32);
     dw.set_exponents(ScaleAxis::kRow, std::move(e_dw));
     return dw;
   }

@@ -75,7 +75,8 @@ int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights&
 Tensor qgemm_dgrad(const quant::ShiftQuantized& g, const QuantizedWeights& w, kernels::ThreadPool* pool);
 
 // dW = dY_qᵀ · X_q accumulated over row chunks: add() runs one int8 GEMM per chunk (≤ kMaxReduction rows, so the
-// int32 accumulator is exact) and sums the chunks in int64 (exact). One chunk needs no int64 pass at all.
+// int32 accumulator is exact) and sums the chunks in int32 while at most kMaxReduction rows are reduced in total
+// (still exact), in int64 beyond (exact).
 class WgradAccumulator {
  public:
   WgradAccumulator(std::size_t out, std::size_t in) : m_(out), k_(in) {}
@@ -88,8 +89,9 @@ class WgradAccumulator {
  private:
   std::size_t m_, k_;
   std::size_t chunks_ = 0;
-  Tensor first_;              // the first chunk's int32 result
-  std::vector<int64_t> sum_;  // from the second chunk on
+  std::size_t rows_ = 0;      // rows reduced so far
+  Tensor first_;              // int32 sums while rows_ ≤ kMaxReduction (exact)
+  std::vector<int64_t> sum_;  // int64 sums once more rows than that are reduced
 };
 
 // dW for a whole X_q (g.rows × in), in chunks of at most max_rows (≤ kMaxReduction) rows.

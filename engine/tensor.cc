@@ -82,6 +82,14 @@ void Tensor::set_exponents(ScaleAxis axis, std::vector<int> exps) {
   exps_ = std::move(exps);
 }
 
+void Tensor::reshape(std::size_t rows, std::size_t cols) {
+  if (rows * cols != size() || axis_ != ScaleAxis::kTensor)
+    throw std::logic_error("Tensor::reshape of " + describe() + " to " + std::to_string(rows) + "x" +
+                           std::to_string(cols));
+  rows_ = rows;
+  cols_ = cols;
+}
+
 double Tensor::value(std::size_t i) const {
   const std::size_t r = i / cols_, c = i % cols_;
   const double q = dtype_ == DType::kI8 ? data<int8_t>()[i] : data<int32_t>()[i];

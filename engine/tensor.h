@@ -69,6 +69,9 @@ class Tensor {
   void set_exponent(int e);
   void set_exponents(ScaleAxis axis, std::vector<int> exps);
 
+  // The same bytes seen as rows×cols (rows·cols must equal size()); only for a single exponent, which is kept.
+  void reshape(std::size_t rows, std::size_t cols);
+
   // The real value of element i (control plane: tests, metrics, export).
   double value(std::size_t i) const;
   std::vector<double> to_double() const;

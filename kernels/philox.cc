@@ -28,6 +28,51 @@ namespace qtrain::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using namespace philox_detail;
 
+#if HWY_TARGET != HWY_SCALAR
+// U independent groups of Lanes(d64) blocks per iteration: a round is a chain MulEven → shift → xor, so one
+// group is latency-bound; U groups in flight fill the pipeline. The high halves of c1 and c3 are left unmasked
+// between rounds (only the low 32 bits of each lane feed MulEven and the xors' low halves) and cleaned at the
+// end.
+template <std::size_t U>
+HWY_INLINE void PhiloxGroup(uint64_t base, uint64_t stream, const uint32_t* HWY_RESTRICT keys0,
+                            const uint32_t* HWY_RESTRICT keys1, uint32_t* HWY_RESTRICT out) {
+  const hn::ScalableTag<uint64_t> d64;
+  const hn::Repartition<uint32_t, decltype(d64)> d32;
+  const std::size_t lanes = hn::Lanes(d64);
+  const auto low32 = hn::Set(d64, 0xffffffffull);
+  const auto m0 = hn::BitCast(d32, hn::Set(d64, kMul0));
+  const auto m1 = hn::BitCast(d32, hn::Set(d64, kMul1));
+  using V = hn::Vec<decltype(d64)>;
+  V c0[U], c1[U], c2[U], c3[U];
+  for (std::size_t u = 0; u < U; ++u) {
+    // Counter words of each lane's block: low and high halves of the 64-bit block index, then the stream.
+    const auto idx = hn::Add(hn::Set(d64, base + u * lanes), hn::Iota(d64, 0));
+    c0[u] = idx;  // low half used; high half ignored until the end
+    c1[u] = hn::ShiftRight<32>(idx);
+    c2[u] = hn::Set(d64, stream & 0xffffffffull);
+    c3[u] = hn::Set(d64, stream >> 32);
+  }
+  for (int r = 0; r < kRounds; ++r) {
+    const auto k0 = hn::Set(d64, keys0[r]), k1 = hn::Set(d64, keys1[r]);
+    for (std::size_t u = 0; u < U; ++u) {
+      const auto p0 = hn::MulEven(hn::BitCast(d32, c0[u]), m0);  // kMul0 · c0, 64-bit
+      const auto p1 = hn::MulEven(hn::BitCast(d32, c2[u]), m1);  // kMul1 · c2
+      c0[u] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p1), c1[u]), k0);
+      c2[u] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p0), c3[u]), k1);
+      c1[u] = p1;  // low half = lo(kMul1 · c2)
+      c3[u] = p0;
+    }
+  }
+  for (std::size_t u = 0; u < U; ++u) {
+    // Words (c0, c1) and (c2, c3) of each block packed into one u64 each (little-endian: c0 first), then the two
+    // interleaved: block i's four words land at out[4i .. 4i + 3].
+    const auto lo = hn::Or(hn::And(c0[u], low32), hn::ShiftLeft<32>(c1[u]));
+    const auto hi = hn::Or(hn::And(c2[u], low32), hn::ShiftLeft<32>(c3[u]));
+    hn::StoreInterleaved2(lo, hi, d64, reinterpret_cast<uint64_t*>(out + 4 * u * lanes));
+  }
+}
+#endif
+
 void PhiloxBlocks(uint64_t first, std::size_t blocks, uint64_t stream, uint32_t key0, uint32_t key1,
                   uint32_t* HWY_RESTRICT out) {
 #if HWY_TARGET == HWY_SCALAR
@@ -35,41 +80,15 @@ void PhiloxBlocks(uint64_t first, std::size_t blocks, uint64_t stream, uint32_t 
   ref::philox_blocks(first, blocks, stream, {key0, key1}, out);
 #else
   const hn::ScalableTag<uint64_t> d64;
-  const hn::Repartition<uint32_t, decltype(d64)> d32;
   const std::size_t lanes = hn::Lanes(d64);
-  const auto low32 = hn::Set(d64, 0xffffffffull);
-  const auto m0 = hn::BitCast(d32, hn::Set(d64, kMul0));
-  const auto m1 = hn::BitCast(d32, hn::Set(d64, kMul1));
-  HWY_ALIGN uint64_t w[4][hn::MaxLanes(d64)];
-  std::size_t b = 0;
-  for (; b + lanes <= blocks; b += lanes) {
-    const uint64_t base = first + b;
-    // Counter words of each lane's block: low and high halves of the 64-bit block index, then the stream.
-    auto idx = hn::Add(hn::Set(d64, base), hn::Iota(d64, 0));
-    auto c0 = hn::And(idx, low32);
-    auto c1 = hn::ShiftRight<32>(idx);
-    auto c2 = hn::Set(d64, stream & 0xffffffffull);
-    auto c3 = hn::Set(d64, stream >> 32);
-    uint32_t k0 = key0, k1 = key1;
-    for (int r = 0; r < kRounds; ++r) {
-      const auto p0 = hn::MulEven(hn::BitCast(d32, c0), m0);  // kMul0 · c0, 64-bit
-      const auto p1 = hn::MulEven(hn::BitCast(d32, c2), m1);  // kMul1 · c2
-      const auto n0 = hn::Xor(hn::Xor(hn::ShiftRight<32>(p1), c1), hn::Set(d64, k0));
-      const auto n2 = hn::Xor(hn::Xor(hn::ShiftRight<32>(p0), c3), hn::Set(d64, k1));
-      c1 = hn::And(p1, low32);
-      c3 = hn::And(p0, low32);
-      c0 = n0;
-      c2 = n2;
-      k0 += kWeyl0;
-      k1 += kWeyl1;
-    }
-    hn::Store(c0, d64, w[0]);
-    hn::Store(c1, d64, w[1]);
-    hn::Store(c2, d64, w[2]);
-    hn::Store(c3, d64, w[3]);
-    for (std::size_t i = 0; i < lanes; ++i)
-      for (int j = 0; j < 4; ++j) out[4 * (b + i) + j] = static_cast<uint32_t>(w[j][i]);
+  uint32_t keys0[kRounds], keys1[kRounds];  // the key schedule (Weyl sequence)
+  for (int r = 0; r < kRounds; ++r) {
+    keys0[r] = key0 + static_cast<uint32_t>(r) * kWeyl0;
+    keys1[r] = key1 + static_cast<uint32_t>(r) * kWeyl1;
   }
+  std::size_t b = 0;
+  for (; b + 4 * lanes <= blocks; b += 4 * lanes) PhiloxGroup<4>(first + b, stream, keys0, keys1, out + 4 * b);
+  for (; b + lanes <= blocks; b += lanes) PhiloxGroup<1>(first + b, stream, keys0, keys1, out + 4 * b);
   if (b < blocks) ref::philox_blocks(first + b, blocks - b, stream, {key0, key1}, out + 4 * b);
 #endif
 }

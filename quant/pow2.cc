@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/eltwise.h"
 #include "quant/error.h"
 
 namespace qtrain::quant {
@@ -55,23 +56,17 @@ namespace {
 // The largest magnitude the range can hold.
 inline uint64_t range_magnitude_of(const IntRange& r) { return static_cast<uint64_t>(std::max(r.hi, -r.lo)); }
 
-// Magnitude that matters for covering: for an unsigned range only positive values count (negatives clamp to 0).
-inline uint64_t magnitude(int32_t v, bool is_unsigned) {
-  const int64_t x = is_unsigned ? std::max<int32_t>(v, 0) : v;
-  return static_cast<uint64_t>(x < 0 ? -x : x);
-}
-
+// The magnitude that matters for covering: |x|, or for an unsigned range max(x, 0) (negatives clamp to 0).
 uint64_t max_magnitude(const int32_t* x, std::size_t n, bool is_unsigned) {
-  uint64_t m = 0;
-  for (std::size_t i = 0; i < n; ++i) m = std::max(m, magnitude(x[i], is_unsigned));
-  return m;
+  return kernels::max_abs_i32(x, n, is_unsigned);
 }
 
 // out[i] = clamp(round(x[i] / 2^s)) for i < n, the rounding hoisted out of the loop.
 void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& opt, uint64_t index0, int8_t* out) {
   const int64_t lo = opt.range.lo, hi = opt.range.hi;
   if (opt.rounding == Rounding::kNearestEven) {
-    for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<int8_t>(std::clamp(shift_round_even(x[i], s), lo, hi));
+    // out[i] = clamp(shift_round_even(x[i], s), lo, hi) (the kernel's reference is this formula).
+    kernels::requantize_i8(x, n, s, opt.range.lo, opt.range.hi, out);
     return;
   }
   constexpr std::size_t kBlock = 256;
@@ -101,8 +96,7 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     }
   } else {
     std::vector<uint64_t> colmax(cols, 0);
-    for (std::size_t r = 0; r < rows; ++r)
-      for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], magnitude(x[r * cols + c], is_unsigned));
+    kernels::col_max_abs_i32(x, rows, cols, is_unsigned, colmax.data());  // per-column max_magnitude
     for (std::size_t c = 0; c < cols; ++c) {
       if (colmax[c] == 0) continue;
       const int e = e_of(c) + covering_shift(colmax[c], limit);
@@ -123,12 +117,7 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
   std::vector<int> shift(cols);
   for (std::size_t c = 0; c < cols; ++c) shift[c] = e_out - e_of(c);
   if (opt.rounding == Rounding::kNearestEven) {
-    const int64_t lo = opt.range.lo, hi = opt.range.hi;
-    for (std::size_t r = 0; r < rows; ++r) {
-      const int32_t* xr = x + r * cols;
-      int8_t* o = out + r * cols;
-      for (std::size_t c = 0; c < cols; ++c) o[c] = static_cast<int8_t>(std::clamp(shift_round_even(xr[c], shift[c]), lo, hi));
-    }
+    kernels::requantize_i8_cols(x, rows, cols, shift.data(), opt.range.lo, opt.range.hi, out);
     return e_out;
   }
   for (std::size_t r = 0; r < rows; ++r)

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/eltwise.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
 
@@ -38,11 +39,7 @@ void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, c
 
   // Pass 1: channel ranges R_c.
   std::vector<uint64_t> range(cols, 0);
-  for (std::size_t n = 0; n < rows; ++n) {
-    const int32_t* row = g + n * cols;
-    for (std::size_t c = 0; c < cols; ++c)
-      range[c] = std::max(range[c], static_cast<uint64_t>(std::llabs(static_cast<int64_t>(row[c]))));
-  }
+  kernels::col_max_abs_i32(g, rows, cols, /*positive_only=*/false, range.data());
   const uint64_t rmax = rows * cols == 0 ? 0 : *std::max_element(range.begin(), range.end());
   if (rmax == 0) {
     out->e0 = e_g;
@@ -53,30 +50,25 @@ void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, c
   const int s0 = covering_shift(rmax, limit);
   out->e0 = e_g + s0;
   // Group ids: the channel's own covering shift, at most N_G − 1 octaves finer than the tensor's.
-  std::vector<int> shift(cols);
+  std::vector<int> shift(cols), up(cols);
   for (std::size_t c = 0; c < cols; ++c) {
     const int own = range[c] == 0 ? s0 - (ng - 1) : covering_shift(range[c], limit);
     const int kc = std::clamp(s0 - own, 0, ng - 1);
     out->k[c] = static_cast<uint8_t>(kc);
     shift[c] = s0 - kc;
+    up[c] = ng - 1 - kc;
   }
-  // Pass 2: stochastic rounding to each channel's scale; the dgrad view is the same value shifted into place.
-  // Draws are made in blocks over the whole tensor (element index n·cols + c), whatever the row length.
-  constexpr std::size_t kBlock = 4096;
-  std::vector<uint32_t> draws(std::min(kBlock, rows * cols));
-  const std::size_t total = rows * cols;
-  for (std::size_t i0 = 0; i0 < total; i0 += kBlock) {
-    const std::size_t len = std::min(kBlock, total - i0);
+  // Pass 2: stochastic rounding to each channel's scale; the dgrad view is the same value shifted into place:
+  //   q = clamp(shift_round_stochastic(g, shift[c], draw), ±limit),  shifted = q·2^(N_G−1−k_c)
+  // (kernels::shiftquant_round). The draw of element i = n·cols + c is rng.u32(i) whatever the blocking; blocks are
+  // whole rows of about 4096 draws, which stay in L1.
+  const std::size_t block_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(cols, 1));
+  std::vector<uint32_t> draws(std::min(block_rows, rows) * cols);
+  for (std::size_t r0 = 0; r0 < rows; r0 += block_rows) {
+    const std::size_t r1 = std::min(rows, r0 + block_rows), i0 = r0 * cols, len = (r1 - r0) * cols;
     rng.fill_u32(i0, len, draws.data());
-    std::size_t c = i0 % cols;
-    for (std::size_t j = 0; j < len; ++j) {
-      const std::size_t i = i0 + j;
-      const int64_t v = shift_round_stochastic(g[i], shift[c], draws[j]);
-      const int8_t qv = static_cast<int8_t>(std::clamp<int64_t>(v, -static_cast<int64_t>(limit), limit));
-      out->q[i] = qv;
-      out->shifted[i] = static_cast<int8_t>(qv * (1 << (ng - 1 - out->k[c])));
-      if (++c == cols) c = 0;
-    }
+    kernels::shiftquant_round(g + i0, draws.data(), r1 - r0, cols, shift.data(), up.data(),
+                              static_cast<int32_t>(limit), out->q.data() + i0, out->shifted.data() + i0);
   }
 }
 

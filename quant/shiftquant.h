@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "quant/rng.h"
+#include "quant/uninit_vector.h"
 
 namespace qtrain::quant {
 
@@ -38,8 +39,8 @@ struct ShiftQuantized {
   std::size_t rows = 0, cols = 0;
   int groups = 1;
   int e0 = 0;                   // exponent of group 0 (the largest channels)
-  std::vector<int8_t> q;        // rows × cols, value q·2^(e0 − k_c): the wgrad operand
-  std::vector<int8_t> shifted;  // rows × cols, q << (N_G−1−k_c), value ·2^(e0 − (N_G−1)): the dgrad operand
+  UninitVector<int8_t> q;        // rows × cols, value q·2^(e0 − k_c): the wgrad operand
+  UninitVector<int8_t> shifted;  // rows × cols, q << (N_G−1−k_c), value ·2^(e0 − (N_G−1)): the dgrad operand
   std::vector<uint8_t> k;       // per channel group id k_c in 0..N_G−1
   int shifted_exponent() const { return e0 - (groups - 1); }
   int channel_exponent(std::size_t c) const { return e0 - k[c]; }

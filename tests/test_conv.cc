@@ -463,7 +463,8 @@ struct PoolGeo {
 
 TEST(MaxPool2d, ForwardAndBackwardMatchFloatFormula) {
   for (const Pool2dSpec spec :
-       {Pool2dSpec{7, 5, 3, 3, 2, 1}, Pool2dSpec{7, 5, 3, 2, 2, 0}, Pool2dSpec{7, 5, 3, 3, 1, 1}}) {
+       {Pool2dSpec{7, 5, 3, 3, 2, 1}, Pool2dSpec{7, 5, 3, 2, 2, 0}, Pool2dSpec{7, 5, 3, 3, 1, 1},
+        Pool2dSpec{7, 5, 3, 2, 2, 1}, Pool2dSpec{8, 6, 3, 2, 2, 0}}) {
     const PoolGeo g(spec, 2);
     // Small integers: many ties, which must go to the first window position.
     Tensor xt = random_i32(g.n * g.h * g.w, g.c, 3, 0, 21);
@@ -586,6 +587,7 @@ TEST(Flatten, ReshapesValuesExponentsAndGradient) {
   for (std::size_t i = 0; i < xt.size(); ++i) ASSERT_EQ(deq(y->value, i), deq(xt, i));
   y->grad = random_i32(n, h * w * c, 1000, -9, 52);
   y->has_grad = true;
+  y->retain_grad = true;  // compared with x's below
   tape.backward();
   ASSERT_EQ(x->grad.rows(), n * h * w);
   for (std::size_t i = 0; i < xt.size(); ++i) ASSERT_EQ(deq(x->grad, i), deq(y->grad, i));
@@ -618,6 +620,7 @@ TEST(Add, AlignsExponentsPerColumnExactly) {
   // Backward: both inputs receive dy.
   y->grad = random_i32(6, 4, 1000, -7, 65);
   y->has_grad = true;
+  y->retain_grad = true;  // compared with the inputs' below
   tape.backward();
   for (std::size_t i = 0; i < at.size(); ++i) {
     ASSERT_EQ(deq(a->grad, i), deq(y->grad, i));
@@ -653,6 +656,7 @@ TEST(Add, FarApartExponentsAndSharedInputs) {
   }
   s->grad = random_i32(2, 3, 500, -3, 74);
   s->has_grad = true;
+  s->retain_grad = true;  // compared with x's below
   tape.backward();
   for (std::size_t i = 0; i < 6; ++i) ASSERT_EQ(deq(x->grad, i), 2 * deq(s->grad, i));
 }

@@ -170,6 +170,7 @@ TEST(Relu, ForwardAndBackward) {
   VarPtr y = relu.forward({nullptr, &tape, 0, 0}, x);
   y->grad = random_i32(5, 7, 1000, -9, 10);
   y->has_grad = true;
+  y->retain_grad = true;  // kept for the comparison below
   tape.backward();
   for (std::size_t i = 0; i < xt.size(); ++i) {
     const int32_t xi = xt.data<int32_t>()[i];
@@ -177,6 +178,17 @@ TEST(Relu, ForwardAndBackward) {
     EXPECT_EQ(x->grad.data<int32_t>()[i], xi > 0 ? y->grad.data<int32_t>()[i] : 0);
   }
   EXPECT_EQ(x->grad.exponent(), -9);
+
+  // Without retain_grad the op consumes its output's gradient (masked in place and moved to x): same result.
+  auto x2 = var(xt);
+  VarPtr y2 = relu.forward({nullptr, &tape, 0, 0}, x2);
+  y2->grad = y->grad;
+  y2->has_grad = true;
+  tape.backward();
+  EXPECT_FALSE(y2->has_grad);
+  EXPECT_TRUE(y2->grad.empty());
+  ASSERT_EQ(x2->grad.exponent(), -9);
+  for (std::size_t i = 0; i < xt.size(); ++i) EXPECT_EQ(x2->grad.data<int32_t>()[i], x->grad.data<int32_t>()[i]);
 }
 
 TEST(SoftmaxCrossEntropy, MatchesFloatFormula) {
