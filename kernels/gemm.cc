@@ -135,20 +135,27 @@ using PackedA = int16_t;
 using PackedB = int16_t;
 #endif
 
-// Register tile: MR rows × NR vectors, out of 32 vector registers on AVX-512 and 16 on SSE/AVX2.
-//   AVX3_DL 6×4: 24 accumulators + 4 B + 1 broadcast.
-//   AVX3    6×3: pmaddwd needs a product register before each add; 6×4 spilled accumulators.
-//   others  4×2: 8 accumulators + 2 B + broadcast + products.
+// Register tile: up to kNR vectors of columns × MaxRows(nr) rows, as many accumulators as the registers hold
+// next to the B vectors and the broadcast (32 vector registers on AVX-512, 16 on SSE/AVX2). A narrow tile
+// (the last panel of a narrow C: 16 or 32 output channels) takes more rows, so it still has enough independent
+// accumulators to hide the dot product's latency and reuses each B vector for more rows.
+//   AVX3_DL 24 accumulators: 6×4, 8×3, 12×2, 24×1 (+ NR B + 1 broadcast).
+//   AVX3    18: 6×3, 9×2, 18×1 (pmaddwd needs a product register before each add; 6×4 spilled).
+//   others   8: 4×2, 8×1 (+ B + broadcast + products).
 #if HWY_TARGET == HWY_AVX3_DL
-constexpr std::size_t kMR = 6;
+constexpr std::size_t kAccumulators = 24;
 constexpr std::size_t kNR = 4;
 #elif HWY_TARGET == HWY_AVX3
-constexpr std::size_t kMR = 6;
+constexpr std::size_t kAccumulators = 18;
 constexpr std::size_t kNR = 3;
 #else
-constexpr std::size_t kMR = 4;
+constexpr std::size_t kAccumulators = 8;
 constexpr std::size_t kNR = 2;
 #endif
+constexpr std::size_t MaxRows(std::size_t nr) { return kAccumulators / nr; }
+constexpr std::size_t kMR = MaxRows(kNR);  // rows of a full-width tile
+// Row blocks are multiples of this, so every tile height divides them.
+constexpr std::size_t kRowQuantum = MaxRows(1);
 
 // Columns per packed panel: the widest tile the micro-kernel computes.
 HWY_INLINE std::size_t PanelWidth() { return kNR * hn::Lanes(D32()); }
@@ -210,30 +217,96 @@ HWY_INLINE hn::Vec<hn::Full64<int8_t>> Load8(const uint8_t* HWY_RESTRICT row, st
 
 // ---- Packing ------------------------------------------------------------------------------------------------
 
-// Rows [i0, i1) and reduction [p0, p1) of a row-major A → dst ((i1−i0) × kpad, zero-padded), as PackedA; with
-// VNNI also Σ_p of each row (|Σ| ≤ 128·kMaxReduction < 2^31).
+#if HWY_TARGET == HWY_AVX3_DL
+// sums[i] = Σ_p a[i·lda + p], p < len, for `rows` int8 rows (|Σ| ≤ 128·kMaxReduction < 2^31): the VNNI offset
+// correction. psadbw sums 8 bytes of x xor 0x80 (x + 128, unsigned) per 64-bit lane; 8 rows at a time, one
+// transpose-and-add tree turns their 8 vectors of partial sums into one vector of 8 row sums (a horizontal sum
+// per row cost as much as the products of a short row); then −128·len.
+__attribute__((target(HWY_TARGET_STR))) void RowSums(const int8_t* HWY_RESTRICT a, std::size_t lda,
+                                                     std::size_t rows, std::size_t len, int32_t* HWY_RESTRICT sums) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i zero = _mm512_setzero_si512();
+  const std::size_t full = len / 64 * 64;
+  const __mmask64 tail = len % 64 != 0 ? (~__mmask64{0}) >> (64 - len % 64) : 0;
+  const auto row_vector = [&](const int8_t* row) {
+    __m512i acc = zero;
+    for (std::size_t p = 0; p < full; p += 64) {
+      acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(_mm512_loadu_si512(row + p), flip), zero));
+    }
+    if (tail != 0) {
+      const __m512i v = _mm512_maskz_mov_epi8(tail, _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail, row + full), flip));
+      acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
+    }
+    return acc;
+  };
+  const __m512i bias = _mm512_set1_epi64(128 * static_cast<int64_t>(len));
+  std::size_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    __m512i acc[8];
+    HWY_UNROLL(8)
+    for (std::size_t r = 0; r < 8; ++r) acc[r] = row_vector(a + (i + r) * lda);
+    // Pairs: lane 2q+t of s[h] = lanes 2q, 2q+1 of row 2h+t.
+    __m512i s[4];
+    HWY_UNROLL(4)
+    for (std::size_t h = 0; h < 4; ++h) {
+      s[h] = _mm512_add_epi64(_mm512_unpacklo_epi64(acc[2 * h], acc[2 * h + 1]),
+                              _mm512_unpackhi_epi64(acc[2 * h], acc[2 * h + 1]));
+    }
+    // Quads: 128-bit blocks 0, 2 and 1, 3 of two pair vectors added: rows 4h'…4h'+3, two partial sums each.
+    __m512i q[2];
+    HWY_UNROLL(2)
+    for (std::size_t h = 0; h < 2; ++h) {
+      q[h] = _mm512_add_epi64(_mm512_shuffle_i64x2(s[2 * h], s[2 * h + 1], 0x88),
+                              _mm512_shuffle_i64x2(s[2 * h], s[2 * h + 1], 0xDD));
+    }
+    const __m512i total =
+        _mm512_add_epi64(_mm512_shuffle_i64x2(q[0], q[1], 0x88), _mm512_shuffle_i64x2(q[0], q[1], 0xDD));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + i), _mm512_cvtepi64_epi32(_mm512_sub_epi64(total, bias)));
+  }
+  for (; i < rows; ++i) {
+    sums[i] = static_cast<int32_t>(_mm512_reduce_add_epi64(row_vector(a + i * lda)) - 128 * static_cast<int64_t>(len));
+  }
+}
+#endif
+
+// Rows [i0, i1) and reduction [p0, p1) of a row-major A → dst ((i1−i0) × kpad, zero-padded), as PackedA
+// (int4 unpacked, int8 widened to int16 off VNNI).
 template <bool kInt4>
 void PackARows(const uint8_t* HWY_RESTRICT a, std::size_t lda, std::size_t i0, std::size_t i1, std::size_t p0,
-               std::size_t p1, std::size_t kpad, PackedA* HWY_RESTRICT dst, int32_t* HWY_RESTRICT sums) {
+               std::size_t p1, std::size_t kpad, PackedA* HWY_RESTRICT dst) {
+  const std::size_t len = p1 - p0;
   for (std::size_t i = i0; i < i1; ++i) {
     const uint8_t* row = a + i * lda;
     PackedA* out = dst + (i - i0) * kpad;
-    int32_t s = 0;
+    std::size_t p = 0;
     if constexpr (kInt4) {
-      for (std::size_t p = p0; p < p1; ++p) {
-        const int8_t v = Elem<true>(row, p);
-        out[p - p0] = v;
-        s += v;
+      // p0 is a multiple of kGroup, so even: 16 values (8 whole bytes) at a time, then the scalar tail.
+#if HWY_TARGET != HWY_SCALAR
+      for (; p + 16 <= len; p += 16) {
+        const auto v = hn::BitCast(hn::Full128<int8_t>(), Load16<true>(row, p0 + p));
+#if HWY_TARGET == HWY_AVX3_DL
+        hn::StoreU(v, hn::Full128<int8_t>(), out + p);
+#else
+        const hn::Full128<int16_t> d16;
+        hn::StoreU(hn::PromoteTo(d16, hn::LowerHalf(v)), d16, out + p);
+        hn::StoreU(hn::PromoteTo(d16, hn::UpperHalf(hn::Full64<int8_t>(), v)), d16, out + p + 8);
+#endif
       }
+#endif
+      for (; p < len; ++p) out[p] = Elem<true>(row, p0 + p);
     } else {
       const auto* r8 = reinterpret_cast<const int8_t*>(row) + p0;
-      for (std::size_t p = 0; p < p1 - p0; ++p) {
-        out[p] = static_cast<PackedA>(r8[p]);
-        s += r8[p];
-      }
+#if HWY_TARGET == HWY_AVX3_DL
+      std::memcpy(out, r8, len);
+      p = len;
+#elif HWY_TARGET != HWY_SCALAR
+      const hn::ScalableTag<int16_t> d16;
+      const hn::Rebind<int8_t, decltype(d16)> d8;
+      for (; p + hn::Lanes(d16) <= len; p += hn::Lanes(d16)) hn::StoreU(hn::PromoteTo(d16, hn::LoadU(d8, r8 + p)), d16, out + p);
+#endif
+      for (; p < len; ++p) out[p] = r8[p];
     }
-    for (std::size_t p = p1 - p0; p < kpad; ++p) out[p] = 0;
-    if (sums != nullptr) sums[i - i0] = s;
+    for (p = len; p < kpad; ++p) out[p] = 0;
   }
 }
 
@@ -300,20 +373,52 @@ void Transpose8(const int8_t* HWY_RESTRICT src, std::size_t lds, std::size_t row
     for (std::size_t c = 0; c < cols16; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
-// Rows [i0, i1), reduction [p0, p1) of A → dst ((i1−i0) × kpad) and, with VNNI, the row sums. A transposed A
-// is transposed first into the `tmp` scratch slot of the calling thread.
+// Rows [i0, i1), reduction [p0, p1) of A → dst ((i1−i0) × kpad). A transposed A is transposed first into the
+// `tmp` scratch slot of the calling thread.
 void PackA(const OperandA& a, std::size_t i0, std::size_t i1, std::size_t p0, std::size_t p1, std::size_t kpad,
-           PackedA* HWY_RESTRICT dst, int32_t* HWY_RESTRICT sums, Slot tmp) {
+           PackedA* HWY_RESTRICT dst, Slot tmp) {
   if (a.transposed) {
     const std::size_t rows = i1 - i0, len = p1 - p0;
     auto* t = static_cast<int8_t*>(detail::scratch(tmp, rows * len));
     Transpose8(reinterpret_cast<const int8_t*>(a.data) + p0 * a.ld + i0, a.ld, len, rows, t, len);
-    PackARows<false>(reinterpret_cast<const uint8_t*>(t), len, 0, rows, 0, len, kpad, dst, sums);
+    PackARows<false>(reinterpret_cast<const uint8_t*>(t), len, 0, rows, 0, len, kpad, dst);
   } else if (a.int4) {
-    PackARows<true>(a.data, a.ld, i0, i1, p0, p1, kpad, dst, sums);
+    PackARows<true>(a.data, a.ld, i0, i1, p0, p1, kpad, dst);
   } else {
-    PackARows<false>(a.data, a.ld, i0, i1, p0, p1, kpad, dst, sums);
+    PackARows<false>(a.data, a.ld, i0, i1, p0, p1, kpad, dst);
   }
+}
+
+// A as the micro-kernels read it: rows of PackedA, `lda` apart, the reduction padded to whole groups.
+struct ReadyA {
+  const PackedA* a;
+  std::size_t lda;
+};
+
+// Rows [i0, i1), reduction [p0, p1) of A, ready for the micro-kernels, and with VNNI the row sums (`sums`,
+// unused elsewhere). With VNNI an int8 row-major A whose range is whole groups is read where it is — the
+// kernel broadcasts 4 bytes at a time from any address — and only its row sums are computed; otherwise A is
+// packed into the `slot` scratch.
+ReadyA PrepareA(const OperandA& a, std::size_t i0, std::size_t i1, std::size_t p0, std::size_t p1, int32_t* sums,
+                Slot slot, Slot tmp) {
+  ReadyA ready{};
+#if HWY_TARGET == HWY_AVX3_DL
+  if (!a.int4 && !a.transposed && (p1 - p0) % kGroup == 0) {
+    ready = {reinterpret_cast<const int8_t*>(a.data) + i0 * a.ld + p0, a.ld};
+    RowSums(ready.a, ready.lda, i1 - i0, p1 - p0, sums);
+    return ready;
+  }
+#endif
+  const std::size_t kpad = (p1 - p0 + kGroup - 1) / kGroup * kGroup;
+  auto* dst = static_cast<PackedA*>(detail::scratch(slot, (i1 - i0) * kpad * sizeof(PackedA)));
+  PackA(a, i0, i1, p0, p1, kpad, dst, tmp);
+  ready = {dst, kpad};
+#if HWY_TARGET == HWY_AVX3_DL
+  RowSums(ready.a, ready.lda, i1 - i0, p1 - p0, sums);
+#else
+  (void)sums;  // no offset to correct without VNNI
+#endif
+  return ready;
 }
 
 // The packed value of one B element. Padding is PackedB{0}, which contributes 0 (under VNNI: u8 0, not 0 ^ 0x80).
@@ -459,7 +564,8 @@ void PackPanel(const OperandB& b, std::size_t k, std::size_t n, std::size_t pane
 // C[MR rows × NR vectors of columns] = A[MR rows] · panel block, over `groups` groups; `ncols` (≤ NR·lanes)
 // columns are stored (the rest of the panel is padding), or added to C when `accumulate` (a later K block).
 // `a_sums`: VNNI offset correction, given with the first K block only (null otherwise; unused elsewhere).
-// Loops over the register arrays carry HWY_UNROLL: unrolled before GCC 12 decides where the arrays live, they
+// Loops over the register arrays carry HWY_UNROLL with at least their full trip count (24 rows, 4 vectors):
+// unrolled before GCC 12 decides where the arrays live, they
 // stay in registers (otherwise it copied the accumulators around on every iteration).
 
 #if HWY_TARGET == HWY_AVX3_DL
@@ -479,7 +585,7 @@ QTRAIN_VNNI_ATTR void KernelNN(const int8_t* HWY_RESTRICT a, std::size_t lda, co
                                std::size_t ldc, std::size_t ncols, bool accumulate) {
   constexpr std::size_t kGroupBytes = kNR * 64;  // one group of a packed panel
   __m512i acc[MR][NR];
-  HWY_UNROLL(6)
+  HWY_UNROLL(24)
   for (std::size_t i = 0; i < MR; ++i) {
     HWY_UNROLL(4)
     for (std::size_t j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
@@ -488,7 +594,7 @@ QTRAIN_VNNI_ATTR void KernelNN(const int8_t* HWY_RESTRICT a, std::size_t lda, co
     __m512i bv[NR];
     HWY_UNROLL(4)
     for (std::size_t j = 0; j < NR; ++j) bv[j] = _mm512_load_si512(b + g * kGroupBytes + j * 64);
-    HWY_UNROLL(6)
+    HWY_UNROLL(24)
     for (std::size_t i = 0; i < MR; ++i) {
       int32_t quad;  // A[i][4g … 4g+3]
       std::memcpy(&quad, a + i * lda + g * 4, sizeof(quad));
@@ -497,7 +603,7 @@ QTRAIN_VNNI_ATTR void KernelNN(const int8_t* HWY_RESTRICT a, std::size_t lda, co
       for (std::size_t j = 0; j < NR; ++j) Dpbusd(acc[i][j], bv[j], av);
     }
   }
-  HWY_UNROLL(6)
+  HWY_UNROLL(24)
   for (std::size_t i = 0; i < MR; ++i) {
     // Σ (b+128)·a = Σ b·a + 128·Σ a, in wrapping int32 lanes (exact, see the top of the file).
     const __m512i offset =
@@ -531,7 +637,7 @@ void KernelNN(const int16_t* HWY_RESTRICT a, std::size_t lda, const int16_t* HWY
   // acc1: the odd-lane half on targets whose ReorderWidenMulAccumulate needs two accumulators (EMU128); on x86
   // it stays zero and the compiler drops it.
   V32 acc0[MR][NR], acc1[MR][NR];
-  HWY_UNROLL(4)
+  HWY_UNROLL(24)
   for (std::size_t i = 0; i < MR; ++i) {
     HWY_UNROLL(4)
     for (std::size_t j = 0; j < NR; ++j) acc0[i][j] = acc1[i][j] = hn::Zero(d32);
@@ -540,7 +646,7 @@ void KernelNN(const int16_t* HWY_RESTRICT a, std::size_t lda, const int16_t* HWY
     hn::Vec<decltype(d16)> bv[NR];
     HWY_UNROLL(4)
     for (std::size_t j = 0; j < NR; ++j) bv[j] = hn::Load(d16, b + g * group_elems + j * lanes * 2);
-    HWY_UNROLL(6)
+    HWY_UNROLL(24)
     for (std::size_t i = 0; i < MR; ++i) {
       int32_t pair;  // A[i][2g], A[i][2g+1] as two int16
       std::memcpy(&pair, a + i * lda + g * 2, sizeof(pair));
@@ -550,7 +656,7 @@ void KernelNN(const int16_t* HWY_RESTRICT a, std::size_t lda, const int16_t* HWY
         acc0[i][j] = hn::ReorderWidenMulAccumulate(d32, av, bv[j], acc0[i][j], acc1[i][j]);
     }
   }
-  HWY_UNROLL(6)
+  HWY_UNROLL(24)
   for (std::size_t i = 0; i < MR; ++i) {
     HWY_UNROLL(4)
     for (std::size_t j = 0; j < NR; ++j) {
@@ -594,12 +700,21 @@ void KernelNN(const int16_t* HWY_RESTRICT a, std::size_t lda, const int16_t* HWY
 using KernelFn = void (*)(const PackedA*, std::size_t, const PackedB*, std::size_t, const int32_t*, int32_t*,
                           std::size_t, std::size_t, bool);
 
-// All tile shapes, indexed [mr−1][nr−1]: edges have fewer than kMR rows or kNR vectors of columns.
+// Every tile shape, indexed [mr−1][nr−1]; null where mr > MaxRows(nr) (never used).
+template <std::size_t I>
+constexpr KernelFn KernelAt() {
+  constexpr std::size_t mr = I / kNR + 1, nr = I % kNR + 1;
+  if constexpr (mr <= MaxRows(nr)) {
+    return &KernelNN<mr, nr>;
+  } else {
+    return nullptr;
+  }
+}
 template <std::size_t... I>
 constexpr auto MakeKernelTable(std::index_sequence<I...>) {
-  return std::array<KernelFn, sizeof...(I)>{&KernelNN<I / kNR + 1, I % kNR + 1>...};
+  return std::array<KernelFn, sizeof...(I)>{KernelAt<I>()...};
 }
-constexpr auto kKernels = MakeKernelTable(std::make_index_sequence<kMR * kNR>());
+constexpr auto kKernels = MakeKernelTable(std::make_index_sequence<kRowQuantum * kNR>());
 
 // ---- Driver -------------------------------------------------------------------------------------------------
 
@@ -610,13 +725,46 @@ void PanelRows(const PackedA* a, std::size_t lda, const int32_t* sums, const Pac
                int32_t* c, std::size_t ldc, std::size_t rows, std::size_t ncols, bool accumulate) {
   const std::size_t lanes = hn::Lanes(D32());
   const std::size_t nr = (ncols + lanes - 1) / lanes;
-  for (std::size_t i = 0; i < rows; i += kMR) {
-    const std::size_t mr = std::min(kMR, rows - i);
+  const std::size_t tile = MaxRows(nr);
+  for (std::size_t i = 0; i < rows; i += tile) {
+    const std::size_t mr = std::min(tile, rows - i);
     const int32_t* s = sums != nullptr ? sums + i : nullptr;
     if (mr == kMR && nr == kNR) {
       KernelNN<kMR, kNR>(a + i * lda, lda, b, groups, s, c + i * ldc, ldc, ncols, accumulate);
     } else {
       kKernels[(mr - 1) * kNR + (nr - 1)](a + i * lda, lda, b, groups, s, c + i * ldc, ldc, ncols, accumulate);
+    }
+  }
+}
+
+// A K block of at most this many groups is "short": C's traffic outweighs B's (see MultiplyBlock).
+constexpr std::size_t kShortBlock = 32;
+
+// One K block of `groups` groups over panels [p0, p1): C[rows × cols] (at column 0, leading dimension ldc) =/+=
+// A (packed, at this K block) · the panels' blocks, found at b + (p − p0)·stride. When the blocks of all these
+// panels fit in half of L1 (a narrow C), or the block is short and they fit in a quarter of L2, the rows go in
+// the outer loop: C is then written one row chunk at a time across its full width, not panel by panel (which
+// made the int32 output of a short-reduction dgrad go to memory several times). Otherwise panel by panel, each
+// block staying in L1.
+void MultiplyBlock(const PackedA* a, std::size_t lda, const int32_t* sums, const PackedB* b, std::size_t stride,
+                   std::size_t p0, std::size_t p1, std::size_t groups, int32_t* c, std::size_t ldc, std::size_t rows,
+                   std::size_t cols, bool accumulate) {
+  const std::size_t pw = PanelWidth();
+  const std::size_t bytes = (p1 - p0) * groups * GroupElems() * sizeof(PackedB);
+  const bool rows_outer = p1 - p0 > 1 && (bytes <= detail::cache_sizes().l1d / 2 ||
+                                          (groups <= kShortBlock && bytes <= detail::cache_sizes().l2 / 4));
+  if (rows_outer) {
+    for (std::size_t i = 0; i < rows; i += kRowQuantum) {
+      const std::size_t mr = std::min(kRowQuantum, rows - i);
+      for (std::size_t p = p0; p < p1; ++p) {
+        PanelRows(a + i * lda, lda, sums != nullptr ? sums + i : nullptr, b + (p - p0) * stride, groups,
+                  c + i * ldc + p * pw, ldc, mr, std::min(pw, cols - p * pw), accumulate);
+      }
+    }
+  } else {
+    for (std::size_t p = p0; p < p1; ++p) {
+      PanelRows(a, lda, sums, b + (p - p0) * stride, groups, c + p * pw, ldc, rows, std::min(pw, cols - p * pw),
+                accumulate);
     }
   }
 }
@@ -636,14 +784,53 @@ void PackAllPanels(const OperandB& b, std::size_t k, std::size_t n, PackedB* dst
   }
 }
 
-// The block of panel p, groups [g, g + len), of B: inside the prepacked panels, or packed now into `slot`.
-const PackedB* PanelBlock(const OperandB& b, const PackedB* all, std::size_t k, std::size_t n, std::size_t p,
-                          std::size_t g, std::size_t len, Slot slot) {
+// The blocks of panels [p0, p1), groups [g, g + len), of B: inside the prepacked panels (*stride: a whole
+// panel), or packed now into the `slot` scratch (*stride: one block).
+const PackedB* PanelBlocks(const OperandB& b, const PackedB* all, std::size_t k, std::size_t n, std::size_t p0,
+                           std::size_t p1, std::size_t g, std::size_t len, Slot slot, std::size_t* stride) {
   const std::size_t groups = DivUp(k, kGroup);
-  if (all != nullptr) return all + (p * groups + g) * GroupElems();
-  auto* dst = static_cast<PackedB*>(detail::scratch(slot, len * GroupElems() * sizeof(PackedB)));
-  PackPanel(b, k, n, p, g, g + len, dst);
+  if (all != nullptr) {
+    *stride = groups * GroupElems();
+    return all + (p0 * groups + g) * GroupElems();
+  }
+  *stride = len * GroupElems();
+  auto* dst = static_cast<PackedB*>(detail::scratch(slot, (p1 - p0) * len * GroupElems() * sizeof(PackedB)));
+  for (std::size_t p = p0; p < p1; ++p) PackPanel(b, k, n, p, g, g + len, dst + (p - p0) * len * GroupElems());
   return dst;
+}
+
+// C (rows × cols, leading dimension ldc) =/+= A (packed, lda; reduction groups [g0, g1) of B) · panels
+// [p0, p1) of B, K block by K block: the first block of the range stores (subtracting the VNNI offset `sums`),
+// later ones add. When one K block of all the panels fits in half of L1, each K block's panels are packed
+// together and multiplied rows-outer (MultiplyBlock); otherwise panel by panel, each block packed just before
+// its rows stream past it.
+void MultiplyPanels(const OperandB& b, const PackedB* prepacked, std::size_t k, std::size_t n, std::size_t p0,
+                    std::size_t p1, std::size_t g0, std::size_t g1, const PackedA* a, std::size_t lda,
+                    const int32_t* sums, int32_t* c, std::size_t ldc, std::size_t rows, Slot slot) {
+  const std::size_t kc = KcGroups();
+  const std::size_t np = p1 - p0;
+  const std::size_t len0 = std::min(kc, g1 - g0);
+  const std::size_t bytes = np * len0 * GroupElems() * sizeof(PackedB);
+  const bool together = np > 1 && (bytes <= detail::cache_sizes().l1d / 2 ||
+                                   (len0 <= kShortBlock && bytes <= detail::cache_sizes().l2 / 4));
+  std::size_t stride = 0;
+  if (together) {
+    for (std::size_t g = g0; g < g1; g += kc) {
+      const std::size_t len = std::min(kc, g1 - g);
+      const PackedB* bb = PanelBlocks(b, prepacked, k, n, p0, p1, g, len, slot, &stride);
+      MultiplyBlock(a + (g - g0) * kGroup, lda, g == g0 ? sums : nullptr, bb, stride, p0, p1, len, c, ldc, rows, n,
+                    g > g0);
+    }
+    return;
+  }
+  for (std::size_t p = p0; p < p1; ++p) {
+    for (std::size_t g = g0; g < g1; g += kc) {
+      const std::size_t len = std::min(kc, g1 - g);
+      const PackedB* bb = PanelBlocks(b, prepacked, k, n, p, p + 1, g, len, slot, &stride);
+      MultiplyBlock(a + (g - g0) * kGroup, lda, g == g0 ? sums : nullptr, bb, stride, p, p + 1, len, c, ldc, rows, n,
+                    g > g0);
+    }
+  }
 }
 
 // How Gemm splits a product over `threads` threads (see the top of the file); `threads` is already 1 below
@@ -654,7 +841,7 @@ GemmSplit ChooseSplit(std::size_t rows, std::size_t cols, std::size_t k, std::si
   // A reduction much longer than C is wide or tall (wgrad of a tall-skinny product): output tiles are too few
   // to balance over the threads, and adding the partial sums costs next to nothing.
   if (threads > 1 && k >= 4 * std::max(rows, cols)) return GemmSplit::kReduction;
-  // A too large to pack whole next to L2's working set, or too few panels for the threads.
+  // A larger than a quarter of L2 (it is read once per panel), or too few panels for the threads.
   const std::size_t a_bytes = rows * kp * sizeof(PackedA);
   if (tiles >= 2 * threads && (a_bytes > detail::cache_sizes().l2 / 2 || (threads > 1 && panels < 2 * threads))) {
     return GemmSplit::kRows;
@@ -670,38 +857,28 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
     return;
   }
   const std::size_t groups = DivUp(k, kGroup), kp = groups * kGroup;
-  const std::size_t pw = PanelWidth(), panels = DivUp(cols, pw), tiles = DivUp(rows, kMR);
-  const std::size_t kc = KcGroups();
+  const std::size_t panels = DivUp(cols, PanelWidth());
   const bool vnni = HWY_TARGET == HWY_AVX3_DL;
   std::size_t threads = pool != nullptr ? pool->threads() : 1;
   if (rows * cols * k < kMinParallelMacs) threads = 1;
   ThreadPool* const par = threads > 1 ? pool : nullptr;
-  const std::size_t l2 = detail::cache_sizes().l2;
   const OperandB& b = args.b;
   const auto* prepacked = static_cast<const PackedB*>(b.packed);
   const GemmSplit split = ChooseSplit(rows, cols, k, threads);
 
-  // By reduction ranges: each task multiplies its K range into a partial C.
+  // By reduction ranges: each task multiplies its K range (whole K blocks where possible) into a partial C.
   if (split == GemmSplit::kReduction) {
     const std::size_t per = DivUp(groups, threads), chunks = DivUp(groups, per);
-    auto* partial = static_cast<int32_t*>(
-        detail::scratch(Slot::kPartial, (chunks - 1) * rows * cols * sizeof(int32_t)));
+    auto* partial =
+        static_cast<int32_t*>(detail::scratch(Slot::kPartial, (chunks - 1) * rows * cols * sizeof(int32_t)));
     par->parallel_for(chunks, 1, [&](std::size_t c0, std::size_t c1) {
       for (std::size_t ci = c0; ci < c1; ++ci) {
         const std::size_t g0 = ci * per, g1 = std::min(groups, g0 + per);
-        const std::size_t kpad = (g1 - g0) * kGroup;
         int32_t* out = ci == 0 ? args.c : partial + (ci - 1) * rows * cols;
-        auto* ap = static_cast<PackedA*>(detail::scratch(Slot::kTaskA, rows * kpad * sizeof(PackedA)));
         auto* sums = vnni ? static_cast<int32_t*>(detail::scratch(Slot::kTaskSums, rows * sizeof(int32_t))) : nullptr;
-        PackA(args.a, 0, rows, g0 * kGroup, std::min(k, g1 * kGroup), kpad, ap, sums, Slot::kTaskTransposed);
-        for (std::size_t g = g0; g < g1; g += kc) {
-          const std::size_t len = std::min(kc, g1 - g);
-          for (std::size_t p = 0; p < panels; ++p) {
-            const PackedB* bb = PanelBlock(b, prepacked, k, cols, p, g, len, Slot::kTaskB);
-            PanelRows(ap + (g - g0) * kGroup, kpad, g == g0 ? sums : nullptr, bb, len, out + p * pw, cols, rows,
-                      std::min(pw, cols - p * pw), g > g0);
-          }
-        }
+        const ReadyA ra = PrepareA(args.a, 0, rows, g0 * kGroup, std::min(k, g1 * kGroup), sums, Slot::kTaskA,
+                                   Slot::kTaskTransposed);
+        MultiplyPanels(b, prepacked, k, cols, 0, panels, g0, g1, ra.a, ra.lda, sums, out, cols, rows, Slot::kTaskB);
       }
     });
     for (std::size_t ci = 1; ci < chunks; ++ci) {
@@ -715,25 +892,21 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
   if (split == GemmSplit::kRows) {
     const PackedB* bp = prepacked;
     if (bp == nullptr) {
-      auto* dst = static_cast<PackedB*>(detail::scratch(Slot::kPackedB, panels * groups * GroupElems() * sizeof(PackedB)));
+      auto* dst =
+          static_cast<PackedB*>(detail::scratch(Slot::kPackedB, panels * groups * GroupElems() * sizeof(PackedB)));
       PackAllPanels(b, k, cols, dst, par);
       bp = dst;
     }
     // Rows per task: a quarter of L2 of packed A, and at least two tasks per thread for balance.
-    std::size_t mc = std::max<std::size_t>(1, l2 / 4 / (kp * sizeof(PackedA)) / kMR) * kMR;
-    if (threads > 1) mc = std::min(mc, DivUp(tiles, 2 * threads) * kMR);
+    const std::size_t l2_rows = detail::cache_sizes().l2 / 4 / (kp * sizeof(PackedA));
+    std::size_t mc = std::max<std::size_t>(1, l2_rows / kRowQuantum) * kRowQuantum;
+    if (threads > 1) mc = std::min(mc, DivUp(DivUp(rows, kRowQuantum), 2 * threads) * kRowQuantum);
     const auto task = [&](std::size_t i0, std::size_t i1) {
-      auto* ap = static_cast<PackedA*>(detail::scratch(Slot::kTaskA, (i1 - i0) * kp * sizeof(PackedA)));
       auto* sums =
           vnni ? static_cast<int32_t*>(detail::scratch(Slot::kTaskSums, (i1 - i0) * sizeof(int32_t))) : nullptr;
-      PackA(args.a, i0, i1, 0, k, kp, ap, sums, Slot::kTaskTransposed);
-      for (std::size_t g = 0; g < groups; g += kc) {
-        const std::size_t len = std::min(kc, groups - g);
-        for (std::size_t p = 0; p < panels; ++p) {
-          PanelRows(ap + g * kGroup, kp, g == 0 ? sums : nullptr, bp + (p * groups + g) * GroupElems(), len,
-                    args.c + i0 * cols + p * pw, cols, i1 - i0, std::min(pw, cols - p * pw), g > 0);
-        }
-      }
+      const ReadyA ra = PrepareA(args.a, i0, i1, 0, k, sums, Slot::kTaskA, Slot::kTaskTransposed);
+      MultiplyPanels(b, bp, k, cols, 0, panels, 0, groups, ra.a, ra.lda, sums, args.c + i0 * cols, cols, i1 - i0,
+                     Slot::kTaskB);
     };
     if (par != nullptr) {
       par->parallel_for(rows, mc, task);
@@ -743,19 +916,11 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
     return;
   }
 
-  // By panels: A packed once here; each task packs (or finds prepacked) the blocks of its panels.
-  auto* ap = static_cast<PackedA*>(detail::scratch(Slot::kPackedA, rows * kp * sizeof(PackedA)));
+  // By panels: A prepared once here; each task packs (or finds prepacked) the blocks of its panels.
   auto* sums = vnni ? static_cast<int32_t*>(detail::scratch(Slot::kSums, rows * sizeof(int32_t))) : nullptr;
-  PackA(args.a, 0, rows, 0, k, kp, ap, sums, Slot::kTransposed);
+  const ReadyA ra = PrepareA(args.a, 0, rows, 0, k, sums, Slot::kPackedA, Slot::kTransposed);
   const auto task = [&](std::size_t p0, std::size_t p1) {
-    for (std::size_t p = p0; p < p1; ++p) {
-      for (std::size_t g = 0; g < groups; g += kc) {
-        const std::size_t len = std::min(kc, groups - g);
-        const PackedB* bb = PanelBlock(b, prepacked, k, cols, p, g, len, Slot::kTaskB);
-        PanelRows(ap + g * kGroup, kp, g == 0 ? sums : nullptr, bb, len, args.c + p * pw, cols, rows,
-                  std::min(pw, cols - p * pw), g > 0);
-      }
-    }
+    MultiplyPanels(b, prepacked, k, cols, p0, p1, 0, groups, ra.a, ra.lda, sums, args.c, cols, rows, Slot::kTaskB);
   };
   if (par != nullptr) {
     par->parallel_for(panels, 1, task);
