@@ -33,7 +33,7 @@ std::string Linear::name() const {
          std::to_string(spec_.grad_bits) + ")";
 }
 
-void Linear::quantize_weights() {
+void Linear::quantize_weights(kernels::ThreadPool* pool) {
   if (wq_version_ == weight_.version && !wq_.empty()) return;
   const quant::QuantizeOptions opt{quant::signed_range(spec_.weight_bits)};
   wq_ = Tensor(spec_.out, spec_.in, DType::kI8);
@@ -41,7 +41,21 @@ void Linear::quantize_weights() {
   quant::quantize_per_row(weight_.master.data<int32_t>(), spec_.out, spec_.in, weight_.master.exponent(), opt,
                           wq_.data<int8_t>(), e_row.data());
   wq_.set_exponents(ScaleAxis::kRow, std::move(e_row));
+  wq_packed_ = spec_.prepack_weights ? kernels::pack_weights_forward(wq_.data<int8_t>(), spec_.out, spec_.in, pool)
+                                     : kernels::PackedWeights{};
   wq_version_ = weight_.version;
+}
+
+std::shared_ptr<const Linear::DgradWeights> Linear::dgrad_weights(kernels::ThreadPool* pool) {
+  if (dgrad_ != nullptr && dgrad_version_ == weight_.version) return dgrad_;
+  auto d = std::make_shared<DgradWeights>();
+  d->aligned.resize(spec_.out * spec_.in);
+  d->exponent = quant::align_rows(wq_.data<int8_t>(), spec_.out, spec_.in, wq_.exponents().data(),
+                                  static_cast<uint32_t>(quant::signed_range(spec_.weight_bits).hi), d->aligned.data());
+  if (spec_.prepack_weights) d->packed = kernels::pack_weights_dgrad(d->aligned.data(), spec_.out, spec_.in, pool);
+  dgrad_ = std::move(d);
+  dgrad_version_ = weight_.version;
+  return dgrad_;
 }
 
 namespace {
@@ -75,14 +89,18 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   if (n > kernels::kMaxReduction)
     throw UsageError("batch " + std::to_string(n) + " exceeds " + std::to_string(kernels::kMaxReduction) +
                      " (the int32 accumulator bound of the weight-gradient GEMM)");
-  quantize_weights();
+  quantize_weights(ctx.pool);
   auto xq = std::make_shared<Tensor>(quantize_input(xv, spec_.act_bits, spec_.signed_input));
   const int ex = xq->exponent();
 
   auto out = std::make_shared<Var>();
   out->value = Tensor(n, m, DType::kI32);
   int32_t* y = out->value.data<int32_t>();
-  kernels::gemm_forward(xq->data<int8_t>(), wq_.data<int8_t>(), y, n, m, k, ctx.pool);
+  if (spec_.prepack_weights) {
+    kernels::gemm_forward_packed(xq->data<int8_t>(), wq_packed_, y, n, ctx.pool);
+  } else {
+    kernels::gemm_forward(xq->data<int8_t>(), wq_.data<int8_t>(), y, n, m, k, ctx.pool);
+  }
   std::vector<int> e_out(m);
   for (std::size_t c = 0; c < m; ++c) e_out[c] = ex + wq_.exponents()[c];
   // Bias, moved from its master exponent to each output column's exponent.
@@ -95,22 +113,24 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   out->value.set_exponents(ScaleAxis::kCol, std::move(e_out));
 
   if (!ctx.training()) return out;
-  // Backward keeps X_q and this step's W_q (a copy: the optimizer may requantize before a later backward).
-  auto wq = std::make_shared<Tensor>(wq_);
-  ctx.tape->record([this, ctx, x, out, xq, wq, n, m, k] {
+  // Backward keeps X_q and this version's dgrad weights (shared: the optimizer may requantize before a later
+  // backward, which makes new ones).
+  std::shared_ptr<const DgradWeights> wd;
+  if (x->requires_grad && spec_.needs_input_grad) wd = dgrad_weights(ctx.pool);
+  ctx.tape->record([this, ctx, x, out, xq, wd, n, m, k] {
     if (!out->has_grad) return;
     const Tensor& dy = out->grad;
     const quant::CounterRng rng = ctx.rounding_rng(id_ * 4 + 1);
     quant::ShiftQuantized g;
     quant::shiftquant(dy.data<int32_t>(), n, m, dy.exponent(), {spec_.grad_bits, spec_.groups}, rng, &g);
 
-    if (x->requires_grad && spec_.needs_input_grad) {
-      std::vector<int8_t> w_aligned(m * k);
-      const int ew = quant::align_rows(wq->data<int8_t>(), m, k, wq->exponents().data(),
-                                       static_cast<uint32_t>(quant::signed_range(spec_.weight_bits).hi),
-                                       w_aligned.data());
-      Tensor dx(n, k, DType::kI32, g.shifted_exponent() + ew);
-      kernels::gemm_dgrad(g.shifted.data(), w_aligned.data(), dx.data<int32_t>(), n, m, k, ctx.pool);
+    if (wd != nullptr) {
+      Tensor dx(n, k, DType::kI32, g.shifted_exponent() + wd->exponent);
+      if (spec_.prepack_weights) {
+        kernels::gemm_dgrad_packed(g.shifted.data(), wd->packed, dx.data<int32_t>(), n, ctx.pool);
+      } else {
+        kernels::gemm_dgrad(g.shifted.data(), wd->aligned.data(), dx.data<int32_t>(), n, m, k, ctx.pool);
+      }
       accumulate_grad(*x, std::move(dx));
     }
 
