@@ -211,6 +211,33 @@ void BM_qtrain_s8_threads(benchmark::State& state) {
   set_counters(state, d.n, d.m, d.k, threads);
 }
 
+// The pool threshold (kernels::kMinParallelMacs): forward with packed weights at (n, m, k), either one call on
+// this thread (split = 1) or the rows cut in two halves run as two tasks of a 2-thread pool (split = 2) — what the
+// kernels would do without the threshold, bypassing it. Below the size where split 2 wins, the pool is not used.
+void BM_qtrain_split(benchmark::State& state) {
+  const Dims d = dims_of(state);
+  const auto split = static_cast<std::size_t>(state.range(3));
+  const auto x = random_vector<int8_t>(d.n * d.k, -128, 127, 1);
+  const auto w = random_vector<int8_t>(d.m * d.k, -128, 127, 2);
+  std::vector<int32_t> y(d.n * d.m);
+  const qk::PackedWeights packed = qk::pack_weights_forward(w.data(), d.m, d.k, nullptr);
+  qk::ThreadPool pool(2);
+  const std::size_t half = (d.n / 2 + 7) / 8 * 8;
+  for (auto _ : state) {
+    if (split == 1) {
+      qk::gemm_forward_packed(x.data(), packed, y.data(), d.n, nullptr);
+    } else {
+      pool.parallel_for(2, 1, [&](std::size_t t, std::size_t) {
+        const std::size_t r0 = t == 0 ? 0 : half, r1 = t == 0 ? half : d.n;
+        qk::gemm_forward_packed(x.data() + r0 * d.k, packed, y.data() + r0 * d.m, r1 - r0, nullptr);
+      });
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, d.n, d.m, d.k, split);
+}
+
 // ---- XNNPACK fully-connected (fp32, qs8) ----------------------------------------------------------------------------
 // Each layout as the fully-connected product XNNPACK would run for it, weights packed once at create time:
 //   forward  Y[n×m]  = X[n×k]·W[m×k]ᵀ   batch n, k → m
@@ -364,6 +391,19 @@ void thread_shapes(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMicrosecond);
 }
 
+// (n, m, k, split): a hidden layer 256 → 256 over growing batches (0.5M … 16M multiply-adds), and the MLP's layers.
+void split_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n", "m", "k", "split"});
+  for (int64_t n : {8, 16, 32, 64, 128, 256}) {
+    for (int64_t split : {1, 2}) b->Args({n, 256, 256, split});
+  }
+  for (const auto& s : std::vector<std::vector<int64_t>>{{64, 256, 784}, {64, 128, 256}, {64, 10, 128}}) {
+    for (int64_t split : {1, 2}) b->Args({s[0], s[1], s[2], split});
+  }
+  b->UseRealTime();
+  b->Unit(benchmark::kMicrosecond);
+}
+
 BENCHMARK(BM_peak)->Unit(benchmark::kMicrosecond);
 
 BENCHMARK(BM_qtrain_s8<Layout::kForward>)->Apply(shapes);
@@ -405,6 +445,7 @@ BENCHMARK(BM_qtrain_s8_threads<Layout::kForward, false>)
     ->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_s8_threads<Layout::kDgrad, false>)->Name("BM_qtrain_s8_threads<Layout::kDgrad>")->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_s8_threads<Layout::kWgrad, false>)->Name("BM_qtrain_s8_threads<Layout::kWgrad>")->Apply(thread_shapes);
+BENCHMARK(BM_qtrain_split)->Apply(split_shapes);
 
 // Adds "peak%" (GOP/s over the measured peak, times the thread count) to every run that has a GOP counter.
 template <typename Base>

@@ -280,17 +280,32 @@ void PackARows(const uint8_t* HWY_RESTRICT a, std::size_t lda, std::size_t i0, s
     PackedA* out = dst + (i - i0) * kpad;
     std::size_t p = 0;
     if constexpr (kInt4) {
-      // p0 is a multiple of kGroup, so even: 16 values (8 whole bytes) at a time, then the scalar tail.
-#if HWY_TARGET != HWY_SCALAR
-      for (; p + 16 <= len; p += 16) {
-        const auto v = hn::BitCast(hn::Full128<int8_t>(), Load16<true>(row, p0 + p));
+      // p0 is a multiple of kGroup, so even: whole bytes, a full vector of values at a time. Each byte is
+      // widened to a lane of twice (int8 out) or four times (int16 out) its width; the high nibble moves up
+      // to the next byte (int16 element), and (x ^ 8) − 8 sign-extends both in place.
 #if HWY_TARGET == HWY_AVX3_DL
-        hn::StoreU(v, hn::Full128<int8_t>(), out + p);
-#else
-        const hn::Full128<int16_t> d16;
-        hn::StoreU(hn::PromoteTo(d16, hn::LowerHalf(v)), d16, out + p);
-        hn::StoreU(hn::PromoteTo(d16, hn::UpperHalf(hn::Full64<int8_t>(), v)), d16, out + p + 8);
-#endif
+      const uint8_t* bytes = row + p0 / 2;
+      const hn::ScalableTag<uint16_t> dw;
+      const hn::Repartition<uint8_t, decltype(dw)> dn;
+      const hn::Rebind<uint8_t, decltype(dw)> dload;
+      const std::size_t step = 2 * hn::Lanes(dw);
+      for (; p + step <= len; p += step) {
+        const auto w = hn::PromoteTo(dw, hn::LoadU(dload, bytes + p / 2));
+        const auto x = hn::BitCast(dn, hn::Or(hn::And(w, hn::Set(dw, 0x0F)), hn::ShiftLeft<4>(hn::And(w, hn::Set(dw, 0xF0)))));
+        const auto v = hn::Sub(hn::Xor(x, hn::Set(dn, 8)), hn::Set(dn, 8));
+        hn::StoreU(v, dn, reinterpret_cast<uint8_t*>(out + p));
+      }
+#elif HWY_TARGET != HWY_SCALAR
+      const uint8_t* bytes = row + p0 / 2;
+      const hn::ScalableTag<uint32_t> dw;
+      const hn::Repartition<uint16_t, decltype(dw)> dn;
+      const hn::Rebind<uint8_t, decltype(dw)> dload;
+      const std::size_t step = 2 * hn::Lanes(dw);
+      for (; p + step <= len; p += step) {
+        const auto w = hn::PromoteTo(dw, hn::LoadU(dload, bytes + p / 2));
+        const auto x = hn::BitCast(dn, hn::Or(hn::And(w, hn::Set(dw, 0x0F)), hn::ShiftLeft<12>(hn::And(w, hn::Set(dw, 0xF0)))));
+        const auto v = hn::Sub(hn::Xor(x, hn::Set(dn, 8)), hn::Set(dn, 8));
+        hn::StoreU(v, dn, reinterpret_cast<uint16_t*>(out + p));
       }
 #endif
       for (; p < len; ++p) out[p] = Elem<true>(row, p0 + p);
