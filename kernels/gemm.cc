@@ -308,6 +308,18 @@ void PackARows(const uint8_t* HWY_RESTRICT a, std::size_t lda, std::size_t i0, s
         hn::StoreU(v, dn, reinterpret_cast<uint16_t*>(out + p));
       }
 #endif
+#if HWY_TARGET != HWY_SCALAR
+      for (; p + 16 <= len; p += 16) {  // the rest 16 values (8 bytes) at a time
+        const auto v = hn::BitCast(hn::Full128<int8_t>(), Load16<true>(row, p0 + p));
+#if HWY_TARGET == HWY_AVX3_DL
+        hn::StoreU(v, hn::Full128<int8_t>(), out + p);
+#else
+        const hn::Full128<int16_t> d16;
+        hn::StoreU(hn::PromoteTo(d16, hn::LowerHalf(v)), d16, out + p);
+        hn::StoreU(hn::PromoteTo(d16, hn::UpperHalf(hn::Full64<int8_t>(), v)), d16, out + p + 8);
+#endif
+      }
+#endif
       for (; p < len; ++p) out[p] = Elem<true>(row, p0 + p);
     } else {
       const auto* r8 = reinterpret_cast<const int8_t*>(row) + p0;
