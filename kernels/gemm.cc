@@ -7,8 +7,9 @@
 //
 // Packing. B is cut into panels of PanelWidth() columns. Within a panel, the reduction is grouped by kGroup
 // consecutive p, and one group of one column is a 32-bit lane: [panel][group][column][kGroup]. A is copied
-// row by row with its reduction zero-padded to whole groups. Padding contributes nothing, so k, m and n need
-// not be multiples of anything. int4 operands are unpacked by these packing routines (nibble → int8 in
+// row by row with its reduction zero-padded to whole groups — except on AVX3_DL for an int8 row-major A whose
+// reduction is whole groups, which the kernel reads where it is (PrepareA). Padding contributes nothing, so k,
+// m and n need not be multiples of anything. int4 operands are unpacked by these packing routines (nibble → int8 in
 // registers), so the micro-kernels are the same for both widths. PackedWeights (gemm.h) is B packed once.
 //
 // Micro-kernel: an MR-row × NR-vector tile of C lives in MR·NR vector accumulators, one output per lane, so
@@ -27,10 +28,10 @@
 // Blocking. The reduction is cut into K blocks of KcGroups() groups, sized from cpuinfo's L1d so that one
 // panel's block of B (e.g. 384 × 64 bytes on AVX3_DL with a 48 KiB L1d) stays in L1 while every row tile of A
 // streams past it; the first K block stores C, the later ones add to it. Work is split three ways:
-//  * by panels (square-ish products, the default): A packed once; each task packs the B blocks of its panels
+//  * by panels (square-ish products, the default): A prepared once; each task packs the B blocks of its panels
 //    and multiplies them by all of A while they are hot, so packed B never moves between cores;
 //  * by row blocks (tall A — the im2col products of a CNN — or too few panels for the threads): B packed once
-//    (in parallel), each task packs its rows of A (sized to half of L2) and multiplies them by all of B;
+//    (in parallel), each task prepares its rows of A (a quarter of L2) and multiplies them by all of B;
 //  * by reduction ranges (few output tiles, long reduction — wgrad of a tall-skinny product): each task
 //    multiplies its K range into a partial C and the partials are added. Integer sums are exact and the true
 //    result fits int32, so every partial (and every prefix of their sum) does too: any split gives the same bits.
