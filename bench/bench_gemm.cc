@@ -187,8 +187,10 @@ void BM_qtrain_s4_packed(benchmark::State& state) {
   set_counters(state, d.n, d.m, d.k);
 }
 
-// Threads: (n, m, k, threads), wall-clock time. threads = 1 runs without a pool, as a caller would.
-template <Layout L, bool kPacked>
+// Threads: (n, m, k, threads), wall-clock time. threads = 1 runs without a pool, as a caller would. kAlways: the
+// pool splits every product (the kernels' scaling); kMeasured: it splits when its advisor says it pays (what a
+// user gets, kernels/thread_pool.h).
+template <Layout L, bool kPacked, qk::ThreadPool::Split kSplit = qk::ThreadPool::Split::kAlways>
 void BM_qtrain_s8_threads(benchmark::State& state) {
   const Dims d = dims_of(state);
   const auto threads = static_cast<std::size_t>(state.range(3));
@@ -196,7 +198,7 @@ void BM_qtrain_s8_threads(benchmark::State& state) {
   const auto a = random_vector<int8_t>(z.a, -128, 127, 1);
   const auto b = random_vector<int8_t>(z.b, -128, 127, 2);
   std::vector<int32_t> c(z.c);
-  std::unique_ptr<qk::ThreadPool> pool = threads > 1 ? std::make_unique<qk::ThreadPool>(threads) : nullptr;
+  std::unique_ptr<qk::ThreadPool> pool = threads > 1 ? std::make_unique<qk::ThreadPool>(threads, kSplit) : nullptr;
   qk::PackedWeights packed;
   if constexpr (kPacked) packed = qk::pack_weights_forward(b.data(), d.m, d.k, pool.get());
   for (auto _ : state) {
@@ -211,9 +213,9 @@ void BM_qtrain_s8_threads(benchmark::State& state) {
   set_counters(state, d.n, d.m, d.k, threads);
 }
 
-// The pool threshold (kernels::kMinParallelMacs): forward with packed weights at (n, m, k), either one call on
-// this thread (split = 1) or the rows cut in two halves run as two tasks of a 2-thread pool (split = 2) — what the
-// kernels would do without the threshold, bypassing it. Below the size where split 2 wins, the pool is not used.
+// When splitting pays (kernels::kMinParallelMacs, the pool's SplitAdvisor): forward with packed weights at
+// (n, m, k), either one call on this thread (split = 1) or the rows cut in two halves run as two tasks of a
+// 2-thread pool (split = 2) — a fork-join the kernels' own split decision does not see.
 void BM_qtrain_split(benchmark::State& state) {
   const Dims d = dims_of(state);
   const auto split = static_cast<std::size_t>(state.range(3));
@@ -439,6 +441,9 @@ BENCHMARK(BM_xnnpack_f32<Layout::kWgrad>)->Apply(shapes);
 
 BENCHMARK(BM_qtrain_s8_threads<Layout::kForward, true>)
     ->Name("BM_qtrain_s8_packed_threads<Layout::kForward>")
+    ->Apply(thread_shapes);
+BENCHMARK(BM_qtrain_s8_threads<Layout::kForward, true, qk::ThreadPool::Split::kMeasured>)
+    ->Name("BM_qtrain_s8_packed_auto_threads<Layout::kForward>")
     ->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_s8_threads<Layout::kForward, false>)
     ->Name("BM_qtrain_s8_threads<Layout::kForward>")

@@ -799,6 +799,22 @@ void MultiplyBlock(const PackedA* a, std::size_t lda, const int32_t* sums, const
 
 HWY_INLINE std::size_t DivUp(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
+// Multiply-adds per nanosecond one thread of this target sustains on mid-sized products (bench/README.md): the
+// time estimate the pool weighs against its fork-join overhead.
+constexpr double MacsPerNs() {
+#if HWY_TARGET == HWY_AVX3_DL
+  return 300.0;
+#elif HWY_TARGET == HWY_AVX3
+  return 85.0;
+#elif HWY_TARGET == HWY_AVX2
+  return 60.0;
+#elif HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+  return 2.0;
+#else
+  return 25.0;
+#endif
+}
+
 // Every panel of B (k × n), all groups → dst ([panel][group][column][kGroup]), split over the pool's panels.
 void PackAllPanels(const OperandB& b, std::size_t k, std::size_t n, PackedB* dst, ThreadPool* pool) {
   const std::size_t groups = DivUp(k, kGroup), panels = DivUp(n, PanelWidth());
@@ -888,7 +904,10 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
   const std::size_t panels = DivUp(cols, PanelWidth());
   const bool vnni = HWY_TARGET == HWY_AVX3_DL;
   std::size_t threads = pool != nullptr ? pool->threads() : 1;
-  if (rows * cols * k < kMinParallelMacs) threads = 1;
+  const std::size_t macs = rows * cols * k;
+  if (macs < kMinParallelMacs || (threads > 1 && !pool->worth_splitting(static_cast<double>(macs) / MacsPerNs()))) {
+    threads = 1;
+  }
   ThreadPool* const par = threads > 1 ? pool : nullptr;
   const OperandB& b = args.b;
   const auto* prepacked = static_cast<const PackedB*>(b.packed);

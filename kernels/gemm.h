@@ -10,8 +10,8 @@
 // Callers (the engine's operators) check R against kMaxReduction; the kernels themselves do no validation.
 //
 // Each function picks the best Highway target compiled in (see dispatch.h) and splits the work over the pool's
-// threads (not at all below a size where waking a second thread costs more than it saves). The result is
-// bit-identical for every thread count and every target: integer sums are exact.
+// threads when that pays (kMinParallelMacs below). The result is bit-identical for every thread count and every
+// target, split or not: integer sums are exact.
 //
 // int4 operands (two per byte) have their own entry points in int4.h.
 #pragma once
@@ -94,9 +94,11 @@ void gemm_forward_packed(const int8_t* x, const PackedWeights& w, int32_t* y, st
 // dX[n×k] = dY[n×m] · W with `w` from pack_weights_dgrad.
 void gemm_dgrad_packed(const int8_t* dy, const PackedWeights& w, int32_t* dx, std::size_t n, ThreadPool* pool);
 
-// Below this many multiply-adds (n·m·k) a product runs on the calling thread whatever the pool: waking a pool
-// thread costs more than it saves (measured: bench/README.md, "Threads").
-inline constexpr std::size_t kMinParallelMacs = std::size_t{1} << 22;
+// When a product uses the pool: never below this many multiply-adds (n·m·k, ~3 µs on AVX3_DL: less than waking a
+// pool thread costs even on an idle machine); above it, when the pool's SplitAdvisor (thread_pool.h) says the
+// time saved exceeds what its recent parallel calls cost beyond their work — measured at run time, because on a
+// shared machine that cost goes from microseconds to a scheduler time slice (bench/README.md, "Threads").
+inline constexpr std::size_t kMinParallelMacs = std::size_t{1} << 20;
 
 // How a product C[rows×cols] = A[rows×k]·B[k×cols] is split over `threads` threads on the active target (for
 // tests and benchmarks; kernels/gemm.cc describes the three ways). forward: (n, m, k); dgrad: (n, k, m);

@@ -175,7 +175,7 @@ TEST_P(GemmTarget, ExtremesAtMaximalReductionDoNotOverflow) {
 TEST_P(GemmTarget, BitIdenticalForAnyThreadCount) {
   const Shape shapes[] = {{67, 45, 300}, {64, 256, 784}, {3, 130, 77}};
   std::mt19937 rng(99);
-  ThreadPool one(1), two(2), three(3);
+  ThreadPool one(1), two(2, ThreadPool::Split::kAlways), three(3, ThreadPool::Split::kAlways);
   for (const Shape& s : shapes) {
     for (Layout l : kLayouts) {
       const Sizes z = sizes_of(l, s);
@@ -244,7 +244,7 @@ const Shape kSplitShapes[] = {{64, 256, 784},  {3000, 20, 100}, {40000, 10, 12},
 
 TEST_P(GemmTarget, EverySplitAndBlockingMatchesReferenceForAnyThreadCount) {
   std::mt19937 rng(7);
-  ThreadPool two(2), three(3);
+  ThreadPool two(2, ThreadPool::Split::kAlways), three(3, ThreadPool::Split::kAlways);
   std::set<GemmSplit> seen_two, seen_one;
   for (const Shape& s : kSplitShapes) {
     for (Layout l : kLayouts) {
@@ -291,7 +291,7 @@ TEST_P(GemmTarget, PackedWeightsMatchReference) {
                           {6, 70, 33},   {4, 3, 0},    {0, 3, 4},      {3, 0, 4},     {20, 3, 40000},
                           {64, 256, 784}, {3000, 20, 100}, {5, 2000, 70}, {97, 61, 3001}};
   std::mt19937 rng(31);
-  ThreadPool two(2);
+  ThreadPool two(2, ThreadPool::Split::kAlways);
   for (const Shape& s : shapes) {
     const auto x = random_int8(s.n * s.k, rng), dy = random_int8(s.n * s.m, rng), w = random_int8(s.m * s.k, rng);
     check_packed(s, x, dy, w, nullptr);
@@ -341,7 +341,7 @@ TEST_P(GemmTarget, Int4OperandsMatchReference) {
                                {2, 3, 129}, {4, 3, 0},   {3, 0, 4},    {0, 3, 4},      {33, 47, 17}};
   shapes.insert(shapes.end(), std::begin(kSplitShapes), std::end(kSplitShapes));
   std::mt19937 rng(4);
-  ThreadPool two(2);
+  ThreadPool two(2, ThreadPool::Split::kAlways);
   for (const Shape& s : shapes) {
     for (Layout l : kLayouts) {
       const Sizes z = sizes_of(l, s);
@@ -355,7 +355,7 @@ TEST_P(GemmTarget, Int4OperandsMatchReference) {
 TEST_P(GemmTarget, Int4PackedWeightsMatchReference) {
   const Shape shapes[] = {{3, 5, 7}, {17, 33, 65}, {64, 10, 784}, {6, 70, 33}, {3000, 20, 100}, {97, 61, 3001}};
   std::mt19937 rng(5);
-  ThreadPool two(2);
+  ThreadPool two(2, ThreadPool::Split::kAlways);
   for (const Shape& s : shapes) {
     for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &two}) {
       const auto x = random_int4(s.n * s.k, rng), dy = random_int4(s.n * s.m, rng), w = random_int4(s.m * s.k, rng);
@@ -489,6 +489,39 @@ TEST(Int4, LayoutIsLowNibbleFirstTwosComplement) {
     EXPECT_EQ(out[0], (byte & 0xF) >= 8 ? (byte & 0xF) - 16 : (byte & 0xF));
     EXPECT_EQ(out[1], (byte >> 4) >= 8 ? (byte >> 4) - 16 : (byte >> 4));
   }
+}
+
+TEST(ThreadPool, AdvisorSplitsOnlyWhenTheSavingExceedsTheMeasuredOverhead) {
+  SplitAdvisor a(2);
+  EXPECT_TRUE(a.worth_splitting(100.0));  // nothing measured yet: split, and measure
+  // A call that took its whole work on one thread (the other worker ran late): overhead 1e6 − 1e6/2, taken at
+  // once; a faster call afterwards only halves the distance.
+  a.observe(1e6, 1e6);
+  EXPECT_DOUBLE_EQ(a.overhead_ns(), 5e5);
+  a.observe(1e5, 1e5);
+  EXPECT_DOUBLE_EQ(a.overhead_ns(), 0.5 * (5e5 + 5e4));
+  a.observe(1e6, 1e6);
+  EXPECT_DOUBLE_EQ(a.overhead_ns(), 5e5);
+  EXPECT_TRUE(a.worth_splitting(2e6));  // saves 1e6 > 5e5
+  // Work that would save 5e4 < 5e5 is refused, but once kProbeRatio × 5e5 of it has been refused, one call
+  // probes: 1e5 a call → a probe every 80 calls.
+  int yes = 0;
+  for (int i = 0; i < 160; ++i) yes += a.worth_splitting(1e5) ? 1 : 0;
+  EXPECT_EQ(yes, 2) << "only the probes split";
+  // Calls that split perfectly bring the estimate back down, and small work splits again.
+  for (int i = 0; i < 40; ++i) a.observe(5e4, 1e5);
+  EXPECT_LT(a.overhead_ns(), 1.0);
+  EXPECT_TRUE(a.worth_splitting(1e3));
+  SplitAdvisor one(1);
+  EXPECT_FALSE(one.worth_splitting(1e12));
+
+  ThreadPool single(1), always(2, ThreadPool::Split::kAlways), measured(2);
+  EXPECT_FALSE(single.worth_splitting(1e12));
+  EXPECT_TRUE(always.worth_splitting(0.0));
+  EXPECT_TRUE(measured.worth_splitting(1e12));
+  // A parallel call feeds the advisor: the overhead estimate becomes a finite, non-negative time.
+  measured.parallel_for(8, 1, [](std::size_t, std::size_t) {});
+  EXPECT_GE(measured.advisor().overhead_ns(), 0.0);
 }
 
 TEST(ThreadPool, CoversEveryIndexOnceInBoundedTiles) {

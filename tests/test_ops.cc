@@ -183,7 +183,7 @@ void expect_identical(const Tensor& a, const Tensor& b, const std::string& what)
 // its own operands, on one thread and on two.
 TEST(Linear, PrepackedWeightsGiveBitIdenticalSteps) {
   for (const bool two_threads : {false, true}) {
-    kernels::ThreadPool pool(2);
+    kernels::ThreadPool pool(2, kernels::ThreadPool::Split::kAlways);
     LinearSpec spec;
     spec.in = 400;  // n·in·out above kernels::kMinParallelMacs: two threads really split the GEMMs
     spec.out = 90;
