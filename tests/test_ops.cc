@@ -165,67 +165,6 @@ TEST(Linear, GradientApproximatesUnquantizedFloatGradient) {
   EXPECT_LT(std::sqrt(err / norm), 0.03);
 }
 
-// Same dtype, shape, exponents and integers.
-void expect_identical(const Tensor& a, const Tensor& b, const std::string& what) {
-  ASSERT_EQ(a.dtype(), b.dtype()) << what;
-  ASSERT_EQ(a.rows(), b.rows()) << what;
-  ASSERT_EQ(a.cols(), b.cols()) << what;
-  EXPECT_EQ(a.exponents(), b.exponents()) << what;
-  if (a.dtype() == DType::kI8) {
-    EXPECT_TRUE(std::equal(a.data<int8_t>(), a.data<int8_t>() + a.size(), b.data<int8_t>())) << what;
-  } else {
-    EXPECT_TRUE(std::equal(a.data<int32_t>(), a.data<int32_t>() + a.size(), b.data<int32_t>())) << what;
-  }
-}
-
-// Packing the weights once per parameter version (the default) changes nothing: training steps, the optimizer's
-// updates between them (new versions) and evaluation forwards give the same integers as letting every GEMM pack
-// its own operands, on one thread and on two.
-TEST(Linear, PrepackedWeightsGiveBitIdenticalSteps) {
-  for (const bool two_threads : {false, true}) {
-    kernels::ThreadPool pool(2, kernels::ThreadPool::Split::kAlways);
-    LinearSpec spec;
-    spec.in = 400;  // n·in·out above kernels::kMinParallelMacs: two threads really split the GEMMs
-    spec.out = 90;
-    spec.weight_bits = spec.act_bits = spec.grad_bits = 4;
-    spec.groups = quant::max_groups(4);
-    LinearSpec plain_spec = spec;
-    plain_spec.prepack_weights = false;
-    Linear packed(spec, 2, 9), plain(plain_spec, 2, 9);
-    Sgd sgd_packed({0.9, 5e-4}), sgd_plain({0.9, 5e-4});
-    const std::size_t n = 130;
-    static_assert(130 * 400 * 90 >= kernels::kMinParallelMacs);
-    for (uint64_t step = 0; step < 4; ++step) {
-      SCOPED_TRACE("step " + std::to_string(step) + (two_threads ? ", 2 threads" : ", 1 thread"));
-      Tensor xt = random_i32(n, spec.in, 100000, -20, 10 + step);
-      for (std::size_t i = 0; i < xt.size(); ++i) xt.data<int32_t>()[i] = std::abs(xt.data<int32_t>()[i]);
-      const Tensor dy = random_i32(n, spec.out, 1 << 20, -26, 20 + step);
-      VarPtr x[2], y[2];
-      Linear* layers[2] = {&packed, &plain};
-      for (int l = 0; l < 2; ++l) {
-        Tape tape;
-        const StepContext ctx{two_threads ? &pool : nullptr, &tape, 5, step};
-        x[l] = var(xt);
-        y[l] = layers[l]->forward(ctx, x[l]);
-        y[l]->grad = dy;
-        y[l]->has_grad = true;
-        tape.backward();
-      }
-      expect_identical(y[0]->value, y[1]->value, "forward");
-      ASSERT_TRUE(x[0]->has_grad && x[1]->has_grad);
-      expect_identical(x[0]->grad, x[1]->grad, "input gradient");
-      expect_identical(packed.weight().grad, plain.weight().grad, "weight gradient");
-      expect_identical(packed.bias().grad, plain.bias().grad, "bias gradient");
-      sgd_packed.step(packed.params(), 0.05, step, 5);
-      sgd_plain.step(plain.params(), 0.05, step, 5);
-      expect_identical(packed.weight().master, plain.weight().master, "updated weights");
-      // An evaluation forward of the new version.
-      const StepContext eval{two_threads ? &pool : nullptr, nullptr, 5, step};
-      expect_identical(packed.forward(eval, var(xt))->value, plain.forward(eval, var(xt))->value, "eval forward");
-    }
-  }
-}
-
 TEST(Relu, ForwardAndBackward) {
   Tensor xt = random_i32(5, 7, 1000, -3, 9);
   auto x = var(xt);
