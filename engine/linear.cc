@@ -56,11 +56,12 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   kernels::gemm_forward(xq->data<int8_t>(), wq->q.data<int8_t>(), y, n, m, k, ctx.pool);
   std::vector<int> e_out(m);
   for (std::size_t c = 0; c < m; ++c) e_out[c] = ex + wq->q.exponents()[c];
-  // Bias, moved from its master exponent to each output column's exponent.
+  // Bias, moved from its master exponent to each output column's exponent (saturating: a bias far coarser than the
+  // column, after a diverged run or from a hostile model file, must not overflow the shift; found by fuzz_model).
   const int32_t* b = bias_.master.data<int32_t>();
   const int eb = bias_.master.exponent();
   std::vector<int64_t> b_aligned(m);
-  for (std::size_t c = 0; c < m; ++c) b_aligned[c] = quant::shift_round_even(b[c], e_out[c] - eb);
+  for (std::size_t c = 0; c < m; ++c) b_aligned[c] = quant::shift_round_even_sat(b[c], e_out[c] - eb);
   for (std::size_t r = 0; r < n; ++r)
     for (std::size_t c = 0; c < m; ++c) y[r * m + c] = quant::saturate_i32(int64_t{y[r * m + c]} + b_aligned[c]);
   out->value.set_exponents(ScaleAxis::kCol, std::move(e_out));

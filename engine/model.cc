@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include <cstdint>
 #include <sstream>
 
 #include "engine/conv2d.h"
@@ -67,6 +68,25 @@ std::string ModelSpec::describe() const {
   o << " W" << bits.weight << "A" << bits.act << "G" << bits.grad << " N_G=" << resolved_groups();
   if (convolutional()) o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits();
   return o.str();
+}
+
+std::size_t ModelSpec::size_bound() const {
+  constexpr uint64_t kCap = uint64_t{1} << 62;
+  auto mul = [](uint64_t a, uint64_t b) { return a != 0 && b > kCap / a ? kCap : a * b; };
+  auto add = [](uint64_t a, uint64_t b) { return a + b > kCap ? kCap : a + b; };
+  uint64_t n = 0;
+  if (kind == "mlp") {
+    for (std::size_t i = 0; i + 1 < sizes.size(); ++i) n = add(n, mul(sizes[i] + 1, sizes[i + 1]));
+  } else if (kind == "cnn") {
+    // conv3x3(in_c→32), conv3x3(32→64) with norms, FC((h/4)(w/4)·64 → 128), FC(128 → classes).
+    n = add(mul(9 * 32, in_c), mul(mul(in_h / 4 + 2, in_w / 4 + 2), 64 * 128 + 128));
+    n = add(n, add(mul(129, classes), uint64_t{1} << 18));
+  } else {
+    // resnet8/resnet20: the first conv reads in_c channels, the FC writes `classes`; the blocks are fixed (the
+    // 64-channel stage of resnet20 is about 0.27 M parameters with its norms).
+    n = add(add(mul(9 * 16, in_c), mul(65, classes)), uint64_t{1} << 19);
+  }
+  return n >= kCap ? SIZE_MAX : static_cast<std::size_t>(n);
 }
 
 Model::Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers)

@@ -42,6 +42,11 @@ struct ModelSpec {
   // Throws UsageError naming the flag and the valid range.
   void validate() const;
   std::string describe() const;  // "mlp 784-256-128-10 W4A4G4 N_G=5"
+  // An upper bound on the int32 elements (parameters and buffers) build_model allocates for this valid spec, at
+  // most about twice the true count plus 2^20, computed without allocating (saturates at SIZE_MAX). File readers
+  // compare it with the file's size before building anything, so a header that describes a huge model on a small
+  // file is refused without a huge allocation. Every model kind must be covered (tests hold it to build_model).
+  std::size_t size_bound() const;
 };
 
 // Names the models `build_model` knows, for help texts and errors.

@@ -11,7 +11,6 @@
 #include "kernels/norm.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
-#include "quant/uninit_vector.h"
 
 namespace qtrain {
 namespace {
@@ -254,11 +253,12 @@ const Fx kC = fx_const(std::sqrt(std::acos(-1.0) / 2));  // c = sqrt(π/2)
 
 // What a batch norm's backward needs from its forward.
 struct BatchSaved {
-  UninitVector<int16_t> d;  // working values, rows×C (norm_apply writes every one)
-  std::vector<Fx> rho;     // x̂ per unit of d
-  std::vector<Fx> gamma;   // the step's 15-bit γ
-  std::vector<int> unit;   // exponent of one unit of d: e_c + k_c
+  std::unique_ptr<int16_t[]> d;  // working values, rows×C (written in full by the forward: not zero-filled)
+  std::vector<Fx> rho;           // x̂ per unit of d
+  std::vector<Fx> gamma;         // the step's 15-bit γ
+  std::vector<int> unit;         // exponent of one unit of d: e_c + k_c
   std::vector<uint64_t> dmax;
+  std::vector<int64_t> sum_sign;  // L1: Σ sign(d) per channel (the backward's mean(s))
 };
 
 }  // namespace
@@ -286,13 +286,13 @@ std::string BatchNorm::name() const {
 // Forward, per channel c over the m rows (float formula in norm.h):
 //   pass 1  Σx, min x, max x                                  (kernels::norm_stats)
 //           k, μ' = R(Σx/m, k)  (eval: μ' = R(running mean, k))  → d = R(x, k) − μ', |d| ≤ 2^15 − 1
-//   pass 2  L1: Σ|d|   L2: Σd²                                (kernels::norm_abs_dev / norm_sq_dev; training only)
+//   pass 2  L1: Σ|d| and Σsign(d)   L2: Σd²                   (kernels::norm_abs_dev / norm_sq_dev; training only)
 //           ρ = 1/(c·Σ|d|/m + ε/2^(e_c+k))   L2: ρ = 1/sqrt(Σd²/m + ε/2^(2(e_c+k)))     x̂ = d·ρ
 //           (eval: σ₁ or the variance from the running statistics, same formulas)
 //   pass 3  y = γ·x̂ + β = d·(γρ) + β  →  y_q = R((d·a) / 2^t) + β_q at one output exponent (kernels::norm_apply),
 //           storing d as int16 for the backward.
 // Backward, per channel (g = γ·dy, u = R(dy, k_dy) the 16-bit working gradient):
-//   pass 1  Σdy, max|dy|, Σdy·d, and Σsign(d) for L1                  (kernels::norm_grad_stats)
+//   pass 1  Σdy, max|dy|, Σdy·d                                        (kernels::norm_grad_stats)
 //           mean(g·x̂) = γ·ρ·Σdy·d/m
 //   L1      dx = γρ/2^(e_c+k)·[dy − mean(dy) − c·mean(dy·x̂)·(s − mean(s))]
 //              = u·A + s·K + B   with A = γρ·2^(e_dy+k_dy−e_c−k), K = −γρ·c·mean(dy·x̂)/2^(e_c+k),
@@ -352,7 +352,8 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
   if (training) {
     std::vector<int64_t> dev(nc);
     if (l1) {
-      kernels::norm_abs_dev(xp, m, nc, col, dev.data());
+      saved->sum_sign.resize(nc);
+      kernels::norm_abs_dev(xp, m, nc, col, dev.data(), saved->sum_sign.data());
     } else {
       kernels::norm_sq_dev(xp, m, nc, col, dev.data());
     }
@@ -414,9 +415,9 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
   }
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(m, nc, DType::kI32, e_out);  // norm_apply writes every element
-  if (training) saved->d.resize(m * nc);
+  if (training) saved->d.reset(new int16_t[m * nc]);
   kernels::norm_apply(xp, m, nc, col, {a.data(), nullptr, t.data(), cc.data()}, out->value.data<int32_t>(),
-                      training ? saved->d.data() : nullptr);
+                      training ? saved->d.get() : nullptr);
   if (!training) return out;
 
   ctx.tape->record([this, x, out, saved, m, nc, l1] {
@@ -425,11 +426,11 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
     if (dy.axis() != ScaleAxis::kTensor) throw std::logic_error(name() + ": gradient with several exponents");
     const int e_dy = dy.exponent();
     const Fx mm{static_cast<int64_t>(m), 0};
-    std::vector<int64_t> sum_dy(nc), sum_sign(nc);
+    std::vector<int64_t> sum_dy(nc);
     std::vector<int32_t> mn(nc), mx(nc), kd(nc), zero(nc, 0);
     std::vector<kernels::WideSum> sum_dy_d(nc);
-    kernels::norm_grad_stats(dy.data<int32_t>(), saved->d.data(), m, nc, sum_dy.data(), mn.data(), mx.data(),
-                             sum_dy_d.data(), l1 ? sum_sign.data() : nullptr);
+    kernels::norm_grad_stats(dy.data<int32_t>(), saved->d.get(), m, nc, sum_dy.data(), mn.data(), mx.data(),
+                             sum_dy_d.data());
     std::vector<Fx> dgamma(nc), dbeta(nc), bias_dx(nc);
     std::vector<Term> ta(nc), tb(nc);
     int e_dx = kNoConstraint;
@@ -447,7 +448,7 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
       gr.e -= saved->unit[c];
       ta[c] = {{gr.m, gr.e + e_dy + kd[c]}, working_bound(amax, kd[c])};
       if (l1) {
-        const Fx mean_s = fx_div({sum_sign[c], 0}, mm);
+        const Fx mean_s = fx_div({saved->sum_sign[c], 0}, mm);
         const Fx c_mean_dy_xhat = fx_mul(kC, mean_dy_xhat);
         tb[c] = {fx_neg(fx_mul(gr, c_mean_dy_xhat)), saved->dmax[c] > 0 ? 1u : 0u};
         bias_dx[c] = fx_neg(fx_mul(gr, fx_sub(mean_dy, fx_mul(c_mean_dy_xhat, mean_s))));
@@ -471,9 +472,9 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
       const kernels::NormColumns gcol{kd.data(), zero.data()};
       const kernels::NormAffine aff{a2.data(), b2.data(), t2.data(), c2.data()};
       if (l1) {
-        kernels::norm_grad_apply_l1(dy.data<int32_t>(), saved->d.data(), m, nc, gcol, aff, dx.data<int32_t>());
+        kernels::norm_grad_apply_l1(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>());
       } else {
-        kernels::norm_grad_apply_l2(dy.data<int32_t>(), saved->d.data(), m, nc, gcol, aff, dx.data<int32_t>());
+        kernels::norm_grad_apply_l2(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>());
       }
       accumulate_grad(*x, std::move(dx));
     }

@@ -24,8 +24,8 @@
 //   * Statistics. Σ|d| (L1) or Σd² (L2), exact in int64. One integer division per channel turns them into the
 //     reciprocal ρ = 1/(c·σ₁ + ε) per unit of d (L2: an integer square root, then the division), so x̂ = d·ρ.
 //     ρ has 31 significant bits; x̂ is never rounded on its own in a batch norm — γ·ρ is folded into one per-channel
-//     multiplier with ≥ 14 significant bits, and the output is y = R((d·a) / 2^t) + β' in int32 arithmetic
-//     (|d·a| ≤ 2^29). The layer norm, whose γ varies along its reduction axis, stores x̂ in 15-bit fixed point.
+//     multiplier a with ≥ 13 significant bits (|a|·max|d| ≈ 2^28..2^29), and the output is y = R((d·a) / 2^t) + β'
+//     in int32 arithmetic. The layer norm, whose γ varies along its reduction axis, stores x̂ in 15-bit fixed point.
 //   * Per-channel scalars (μ, σ₁, ρ, means of the backward) are integers with a power-of-two exponent
 //     (mantissa ≤ 62 bits), computed with integer adds, multiplies, one division and one square root; floats appear
 //     only as constants (c, ε, momentum), turned into dyadic numbers once.
@@ -34,7 +34,7 @@
 //     (max|d|·|γρ| + |β|): scale invariance makes the range known without calibration.
 //   * Backward: dx = R((u·a + w·b) / 2^t) + c' per element with u = R(dy, k_dy) the 16-bit working gradient,
 //     w = sign(d) for L1 (a select, no multiply) or w = d for L2; per-channel a, b, c' from the exact sums Σdy,
-//     Σdy·d, Σsign(d). dx is int32 with one exponent.
+//     Σdy·d and (L1, counted by the forward's Σ|d| pass) Σsign(d). dx is int32 with one exponent.
 // Bounds: rows < 2^30 for a batch norm (every per-column sum is exact in int64, see kernels/norm.h); F ≤ 2^16
 // features for a layer norm (its row sums Σγdy·d < 2^45·F stay in int64).
 #pragma once

@@ -5,7 +5,7 @@
 // never rounded away before it reaches the buffer. η·v is rounded into E stochastically: an update smaller than
 // one step still moves the weight by the right amount on average (the classic failure of low-precision updates).
 // The momentum buffer is stored as int32 at the finest exponent that holds it; the master weights move to a
-// coarser exponent when |w| would reach 2^30, so neither overflows.
+// coarser exponent when |w| would need more than 30 bits (|w| ≤ 2^30 after it), so neither overflows.
 #pragma once
 
 #include <cstdint>

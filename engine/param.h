@@ -12,7 +12,7 @@ namespace qtrain {
 struct Param {
   std::string name;
   uint32_t id = 0;        // stable id: keys this parameter's random streams
-  Tensor master;          // int32, one exponent; the optimizer keeps |master| < 2^30 by moving the exponent
+  Tensor master;          // int32, one exponent; the optimizer keeps |master| ≤ 2^30 by moving the exponent
   Tensor momentum;        // int32, one exponent (moves with the buffer's magnitude)
   Tensor grad;            // int32, one exponent per row or per tensor; valid while has_grad
   bool has_grad = false;

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -13,6 +12,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "engine/binary_io.h"
+#include "engine/json_io.h"
 #include "quant/error.h"
 
 namespace qtrain {
@@ -21,118 +22,11 @@ namespace {
 constexpr char kMagic[8] = {'Q', 'T', 'R', 'N', 'M', 'D', 'L', '1'};
 constexpr uint32_t kVersion = 1;
 constexpr std::size_t kMaxFileBytes = std::size_t{1} << 31;
+constexpr int kMaxExponent = 200;
 
-template <typename T>
-void put(std::string& out, T v) {
-  char b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));  // the formats are little-endian; so is every machine qtrain targets
-  out.append(b, sizeof(T));
-}
+using binary_io::put;
+using binary_io::Reader;
 
-class Reader {
- public:
-  Reader(const std::string& path, const std::string& bytes) : path_(path), bytes_(bytes) {}
-  template <typename T>
-  T get(const char* what) {
-    need(sizeof(T), what);
-    T v;
-    std::memcpy(&v, bytes_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  std::string take(std::size_t n, const char* what) {
-    need(n, what);
-    std::string s = bytes_.substr(pos_, n);
-    pos_ += n;
-    return s;
-  }
-  [[noreturn]] void fail(const std::string& msg) const {
-    throw InputError(path_ + ": byte " + std::to_string(pos_) + ": " + msg);
-  }
-  std::size_t pos() const { return pos_; }
-
- private:
-  void need(std::size_t n, const char* what) const {
-    if (bytes_.size() - pos_ < n)
-      fail(std::string("file ends inside the ") + what + " (truncated: " + std::to_string(bytes_.size()) +
-           " bytes in all)");
-  }
-  const std::string& path_;
-  const std::string& bytes_;
-  std::size_t pos_ = 0;
-};
-
-nlohmann::json spec_to_json(const ModelSpec& s) {
-  nlohmann::json j = {{"kind", s.kind},
-                      {"sizes", s.sizes},
-                      {"bits", {{"weight", s.bits.weight}, {"act", s.bits.act}, {"grad", s.bits.grad}}},
-                      {"input_bits", s.input_bits},
-                      {"groups", s.groups}};
-  if (s.convolutional()) {  // MLP files stay exactly as they were
-    j["input"] = {s.in_h, s.in_w, s.in_c};
-    j["classes"] = s.classes;
-    j["edge_bits"] = s.edge_bits;
-    j["norm"] = s.norm;
-  }
-  return j;
-}
-
-// One channel: scalars and one table (the original single-channel form, kept so those files do not change);
-// several: an array entry per channel for mean, stddev and table.
-nlohmann::json norm_to_json(const data::PixelNorm& n) {
-  nlohmann::json mean = nlohmann::json::array(), stddev = nlohmann::json::array(), table = nlohmann::json::array();
-  for (const data::ChannelNorm& c : n.channels) {
-    mean.push_back(c.mean);
-    stddev.push_back(c.stddev);
-    table.push_back(std::vector<int>(c.table.begin(), c.table.end()));
-  }
-  if (n.channels.size() == 1)
-    return {{"mean", mean[0]}, {"stddev", stddev[0]}, {"exponent", n.exponent}, {"table", table[0]}};
-  return {{"mean", mean}, {"stddev", stddev}, {"exponent", n.exponent}, {"table", table}};
-}
-
-// Reads either form of norm_to_json.
-data::PixelNorm norm_from_json(const nlohmann::json& j) {
-  const bool single = !j.at("mean").is_array();
-  const auto per_channel = [&](const char* key) { return single ? nlohmann::json::array({j.at(key)}) : j.at(key); };
-  const auto mean = per_channel("mean").get<std::vector<double>>();
-  const auto stddev = per_channel("stddev").get<std::vector<double>>();
-  const auto tables = per_channel("table").get<std::vector<std::vector<int>>>();
-  if (mean.empty() || stddev.size() != mean.size() || tables.size() != mean.size())
-    throw std::runtime_error("pixel_norm needs one mean, stddev and table per channel");
-  data::PixelNorm n;
-  n.exponent = j.at("exponent").get<int>();
-  n.channels.resize(mean.size());
-  for (std::size_t c = 0; c < mean.size(); ++c) {
-    if (tables[c].size() != 256) throw std::runtime_error("pixel_norm.table must have 256 entries");
-    n.channels[c].mean = mean[c];
-    n.channels[c].stddev = stddev[c];
-    for (std::size_t i = 0; i < 256; ++i) n.channels[c].table[i] = static_cast<int8_t>(tables[c][i]);
-  }
-  return n;
-}
-
-ModelSpec spec_from_json(const nlohmann::json& j) {
-  ModelSpec s;
-  s.kind = j.at("kind").get<std::string>();
-  s.sizes = j.at("sizes").get<std::vector<std::size_t>>();
-  s.bits.weight = j.at("bits").at("weight").get<int>();
-  s.bits.act = j.at("bits").at("act").get<int>();
-  s.bits.grad = j.at("bits").at("grad").get<int>();
-  s.input_bits = j.at("input_bits").get<int>();
-  s.groups = j.at("groups").get<int>();
-  if (j.contains("input")) {
-    const auto in = j.at("input").get<std::vector<std::size_t>>();
-    if (in.size() != 3) throw std::runtime_error("model.input must be [height, width, channels]");
-    s.in_h = in[0];
-    s.in_w = in[1];
-    s.in_c = in[2];
-    s.classes = j.at("classes").get<std::size_t>();
-    s.edge_bits = j.at("edge_bits").get<int>();
-    s.norm = j.at("norm").get<std::string>();
-  }
-  return s;
-}
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
@@ -151,17 +45,34 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     }
     done += static_cast<std::size_t>(w);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw std::runtime_error("cannot write '" + path + "': " + std::strerror(err));
+  }
+  if (::close(fd) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
     throw std::runtime_error("cannot write '" + path + "': " + std::strerror(err));
+  }
+  // The rename is durable only once the directory entry is on disk too.
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    const int rc = ::fsync(dfd);
+    const int err = errno;
+    ::close(dfd);
+    // Some file systems cannot fsync a directory (EINVAL); the data itself is already on disk then.
+    if (rc != 0 && err != EINVAL && err != EROFS)
+      throw std::runtime_error("cannot write '" + path + "': fsync of its directory: " + std::strerror(err));
   }
 }
 
 void save_model(const std::string& path, Model& model, const data::PixelNorm& norm) {
   nlohmann::json header;
-  header["model"] = spec_to_json(model.spec());
-  header["pixel_norm"] = norm_to_json(norm);
+  header["model"] = json_io::spec_to_json(model.spec());
+  header["pixel_norm"] = json_io::norm_to_json(norm);
   nlohmann::json params = nlohmann::json::array();
   for (Param* p : model.params())
     params.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}});
@@ -174,30 +85,20 @@ void save_model(const std::string& path, Model& model, const data::PixelNorm& no
   out += h;
   for (Param* p : model.params()) {
     put<int32_t>(out, p->master.exponent());
-    out.append(reinterpret_cast<const char*>(p->master.data<int32_t>()), p->master.size() * sizeof(int32_t));
+    binary_io::put_i32_values(out, p->master);
   }
-  // Buffers (running statistics): their exponents (one per column), then the int32 data. Shapes follow the spec.
-  for (Tensor* t : model.buffers()) {
-    for (std::size_t c = 0; c < t->cols(); ++c) put<int32_t>(out, t->exponent_at(0, c));
-    out.append(reinterpret_cast<const char*>(t->data<int32_t>()), t->size() * sizeof(int32_t));
-  }
-  put<uint32_t>(out, static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(out.data()),
-                                                 static_cast<uInt>(out.size()))));
+  binary_io::put_buffers(out, model);
+  put<uint32_t>(out, binary_io::crc32_of(out.data(), out.size()));
   write_file_atomic(path, out);
 }
 
 LoadedModel load_model(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw InputError(path + ": is a directory, not a model file");
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) throw InputError(path + ": cannot open model file: " + std::strerror(errno));
-  const auto size = static_cast<std::size_t>(f.tellg());
-  if (size > kMaxFileBytes) throw InputError(path + ": " + std::to_string(size) + " bytes is too large for a model file");
-  std::string bytes(size, '\0');
-  f.seekg(0);
-  f.read(bytes.data(), static_cast<std::streamsize>(size));
+  return parse_model(path, binary_io::read_file_bounded(path, "model file", kMaxFileBytes));
+}
+
+LoadedModel parse_model(const std::string& path, const std::string& bytes) {
   Reader r(path, bytes);
-  if (r.take(sizeof(kMagic), "magic") != std::string(kMagic, sizeof(kMagic)))
+  if (bytes.size() < sizeof(kMagic) || r.take(sizeof(kMagic), "magic") != std::string(kMagic, sizeof(kMagic)))
     throw InputError(path + ": byte 0: not a qtrain model file (bad magic)");
   const uint32_t version = r.get<uint32_t>("version");
   if (version != kVersion)
@@ -207,53 +108,67 @@ LoadedModel load_model(const std::string& path) {
   const std::size_t hpos = r.pos();
   const std::string htext = r.take(hlen, "header");
   LoadedModel out;
-  std::vector<std::pair<std::size_t, std::size_t>> shapes;
+  ModelSpec spec;
+  nlohmann::json listed;
   try {
     const nlohmann::json h = nlohmann::json::parse(htext);
-    const ModelSpec spec = spec_from_json(h.at("model"));
-    spec.validate();
-    out.norm = norm_from_json(h.at("pixel_norm"));
-    for (const auto& p : h.at("params")) shapes.emplace_back(p.at("rows").get<std::size_t>(), p.at("cols").get<std::size_t>());
-    out.model = build_model(spec, 0);
-  } catch (const InputError&) {
-    throw;
+    const json_io::Fields root(h, "");
+    spec = json_io::spec_from_json(root.object("model"));
+    out.norm = json_io::norm_from_json(root.object("pixel_norm"));
+    listed = root.array("params");
+    binary_io::check_size_bound(spec, bytes.size());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw InputError(path + ": byte " + std::to_string(hpos) + ": the header is not valid JSON (" + e.what() + ")");
   } catch (const std::exception& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());
   }
+  out.model = build_model(spec, 0);
   const std::vector<Param*> params = out.model->params();
-  if (shapes.size() != params.size())
-    throw InputError(path + ": byte " + std::to_string(hpos) + ": header lists " + std::to_string(shapes.size()) +
-                     " parameters, the model has " + std::to_string(params.size()));
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    Param* p = params[i];
-    if (shapes[i].first != p->master.rows() || shapes[i].second != p->master.cols())
-      r.fail("parameter " + p->name + " has shape " + std::to_string(shapes[i].first) + "x" +
-             std::to_string(shapes[i].second) + ", the model expects " + std::to_string(p->master.rows()) + "x" +
-             std::to_string(p->master.cols()));
+  try {
+    if (listed.size() != params.size())
+      throw std::runtime_error("params lists " + std::to_string(listed.size()) + " parameters, the model has " +
+                               std::to_string(params.size()));
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const json_io::Fields p(listed[i], "params[" + std::to_string(i) + "]");
+      const std::string name = p.string("name");
+      const auto rows = p.integer("rows", 0, INT64_MAX), cols = p.integer("cols", 0, INT64_MAX);
+      const Tensor& m = params[i]->master;
+      if (name != params[i]->name || static_cast<std::size_t>(rows) != m.rows() ||
+          static_cast<std::size_t>(cols) != m.cols())
+        throw std::runtime_error("params[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
+                                 std::to_string(cols) + ", the model has " + params[i]->name + " " +
+                                 std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
+    }
+  } catch (const std::exception& e) {
+    throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());
+  }
+  // The bytes the model needs must be exactly the bytes the file holds.
+  const uint64_t need = binary_io::param_bytes(*out.model) + binary_io::buffer_bytes(*out.model) + 4;
+  const uint64_t have = bytes.size() - r.pos();
+  if (have < need)
+    r.fail("the model needs " + std::to_string(need) + " bytes of parameters, statistics and checksum, the file " +
+           "holds " + std::to_string(have) + " (truncated)");
+  if (have > need)
+    r.fail("the model needs " + std::to_string(need) + " bytes of parameters, statistics and checksum, the file " +
+           "holds " + std::to_string(have) + " (" + std::to_string(have - need) + " unexpected bytes after the checksum)");
+  const std::size_t crc_pos = bytes.size() - 4;
+  uint32_t stored;
+  std::memcpy(&stored, bytes.data() + crc_pos, 4);
+  if (stored != binary_io::crc32_of(bytes.data(), crc_pos))
+    throw InputError(path + ": byte " + std::to_string(crc_pos) + ": checksum mismatch (the file is corrupt)");
+  for (Param* p : params) {
+    const std::size_t at = r.pos();
     const int32_t e = r.get<int32_t>("parameter exponent");
-    if (e < -200 || e > 200) r.fail("parameter " + p->name + " exponent " + std::to_string(e) + " is out of range");
-    const std::string data = r.take(p->master.size() * sizeof(int32_t), "parameter data");
-    std::memcpy(p->master.data<int32_t>(), data.data(), data.size());
+    if (e < -kMaxExponent || e > kMaxExponent)
+      throw InputError(path + ": byte " + std::to_string(at) + ": parameter " + p->name + " exponent " +
+                       std::to_string(e) + " is out of range " + std::to_string(-kMaxExponent) + ".." +
+                       std::to_string(kMaxExponent));
+    r.read_i32_values(p->master, "parameter " + p->name);
     p->master.set_exponent(e);
     p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, e);
     ++p->version;
   }
-  for (Tensor* t : out.model->buffers()) {
-    std::vector<int> exps(t->cols());
-    for (int& e : exps) {
-      e = r.get<int32_t>("running-statistics exponent");
-      if (e < -200 || e > 200) r.fail("running-statistics exponent " + std::to_string(e) + " is out of range");
-    }
-    const std::string data = r.take(t->size() * sizeof(int32_t), "running statistics");
-    std::memcpy(t->data<int32_t>(), data.data(), data.size());
-    t->set_exponents(t->cols() == 1 ? ScaleAxis::kTensor : ScaleAxis::kCol, std::move(exps));
-  }
-  const std::size_t crc_pos = r.pos();
-  const uint32_t stored = r.get<uint32_t>("checksum");
-  const auto actual = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(crc_pos)));
-  if (stored != actual) throw InputError(path + ": byte " + std::to_string(crc_pos) + ": checksum mismatch (the file is corrupt)");
-  if (r.pos() != bytes.size())
-    r.fail(std::to_string(bytes.size() - r.pos()) + " unexpected bytes after the checksum");
+  binary_io::read_buffers(r, *out.model);
   return out;
 }
 

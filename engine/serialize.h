@@ -23,10 +23,16 @@ struct LoadedModel {
 
 // Throws std::runtime_error naming the file when it cannot be written.
 void save_model(const std::string& path, Model& model, const data::PixelNorm& norm);
-// Throws InputError naming the file and byte offset when it is missing, truncated, corrupt or of another version.
+// Throws InputError naming the file and byte offset when it is missing, truncated, corrupt or of another version,
+// or when its header is invalid (unknown model kind, bit-widths out of range, non-numbers, sizes that do not
+// match the file). Nothing is allocated beyond the file's own size before the sizes are checked.
 LoadedModel load_model(const std::string& path);
+// The same for a file already in memory; `path` is only used in messages (the fuzz target calls this).
+LoadedModel parse_model(const std::string& path, const std::string& bytes);
 
-// Writes `bytes` to `path` atomically (temporary file, fsync, rename). Shared by every writer of result files.
+// Writes `bytes` to `path` atomically: a temporary file `path.tmp.<pid>` in the same directory, fsync, rename over
+// `path`, fsync of the directory. A crash at any moment leaves either the old file or the new one, never a mix
+// (at worst a stray temporary file). Shared by every writer of result files and checkpoints.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
 }  // namespace qtrain

@@ -1,6 +1,10 @@
 #include "engine/trainer.h"
 
+#include <zlib.h>
+
 #include <chrono>
+#include <cmath>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,7 +48,8 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       model_(model ? std::move(model) : (cfg.validate(), build_model(cfg.model, cfg.seed))),
       pool_(cfg.threads),
       batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true, cfg.augment),
-      sgd_(cfg.sgd) {
+      sgd_(cfg.sgd),
+      health_(cfg.health) {
   cfg_.model = model_->spec();
   const ModelSpec& ms = cfg_.model;
   const bool fits = ms.convolutional()
@@ -62,9 +67,34 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
   schedule_.total_steps = static_cast<uint64_t>(cfg.epochs) * batcher_.batches();
 }
 
+namespace {
+// Every weight gradient (all parameters but biases) of this step is exactly zero.
+bool weight_grads_zero(const std::vector<Param*>& params) {
+  for (const Param* p : params) {
+    const std::string& n = p->name;
+    if (n.size() >= 5 && n.compare(n.size() - 5, 5, ".bias") == 0) continue;
+    if (!p->has_grad) continue;
+    const int32_t* g = p->grad.data<int32_t>();
+    for (std::size_t i = 0, size = p->grad.size(); i < size; ++i)
+      if (g[i] != 0) return false;
+  }
+  return true;
+}
+}  // namespace
+
 EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
                                   const std::function<void(const Progress&)>& progress) {
-  if (started_ < 0) started_ = now_seconds();
+  if (started_ < 0) {
+    started_ = now_seconds();
+    started_step_ = state_.global_step;
+  }
+  TrainState& st = state_;
+  if (st.epoch != epoch || st.step_in_epoch > batcher_.batches()) {  // a fresh epoch
+    st.epoch = epoch;
+    st.step_in_epoch = 0;
+    st.loss_sum = 0;
+    st.correct = st.seen = 0;
+  }
   batcher_.start_epoch(static_cast<uint64_t>(epoch - 1));
   const std::size_t steps = batcher_.batches(), isz = batcher_.image_size();
   std::vector<int8_t> images(cfg_.batch * isz);
@@ -72,21 +102,29 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
   Tape tape;
   const std::vector<Param*> params = model_->params();
   const double t0 = now_seconds();
-  double loss_sum = 0;
-  std::size_t correct = 0, seen = 0;
-  double lr = 0;
-  for (std::size_t b = 0; b < steps; ++b) {
+  std::size_t seen_now = 0;
+  const double total = static_cast<double>(cfg_.epochs) * static_cast<double>(steps);
+  for (std::size_t b = st.step_in_epoch; b < steps; ++b) {
     const std::size_t n = batcher_.fill(b, images.data(), labels.data());
-    StepContext ctx{&pool_, &tape, cfg_.seed, step_};
+    StepContext ctx{&pool_, &tape, cfg_.seed, st.global_step};
     VarPtr logits = model_->forward(ctx, batch_input(model_->spec(), images.data(), n, isz, norm_.exponent));
     const LossResult r = softmax_cross_entropy(ctx, logits, labels.data());
     tape.backward();
-    lr = schedule_.at(step_);
-    sgd_.step(params, lr, step_, cfg_.seed);
-    ++step_;
-    loss_sum += r.loss * static_cast<double>(n);
-    correct += r.correct;
-    seen += n;
+    const bool grads_zero = weight_grads_zero(params);
+    sgd_.step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed);
+    ++st.global_step;
+    st.step_in_epoch = b + 1;
+    st.loss_sum += r.loss * static_cast<double>(n);
+    st.correct += r.correct;
+    st.seen += n;
+    seen_now += n;
+    const double running = st.loss_sum / static_cast<double>(st.seen);
+    const std::string verdict = health_.observe(epoch, running, r.loss, grads_zero);
+    st.health = health_.state();
+    if (!verdict.empty())
+      throw TrainingHealthError("epoch " + std::to_string(epoch) + ", step " + std::to_string(b + 1) + "/" +
+                                std::to_string(steps) + " (global step " + std::to_string(st.global_step) +
+                                "): " + verdict);
     if (progress) {
       const double t = now_seconds();
       Progress p;
@@ -94,23 +132,62 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
       p.epochs = cfg_.epochs;
       p.step = b + 1;
       p.steps = steps;
-      p.loss = loss_sum / static_cast<double>(seen);
-      p.images_per_second = static_cast<double>(seen) / std::max(t - t0, 1e-9);
-      const double done = static_cast<double>(epoch - 1) * static_cast<double>(steps) + static_cast<double>(b + 1);
-      const double total = static_cast<double>(cfg_.epochs) * static_cast<double>(steps);
-      p.eta_seconds = (t - started_) / done * (total - done);
+      p.loss = running;
+      p.images_per_second = static_cast<double>(seen_now) / std::max(t - t0, 1e-9);
+      const double done = static_cast<double>(st.global_step - started_step_);
+      p.eta_seconds = (t - started_) / done * std::max(0.0, total - static_cast<double>(st.global_step));
       progress(p);
     }
   }
   EpochMetrics m;
   m.epoch = epoch;
   m.seconds = now_seconds() - t0;
-  m.loss = loss_sum / static_cast<double>(seen);
-  m.train_accuracy = static_cast<double>(correct) / static_cast<double>(seen);
-  m.images_per_second = static_cast<double>(seen) / std::max(m.seconds, 1e-9);
-  m.lr = lr;
+  m.loss = st.seen ? st.loss_sum / static_cast<double>(st.seen) : 0.0;
+  m.train_accuracy = st.seen ? static_cast<double>(st.correct) / static_cast<double>(st.seen) : 0.0;
+  m.images_per_second = static_cast<double>(seen_now) / std::max(m.seconds, 1e-9);
+  m.lr = schedule_.at(st.global_step == 0 ? 0 : st.global_step - 1);
   if (test) m.test_accuracy = evaluate(*test);
+  st.history.push_back(m);
+  st.epoch = epoch + 1;
+  st.step_in_epoch = 0;
+  st.loss_sum = 0;
+  st.correct = st.seen = 0;
   return m;
+}
+
+void Trainer::restore(const TrainState& s) {
+  const std::size_t steps = batcher_.batches();
+  auto fail = [](const std::string& msg) { throw std::invalid_argument("cannot resume: " + msg); };
+  if (s.epoch < 1 || s.epoch > cfg_.epochs + 1)
+    fail("epoch " + std::to_string(s.epoch) + " is outside the run's 1.." + std::to_string(cfg_.epochs));
+  if (s.step_in_epoch > steps || (s.epoch == cfg_.epochs + 1 && s.step_in_epoch != 0))
+    fail("step " + std::to_string(s.step_in_epoch) + " is outside the epoch's " + std::to_string(steps) + " steps");
+  const uint64_t expect = static_cast<uint64_t>(s.epoch - 1) * steps + s.step_in_epoch;
+  if (s.global_step != expect)
+    fail("global step " + std::to_string(s.global_step) + " does not match epoch " + std::to_string(s.epoch) +
+         ", step " + std::to_string(s.step_in_epoch) + " at " + std::to_string(steps) + " steps per epoch (expected " +
+         std::to_string(expect) + ")");
+  if (s.seen != s.step_in_epoch * cfg_.batch || s.correct > s.seen)
+    fail("the epoch's counters (" + std::to_string(s.seen) + " images seen, " + std::to_string(s.correct) +
+         " correct) do not match step " + std::to_string(s.step_in_epoch) + " at batch " + std::to_string(cfg_.batch));
+  if (s.history.size() != static_cast<std::size_t>(s.epoch - 1))
+    fail(std::to_string(s.history.size()) + " finished epochs recorded before epoch " + std::to_string(s.epoch));
+  if (!std::isfinite(s.loss_sum) || s.loss_sum < 0) fail("the epoch's loss sum is not a finite non-negative number");
+  state_ = s;
+  health_.set_state(s.health);
+}
+
+uint32_t Trainer::training_data_crc() const {
+  if (!data_crc_known_) {
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const uint64_t dims[4] = {train_.count, train_.rows, train_.cols, train_.channels};
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(dims), sizeof dims);
+    crc = crc32_z(crc, train_.pixels.data(), train_.pixels.size());
+    crc = crc32_z(crc, train_.labels.data(), train_.labels.size());
+    data_crc_ = static_cast<uint32_t>(crc);
+    data_crc_known_ = true;
+  }
+  return data_crc_;
 }
 
 double Trainer::evaluate(const data::ImageSet& set) { return evaluate_model(*model_, set, norm_, &pool_); }

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "engine/data/batcher.h"
 #include "engine/data/idx.h"
 #include "engine/data/normalize.h"
+#include "engine/health.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
 #include "engine/schedule.h"
@@ -27,6 +29,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::size_t threads = 1;  // 0: every processor available to the process
   data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)
+  HealthConfig health;      // stop a diverging or dead run (engine/health.h)
   void validate() const;    // throws UsageError naming the flag and its valid range
 };
 
@@ -34,6 +37,19 @@ struct EpochMetrics {
   int epoch = 0;  // 1-based
   double loss = 0, train_accuracy = 0, test_accuracy = 0;
   double images_per_second = 0, seconds = 0, lr = 0;
+};
+
+// Where a run is, and everything besides the weights and momentum buffers it needs to continue bit-exactly. The
+// data order is a pure function of (seed, epoch) and every stochastic rounding of (seed, global step, tensor), so
+// (seed, global_step) is the whole random-generator state; the learning rate is a function of global_step too.
+struct TrainState {
+  uint64_t global_step = 0;       // steps done in the whole run
+  int epoch = 1;                  // the epoch in progress (1-based), or the next one when step_in_epoch is 0
+  std::size_t step_in_epoch = 0;  // steps of `epoch` already done
+  double loss_sum = 0;            // Σ loss·images over those steps (the epoch's metrics continue from them)
+  std::size_t correct = 0, seen = 0;
+  HealthState health;
+  std::vector<EpochMetrics> history;  // the finished epochs, in order
 };
 
 struct Progress {
@@ -52,9 +68,23 @@ class Trainer {
   Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::unique_ptr<Model> model,
           const data::PixelNorm& norm);
 
-  // One epoch over the training set (epoch is 1-based). `test` may be null: test accuracy is then 0.
+  // One epoch over the training set (epoch is 1-based). `test` may be null: test accuracy is then 0. If the state
+  // is inside `epoch` (restore() of a mid-epoch checkpoint), the epoch continues from there. `progress` runs after
+  // every step with state() consistent (it may save a checkpoint). Throws TrainingHealthError when the health
+  // monitor (cfg.health) stops the run.
   EpochMetrics train_epoch(int epoch, const data::ImageSet* test,
                            const std::function<void(const Progress&)>& progress = {});
+  // Continue from a saved position (the model's weights and momentum must already be the saved ones). Throws
+  // std::invalid_argument when the state does not fit this run (epochs, steps per epoch, batch).
+  void restore(const TrainState& state);
+  const TrainState& state() const { return state_; }
+  // No streak of anomalous steps in progress (see HealthMonitor::clean): a good moment for a checkpoint.
+  bool healthy() const { return health_.clean(); }
+  std::size_t steps_per_epoch() const { return batcher_.batches(); }
+  const data::ImageSet& train_set() const { return train_; }
+  // CRC-32 of the training set (count, image size, pixels, labels), computed once: checkpoints record it so a run
+  // cannot resume on other data by mistake.
+  uint32_t training_data_crc() const;
   // Accuracy (fraction) on `set` with the current weights.
   double evaluate(const data::ImageSet& set);
 
@@ -62,7 +92,7 @@ class Trainer {
   const data::PixelNorm& norm() const { return norm_; }
   const TrainConfig& config() const { return cfg_; }
   kernels::ThreadPool& pool() { return pool_; }
-  uint64_t global_step() const { return step_; }
+  uint64_t global_step() const { return state_.global_step; }
 
  private:
   TrainConfig cfg_;
@@ -73,8 +103,12 @@ class Trainer {
   data::Batcher batcher_;
   Sgd sgd_;
   LrSchedule schedule_;
-  uint64_t step_ = 0;
-  double started_ = -1;  // wall-clock start of the run, for the ETA
+  TrainState state_;
+  HealthMonitor health_;
+  double started_ = -1;  // wall-clock start of this process's part of the run, for the ETA
+  uint64_t started_step_ = 0;
+  mutable uint32_t data_crc_ = 0;
+  mutable bool data_crc_known_ = false;
 };
 
 // Accuracy of `model` on `set` (batches of 500, no tape).

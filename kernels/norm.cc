@@ -45,6 +45,8 @@ inline int32_t affine(int64_t ua, int64_t wb, const NormAffine& aff, std::size_t
   return static_cast<int32_t>(((ua + wb + half) >> t) + aff.c[c]);
 }
 
+inline int32_t sign(int32_t v) { return (v > 0) - (v < 0); }
+
 inline void wide_add(WideSum& w, int64_t v) {
   w.lo += v & 0xFFFFFFFF;
   w.hi += v >> 32;
@@ -54,10 +56,9 @@ inline void wide_canonical(WideSum& w) {
   w.lo &= 0xFFFFFFFF;
 }
 
-inline int32_t sign(int32_t v) { return (v > 0) - (v < 0); }
-
 void stats_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1, int64_t* sum,
                 int32_t* mn, int32_t* mx) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) {
     sum[c] = 0;
     mn[c] = std::numeric_limits<int32_t>::max();
@@ -74,18 +75,21 @@ void stats_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_
 }
 
 void abs_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
-                  const NormColumns& col, int64_t* out) {
-  for (std::size_t c = c0; c < c1; ++c) out[c] = 0;
+                  const NormColumns& col, int64_t* out, int64_t* sum_sign) {
+  if (c0 >= c1) return;
+  for (std::size_t c = c0; c < c1; ++c) out[c] = sum_sign[c] = 0;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const int32_t d = working(x[r * cols + c], col, c);
       out[c] += d < 0 ? -d : d;
+      sum_sign[c] += sign(d);
     }
   }
 }
 
 void sq_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
                  const NormColumns& col, int64_t* out) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) out[c] = 0;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
@@ -97,6 +101,7 @@ void sq_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size
 
 void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
                 const NormColumns& col, const NormAffine& aff, int32_t* y, int16_t* d_out) {
+  if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
@@ -108,13 +113,13 @@ void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_
 }
 
 void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
-                     std::size_t c1, int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d, int64_t* sum_sign) {
+                     std::size_t c1, int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d) {
+  if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) {
     sum_dy[c] = 0;
     mn[c] = std::numeric_limits<int32_t>::max();
     mx[c] = std::numeric_limits<int32_t>::min();
     sum_dy_d[c] = WideSum{};
-    if (sum_sign != nullptr) sum_sign[c] = 0;
   }
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
@@ -123,7 +128,6 @@ void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std:
       mn[c] = std::min(mn[c], dy[i]);
       mx[c] = std::max(mx[c], dy[i]);
       wide_add(sum_dy_d[c], int64_t{dy[i]} * d[i]);
-      if (sum_sign != nullptr) sum_sign[c] += sign(d[i]);
     }
   }
   for (std::size_t c = c0; c < c1; ++c) wide_canonical(sum_dy_d[c]);
@@ -132,6 +136,7 @@ void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std:
 template <bool kL1>
 void grad_apply_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
                      std::size_t c1, const NormColumns& col, const NormAffine& aff, int32_t* dx) {
+  if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
@@ -280,14 +285,16 @@ void Stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, i
 // into two.
 template <bool kShift, std::size_t G>
 void AbsDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, std::size_t cols, const Working* w,
-                int64_t* HWY_RESTRICT out) {
+                int64_t* HWY_RESTRICT out, int64_t* HWY_RESTRICT sum_sign) {
   const D d;
   const std::size_t lanes = hn::Lanes(d);
+  const V one = hn::Set(d, 1), minus_one = hn::Set(d, -1);
   HWY_ALIGN int32_t buf[kMaxGroup * hn::MaxLanes(d)];
+  HWY_ALIGN int32_t bsg[kMaxGroup * hn::MaxLanes(d)];
   for (std::size_t r0 = 0; r0 < rows; r0 += kNormBlockRows) {
     const std::size_t r1 = std::min(rows, r0 + kNormBlockRows);
-    V acc[G];
-    for (std::size_t g = 0; g < G; ++g) acc[g] = hn::Zero(d);
+    V acc[G], sg[G];
+    for (std::size_t g = 0; g < G; ++g) acc[g] = sg[g] = hn::Zero(d);
     const int32_t* p = x + r0 * cols + c0;
     std::size_t r = r0;
     for (; r + 2 <= r1; r += 2, p += 2 * cols) {
@@ -295,15 +302,25 @@ void AbsDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows,
         const V d0 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + g * lanes));
         const V d1 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + cols + g * lanes));
         acc[g] = hn::Add(acc[g], hn::Add(hn::Abs(d0), hn::Abs(d1)));
+        // sign(d) = clamp(d, −1, 1) for integers.
+        sg[g] = hn::Add(sg[g], hn::Add(hn::Min(hn::Max(d0, minus_one), one), hn::Min(hn::Max(d1, minus_one), one)));
       }
     }
     if (r < r1) {
       for (std::size_t g = 0; g < G; ++g) {
-        acc[g] = hn::Add(acc[g], hn::Abs(ApplyWorking<kShift>(w[g], hn::LoadU(d, p + g * lanes))));
+        const V d0 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + g * lanes));
+        acc[g] = hn::Add(acc[g], hn::Abs(d0));
+        sg[g] = hn::Add(sg[g], hn::Min(hn::Max(d0, minus_one), one));
       }
     }
-    for (std::size_t g = 0; g < G; ++g) hn::Store(acc[g], d, buf + g * lanes);
-    for (std::size_t j = 0; j < G * lanes; ++j) out[c0 + j] += buf[j];
+    for (std::size_t g = 0; g < G; ++g) {
+      hn::Store(acc[g], d, buf + g * lanes);
+      hn::Store(sg[g], d, bsg + g * lanes);
+    }
+    for (std::size_t j = 0; j < G * lanes; ++j) {
+      out[c0 + j] += buf[j];
+      sum_sign[c0 + j] += bsg[j];
+    }
   }
 }
 
@@ -312,7 +329,9 @@ void SqDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, 
                int64_t* HWY_RESTRICT out) {
   const D d;
   const std::size_t lanes = hn::Lanes(d);
-  const V m15 = hn::Set(d, 0x7FFF);
+  const hn::Repartition<int16_t, D> d16x2;
+  using V16 = hn::Vec<decltype(d16x2)>;
+  const V m15 = hn::Set(d, 0x7FFF), m16 = hn::Set(d, 0xFFFF);
   HWY_ALIGN int32_t bh[kMaxGroup * hn::MaxLanes(d)];
   HWY_ALIGN int32_t bl[kMaxGroup * hn::MaxLanes(d)];
   for (std::size_t r0 = 0; r0 < rows; r0 += kNormBlockRows) {
@@ -325,7 +344,10 @@ void SqDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, 
       for (std::size_t g = 0; g < G; ++g) {
         const V d0 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + g * lanes));
         const V d1 = ApplyWorking<kShift>(w[g], hn::LoadU(d, p + cols + g * lanes));
-        const V s = hn::Add(hn::Mul(d0, d0), hn::Mul(d1, d1));
+        // Both rows' 16-bit values in one int32 lane, then one pairwise multiply-add (vpmaddwd): d₀² + d₁².
+        const V16 packed = hn::BitCast(d16x2, hn::Or(hn::And(d0, m16), hn::ShiftLeft<16>(d1)));
+        V odd = hn::Zero(d);
+        const V s = hn::RearrangeToOddPlusEven(hn::ReorderWidenMulAccumulate(d, packed, packed, hn::Zero(d), odd), odd);
         hi[g] = hn::Add(hi[g], hn::ShiftRight<15>(s));
         lo[g] = hn::Add(lo[g], hn::And(s, m15));
       }
@@ -349,18 +371,18 @@ void SqDevLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, 
 template <std::size_t G>
 struct AbsDevPass {
   static void Run(std::size_t c0, const int32_t* x, std::size_t rows, std::size_t cols, const NormColumns& col,
-                  int64_t* out) {
+                  int64_t* out, int64_t* sum_sign) {
     Working w[G];
     bool shift = false;
     for (std::size_t g = 0; g < G; ++g) {
       w[g] = MakeWorking(col, c0 + g * hn::Lanes(D()));
       shift = shift || w[g].any_shift;
     }
-    for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) out[c0 + j] = 0;
+    for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) out[c0 + j] = sum_sign[c0 + j] = 0;
     if (shift) {
-      AbsDevLoop<true, G>(c0, x, rows, cols, w, out);
+      AbsDevLoop<true, G>(c0, x, rows, cols, w, out, sum_sign);
     } else {
-      AbsDevLoop<false, G>(c0, x, rows, cols, w, out);
+      AbsDevLoop<false, G>(c0, x, rows, cols, w, out, sum_sign);
     }
   }
 };
@@ -384,9 +406,9 @@ struct SqDevPass {
   }
 };
 
-void AbsDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out) {
-  const std::size_t tail = ForGroups<AbsDevPass>(cols, x, rows, cols, col, out);
-  nd::abs_dev_cols(x, rows, cols, tail, cols, col, out);
+void AbsDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out, int64_t* sum_sign) {
+  const std::size_t tail = ForGroups<AbsDevPass>(cols, x, rows, cols, col, out, sum_sign);
+  nd::abs_dev_cols(x, rows, cols, tail, cols, col, out, sum_sign);
 }
 
 void SqDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out) {
@@ -444,16 +466,16 @@ void Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col
   nd::apply_cols(x, rows, cols, tail, cols, col, aff, y, d_out);
 }
 
-// ---- Backward pass 1: Σdy, min/max dy, Σ dy·d (int64 lanes: MulEven on even and on swapped odd lanes), Σ sign d --
-template <bool kSign, std::size_t G>
+// ---- Backward pass 1: Σdy, min/max dy, Σ dy·d (int64 lanes: MulEven on even and on swapped odd lanes)
+template <std::size_t G>
 void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t* HWY_RESTRICT dw, std::size_t rows,
                    std::size_t cols, int64_t* HWY_RESTRICT sum_dy, int32_t* HWY_RESTRICT mn, int32_t* HWY_RESTRICT mx,
-                   WideSum* HWY_RESTRICT sum_dy_d, int64_t* HWY_RESTRICT sum_sign) {
+                   WideSum* HWY_RESTRICT sum_dy_d) {
   const D d;
   const D16 d16;
   const D64 d64;
   const std::size_t lanes = hn::Lanes(d), lanes64 = hn::Lanes(d64);
-  const V m16 = hn::Set(d, 0xFFFF), one = hn::Set(d, 1), minus_one = hn::Set(d, -1);
+  const V m16 = hn::Set(d, 0xFFFF);
   V vmin[G], vmax[G];
   for (std::size_t g = 0; g < G; ++g) {
     vmin[g] = hn::Set(d, std::numeric_limits<int32_t>::max());
@@ -461,15 +483,14 @@ void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t
   }
   HWY_ALIGN int32_t bh[kMaxGroup * hn::MaxLanes(d)];
   HWY_ALIGN int32_t bl[kMaxGroup * hn::MaxLanes(d)];
-  HWY_ALIGN int32_t bs[kMaxGroup * hn::MaxLanes(d)];
   HWY_ALIGN int64_t be[kMaxGroup * hn::MaxLanes(d64)];
   HWY_ALIGN int64_t bo[kMaxGroup * hn::MaxLanes(d64)];
   for (std::size_t r0 = 0; r0 < rows; r0 += kNormBlockRows) {
     const std::size_t r1 = std::min(rows, r0 + kNormBlockRows);
-    V hi[G], lo[G], sg[G];
+    V hi[G], lo[G];
     V64 pe[G], po[G];
     for (std::size_t g = 0; g < G; ++g) {
-      hi[g] = lo[g] = sg[g] = hn::Zero(d);
+      hi[g] = lo[g] = hn::Zero(d);
       pe[g] = po[g] = hn::Zero(d64);
     }
     for (std::size_t r = r0; r < r1; ++r) {
@@ -484,19 +505,16 @@ void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t
         vmax[g] = hn::Max(vmax[g], v);
         pe[g] = hn::Add(pe[g], hn::MulEven(v, dv));
         po[g] = hn::Add(po[g], hn::MulEven(hn::Shuffle2301(v), hn::Shuffle2301(dv)));
-        if constexpr (kSign) sg[g] = hn::Add(sg[g], hn::Min(hn::Max(dv, minus_one), one));
       }
     }
     for (std::size_t g = 0; g < G; ++g) {
       hn::Store(hi[g], d, bh + g * lanes);
       hn::Store(lo[g], d, bl + g * lanes);
-      hn::Store(sg[g], d, bs + g * lanes);
       hn::Store(pe[g], d64, be + g * lanes64);
       hn::Store(po[g], d64, bo + g * lanes64);
     }
     for (std::size_t j = 0; j < G * lanes; ++j) {
       sum_dy[c0 + j] += int64_t{bh[j]} * 65536 + bl[j];
-      if constexpr (kSign) sum_sign[c0 + j] += bs[j];
       // int32 lane j of vector g is int64 lane (j mod L)/2 of that vector's even (j even) or odd product sums.
       const std::size_t g = j / lanes, l = j % lanes;
       nd::wide_add(sum_dy_d[c0 + j], (l % 2 == 0 ? be : bo)[g * lanes64 + l / 2]);
@@ -511,25 +529,20 @@ void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t
 template <std::size_t G>
 struct GradStatsPass {
   static void Run(std::size_t c0, const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols,
-                  int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d, int64_t* sum_sign) {
+                  int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d) {
     for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) {
       sum_dy[c0 + j] = 0;
       sum_dy_d[c0 + j] = WideSum{};
-      if (sum_sign != nullptr) sum_sign[c0 + j] = 0;
     }
-    if (sum_sign != nullptr) {
-      GradStatsLoop<true, G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, sum_sign);
-    } else {
-      GradStatsLoop<false, G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, nullptr);
-    }
+    GradStatsLoop<G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d);
     for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) nd::wide_canonical(sum_dy_d[c0 + j]);
   }
 };
 
 void GradStats(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, int64_t* sum_dy, int32_t* mn,
-               int32_t* mx, WideSum* sum_dy_d, int64_t* sum_sign) {
-  const std::size_t tail = ForGroups<GradStatsPass>(cols, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, sum_sign);
-  nd::grad_stats_cols(dy, dw, rows, cols, tail, cols, sum_dy, mn, mx, sum_dy_d, sum_sign);
+               int32_t* mx, WideSum* sum_dy_d) {
+  const std::size_t tail = ForGroups<GradStatsPass>(cols, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d);
+  nd::grad_stats_cols(dy, dw, rows, cols, tail, cols, sum_dy, mn, mx, sum_dy_d);
 }
 
 // ---- Backward pass 2: dx = ((u·a + w·b + 2^(t−1)) >> t) + c; L1 w·b = sign(d)·b by selects, L2 a multiply ------
@@ -599,8 +612,8 @@ void GradApplyL2(const int32_t* dy, const int16_t* dw, std::size_t rows, std::si
 void Stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, int32_t* mn, int32_t* mx) {
   nd::stats_cols(x, rows, cols, 0, cols, sum, mn, mx);
 }
-void AbsDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out) {
-  nd::abs_dev_cols(x, rows, cols, 0, cols, col, out);
+void AbsDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out, int64_t* sum_sign) {
+  nd::abs_dev_cols(x, rows, cols, 0, cols, col, out, sum_sign);
 }
 void SqDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out) {
   nd::sq_dev_cols(x, rows, cols, 0, cols, col, out);
@@ -610,8 +623,8 @@ void Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col
   nd::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out);
 }
 void GradStats(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, int64_t* sum_dy, int32_t* mn,
-               int32_t* mx, WideSum* sum_dy_d, int64_t* sum_sign) {
-  nd::grad_stats_cols(dy, dw, rows, cols, 0, cols, sum_dy, mn, mx, sum_dy_d, sum_sign);
+               int32_t* mx, WideSum* sum_dy_d) {
+  nd::grad_stats_cols(dy, dw, rows, cols, 0, cols, sum_dy, mn, mx, sum_dy_d);
 }
 void GradApplyL1(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
                  NormAffine aff, int32_t* dx) {
@@ -647,9 +660,10 @@ void norm_stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* s
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(Stats)(x, rows, cols, sum, min, max);
 }
-void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs) {
+void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs,
+                  int64_t* sum_sign) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(AbsDev)(x, rows, cols, col, sum_abs);
+  HWY_DYNAMIC_DISPATCH(AbsDev)(x, rows, cols, col, sum_abs, sum_sign);
 }
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq) {
   detail::ensure_dispatch_ready();
@@ -661,9 +675,9 @@ void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumn
   HWY_DYNAMIC_DISPATCH(Apply)(x, rows, cols, col, aff, y, d_out);
 }
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, int64_t* sum_sign) {
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradStats)(dy, d, rows, cols, sum_dy, min_dy, max_dy, sum_dy_d, sum_sign);
+  HWY_DYNAMIC_DISPATCH(GradStats)(dy, d, rows, cols, sum_dy, min_dy, max_dy, sum_dy_d);
 }
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
                         NormAffine aff, int32_t* dx) {
@@ -680,8 +694,9 @@ namespace ref {
 void norm_stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, int32_t* min, int32_t* max) {
   norm_detail::stats_cols(x, rows, cols, 0, cols, sum, min, max);
 }
-void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs) {
-  norm_detail::abs_dev_cols(x, rows, cols, 0, cols, col, sum_abs);
+void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs,
+                  int64_t* sum_sign) {
+  norm_detail::abs_dev_cols(x, rows, cols, 0, cols, col, sum_abs, sum_sign);
 }
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq) {
   norm_detail::sq_dev_cols(x, rows, cols, 0, cols, col, sum_sq);
@@ -691,8 +706,8 @@ void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumn
   norm_detail::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out);
 }
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, int64_t* sum_sign) {
-  norm_detail::grad_stats_cols(dy, d, rows, cols, 0, cols, sum_dy, min_dy, max_dy, sum_dy_d, sum_sign);
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d) {
+  norm_detail::grad_stats_cols(dy, d, rows, cols, 0, cols, sum_dy, min_dy, max_dy, sum_dy_d);
 }
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
                         NormAffine aff, int32_t* dx) {

@@ -12,8 +12,8 @@
 // every per-column sum is exact:
 //   * int32 lane accumulators are flushed into int64 every kBlockRows = 2^15 rows. Σx and Σdy are split into
 //     16-bit halves (lo = v & 0xFFFF < 2^16, hi = v >> 16 ∈ [−2^15, 2^15)), so a block sum stays below 2^31;
-//     Σ|d| ≤ 2^15·(2^15 − 1) < 2^30 per block; Σd² is accumulated as pairs of rows (d₁² + d₂² ≤ 2^31 − 2^17 + 2)
-//     split at bit 15 (hi ≤ 2^16 − 4, lo < 2^15), < 2^31 per block of 2^14 pairs.
+//     Σ|d| ≤ 2^15·(2^15 − 1) < 2^30 and |Σ sign d| ≤ 2^15 per block; Σd² is accumulated as pairs of rows (d₁² + d₂² ≤
+//     2^31 − 2^17 + 2) split at bit 15 (hi ≤ 2^16 − 4, lo < 2^15), < 2^31 per block of 2^14 pairs.
 //   * Σ dy·d (|dy·d| ≤ 2^31·(2^15 − 1) < 2^46) uses int64 lanes (MulEven), < 2^61 per block, and is returned as a
 //     WideSum (hi·2^32 + lo), exact for any row count below 2^31.
 // Totals: |Σx|, |Σdy| < 2^31·rows; Σ|d| < 2^15·rows; Σd² < 2^30·rows; |Σ sign d| ≤ rows — all int64 for
@@ -56,8 +56,9 @@ struct NormAffine {
 // Pass 1 (training and eval): per column Σx (exact), min x, max x.
 void norm_stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, int32_t* min, int32_t* max);
 
-// Pass 2, L1: per column Σ|d|.
-void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs);
+// Pass 2, L1: per column Σ|d| and Σ sign(d) (the backward's mean(s), a forward quantity computed where d is at hand).
+void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs,
+                  int64_t* sum_sign);
 // Pass 2, L2: per column Σd².
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq);
 
@@ -65,10 +66,10 @@ void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColum
 void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
                 int16_t* d_out);
 
-// Backward pass 1: per column Σdy (exact), min dy, max dy, Σ dy·d (exact, wide), and Σ sign(d) when sum_sign is not
-// null (L1 only). d is the int16 working value the forward stored.
+// Backward pass 1: per column Σdy (exact), min dy, max dy and Σ dy·d (exact, wide). d is the int16 working value the
+// forward stored.
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, int64_t* sum_sign);
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d);
 
 // Backward pass 2. u = R(dy, shift) − center (center is 0 here); L1: w = sign(d), L2: w = d.
 //   dx = ((u·a + w·b + 2^(t−1)) >> t) + c
@@ -80,12 +81,13 @@ void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, s
 // Plain scalar references (no SIMD): the specification the tests hold the kernels to.
 namespace ref {
 void norm_stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, int32_t* min, int32_t* max);
-void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs);
+void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs,
+                  int64_t* sum_sign);
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq);
 void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
                 int16_t* d_out);
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, int64_t* sum_sign);
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d);
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
                         NormAffine aff, int32_t* dx);
 void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,

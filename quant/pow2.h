@@ -29,6 +29,16 @@ inline int64_t shift_round_even(int64_t x, int s) {
   const int64_t odd = (x >> s) & 1;
   return (x + ((int64_t{1} << (s - 1)) - 1) + odd) >> s;
 }
+// shift_round_even, except that a left shift (s < 0) saturates at ±2^62 instead of overflowing: for values whose
+// exponents may be arbitrarily far apart (a bias far coarser than a layer's output, after a diverged run or from a
+// hostile model file). |x| < 2^62.
+inline int64_t shift_round_even_sat(int64_t x, int s) {
+  if (s >= 0 || x == 0) return shift_round_even(x, s);
+  const uint64_t mag = x < 0 ? 0 - static_cast<uint64_t>(x) : static_cast<uint64_t>(x);
+  const int bits = 64 - __builtin_clzll(mag);
+  if (-s > 62 - bits) return x < 0 ? -(int64_t{1} << 62) : int64_t{1} << 62;
+  return x * (int64_t{1} << -s);
+}
 // floor((x + u) / 2^s) with u the top s bits of the 32-bit draw r (s ≤ 32; for s > 32 the draw supplies the top
 // 32 of the s fraction bits, a bias below 2^-32 ulp). s ≤ 0 is an exact left shift. |x| < 2^62.
 inline int64_t shift_round_stochastic(int64_t x, int s, uint32_t r) {

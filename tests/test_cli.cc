@@ -628,3 +628,182 @@ TEST(CliTrain, SameResultForOneAndFourThreads) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Determinism, checkpoints, resume and the health check (docs/reliability.md)
+
+namespace {
+
+// Bit-exact whatever the thread count and across repeated runs: the saved model files are byte-identical.
+TEST(CliDeterminism, RepeatedRunsAndThreadCountsGiveIdenticalModelFiles) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const std::string runs[][2] = {{"1", "a.qtm"}, {"1", "b.qtm"}, {"2", "c.qtm"}, {"3", "d.qtm"}};
+  for (const auto& [threads, file] : runs) {
+    const Result r = run({"train", "--train-limit", "1280", "--test-limit", "100", "--epochs", "2", "--bits", "4",
+                          "--threads", threads, "--save", dir / file});
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  const std::string a = read_bytes(dir / "a.qtm");
+  ASSERT_GT(a.size(), 100000u);
+  EXPECT_TRUE(a == read_bytes(dir / "b.qtm")) << "two runs with the same flags differ";
+  EXPECT_TRUE(a == read_bytes(dir / "c.qtm")) << "1 and 2 threads differ";
+  EXPECT_TRUE(a == read_bytes(dir / "d.qtm")) << "1 and 3 threads differ";
+}
+
+Args ckpt_run(std::initializer_list<std::string> extra) {
+  Args a = {"train", "--train-limit", "1280", "--test-limit", "100", "--epochs", "2", "--bits", "4"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// 2 epochs straight against a run stopped mid-epoch 2 (with checkpoints every 7 steps) and resumed: the same model
+// bytes and the same per-epoch metrics.
+TEST(CliCheckpoint, StopAndResumeGivesTheSameModel) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Result a = run(ckpt_run({"--save", dir / "a.qtm", "--metrics", dir / "a.jsonl"}));
+  ASSERT_EQ(a.code, 0) << a.out;
+  const Result s = run(ckpt_run({"--checkpoint", dir / "run.qtc", "--checkpoint-every", "7",
+                                      "--stop-after-steps", "27", "--metrics", dir / "b.jsonl"}));
+  ASSERT_EQ(s.code, 0) << s.out;
+  EXPECT_NE(s.out.find("stopped after global step 27 (epoch 2, step 7/20)"), std::string::npos) << s.out;
+  EXPECT_NE(s.out.find("--resume " + (dir / "run.qtc")), std::string::npos) << s.out;
+  ASSERT_TRUE(fs::exists(dir / "run.qtc"));
+  // Resume with another thread count: still bit-exact.
+  const Result b = run({"train", "--resume", dir / "run.qtc", "--test-limit", "100", "--threads", "2", "--save",
+                        dir / "b.qtm", "--metrics", dir / "b.jsonl"});
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_NE(b.out.find("resuming " + (dir / "run.qtc") + " at epoch 2, step 7/20 (global step 27)"),
+            std::string::npos)
+      << b.out;
+  EXPECT_TRUE(read_bytes(dir / "a.qtm") == read_bytes(dir / "b.qtm")) << "resumed model differs";
+  const auto la = lines_of(read_bytes(dir / "a.jsonl")), lb = lines_of(read_bytes(dir / "b.jsonl"));
+  ASSERT_EQ(la.size(), 2u);
+  ASSERT_EQ(lb.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    const auto ja = nlohmann::json::parse(la[static_cast<std::size_t>(i)]);
+    const auto jb = nlohmann::json::parse(lb[static_cast<std::size_t>(i)]);
+    EXPECT_EQ(ja["loss"], jb["loss"]) << "epoch " << i + 1;
+    EXPECT_EQ(ja["train_accuracy"], jb["train_accuracy"]) << "epoch " << i + 1;
+    EXPECT_EQ(ja["test_accuracy"], jb["test_accuracy"]) << "epoch " << i + 1;
+  }
+  EXPECT_EQ(printed_accuracy(a.out), printed_accuracy(b.out));
+  // The checkpoint of the finished run resumes to "already complete".
+  const Result c = run({"train", "--resume", dir / "run.qtc", "--test-limit", "100"});
+  EXPECT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("already complete"), std::string::npos) << c.out;
+}
+
+TEST(CliCheckpoint, ResumeRefusesChangedSettings) {
+  REQUIRE_DATA();
+  TempDir dir;
+  ASSERT_EQ(run(ckpt_run({"--checkpoint", dir / "run.qtc", "--stop-after-steps", "3"})).code, 0);
+  for (const Args& extra : {Args{"--bits", "8"}, Args{"--seed", "5"}, Args{"--epochs", "3"}, Args{"--batch", "32"},
+                            Args{"--train-limit", "640"}, Args{"--schedule", "cosine"}}) {
+    Args a = {"train", "--resume", dir / "run.qtc"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const Result r = run(a);
+    EXPECT_EQ(r.code, 2) << join(a) << "\n" << r.out;
+    EXPECT_NE(r.out.find(extra[0] + " " + extra[1] + " differs from the checkpoint's"), std::string::npos) << r.out;
+    EXPECT_EQ(lines_of(r.out).size(), 1u) << r.out;
+  }
+  // Repeating a setting unchanged is fine; so is a new learning rate (with a note).
+  const Result same = run({"train", "--resume", dir / "run.qtc", "--bits", "4", "--stop-after-steps", "4",
+                           "--test-limit", "100"});
+  EXPECT_EQ(same.code, 0) << same.out;
+  const Result lr = run({"train", "--resume", dir / "run.qtc", "--lr", "0.02", "--stop-after-steps", "5",
+                         "--test-limit", "100"});
+  EXPECT_EQ(lr.code, 0) << lr.out;
+  EXPECT_NE(lr.out.find("no longer bit-identical"), std::string::npos) << lr.out;
+}
+
+TEST(CliCheckpoint, BadCheckpointFilesExitTwoNamingTheFile) {
+  REQUIRE_DATA();
+  TempDir dir;
+  ASSERT_EQ(run(ckpt_run({"--checkpoint", dir / "run.qtc", "--stop-after-steps", "2"})).code, 0);
+  const std::string good = read_bytes(dir / "run.qtc");
+  std::string flipped = good;
+  flipped[good.size() / 2] = static_cast<char>(flipped[good.size() / 2] ^ 1);
+  const std::pair<std::string, std::string> cases[] = {
+      {good.substr(0, good.size() / 3), "truncated"},
+      {flipped, "checksum mismatch"},
+      {"not a checkpoint at all", "bad magic"},
+      {std::string(), "bad magic"}};
+  int i = 0;
+  for (const auto& [bytes, detail] : cases) {
+    const std::string f = dir / ("bad" + std::to_string(i++) + ".qtc");
+    write_bytes(f, bytes);
+    const Result r = run({"train", "--resume", f});
+    expect_model_error(r, f, detail);
+  }
+  expect_model_error(run({"train", "--resume", dir / "missing.qtc"}), dir / "missing.qtc", "cannot open");
+}
+
+TEST(CliCheckpoint, FlagChecks) {
+  const std::pair<Args, std::string> cases[] = {
+      {{"--checkpoint-every", "-1", "--checkpoint", "x.qtc"}, "--checkpoint-every -1 is out of range"},
+      {{"--checkpoint-every", "5"}, "--checkpoint-every needs --checkpoint FILE"},
+      {{"--stop-after-steps", "5"}, "--stop-after-steps needs --checkpoint FILE"}};
+  for (const auto& [extra, detail] : cases) {
+    Args a = {"train", "--data", "/nonexistent/qtrain-test-data"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const Result r = run(a);
+    EXPECT_EQ(r.code, 2) << join(a) << "\n" << r.out;
+    EXPECT_NE(r.out.find(detail), std::string::npos) << join(a) << "\n" << r.out;
+  }
+}
+
+// A far too high learning rate: the run stops with exit code 3, says why and what to do, writes no model, and
+// leaves the last good checkpoint loadable.
+TEST(CliHealth, DeadRunExitsThreeAndKeepsTheLastGoodCheckpoint) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Result r = run({"train", "--train-limit", "6400", "--test-limit", "100", "--epochs", "2", "--lr", "99",
+                        "--schedule", "constant", "--checkpoint", dir / "run.qtc", "--checkpoint-every", "2", "--save",
+                        dir / "model.qtm"});
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_NE(r.out.find("qtrain: training stopped: epoch 1, step"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("every weight gradient was exactly zero"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("The last good checkpoint is " + (dir / "run.qtc")), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Try a lower learning rate: --lr 24.75"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "model.qtm"));
+  // The checkpoint loads and the run continues from it with a lower learning rate.
+  const Result again = run({"train", "--resume", dir / "run.qtc", "--lr", "0.05", "--test-limit", "100",
+                            "--stop-after-steps", "60", "--no-health-check"});
+  EXPECT_EQ(again.code, 0) << again.out;
+  // Without a checkpoint the message says how to keep one.
+  const Result plain = run({"train", "--train-limit", "6400", "--test-limit", "100", "--epochs", "1", "--lr", "99",
+                            "--schedule", "constant"});
+  EXPECT_EQ(plain.code, 3) << plain.out;
+  EXPECT_NE(plain.out.find("--checkpoint FILE keeps the last good state"), std::string::npos) << plain.out;
+  // --no-health-check lets it run to the end.
+  const Result off = run({"train", "--train-limit", "6400", "--test-limit", "100", "--epochs", "1", "--lr", "99",
+                          "--schedule", "constant", "--no-health-check"});
+  EXPECT_EQ(off.code, 0) << off.out;
+}
+
+// A model file whose header names an unknown model kind: exit 2 naming the file (the checksum is fixed up, so the
+// header check itself is what rejects it).
+TEST(CliModel, UnknownModelKindInHeader) {
+  REQUIRE_DATA();
+  TempDir dir;
+  train_and_save(dir);
+  std::string bytes = read_bytes(dir / "model.qtm");
+  const std::size_t at = bytes.find("\"kind\":\"mlp\"");
+  ASSERT_NE(at, std::string::npos);
+  bytes.replace(at + 8, 3, "vgg");
+  // CRC-32 (IEEE, as zlib) of everything before the last 4 bytes.
+  uint32_t crc = 0xFFFFFFFFu;
+  for (std::size_t i = 0; i + 4 < bytes.size(); ++i) {
+    crc ^= static_cast<uint8_t>(bytes[i]);
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  crc = ~crc;
+  std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
+  const std::string f = dir / "vgg.qtm";
+  write_bytes(f, bytes);
+  expect_model_error(run({"eval", "--load", f}), f, "unknown model 'vgg'");
+}
+
+}  // namespace

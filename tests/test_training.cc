@@ -58,14 +58,17 @@ EpochMetrics one_epoch_on_10k(int bits) {
 TEST(Training, Mlp8BitOneEpochOn10kImagesLearns) { EXPECT_GE(one_epoch_on_10k(8).test_accuracy, 0.80); }
 TEST(Training, Mlp4BitOneEpochOn10kImagesLearns) { EXPECT_GE(one_epoch_on_10k(4).test_accuracy, 0.78); }
 
-TEST(Training, OneAndTwoThreadsGiveBitIdenticalWeights) {
+TEST(Training, OneTwoAndThreeThreadsGiveBitIdenticalWeights) {
   const data::ImageSet train = data::take_first(train_set(), 3200);
   for (int bits : {8, 4}) {
-    Trainer t1(config(bits, 1), train), t2(config(bits, 2), train);
+    Trainer t1(config(bits, 1), train), t2(config(bits, 2), train), t3n(config(bits, 3), train);
     ASSERT_EQ(t2.pool().threads(), 2u);
+    ASSERT_EQ(t3n.pool().threads(), 3u);
     t1.train_epoch(1, nullptr);
     t2.train_epoch(1, nullptr);
+    t3n.train_epoch(1, nullptr);
     EXPECT_TRUE(snapshot(t1.model()) == snapshot(t2.model())) << bits << "-bit weights differ between 1 and 2 threads";
+    EXPECT_TRUE(snapshot(t1.model()) == snapshot(t3n.model())) << bits << "-bit weights differ between 1 and 3 threads";
     // And a repeated run is identical too; a different seed is not.
     Trainer again(config(bits, 1), train);
     again.train_epoch(1, nullptr);

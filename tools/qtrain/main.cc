@@ -1,5 +1,6 @@
 // qtrain — the command line. Thin by design: parse flags, call the library, print results.
-// Exit codes: 0 success, 2 bad usage or bad input (flag out of range, missing or corrupt file), 1 anything else.
+// Exit codes: 0 success, 2 bad usage or bad input (flag out of range, missing or corrupt file), 3 training stopped
+// by the health check (diverging loss, vanishing gradients), 1 anything else.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -7,9 +8,12 @@
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 
+#include "engine/checkpoint.h"
 #include "engine/data/cifar.h"
 #include "engine/data/idx.h"
 #include "engine/serialize.h"
@@ -67,6 +71,11 @@ struct TrainOptions {
   long long threads = 1;
   std::size_t train_limit = 0, test_limit = 0;
   std::string metrics, save, kernel_target;
+  std::string checkpoint, resume;
+  long long checkpoint_every = 0;
+  unsigned long long stop_after = 0;
+  bool no_health_check = false;
+  std::set<std::string> given;  // flags given on the command line
 };
 
 void apply_kernel_target(const std::string& name) {
@@ -95,8 +104,74 @@ qtrain::data::ImageSet load_split(const std::string& dataset, const std::string&
   } else {
     throw UsageError("--dataset '" + dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
   }
-  return limit ? qtrain::data::take_first(set, limit) : set;
+  return limit && limit < set.count ? qtrain::data::take_first(set, limit) : set;
 }
+
+std::string bits_text(const qtrain::LayerBits& b) {
+  return std::to_string(b.weight) + "," + std::to_string(b.act) + "," + std::to_string(b.grad);
+}
+
+// A resumed run keeps the settings it started with: a flag given with --resume must agree with the checkpoint
+// (--lr excepted: see run_train).
+void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags, const qtrain::Checkpoint& ck) {
+  const qtrain::TrainConfig& c = ck.config;
+  auto require = [&](const char* flag, bool same, const std::string& flag_value, const std::string& ck_value) {
+    if (o.given.count(flag) && !same)
+      throw UsageError(std::string(flag) + " " + flag_value + " differs from the checkpoint's " + ck_value + " (" +
+                       o.resume + "); a resumed run keeps the settings it started with (only --lr may change)");
+  };
+  auto num = [](double v) {
+    std::ostringstream s;
+    s << v;
+    return s.str();
+  };
+  require("--model", flags.model.kind == c.model.kind, flags.model.kind, c.model.kind);
+  require("--bits", flags.model.bits.weight == c.model.bits.weight && flags.model.bits.act == c.model.bits.act &&
+                        flags.model.bits.grad == c.model.bits.grad,
+          o.bits, bits_text(c.model.bits));
+  require("--groups", flags.model.resolved_groups() == c.model.resolved_groups(), std::to_string(o.groups),
+          std::to_string(c.model.resolved_groups()));
+  require("--norm", flags.model.norm == c.model.norm, flags.model.norm, c.model.norm);
+  require("--edge-bits", flags.model.resolved_edge_bits() == c.model.resolved_edge_bits(), std::to_string(o.edge_bits),
+          std::to_string(c.model.resolved_edge_bits()));
+  require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
+          std::to_string(o.augment), std::to_string(c.augment.pad));
+  require("--epochs", flags.epochs == c.epochs, std::to_string(flags.epochs), std::to_string(c.epochs));
+  require("--batch", flags.batch == c.batch, std::to_string(flags.batch), std::to_string(c.batch));
+  require("--momentum", flags.sgd.momentum == c.sgd.momentum, num(flags.sgd.momentum), num(c.sgd.momentum));
+  require("--wd", flags.sgd.weight_decay == c.sgd.weight_decay, num(flags.sgd.weight_decay), num(c.sgd.weight_decay));
+  require("--schedule", flags.schedule == c.schedule, qtrain::schedule_name(flags.schedule),
+          qtrain::schedule_name(c.schedule));
+  require("--seed", flags.seed == c.seed, std::to_string(flags.seed), std::to_string(c.seed));
+  require("--train-limit", o.train_limit == 0 || o.train_limit == ck.train_count, std::to_string(o.train_limit),
+          std::to_string(ck.train_count) + " training images");
+}
+
+// One line of the --metrics file.
+std::string metrics_line(const qtrain::EpochMetrics& m, qtrain::Trainer& trainer) {
+  const nlohmann::json j = {{"epoch", m.epoch},
+                            {"loss", m.loss},
+                            {"train_accuracy", m.train_accuracy},
+                            {"test_accuracy", m.test_accuracy},
+                            {"images_per_second", m.images_per_second},
+                            {"seconds", m.seconds},
+                            {"lr", m.lr},
+                            {"model", trainer.model().spec().describe()},
+                            {"threads", trainer.pool().threads()},
+                            {"seed", trainer.config().seed}};
+  return j.dump() + "\n";
+}
+
+void print_epoch(const qtrain::EpochMetrics& m, int epochs) {
+  char line[256];
+  std::snprintf(line, sizeof line, "epoch %d/%d  loss %.4f  train %s  test %s  %.0f img/s  %.1f s\n", m.epoch, epochs,
+                m.loss, percent(m.train_accuracy).c_str(), percent(m.test_accuracy).c_str(), m.images_per_second,
+                m.seconds);
+  std::cout << line << std::flush;
+}
+
+// Thrown from the progress callback when --stop-after-steps is reached.
+struct StopRequested {};
 
 int run_train(const TrainOptions& o) {
   apply_kernel_target(o.kernel_target);
@@ -116,54 +191,128 @@ int run_train(const TrainOptions& o) {
   cfg.seed = o.seed;
   if (o.threads < 0) throw UsageError("--threads " + std::to_string(o.threads) + " is out of range: 0 (all processors) or more");
   cfg.threads = static_cast<std::size_t>(o.threads);
+  cfg.health.enabled = !o.no_health_check;
   if (o.augment < 0 || o.augment > 16)
     throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
   cfg.augment = {o.augment, o.augment > 0};
   cfg.validate();  // flags first: a bad flag is reported before the data is read
   if (o.dataset != "fashion-mnist" && o.dataset != "mnist" && o.dataset != "cifar10")
     throw UsageError("--dataset '" + o.dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
+  const std::string ckpt_path = !o.checkpoint.empty() ? o.checkpoint : o.resume;
+  if (o.checkpoint_every < 0)
+    throw UsageError("--checkpoint-every " + std::to_string(o.checkpoint_every) +
+                     " is out of range: 0 (only at the end of each epoch) or more steps");
+  if (ckpt_path.empty() && o.given.count("--checkpoint-every"))
+    throw UsageError("--checkpoint-every needs --checkpoint FILE (or --resume FILE) to write to");
+  if (ckpt_path.empty() && o.stop_after > 0)
+    throw UsageError("--stop-after-steps needs --checkpoint FILE (or --resume FILE): the run continues from it");
 
-  const auto train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, o.train_limit);
+  std::unique_ptr<qtrain::Trainer> trainer;
+  qtrain::data::ImageSet train;
+  std::string resumed;
+  if (!o.resume.empty()) {
+    qtrain::Checkpoint ck = qtrain::load_checkpoint(o.resume);
+    check_resume_flags(o, cfg, ck);
+    if (o.given.count("--lr") && cfg.lr != ck.config.lr) {
+      std::ostringstream note;
+      note << "note: --lr " << cfg.lr << " replaces the checkpoint's " << ck.config.lr
+           << "; the run is no longer bit-identical to an uninterrupted one\n";
+      std::cout << note.str();
+      ck.config.lr = cfg.lr;
+    }
+    ck.config.threads = cfg.threads;
+    ck.config.health = cfg.health;
+    train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, ck.train_count);
+    const qtrain::TrainState& st = ck.state;
+    resumed = "resuming " + o.resume + " at epoch " + std::to_string(std::min(st.epoch, ck.config.epochs)) +
+              ", step " + std::to_string(st.epoch > ck.config.epochs ? ck.steps_per_epoch : st.step_in_epoch) + "/" +
+              std::to_string(ck.steps_per_epoch) + " (global step " + std::to_string(st.global_step) + ")";
+    trainer = qtrain::resume_trainer(ck, train, o.resume);
+  } else {
+    train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, o.train_limit);
+    cfg.model.set_input(train.rows, train.cols, train.channels);  // the model's input follows the data
+  }
   const auto test = load_split(o.dataset, o.data, qtrain::data::Split::kTest, o.test_limit);
-  cfg.model.set_input(train.rows, train.cols, train.channels);  // the model's input follows the data
-  qtrain::Trainer trainer(cfg, train);
-  std::cout << "qtrain: " << trainer.model().spec().describe() << ", " << trainer.model().parameter_count()
-            << " parameters; " << train.count << " training / " << test.count << " test images; batch " << cfg.batch
-            << ", " << cfg.epochs << " epochs, " << qtrain::schedule_name(cfg.schedule) << " lr " << cfg.lr << ", "
-            << trainer.pool().threads() << " thread(s), kernels " << qtrain::kernels::active_target().name << "\n"
-            << std::flush;
+  if (!trainer) trainer = std::make_unique<qtrain::Trainer>(cfg, train);
+  qtrain::Trainer& t = *trainer;
+  const qtrain::TrainConfig& run = t.config();
+  std::cout << "qtrain: " << t.model().spec().describe() << ", " << t.model().parameter_count() << " parameters; "
+            << train.count << " training / " << test.count << " test images; batch " << run.batch << ", "
+            << run.epochs << " epochs, " << qtrain::schedule_name(run.schedule) << " lr " << run.lr << ", "
+            << t.pool().threads() << " thread(s), kernels " << qtrain::kernels::active_target().name << "\n";
+  if (!resumed.empty()) std::cout << resumed << "\n";
+  if (!resumed.empty() && t.state().epoch > run.epochs)
+    std::cout << "the run in " << o.resume << " is already complete (" << run.epochs << " epochs)\n";
+  std::cout << std::flush;
+
+  std::string metrics_text;
+  for (const qtrain::EpochMetrics& m : t.state().history) metrics_text += metrics_line(m, t);
+  if (!o.metrics.empty() && !metrics_text.empty()) qtrain::write_file_atomic(o.metrics, metrics_text);
+
+  // Checkpoints: every --checkpoint-every steps and at the end of each epoch, but only while the health monitor
+  // sees no streak of bad steps (a due checkpoint waits for a clean step), so the file holds the last good state.
+  uint64_t last_ckpt = UINT64_MAX;
+  bool due = false;
+  auto checkpoint_now = [&] {
+    if (ckpt_path.empty() || !t.healthy()) return false;
+    qtrain::save_checkpoint(ckpt_path, t);
+    last_ckpt = t.global_step();
+    due = false;
+    return true;
+  };
 
   qtrain::tools::ProgressBar bar(isatty(STDERR_FILENO) != 0);
-  std::string metrics_text;
-  qtrain::EpochMetrics last;
-  for (int e = 1; e <= cfg.epochs; ++e) {
-    last = trainer.train_epoch(e, &test, [&](const qtrain::Progress& p) { bar.update(p); });
-    bar.finish();
-    char line[256];
-    std::snprintf(line, sizeof line, "epoch %d/%d  loss %.4f  train %s  test %s  %.0f img/s  %.1f s\n", e, cfg.epochs,
-                  last.loss, percent(last.train_accuracy).c_str(), percent(last.test_accuracy).c_str(),
-                  last.images_per_second, last.seconds);
-    std::cout << line << std::flush;
-    if (!o.metrics.empty()) {
-      nlohmann::json j = {{"epoch", e},
-                          {"loss", last.loss},
-                          {"train_accuracy", last.train_accuracy},
-                          {"test_accuracy", last.test_accuracy},
-                          {"images_per_second", last.images_per_second},
-                          {"seconds", last.seconds},
-                          {"lr", last.lr},
-                          {"model", trainer.model().spec().describe()},
-                          {"threads", trainer.pool().threads()},
-                          {"seed", cfg.seed}};
-      metrics_text += j.dump() + "\n";
-      qtrain::write_file_atomic(o.metrics, metrics_text);  // complete lines only, even if the run dies
+  try {
+    for (int e = t.state().epoch; e <= run.epochs; ++e) {
+      const qtrain::EpochMetrics m = t.train_epoch(e, &test, [&](const qtrain::Progress& p) {
+        bar.update(p);
+        const uint64_t g = t.global_step();
+        if (!ckpt_path.empty() && o.checkpoint_every > 0 && g % static_cast<uint64_t>(o.checkpoint_every) == 0)
+          due = true;
+        if (o.stop_after > 0 && g >= o.stop_after) throw StopRequested{};
+        if (due && p.step < p.steps) checkpoint_now();  // the epoch's end writes one anyway
+      });
+      bar.finish();
+      print_epoch(m, run.epochs);
+      if (!o.metrics.empty()) {
+        metrics_text += metrics_line(m, t);
+        qtrain::write_file_atomic(o.metrics, metrics_text);  // complete lines only, even if the run dies
+      }
+      checkpoint_now();
     }
+  } catch (const StopRequested&) {
+    bar.finish();
+    if (!checkpoint_now() && last_ckpt != t.global_step())
+      throw qtrain::TrainingHealthError("stopped at global step " + std::to_string(t.global_step()) +
+                                        " with a streak of anomalous steps in progress; no checkpoint written there");
+    std::cout << "stopped after global step " << t.global_step() << " (epoch " << t.state().epoch << ", step "
+              << t.state().step_in_epoch << "/" << t.steps_per_epoch() << "); checkpoint " << ckpt_path
+              << "; continue with: qtrain train --resume " << ckpt_path << "\n";
+    return 0;
+  } catch (const qtrain::TrainingHealthError& e) {
+    bar.finish();
+    std::ostringstream msg;
+    msg << "qtrain: training stopped: " << e.what() << ". ";
+    if (last_ckpt != UINT64_MAX)
+      msg << "The last good checkpoint is " << ckpt_path << " (global step " << last_ckpt << "). ";
+    else if (!o.resume.empty())
+      msg << "No checkpoint was written since resuming; " << o.resume << " is unchanged. ";
+    else if (!ckpt_path.empty())
+      msg << "No checkpoint was written before the problem began. ";
+    else
+      msg << "(--checkpoint FILE keeps the last good state of a run.) ";
+    msg << "Try a lower learning rate: --lr " << run.lr / 4 << " instead of " << run.lr
+        << (last_ckpt != UINT64_MAX ? " (with --resume " + ckpt_path + ", or from the start)" : "")
+        << "; --no-health-check disables this check.\n";
+    std::cerr << msg.str();
+    return 3;
   }
   if (!o.save.empty()) {
-    qtrain::save_model(o.save, trainer.model(), trainer.norm());
+    qtrain::save_model(o.save, t.model(), t.norm());
     std::cout << "saved model to " << o.save << "\n";
   }
-  std::cout << "test accuracy: " << percent(last.test_accuracy) << "\n";
+  const double acc = t.state().history.empty() ? 0.0 : t.state().history.back().test_accuracy;
+  std::cout << "test accuracy: " << percent(acc) << "\n";
   return 0;
 }
 
@@ -217,6 +366,18 @@ int main(int argc, char** argv) {
   train->add_option("--metrics", t.metrics, "Write one JSON line per epoch to FILE");
   train->add_option("--save", t.save, "Save the trained model to FILE");
   train->add_option("--kernel-target", t.kernel_target, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
+  train->add_option("--checkpoint", t.checkpoint,
+                    "Write a checkpoint to FILE at the end of each epoch (and every --checkpoint-every steps); "
+                    "written atomically, it always holds the last good state");
+  train->add_option("--checkpoint-every", t.checkpoint_every, "Also checkpoint every N steps (0 = only at epoch ends)")
+      ->capture_default_str();
+  train->add_option("--resume", t.resume,
+                    "Continue the run saved in checkpoint FILE, bit-exactly (its settings apply; checkpoints go on "
+                    "to FILE unless --checkpoint names another)");
+  train->add_option("--stop-after-steps", t.stop_after,
+                    "Stop after global step N with a checkpoint, to continue later with --resume (0 = off)");
+  train->add_flag("--no-health-check", t.no_health_check,
+                  "Do not stop a run whose loss diverges or whose gradients stay zero (exit code 3)");
 
   std::string load, edata, edataset = "fashion-mnist", ekt;
   long long ethreads = 1;
@@ -249,6 +410,8 @@ int main(int argc, char** argv) {
     std::cerr << "qtrain: error: " << e.what() << " (see 'qtrain" << sub << " --help')\n";
     return 2;
   }
+  for (const auto* opt : train->get_options())
+    if (opt->count() > 0) t.given.insert(opt->get_name());
   try {
     if (*train) return run_train(t);
     if (*eval) return run_eval(load, edataset, edata, ethreads, elimit, ekt);

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# MLP accuracy / throughput bench: qtrain W8A8G8 and W4A4G4 against the fp32 PyTorch reference, same data
-# (Fashion-MNIST), same architecture (784-256-128-10) and hyper-parameters (batch 64, SGD momentum 0.9, wd 5e-4,
-# one-cycle lr peaking at 0.05, seed 0). Prints a markdown table: run | test accuracy | training images/s |
-# ratio to PyTorch fp32 images/s. Training images/s counts training steps only (no evaluation), over all epochs.
+# Accuracy / throughput bench: qtrain W8A8G8 and W4A4G4 against the fp32 PyTorch reference, same data
+# (Fashion-MNIST), same architecture and hyper-parameters (batch 64, SGD momentum 0.9, wd 5e-4, one-cycle lr
+# peaking at 0.05, seed 0). Prints a markdown table: run | test accuracy | training images/s | ratio to PyTorch
+# fp32 images/s. Training images/s counts training steps only (no evaluation), over all epochs.
 #
-# Usage: bench/mlp_accuracy.sh [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
+# Usage: bench/accuracy.sh [--model M] [--norms LIST] [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
+#   --model M     mlp (default), cnn, resnet8 or resnet20 (PyTorch uses BatchNorm for the convolutional models)
+#   --norms LIST  convolutional models: the qtrain norms to run, comma-separated (default l1; e.g. l1,l2)
 #   --epochs N    epochs per run (default 5)
 #   --threads T   threads for every run (default 1)
 #   --build DIR   CMake build directory holding tools/qtrain/qtrain (default: build, relative to the repository)
@@ -13,13 +15,15 @@
 # Exits non-zero if any run fails.
 set -euo pipefail
 
-usage() { sed -n '7,13p' "$0" | sed 's/^# \{0,1\}//'; }
-die() { echo "mlp_accuracy.sh: error: $*" >&2; exit 2; }
+usage() { sed -n '7,15p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "accuracy.sh: error: $*" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out=""
+epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out="" model=mlp norms=l1
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --model) [[ $# -ge 2 ]] || die "--model needs a value"; model=$2; shift 2 ;;
+    --norms) [[ $# -ge 2 ]] || die "--norms needs a value"; norms=$2; shift 2 ;;
     --epochs) [[ $# -ge 2 ]] || die "--epochs needs a value"; epochs=$2; shift 2 ;;
     --threads) [[ $# -ge 2 ]] || die "--threads needs a value"; threads=$2; shift 2 ;;
     --build) [[ $# -ge 2 ]] || die "--build needs a value"; build=$2; shift 2 ;;
@@ -31,6 +35,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $epochs =~ ^[1-9][0-9]*$ ]] || die "--epochs '$epochs' must be an integer >= 1"
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "--threads '$threads' must be an integer >= 1"
+case "$model" in mlp|cnn|resnet8|resnet20) ;; *) die "--model '$model' must be mlp, cnn, resnet8 or resnet20" ;; esac
+[[ $model == mlp ]] && norms=none
 
 # A relative build directory is taken relative to the current directory if it exists there, else to the repository.
 if [[ $build != /* && ! -d $build ]]; then build=$repo/$build; fi
@@ -41,19 +47,21 @@ qtrain=$build/tools/qtrain/qtrain
 py=/usr/bin/python3
 [[ -x $py ]] || py=$(command -v python3) || die "python3 is needed to read the metrics files"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qtrain_mlp_bench.XXXXXX")
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/qtrain_accuracy_bench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 failed=0
 rows=()     # "name<TAB>accuracy<TAB>images/s", accuracy as a fraction; FAILED / skipped rows have empty numbers
 kernels=""
 
-# qtrain run: $1 = row name, $2 = --bits value.
+# qtrain run: $1 = row name, $2 = --bits value, $3 = norm (none for the MLP).
 run_qtrain() {
-  local name=$1 bits=$2 file=$tmp/qtrain_$2.jsonl log=$tmp/qtrain_$2.log
-  echo "== $name: qtrain train --model mlp --bits $bits --epochs $epochs --seed 0 --threads $threads"
-  if "$qtrain" train --data "$data" --model mlp --bits "$bits" --epochs "$epochs" --seed 0 --threads "$threads" \
-       --metrics "$file" 2>&1 | tee "$log"; then
+  local name=$1 bits=$2 norm=$3 file=$tmp/qtrain_$2_$3.jsonl log=$tmp/qtrain_$2_$3.log
+  local extra=()
+  [[ $norm == none ]] || extra=(--norm "$norm")
+  echo "== $name: qtrain train --model $model ${extra[*]} --bits $bits --epochs $epochs --seed 0 --threads $threads"
+  if "$qtrain" train --data "$data" --model "$model" "${extra[@]}" --bits "$bits" --epochs "$epochs" --seed 0 \
+       --threads "$threads" --metrics "$file" 2>&1 | tee "$log"; then
     [[ -n $kernels ]] || kernels=$(sed -n 's/.*kernels \([A-Za-z0-9_]*\).*/\1/p' "$log" | head -n 1)
     # Accuracy of the last epoch; images/s over all epochs = images / training seconds.
     local summary
@@ -65,24 +73,27 @@ images = sum(l["images_per_second"] * l["seconds"] for l in lines)
 seconds = sum(l["seconds"] for l in lines)
 print("%s\t%.6f\t%.1f" % (lines[-1]["model"], lines[-1]["test_accuracy"], images / seconds))
 ' "$file" "$epochs"); then
-      local model=${summary%%$'\t'*}
-      rows+=("qtrain ${model#mlp 784-256-128-10 }"$'\t'"${summary#*$'\t'}")
+      local model_desc=${summary%%$'\t'*}
+      rows+=("qtrain ${model_desc#* * }"$'\t'"${summary#*$'\t'}")
       return
     fi
   fi
-  echo "mlp_accuracy.sh: $name FAILED" >&2
+  echo "accuracy.sh: $name FAILED" >&2
   rows+=("$name (FAILED)"$'\t\t')
   failed=1
 }
 
-run_qtrain "qtrain W8A8G8" 8
-run_qtrain "qtrain W4A4G4" 4
+IFS=',' read -r -a norm_list <<<"$norms"
+for norm in "${norm_list[@]}"; do
+  run_qtrain "qtrain W8A8G8 $norm" 8 "$norm"
+  run_qtrain "qtrain W4A4G4 $norm" 4 "$norm"
+done
 
 torch_ips=""
 torch_py=${QTRAIN_TORCH_PYTHON:-/usr/bin/python3}  # the python3 that has torch (Debian python3-torch)
 if "$torch_py" -c "import torch" >/dev/null 2>&1; then
-  echo "== PyTorch fp32: bench/reference/torch_models.py --model mlp --epochs $epochs --threads $threads"
-  if "$torch_py" "$repo/bench/reference/torch_models.py" --model mlp --epochs "$epochs" --threads "$threads" --data "$data" \
+  echo "== PyTorch fp32: bench/reference/torch_models.py --model $model --epochs $epochs --threads $threads"
+  if "$torch_py" "$repo/bench/reference/torch_models.py" --model "$model" --epochs "$epochs" --threads "$threads" --data "$data" \
        2>&1 | tee "$tmp/torch.log" &&
      summary=$(grep '^{' "$tmp/torch.log" | tail -n 1 | "$py" -c '
 import json, sys
@@ -91,7 +102,7 @@ print("%.6f\t%.1f" % (j["test_accuracy"], j["train_images_per_second"]))'); then
     rows+=("PyTorch fp32"$'\t'"$summary")
     torch_ips=${summary#*$'\t'}
   else
-    echo "mlp_accuracy.sh: PyTorch fp32 reference FAILED" >&2
+    echo "accuracy.sh: PyTorch fp32 reference FAILED" >&2
     rows+=("PyTorch fp32 (FAILED)"$'\t\t')
     failed=1
   fi
@@ -102,7 +113,7 @@ fi
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
 table=$(
-  echo "MLP 784-256-128-10 on Fashion-MNIST: $epochs epoch(s), batch 64, seed 0, $threads thread(s)," \
+  echo "$model on Fashion-MNIST: $epochs epoch(s), batch 64, seed 0, $threads thread(s)," \
        "CPU ${cpu:-unknown}, qtrain kernels ${kernels:-unknown}"
   echo
   echo "| run | test accuracy | training images/s | ratio to PyTorch fp32 images/s |"

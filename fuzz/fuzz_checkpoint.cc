@@ -1,0 +1,16 @@
+// Checkpoint parser (engine/checkpoint.h). Every section CRC is recomputed so mutations reach the header,
+// position and tensor checks; anything but qtrain::InputError is a finding.
+#include "engine/checkpoint.h"
+#include "fuzz/fuzz_util.h"
+#include "quant/error.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
+  std::string bytes(reinterpret_cast<const char*>(data), size);
+  qtrain::fuzz::fix_checkpoint_crcs(bytes);
+  try {
+    qtrain::Checkpoint c = qtrain::parse_checkpoint("fuzz.qtc", bytes);
+    if (!c.model) __builtin_trap();
+  } catch (const qtrain::InputError&) {
+  }
+  return 0;
+}

@@ -1,0 +1,608 @@
+// Checkpoints: bit-exact resume (epoch boundary, mid-epoch, other thread counts), crash safety (a child process
+// SIGKILLed while writing), and every kind of hostile checkpoint and model file: a clear InputError naming the
+// file, never a crash or a huge allocation.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <tuple>
+
+#include "engine/checkpoint.h"
+#include "engine/data/cifar.h"
+#include "engine/data/idx.h"
+#include "engine/serialize.h"
+#include "engine/trainer.h"
+#include "quant/error.h"
+
+namespace qtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+const data::ImageSet& full_train() {
+  static const data::ImageSet s = data::load_mnist_dir(data::kDefaultFashionMnistDir, data::Split::kTrain);
+  return s;
+}
+const data::ImageSet& small_train() {
+  static const data::ImageSet s = data::take_first(full_train(), 1280);  // 20 steps of 64
+  return s;
+}
+
+TrainConfig config(int bits, int epochs, std::size_t threads = 1) {
+  TrainConfig cfg;
+  cfg.model.bits = {bits, bits, bits};
+  cfg.epochs = epochs;
+  cfg.batch = 64;
+  cfg.seed = 7;
+  cfg.threads = threads;
+  return cfg;
+}
+
+// Master weights, momentum buffers and their exponents.
+std::string snapshot(Model& m) {
+  std::string s;
+  for (Param* p : m.params()) {
+    for (const Tensor* t : {&p->master, &p->momentum}) {
+      const int e = t->exponent();
+      s.append(reinterpret_cast<const char*>(&e), sizeof e);
+      s.append(reinterpret_cast<const char*>(t->data<int32_t>()), t->size() * sizeof(int32_t));
+    }
+  }
+  return s;
+}
+
+std::string temp_path(const std::string& name) {
+  return (fs::temp_directory_path() / ("qtrain_ckpt_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A straight run of cfg.epochs epochs.
+struct RunResult {
+  std::string weights;
+  std::vector<EpochMetrics> metrics;
+};
+RunResult straight(const TrainConfig& cfg, const data::ImageSet& train) {
+  Trainer t(cfg, train);
+  RunResult r;
+  for (int e = 1; e <= cfg.epochs; ++e) r.metrics.push_back(t.train_epoch(e, nullptr));
+  r.weights = snapshot(t.model());
+  return r;
+}
+
+// Resumes the checkpoint bytes in a fresh trainer (through a file, as the CLI does) and finishes the run.
+RunResult finish_from(const std::string& bytes, const data::ImageSet& train, std::size_t threads) {
+  const std::string path = temp_path("resume.qtc");
+  write_file_atomic(path, bytes);
+  Checkpoint ck = load_checkpoint(path);
+  fs::remove(path);
+  ck.config.threads = threads;
+  std::unique_ptr<Trainer> t = resume_trainer(ck, train, path);
+  RunResult r;
+  r.metrics = t->state().history;
+  for (int e = t->state().epoch; e <= t->config().epochs; ++e) r.metrics.push_back(t->train_epoch(e, nullptr));
+  r.weights = snapshot(t->model());
+  return r;
+}
+
+void expect_same_run(const RunResult& a, const RunResult& b) {
+  EXPECT_TRUE(a.weights == b.weights) << "weights or momentum differ";
+  ASSERT_EQ(a.metrics.size(), b.metrics.size());
+  for (std::size_t i = 0; i < a.metrics.size(); ++i) {
+    EXPECT_EQ(a.metrics[i].loss, b.metrics[i].loss) << "epoch " << i + 1;
+    EXPECT_EQ(a.metrics[i].train_accuracy, b.metrics[i].train_accuracy) << "epoch " << i + 1;
+    EXPECT_EQ(a.metrics[i].lr, b.metrics[i].lr) << "epoch " << i + 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bit-exact resume
+
+TEST(CheckpointResume, TwoEpochsStraightEqualOneEpochPlusResume) {
+  for (int bits : {8, 4}) {
+    SCOPED_TRACE(std::to_string(bits) + "-bit");
+    const TrainConfig cfg = config(bits, 2);
+    const RunResult a = straight(cfg, small_train());
+    Trainer t(cfg, small_train());
+    t.train_epoch(1, nullptr);
+    const RunResult b = finish_from(encode_checkpoint(t), small_train(), 1);
+    expect_same_run(a, b);
+  }
+}
+
+TEST(CheckpointResume, MidEpochCheckpointResumesBitExactlyWithAnyThreadCount) {
+  const TrainConfig cfg = config(4, 2);
+  const RunResult a = straight(cfg, small_train());
+  for (std::size_t at : {1u, 7u, 20u}) {  // after the first step, mid-epoch, after the epoch's last step
+    Trainer t(cfg, small_train());
+    std::string bytes;
+    t.train_epoch(1, nullptr, [&](const Progress& p) {
+      if (p.step == at) bytes = encode_checkpoint(t);
+    });
+    ASSERT_FALSE(bytes.empty());
+    for (std::size_t threads : at == 7 ? std::vector<std::size_t>{1, 3} : std::vector<std::size_t>{1}) {
+      SCOPED_TRACE("checkpoint after step " + std::to_string(at) + ", resumed with " + std::to_string(threads) +
+                   " threads");
+      expect_same_run(a, finish_from(bytes, small_train(), threads));
+    }
+  }
+}
+
+TEST(CheckpointResume, SecondEpochMidCheckpoint) {
+  const TrainConfig cfg = config(8, 3);
+  const RunResult a = straight(cfg, small_train());
+  Trainer t(cfg, small_train());
+  t.train_epoch(1, nullptr);
+  std::string bytes;
+  t.train_epoch(2, nullptr, [&](const Progress& p) {
+    if (p.step == 11) bytes = encode_checkpoint(t);
+  });
+  expect_same_run(a, finish_from(bytes, small_train(), 2));
+}
+
+// A convolutional model with batch norm: the running statistics (model buffers) travel in the BUFS section, and
+// the augmentation settings in the configuration; the resumed run is bit-identical, running statistics included.
+TEST(CheckpointResume, ConvolutionalModelWithRunningStatisticsAndAugmentation) {
+  const data::ImageSet train = data::take_first(full_train(), 192);
+  TrainConfig cfg = config(4, 2);
+  cfg.model.kind = "cnn";
+  cfg.model.set_input(28, 28, 1);
+  cfg.batch = 32;
+  cfg.augment = {2, true};
+  auto with_buffers = [](Model& m) {
+    std::string s = snapshot(m);
+    for (Tensor* t : m.buffers()) {
+      for (std::size_t c = 0; c < t->cols(); ++c) {
+        const int e = t->exponent_at(0, c);
+        s.append(reinterpret_cast<const char*>(&e), sizeof e);
+      }
+      s.append(reinterpret_cast<const char*>(t->data<int32_t>()), t->size() * sizeof(int32_t));
+    }
+    return s;
+  };
+  Trainer a(cfg, train);
+  for (int e = 1; e <= 2; ++e) a.train_epoch(e, nullptr);
+  ASSERT_FALSE(a.model().buffers().empty());
+  Trainer b(cfg, train);
+  std::string bytes;
+  b.train_epoch(1, nullptr, [&](const Progress& p) {
+    if (p.step == 2) bytes = encode_checkpoint(b);
+  });
+  Checkpoint ck = parse_checkpoint("cnn.qtc", bytes);
+  EXPECT_EQ(ck.config.augment.pad, 2);
+  EXPECT_TRUE(ck.config.augment.flip);
+  std::unique_ptr<Trainer> r = resume_trainer(ck, train, "cnn.qtc");
+  for (int e = 1; e <= 2; ++e) r->train_epoch(e, nullptr);
+  EXPECT_TRUE(with_buffers(a.model()) == with_buffers(r->model())) << "weights, momentum or running statistics differ";
+  EXPECT_EQ(a.state().history[1].loss, r->state().history[1].loss);
+}
+
+TEST(CheckpointResume, StateFieldsSurviveTheFile) {
+  TrainConfig cfg = config(4, 3);
+  cfg.lr = 0.03;
+  cfg.schedule = ScheduleKind::kCosine;
+  cfg.sgd.momentum = 0.8;
+  cfg.sgd.weight_decay = 1e-4;
+  cfg.seed = 0xFFFFFFFFFFFFFFFFull;
+  Trainer t(cfg, small_train());
+  t.train_epoch(1, nullptr);
+  try {
+    t.train_epoch(2, nullptr, [&](const Progress& p) {
+      if (p.step == 5) throw std::runtime_error("stop");
+    });
+  } catch (const std::runtime_error&) {
+  }
+  const Checkpoint c = parse_checkpoint("mem.qtc", encode_checkpoint(t));
+  EXPECT_EQ(c.config.seed, cfg.seed);
+  EXPECT_EQ(c.config.lr, cfg.lr);
+  EXPECT_EQ(c.config.schedule, cfg.schedule);
+  EXPECT_EQ(c.config.sgd.momentum, cfg.sgd.momentum);
+  EXPECT_EQ(c.config.sgd.weight_decay, cfg.sgd.weight_decay);
+  EXPECT_EQ(c.config.epochs, 3);
+  EXPECT_EQ(c.config.batch, 64u);
+  EXPECT_EQ(c.config.model.describe(), t.model().spec().describe());
+  EXPECT_EQ(c.state.epoch, 2);
+  EXPECT_EQ(c.state.step_in_epoch, 5u);
+  EXPECT_EQ(c.state.global_step, 25u);
+  EXPECT_EQ(c.state.loss_sum, t.state().loss_sum);
+  EXPECT_EQ(c.state.seen, 5u * 64);
+  EXPECT_EQ(c.state.history.size(), 1u);
+  EXPECT_EQ(c.state.history[0].loss, t.state().history[0].loss);
+  EXPECT_EQ(c.state.health.reference, t.state().health.reference);
+  EXPECT_EQ(c.train_count, 1280u);
+  EXPECT_EQ(c.train_crc, t.training_data_crc());
+  EXPECT_TRUE(c.norm == t.norm());
+  EXPECT_EQ(snapshot(*c.model), snapshot(t.model()));
+}
+
+TEST(CheckpointResume, OtherTrainingDataIsRefused) {
+  Trainer t(config(8, 1), small_train());
+  Checkpoint c = parse_checkpoint("run.qtc", encode_checkpoint(t));
+  const data::ImageSet fewer = data::take_first(full_train(), 640);
+  try {
+    resume_trainer(c, fewer, "run.qtc");
+    FAIL() << "resumed on other data";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("run.qtc"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("1280"), std::string::npos) << e.what();
+  }
+  // Same size, other images: the CRC catches it.
+  data::ImageSet other = small_train();
+  other.pixels[100] ^= 1;
+  Checkpoint c2 = parse_checkpoint("run.qtc", encode_checkpoint(t));
+  EXPECT_THROW(resume_trainer(c2, other, "run.qtc"), InputError);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Crash safety: a child writes checkpoints in a loop and is SIGKILLed at random moments; the file must always
+// load and hold one of the states written.
+
+TEST(CheckpointCrash, KillWhileWritingLeavesACompleteCheckpoint) {
+  Trainer t(config(8, 1), small_train());
+  std::string states[2];
+  t.train_epoch(1, nullptr, [&](const Progress& p) {
+    if (p.step == 3) states[0] = encode_checkpoint(t);
+    if (p.step == 4) states[1] = encode_checkpoint(t);
+  });
+  ASSERT_NE(states[0], states[1]);
+  const fs::path dir = fs::temp_directory_path() / ("qtrain_kill_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string path = (dir / "run.qtc").string();
+  write_file_atomic(path, states[0]);
+  std::mt19937 rng(1234);
+  int kills_mid_write = 0;
+  for (int round = 0; round < 25; ++round) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      for (uint64_t i = 0;; ++i) {
+        try {
+          write_file_atomic(path, states[i % 2]);
+        } catch (...) {
+          ::_exit(3);
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(200, 30000)(rng)));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the writer exited by itself (status " << status << ")";
+    const std::string bytes = read_all(path);
+    ASSERT_TRUE(bytes == states[0] || bytes == states[1]) << "round " << round << ": the checkpoint is neither state";
+    EXPECT_NO_THROW(load_checkpoint(path)) << "round " << round;
+    // A killed writer may leave its temporary file behind (never the checkpoint itself).
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename() != "run.qtc") {
+        ++kills_mid_write;
+        fs::remove(e.path());
+      }
+  }
+  std::printf("25 kills, %d of them while a temporary file was open\n", kills_mid_write);
+  fs::remove_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hostile checkpoints
+
+const std::string& good_checkpoint() {
+  static const std::string bytes = [] {
+    Trainer t(config(4, 2), small_train());
+    std::string b;
+    t.train_epoch(1, nullptr, [&](const Progress& p) {
+      if (p.step == 3) b = encode_checkpoint(t);
+    });
+    return b;
+  }();
+  return bytes;
+}
+
+uint64_t le64(const std::string& s, std::size_t at) {
+  uint64_t v;
+  std::memcpy(&v, s.data() + at, 8);
+  return v;
+}
+
+uint32_t crc_of(const std::string& s, std::size_t at, std::size_t n) {
+  return static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(s.data() + at), static_cast<uInt>(n)));
+}
+
+// The checkpoint with its HEAD JSON edited, all CRCs valid.
+std::string with_header(const std::function<void(nlohmann::json&)>& edit) {
+  const std::string& b = good_checkpoint();
+  const uint64_t hlen = le64(b, 20);
+  nlohmann::json h = nlohmann::json::parse(b.substr(28, hlen));
+  edit(h);
+  const std::string text = h.dump();
+  std::string out = b.substr(0, 16) + "HEAD";
+  const uint64_t n = text.size();
+  out.append(reinterpret_cast<const char*>(&n), 8);
+  out += text;
+  const uint32_t c = crc_of(out, 16, out.size() - 16);
+  out.append(reinterpret_cast<const char*>(&c), 4);
+  out += b.substr(28 + hlen + 4);
+  return out;
+}
+
+// Expects an InputError that names the file and contains `detail`.
+void expect_error(const std::string& bytes, const std::string& detail) {
+  try {
+    parse_checkpoint("bad.qtc", bytes);
+    ADD_FAILURE() << "no error; expected '" << detail << "'";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("bad.qtc: ", 0), 0u) << m;
+    EXPECT_NE(m.find(detail), std::string::npos) << "expected '" << detail << "' in: " << m;
+  }
+}
+
+TEST(CheckpointHostile, GoodCheckpointParses) { EXPECT_NO_THROW(parse_checkpoint("good.qtc", good_checkpoint())); }
+
+TEST(CheckpointHostile, MagicVersionAndSectionCount) {
+  expect_error("", "bad magic");
+  expect_error("QTRNMDL1xxxxxxxx", "bad magic");
+  std::string b = good_checkpoint();
+  b[8] = 2;
+  expect_error(b, "version 2, this build reads version 1 (written by a newer qtrain?)");
+  b = good_checkpoint();
+  b[12] = 5;
+  expect_error(b, "section count 5");
+}
+
+TEST(CheckpointHostile, EveryTruncationIsAnError) {
+  const std::string& b = good_checkpoint();
+  for (std::size_t keep = 0; keep < b.size(); keep += 1 + keep / 7) {
+    SCOPED_TRACE("kept " + std::to_string(keep) + " of " + std::to_string(b.size()));
+    EXPECT_THROW(parse_checkpoint("cut.qtc", b.substr(0, keep)), InputError);
+  }
+  expect_error(b.substr(0, b.size() - 1), "truncated");
+  expect_error(b + "x", "unexpected bytes after the last section");
+}
+
+TEST(CheckpointHostile, FlippedByteInEachSectionFailsItsChecksum) {
+  const std::string& b = good_checkpoint();
+  const uint64_t hlen = le64(b, 20);
+  const std::size_t wght = 16 + 12 + hlen + 4, wlen = le64(b, wght + 4);
+  const std::size_t momt = wght + 12 + wlen + 4;
+  const std::pair<std::size_t, const char*> flips[] = {
+      {28 + hlen / 2, "section HEAD: checksum mismatch"},
+      {wght + 12 + 1000, "section WGHT: checksum mismatch"},
+      {momt + 12 + 1000, "section MOMT: checksum mismatch"},
+      {b.size() - 1, "section BUFS: checksum mismatch"}};  // the MLP's BUFS section is empty: its CRC ends the file
+  for (const auto& [at, detail] : flips) {
+    std::string c = b;
+    c[at] = static_cast<char>(c[at] ^ 0x04);
+    expect_error(c, detail);
+  }
+  std::string c = b;
+  c[wght] = 'X';  // the section tag
+  expect_error(c, "expected section WGHT, found 'XGHT'");
+  c = b;
+  const uint64_t huge = uint64_t{1} << 62;  // a section length far beyond the file
+  std::memcpy(c.data() + 20, &huge, 8);
+  expect_error(c, "truncated");
+}
+
+TEST(CheckpointHostile, HeaderFieldsAreCheckedByNameAndRange) {
+  using J = nlohmann::json;
+  const std::pair<std::function<void(J&)>, std::string> cases[] = {
+      {[](J& h) { h["model"]["kind"] = "resnet99"; }, "unknown model 'resnet99'"},
+      {[](J& h) { h["model"]["bits"]["weight"] = 9; }, "model.bits.weight must be an integer in 2..8"},
+      {[](J& h) { h["model"]["bits"]["grad"] = 1; }, "model.bits.grad must be an integer in 2..8"},
+      {[](J& h) { h["model"]["groups"] = 6; }, "N_G=6 is out of range"},
+      {[](J& h) { h["model"]["bits"]["act"] = "four"; }, "model.bits.act must be an integer in 2..8 (found string"},
+      {[](J& h) { h["model"]["bits"]["act"] = 4.5; }, "model.bits.act must be an integer"},
+      {[](J& h) { h["config"]["lr"] = "fast"; }, "config.lr must be a number"},
+      {[](J& h) { h["config"]["lr"] = 1e300; }, "config.lr must be a finite number"},
+      {[](J& h) { h["config"]["seed"] = -1; }, "config.seed must be an integer"},
+      {[](J& h) { h["config"]["batch"] = 0; }, "config.batch must be an integer in 1..65536"},
+      {[](J& h) { h["config"]["schedule"] = "sawtooth"; }, "unknown schedule 'sawtooth'"},
+      {[](J& h) { h["model"]["sizes"][1] = 4294967296.0 * 4294967296.0; }, "model.sizes[1] must be an integer"},
+      {[](J& h) { h["model"]["sizes"][1] = -5; }, "model.sizes[1] must be an integer in 1..16777216"},
+      {[](J& h) { h["model"]["sizes"] = J::array({784, 16777216, 16777216, 10}); },
+       "has up to 281488331374602 values, more than a file of"},
+      {[](J& h) { h["model"]["sizes"] = J::array({784}); }, "model.sizes must list 2..1024"},
+      {[](J& h) { h["model"].erase("bits"); }, "model.bits is missing"},
+      {[](J& h) { h["pixel_norm"]["table"][3] = 100; }, "pixel_norm.table[3] is 100 but the statistics give"},
+      {[](J& h) { h["pixel_norm"]["stddev"] = 0; }, "pixel_norm.stddev must be a finite number"},
+      {[](J& h) { h["position"]["global_step"] = 999; }, "position.global_step 999 does not match"},
+      {[](J& h) { h["position"]["epoch"] = 7; }, "position.epoch must be an integer in 1..3"},
+      {[](J& h) { h["position"]["seen"] = 5; }, "position.seen 5 does not match"},
+      {[](J& h) { h["position"]["steps_per_epoch"] = 21; }, "position.steps_per_epoch 21 does not match"},
+      {[](J& h) { h["data"]["rows"] = 27; }, "(27x28x1) does not match the model's input"},
+      {[](J& h) { h["config"]["augment_flip"] = 1; }, "config.augment_flip must be true or false"},
+      {[](J& h) { h["model"]["kind"] = "cnn"; }, "tensors lists 6 tensors, the model has 10"},
+      {[](J& h) { h["history"] = J::array({1}); }, "history has 1 entries"},
+      {[](J& h) { h["tensors"][0]["dtype"] = "f32"; }, "tensors[0].dtype must be \"i32\""},
+      {[](J& h) { h["tensors"][1]["rows"] = 2; }, "tensors[1] is linear0.bias 2x256"},
+      {[](J& h) { h["format"] = "something else"; }, "format is not"},
+      {[](J& h) { h = J::array({1, 2}); }, "the header must be an object"},
+  };
+  for (const auto& [edit, detail] : cases) {
+    SCOPED_TRACE(detail);
+    expect_error(with_header(edit), detail);
+  }
+  // Not JSON at all, and JSON nested a million levels deep.
+  std::string b = good_checkpoint();
+  const uint64_t hlen = le64(b, 20);
+  for (const std::string& text : {std::string("{\"model\": nan}"), std::string(1000000, '[')}) {
+    std::string out = b.substr(0, 16) + "HEAD";
+    const uint64_t n = text.size();
+    out.append(reinterpret_cast<const char*>(&n), 8);
+    out += text;
+    const uint32_t c = crc_of(out, 16, out.size() - 16);
+    out.append(reinterpret_cast<const char*>(&c), 4);
+    out += b.substr(28 + hlen + 4);
+    expect_error(out, "section HEAD is not valid JSON");
+  }
+}
+
+// Rewrites one int32 of a section payload (at `offset` from its start) and fixes that section's CRC.
+std::string with_tensor_word(int section, std::size_t offset, int32_t value) {
+  std::string b = good_checkpoint();
+  std::size_t pos = 16;
+  for (int s = 0; s < section; ++s) pos += 12 + le64(b, pos + 4) + 4;
+  const uint64_t len = le64(b, pos + 4);
+  std::memcpy(b.data() + pos + 12 + offset, &value, 4);
+  const uint32_t c = crc_of(b, pos, 12 + len);
+  std::memcpy(b.data() + pos + 12 + len, &c, 4);
+  return b;
+}
+
+TEST(CheckpointHostile, TensorValuesAndExponentsAreRangeChecked) {
+  expect_error(with_tensor_word(1, 0, 5000), "linear0.weight exponent 5000 is out of range -200..200");
+  // The optimizer keeps |w| ≤ 2^30 (a narrowing rounded to nearest can land exactly on 2^30: a diverged run
+  // showed it); one more is out of range.
+  EXPECT_NO_THROW(parse_checkpoint("edge.qtc", with_tensor_word(1, 8, int32_t{1} << 30)));
+  EXPECT_NO_THROW(parse_checkpoint("edge.qtc", with_tensor_word(1, 8, -(int32_t{1} << 30))));
+  expect_error(with_tensor_word(1, 8, (int32_t{1} << 30) + 1), "linear0.weight element 1 = 1073741825 is out of range");
+  expect_error(with_tensor_word(1, 8, INT32_MIN), "out of range");
+  expect_error(with_tensor_word(2, 0, 150), "linear0.weight momentum exponent 150 is more than 62 away");
+  expect_error(with_tensor_word(2, 4, -(int32_t{1} << 30) - 1), "linear0.weight momentum element 0");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hostile model files (the header checks shared with checkpoints, and the size check before allocation)
+
+const std::string& good_model() {
+  static const std::string bytes = [] {
+    Trainer t(config(4, 1), small_train());
+    const std::string path = temp_path("good.qtm");
+    save_model(path, t.model(), t.norm());
+    std::string b = read_all(path);
+    fs::remove(path);
+    return b;
+  }();
+  return bytes;
+}
+
+std::string model_with_header(const std::function<void(nlohmann::json&)>& edit) {
+  const std::string& b = good_model();
+  uint32_t hlen;
+  std::memcpy(&hlen, b.data() + 12, 4);
+  nlohmann::json h = nlohmann::json::parse(b.substr(16, hlen));
+  edit(h);
+  const std::string text = h.dump();
+  std::string out = b.substr(0, 12);
+  const auto n = static_cast<uint32_t>(text.size());
+  out.append(reinterpret_cast<const char*>(&n), 4);
+  out += text + b.substr(16 + hlen, b.size() - 16 - hlen - 4);
+  const uint32_t c = crc_of(out, 0, out.size());
+  out.append(reinterpret_cast<const char*>(&c), 4);
+  return out;
+}
+
+void expect_model_error(const std::string& bytes, const std::string& detail) {
+  try {
+    parse_model("bad.qtm", bytes);
+    ADD_FAILURE() << "no error; expected '" << detail << "'";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("bad.qtm: ", 0), 0u) << m;
+    EXPECT_NE(m.find(detail), std::string::npos) << "expected '" << detail << "' in: " << m;
+  }
+}
+
+TEST(ModelFileHostile, HeaderAndSizes) {
+  using J = nlohmann::json;
+  EXPECT_NO_THROW(parse_model("good.qtm", good_model()));
+  EXPECT_NO_THROW(parse_model("same.qtm", model_with_header([](J&) {})));
+  const std::pair<std::function<void(J&)>, std::string> cases[] = {
+      {[](J& h) { h["model"]["kind"] = "transformer"; }, "unknown model 'transformer'"},
+      {[](J& h) { h["model"]["bits"]["weight"] = 0; }, "model.bits.weight must be an integer in 2..8"},
+      {[](J& h) { h["model"]["input_bits"] = "8"; }, "model.input_bits must be an integer"},
+      {[](J& h) { h["model"]["sizes"] = J::array({784, 16777216, 16777216, 10}); }, "more than a file of"},
+      {[](J& h) { h["model"]["sizes"] = J::array({784, 200, 128, 10}); }, "params[0] is linear0.weight 256x784"},
+      {[](J& h) {
+         h["model"]["kind"] = "cnn";
+         h["model"]["input"] = J::array({4096, 4096, 64});
+         h["model"]["classes"] = 10;
+         h["model"]["edge_bits"] = 0;
+         h["model"]["norm"] = "l1";
+       },
+       "more than a file of"},
+      {[](J& h) {
+         h["model"]["kind"] = "resnet8";
+         h["model"]["input"] = J::array({32, 32, 3, 1});
+       },
+       "model.input must be [height, width, channels]"},
+      {[](J& h) { h["model"]["sizes"][1] = 1e30; }, "model.sizes[1] must be an integer"},
+      {[](J& h) { h["pixel_norm"]["mean"] = "0.3"; }, "pixel_norm.mean must be a number"},
+      {[](J& h) { h["pixel_norm"]["exponent"] = -300; }, "pixel_norm.exponent must be an integer in -64..64"},
+      {[](J& h) { h["params"].erase(0); }, "params lists 5 parameters, the model has 6"},
+      {[](J& h) { h["params"][2]["cols"] = 1u << 31; }, "params[2] is linear1.weight 128x2147483648"},
+  };
+  for (const auto& [edit, detail] : cases) {
+    SCOPED_TRACE(detail);
+    expect_model_error(model_with_header(edit), detail);
+  }
+  // A header that claims more parameters than the file holds: refused before allocating.
+  expect_model_error(model_with_header([](J& h) {
+                       h["model"]["sizes"] = J::array({784, 4096, 4096, 10});
+                       h["params"][0]["rows"] = 4096;
+                       h["params"][1]["cols"] = 4096;
+                       h["params"][2]["cols"] = 4096;
+                       h["params"][2]["rows"] = 4096;
+                       h["params"][3]["cols"] = 4096;
+                       h["params"][4]["cols"] = 4096;
+                     }),
+                     "more than a file of 941914 bytes can hold");
+  std::string b = good_model();
+  b[8] = 3;
+  expect_model_error(b, "model file version 3, this build reads version 1");
+}
+
+// The bound the loaders check before building a model covers what build_model allocates, and is not far above it.
+TEST(ModelSpec, SizeBoundCoversTheBuiltModel) {
+  std::vector<ModelSpec> specs;
+  for (const std::vector<std::size_t>& sizes :
+       {std::vector<std::size_t>{784, 256, 128, 10}, {4, 3, 10}, {16, 10}, {8, 8, 8, 8, 8, 10}}) {
+    ModelSpec s;
+    s.sizes = sizes;
+    specs.push_back(s);
+  }
+  for (const char* kind : {"cnn", "resnet8", "resnet20"})
+    for (const auto& [h, w, c] : {std::tuple<std::size_t, std::size_t, std::size_t>{28, 28, 1}, {32, 32, 3},
+                                  {4, 4, 1}, {9, 13, 2}, {64, 48, 3}}) {
+      ModelSpec s;
+      s.kind = kind;
+      s.set_input(h, w, c);
+      specs.push_back(s);
+    }
+  for (const ModelSpec& s : specs) {
+    SCOPED_TRACE(s.describe());
+    const auto model = build_model(s, 0);
+    std::size_t n = 0;
+    for (Param* p : model->params()) n += p->master.size();
+    for (Tensor* t : model->buffers()) n += t->size() + t->cols();
+    EXPECT_GE(s.size_bound(), n);
+    EXPECT_LE(s.size_bound(), 2 * n + (std::size_t{1} << 20));
+  }
+}
+
+// The seed corpus of the fuzz targets holds valid files of the current formats.
+TEST(FuzzCorpus, ValidSeedsLoad) {
+  const std::string dir = QTRAIN_FUZZ_CORPUS;
+  for (const char* f : {"checkpoint/start", "checkpoint/mid_epoch", "checkpoint/epoch_end"})
+    EXPECT_NO_THROW(load_checkpoint(dir + "/" + f)) << f;
+  EXPECT_NO_THROW(load_model(dir + "/model/tiny"));
+  EXPECT_NO_THROW(data::read_cifar10({dir + "/cifar10/two_records"}));
+}
+
+}  // namespace
+}  // namespace qtrain
