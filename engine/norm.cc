@@ -11,7 +11,6 @@
 #include "kernels/norm.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
-#include "quant/uninit_vector.h"
 
 namespace qtrain {
 namespace {
