@@ -186,16 +186,30 @@ TEST_P(EltwiseKernelTarget, AlignedSumsMatchReference) {
       const int t = kT[rng() % std::size(kT)];
       const auto a = random_values(n, rng);
       const auto b = random_values(n, rng);
-      ASSERT_EQ(aligned_sum_max(a.data(), b.data(), n, la, lb), ref::aligned_sum_max(a.data(), b.data(), n, la, lb));
-      {  // with the t = 0 result stored on the way
+      const SumRange r_want = ref::aligned_sum_range(a.data(), b.data(), n, la, lb);
+      const SumRange r_got = aligned_sum_range(a.data(), b.data(), n, la, lb);
+      ASSERT_EQ(r_got.min, r_want.min) << n;
+      ASSERT_EQ(r_got.max, r_want.max) << n;
+      for (bool relu : {false, true}) {  // with the t = 0 result stored on the way
         std::vector<int32_t> want0(n), got0(n + 4, 0x5A5A5A5A);
-        const uint64_t m_want = ref::aligned_sum_max(a.data(), b.data(), n, la, lb, want0.data());
-        ASSERT_EQ(aligned_sum_max(a.data(), b.data(), n, la, lb, got0.data()), m_want);
+        const SumRange m_want = ref::aligned_sum_range(a.data(), b.data(), n, la, lb, want0.data(), relu);
+        const SumRange m_got = aligned_sum_range(a.data(), b.data(), n, la, lb, got0.data(), relu);
+        ASSERT_EQ(m_got.min, m_want.min);
+        ASSERT_EQ(m_got.max, m_want.max);
         for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(got0[i], want0[i]) << "n=" << n << " element " << i;
         for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got0[i], 0x5A5A5A5A) << "wrote past the end";
         std::vector<int32_t> narrow0(n);
-        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, 0, narrow0.data());
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, 0, narrow0.data(), relu);
         ASSERT_EQ(want0, narrow0);
+        std::vector<int32_t> want_t(n), got_t(n + 4, 0x5A5A5A5A);
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, want_t.data(), relu);
+        aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, got_t.data(), relu);
+        std::vector<int32_t> plain_t(n);  // the ReLU variant is max(plain, 0)
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, plain_t.data());
+        for (std::size_t i = 0; i < n; ++i) {
+          ASSERT_EQ(got_t[i], want_t[i]) << "n=" << n << " t=" << t << " relu " << relu << " element " << i;
+          ASSERT_EQ(want_t[i], relu ? std::max(plain_t[i], 0) : plain_t[i]);
+        }
       }
       std::vector<int32_t> want(n), got(n + 4, 0x5A5A5A5A);
       ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, want.data());
@@ -232,8 +246,8 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
     const auto x = random_values(n, rng);
     const auto dy = random_values(n, rng);
     std::vector<int32_t> want(n), got(n + 4, 0x5A5A5A5A);
-    ref::relu_i32(x.data(), n, want.data());
-    relu_i32(x.data(), n, got.data());
+    const uint64_t m_want = ref::relu_i32(x.data(), n, want.data());
+    ASSERT_EQ(relu_i32(x.data(), n, got.data()), m_want);
     for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], want[i]) << i;
     for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A);
     std::vector<int32_t> in_place = x;
@@ -246,6 +260,12 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
     in_place = dy;
     relu_backward_i32(in_place.data(), x.data(), n, in_place.data());
     ASSERT_EQ(in_place, want);
+    in_place = dy;  // two outputs, the second in place
+    std::vector<int32_t> second(n + 4, 0x5A5A5A5A);
+    relu_backward_i32(in_place.data(), x.data(), n, second.data(), in_place.data());
+    ASSERT_EQ(in_place, want);
+    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(second[i], want[i]) << i;
+    for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(second[i], 0x5A5A5A5A);
   }
   // Strided adds: runs of len values, destination runs apart by dst_stride (overlapping when smaller than len).
   const std::size_t kLens[] = {1, 3, 4, 5, 8, 12, 16, 17, 32, 48, 64, 100};
@@ -367,7 +387,7 @@ TEST(EltwiseKernelReference, MatchesThePow2Formulas) {
     int32_t out = 0;
     ref::aligned_sum_narrow(&x, &y, 1, la, lb, t, &out);
     ASSERT_EQ(out, quant::saturate_i32(quant::shift_round_even(sum, t)));
-    ASSERT_EQ(ref::aligned_sum_max(&x, &y, 1, la, lb), static_cast<uint64_t>(sum < 0 ? -sum : sum));
+    ASSERT_EQ(ref::aligned_sum_range(&x, &y, 1, la, lb).max_abs(), static_cast<uint64_t>(sum < 0 ? -sum : sum));
   }
 }
 
