@@ -47,7 +47,10 @@ void ThreadPool::parallel_for(std::size_t n, std::size_t tile, const RangeFn& fn
     return;
   }
   // `fn` must not throw: the exception would have to cross pthreadpool's C frames.
-  pthreadpool_parallelize_1d_tile_1d(pool_, &run_tile, const_cast<RangeFn*>(&fn), n, tile, /*flags=*/0);
+  // Workers sleep between regions instead of spinning: on a machine whose cores are shared with other processes a
+  // spinning worker steals the time slice the caller needs, and every region's barrier then waits for a reschedule.
+  pthreadpool_parallelize_1d_tile_1d(pool_, &run_tile, const_cast<RangeFn*>(&fn), n, tile,
+                                     PTHREADPOOL_FLAG_YIELD_WORKERS);
 }
 
 }  // namespace qtrain::kernels
