@@ -36,7 +36,8 @@ void bytes(benchmark::State& state, std::size_t per_element) {
 template <bool kRef>
 void BM_MaxAbs(benchmark::State& state) {
   const auto x = values(kN, 1);
-  for (auto _ : state) benchmark::DoNotOptimize(kRef ? k::ref::max_abs_i32(x.data(), kN, true) : k::max_abs_i32(x.data(), kN, true));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(kRef ? k::ref::max_abs_i32(x.data(), kN, true) : k::max_abs_i32(x.data(), kN, true));
   bytes(state, 4);
 }
 

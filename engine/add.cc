@@ -46,7 +46,8 @@ Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
     const kernels::SumRange range =
         kernels::aligned_sum_range(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, o, relu);
     const int t = narrowing_shift(range.max_abs());
-    if (t != 0) kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o, relu);
+    if (t != 0)
+      kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o, relu);
     out.set_exponent(e + t);
     // With the ReLU every value is ≥ 0 and the largest is the narrowed largest sum (rounding is monotone).
     if (relu) out.set_nonnegative_max(static_cast<uint64_t>(quant::shift_round_even(range.max, t)));
@@ -69,8 +70,8 @@ Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
       e[c] += t[c];
     }
     out = Tensor::uninitialized(rows, cols, DType::kI32);
-    kernels::aligned_sum_narrow_cols(av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(),
-                                     t.data(), out.data<int32_t>());
+    kernels::aligned_sum_narrow_cols(av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(), t.data(),
+                                     out.data<int32_t>());
     out.set_exponents(ScaleAxis::kCol, std::move(e));
   } else {
     // Does the coarser operand have a non-zero value in column c (any column when per tensor)?

@@ -282,7 +282,7 @@ struct RqVec {
 
 HWY_INLINE RqVec RqSet(const ShiftConsts& k) {
   const D32 d;
-  return {hn::Set(d, k.pmin), hn::Set(d, k.pmax), hn::Set(d, k.sr),  hn::Set(d, k.mask),
+  return {hn::Set(d, k.pmin), hn::Set(d, k.pmax), hn::Set(d, k.sr), hn::Set(d, k.mask),
           hn::Set(d, k.half), hn::Set(d, k.oddm), hn::Set(d, k.sl)};
 }
 
@@ -414,8 +414,8 @@ void ShiftQuantRound(const int32_t* HWY_RESTRICT g, const uint32_t* HWY_RESTRICT
     upv[c] = up[c];
   }
   auto load = [&](std::size_t c) {
-    return SqVec{hn::LoadU(d, pmin.data() + c),   hn::LoadU(d, pmax.data() + c), hn::LoadU(d, sr.data() + c),
-                 hn::LoadU(d, mask.data() + c),   hn::LoadU(d, rshift.data() + c), hn::LoadU(d, sl.data() + c),
+    return SqVec{hn::LoadU(d, pmin.data() + c), hn::LoadU(d, pmax.data() + c),   hn::LoadU(d, sr.data() + c),
+                 hn::LoadU(d, mask.data() + c), hn::LoadU(d, rshift.data() + c), hn::LoadU(d, sl.data() + c),
                  hn::LoadU(d, upv.data() + c)};
   };
   const V32 lim_hi = hn::Set(d, limit), lim_lo = hn::Set(d, -limit);
@@ -528,8 +528,8 @@ void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la,
   for (; i < n; ++i) out[i] = ed::narrow_one(ed::aligned_sum_one(a[i], b[i], la, lb), t, relu);
 }
 
-void AlignedSumColMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t rows,
-                      std::size_t cols, const int* la, const int* lb, uint64_t* HWY_RESTRICT colmax) {
+void AlignedSumColMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t rows, std::size_t cols,
+                      const int* la, const int* lb, uint64_t* HWY_RESTRICT colmax) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
   const std::size_t full = cols / lanes * lanes;
@@ -710,8 +710,8 @@ void MaxArgmaxI32(const int32_t* const* src, const uint16_t* pos, std::size_t co
   }
 }
 
-void UnpoolMaxI32(const int32_t* HWY_RESTRICT dy, const uint16_t* HWY_RESTRICT arg, std::size_t n,
-                  int32_t* const* dst, std::size_t count) {
+void UnpoolMaxI32(const int32_t* HWY_RESTRICT dy, const uint16_t* HWY_RESTRICT arg, std::size_t n, int32_t* const* dst,
+                  std::size_t count) {
   const D32 d;
   const hn::Rebind<uint16_t, D32> d16;
   const std::size_t lanes = hn::Lanes(d);
@@ -840,8 +840,8 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
   HWY_DYNAMIC_DISPATCH(RequantizeI8)(x, n, shift, lo, hi, out);
 }
 
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out) {
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(RequantizeI8Cols)(x, rows, cols, shift, lo, hi, out);
 }
@@ -855,8 +855,7 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
   HWY_DYNAMIC_DISPATCH(ShiftQuantRound)(g, draws, rows, cols, shift, up, limit, q, shifted);
 }
 
-SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out,
-                           bool relu) {
+SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
   detail::ensure_dispatch_ready();
   return HWY_DYNAMIC_DISPATCH(AlignedSumRange)(a, b, n, la, lb, out, relu);
 }
@@ -889,8 +888,8 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
   HWY_DYNAMIC_DISPATCH(ReluBackwardI32)(dy, x, n, dx, dx2);
 }
 
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len) {
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(AddStridedI32)(dst, dst_stride, src, src_stride, runs, len);
 }
@@ -940,8 +939,8 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
   for (std::size_t i = 0; i < n; ++i) out[i] = ed::requantize_one(x[i], shift, lo, hi);
 }
 
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out) {
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out) {
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c) out[r * cols + c] = ed::requantize_one(x[r * cols + c], shift[c], lo, hi);
 }
@@ -955,8 +954,7 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
     }
 }
 
-SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out,
-                           bool relu) {
+SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
   SumRange r;  // {0, 0}: the range includes 0
   for (std::size_t i = 0; i < n; ++i) {
     const int64_t s = ed::aligned_sum_one(a[i], b[i], la, lb);
@@ -1005,8 +1003,8 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
   }
 }
 
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len) {
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len) {
   for (std::size_t r = 0; r < runs; ++r)
     for (std::size_t e = 0; e < len; ++e) {
       int32_t& o = dst[r * dst_stride + e];
@@ -1020,8 +1018,7 @@ void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size
     for (std::size_t e = 0; e < c; ++e) {
       uint32_t acc = accumulate ? static_cast<uint32_t>(dst[q * c + e]) : 0u;
       for (std::size_t r = 0; r < nsrc; ++r)
-        for (std::size_t t = 0; t < count[q]; ++t)
-          acc += static_cast<uint32_t>(src[r][offset[q * max_taps + t] + e]);
+        for (std::size_t t = 0; t < count[q]; ++t) acc += static_cast<uint32_t>(src[r][offset[q * max_taps + t] + e]);
       dst[q * c + e] = static_cast<int32_t>(acc);
     }
 }

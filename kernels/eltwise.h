@@ -38,8 +38,8 @@ uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 // int32 → int8 requantization to nearest even: out[i] = clamp(R_even(x[i], shift), lo, hi), −128 ≤ lo ≤ 0 ≤ hi ≤ 127.
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
 // The same with one shift per column: out[r, c] = clamp(R_even(x[r, c], shift[c]), lo, hi).
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out);
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out);
 
 // ShiftQuant's rounding pass (quant/shiftquant.h) over rows×cols, draws[r·cols + c] for element (r, c):
 //   q[r, c]       = clamp(R_stoch(g[r, c], shift[c], draws[r·cols + c]), −limit, limit)
@@ -79,8 +79,8 @@ void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32
 
 // Strided runs of int32 adds: dst[r·dst_stride + e] += src[r·src_stride + e] for r < runs, e < len, run after run
 // (so overlapping destination runs are fine). Wrapping; callers guarantee the sums fit.
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len);
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len);
 
 // Gathered sums (one input line of col2im, engine/conv2d.cc): for each of w output pixels (c values each),
 //   dst[q·c + e]  =  Σ_{r < nsrc} Σ_{t < count[q]} src[r][offset[q·max_taps + t] + e]      (+ dst[q·c + e] when
@@ -103,8 +103,8 @@ uint64_t max_abs_i32(const int32_t* x, std::size_t n, bool positive_only);
 void col_max_abs_i32(const int32_t* x, std::size_t rows, std::size_t cols, bool positive_only, uint64_t* colmax);
 uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out);
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out);
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                       const int* up, int32_t limit, int8_t* q, int8_t* shifted);
 SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr,
@@ -117,8 +117,8 @@ void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t row
                              const int* lb, const int* t, int32_t* out);
 uint64_t relu_i32(const int32_t* x, std::size_t n, int32_t* y);
 void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx, int32_t* dx2 = nullptr);
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len);
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len);
 void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
                     std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst);
 void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,

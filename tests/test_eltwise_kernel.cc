@@ -108,7 +108,8 @@ TEST_P(EltwiseKernelTarget, ColumnMaxAbsMatchesReference) {
 }
 
 // Shifts of every kind: large left shifts (saturating), small left shifts, identity, rounding shifts, ≥ 32 and ≥ 63.
-const int kShifts[] = {-70, -40, -31, -24, -9, -8, -7, -6, -3, -1, 0, 1, 2, 3, 7, 12, 17, 24, 29, 30, 31, 32, 33, 45, 62, 63, 90};
+const int kShifts[] = {-70, -40, -31, -24, -9, -8, -7, -6, -3, -1, 0,  1,  2, 3,
+                       7,   12,  17,  24,  29, 30, 31, 32, 33, 45, 62, 63, 90};
 const std::pair<int32_t, int32_t> kRanges[] = {{-7, 7}, {-127, 127}, {0, 15}, {0, 127}, {-1, 1}, {-128, 127}, {0, 3}};
 
 TEST_P(EltwiseKernelTarget, RequantizeMatchesReference) {
@@ -234,7 +235,8 @@ TEST_P(EltwiseKernelTarget, AlignedSumsMatchReference) {
       std::vector<int32_t> want(rows * cols), got(rows * cols + 4, 0x5A5A5A5A);
       ref::aligned_sum_narrow_cols(a.data(), b.data(), rows, cols, la.data(), lb.data(), t.data(), want.data());
       aligned_sum_narrow_cols(a.data(), b.data(), rows, cols, la.data(), lb.data(), t.data(), got.data());
-      for (std::size_t i = 0; i < rows * cols; ++i) ASSERT_EQ(got[i], want[i]) << rows << "x" << cols << " element " << i;
+      for (std::size_t i = 0; i < rows * cols; ++i)
+        ASSERT_EQ(got[i], want[i]) << rows << "x" << cols << " element " << i;
       for (std::size_t i = rows * cols; i < rows * cols + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
     }
   }
@@ -280,7 +282,8 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
         got.resize(dst_n + 4, 0x5A5A5A5A);
         ref::add_strided_i32(want.data(), dst_stride, src.data(), src_stride, runs, len);
         add_strided_i32(got.data(), dst_stride, src.data(), src_stride, runs, len);
-        for (std::size_t i = 0; i < dst_n; ++i) ASSERT_EQ(got[i], want[i]) << "len " << len << " runs " << runs << " " << i;
+        for (std::size_t i = 0; i < dst_n; ++i)
+          ASSERT_EQ(got[i], want[i]) << "len " << len << " runs " << runs << " " << i;
         for (std::size_t i = dst_n; i < dst_n + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
       }
     }
@@ -300,7 +303,8 @@ TEST_P(EltwiseKernelTarget, GatherSumMatchesReference) {
         src[r] = planes[r].data();
       }
       const auto count = fill<uint32_t>(w, [&] { return static_cast<uint32_t>(rng() % (max_taps + 1)); });
-      const auto offset = fill<std::size_t>(w * max_taps, [&] { return static_cast<std::size_t>(rng() % (plane - c + 1)); });
+      const auto offset =
+          fill<std::size_t>(w * max_taps, [&] { return static_cast<std::size_t>(rng() % (plane - c + 1)); });
       for (bool accumulate : {false, true}) {
         auto want = fill<int32_t>(w * c, [&] { return random_i32(rng) / 16; });
         std::vector<int32_t> got = want;
@@ -320,7 +324,8 @@ TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
     for (std::size_t count : {std::size_t{1}, std::size_t{2}, std::size_t{4}, std::size_t{9}}) {
       // Few distinct values, so ties are frequent.
       std::vector<std::vector<int32_t>> planes(count);
-      for (auto& p : planes) p = fill<int32_t>(n, [&] { return rng() % 3 == 0 ? random_i32(rng) : int32_t(rng() % 5) - 2; });
+      for (auto& p : planes)
+        p = fill<int32_t>(n, [&] { return rng() % 3 == 0 ? random_i32(rng) : int32_t(rng() % 5) - 2; });
       std::vector<const int32_t*> src(count);
       std::vector<uint16_t> pos(count);
       for (std::size_t j = 0; j < count; ++j) {
@@ -339,7 +344,8 @@ TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
 
       const auto dy = random_values(n, rng);
       const auto arg = fill<uint16_t>(n, [&] { return static_cast<uint16_t>(rng() % (count + 1)); });
-      std::vector<std::vector<int32_t>> want(count, std::vector<int32_t>(n)), got(count, std::vector<int32_t>(n + 4, 7));
+      std::vector<std::vector<int32_t>> want(count, std::vector<int32_t>(n)),
+          got(count, std::vector<int32_t>(n + 4, 7));
       std::vector<int32_t*> wp(count), gp(count);
       for (std::size_t j = 0; j < count; ++j) {
         wp[j] = want[j].data();
