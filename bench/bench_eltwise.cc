@@ -36,7 +36,8 @@ void bytes(benchmark::State& state, std::size_t per_element) {
 template <bool kRef>
 void BM_MaxAbs(benchmark::State& state) {
   const auto x = values(kN, 1);
-  for (auto _ : state) benchmark::DoNotOptimize(kRef ? k::ref::max_abs_i32(x.data(), kN, true) : k::max_abs_i32(x.data(), kN, true));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(kRef ? k::ref::max_abs_i32(x.data(), kN, true) : k::max_abs_i32(x.data(), kN, true));
   bytes(state, 4);
 }
 
@@ -91,8 +92,8 @@ void BM_AlignedSum(benchmark::State& state) {
   const auto a = values(kN, 4, 28), b = values(kN, 5, 28);
   std::vector<int32_t> out(kN);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(kRef ? k::ref::aligned_sum_max(a.data(), b.data(), kN, 0, 2, out.data())
-                                  : k::aligned_sum_max(a.data(), b.data(), kN, 0, 2, out.data()));
+    benchmark::DoNotOptimize(kRef ? k::ref::aligned_sum_range(a.data(), b.data(), kN, 0, 2, out.data()).max
+                                  : k::aligned_sum_range(a.data(), b.data(), kN, 0, 2, out.data()).max);
     benchmark::ClobberMemory();
   }
   bytes(state, 12);
@@ -103,11 +104,7 @@ void BM_Relu(benchmark::State& state) {
   const auto x = values(kN, 6);
   std::vector<int32_t> y(kN);
   for (auto _ : state) {
-    if (kRef) {
-      k::ref::relu_i32(x.data(), kN, y.data());
-    } else {
-      k::relu_i32(x.data(), kN, y.data());
-    }
+    benchmark::DoNotOptimize(kRef ? k::ref::relu_i32(x.data(), kN, y.data()) : k::relu_i32(x.data(), kN, y.data()));
     benchmark::ClobberMemory();
   }
   bytes(state, 8);
@@ -120,8 +117,8 @@ BENCHMARK(BM_Requantize<true>)->Name("requantize_i8/ref");
 BENCHMARK(BM_ShiftQuantRound<false>)->Name("shiftquant_round");
 BENCHMARK(BM_ShiftQuantRound<true>)->Name("shiftquant_round/ref");
 BENCHMARK(BM_PhiloxDraws)->Name("philox_blocks");
-BENCHMARK(BM_AlignedSum<false>)->Name("aligned_sum_max+store");
-BENCHMARK(BM_AlignedSum<true>)->Name("aligned_sum_max+store/ref");
+BENCHMARK(BM_AlignedSum<false>)->Name("aligned_sum_range+store");
+BENCHMARK(BM_AlignedSum<true>)->Name("aligned_sum_range+store/ref");
 BENCHMARK(BM_Relu<false>)->Name("relu_i32");
 BENCHMARK(BM_Relu<true>)->Name("relu_i32/ref");
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "engine/narrow.h"
@@ -21,17 +22,14 @@ int working_exponent(int ea, int eb, bool coarse_nonzero) {
   const int fine = std::min(ea, eb), coarse = std::max(ea, eb);
   return coarse_nonzero ? std::max(fine, coarse - 31) : fine;
 }
-}  // namespace
 
-VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) {
-  const Tensor& av = a->value;
-  const Tensor& bv = b->value;
+// The narrowed sum of a and b (see add.h), with a ReLU applied to it when `relu` (exactly relu(add(a, b))).
+Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
   if (av.rows() != bv.rows() || av.cols() != bv.cols() || av.axis() == ScaleAxis::kRow || bv.axis() == ScaleAxis::kRow)
     throw std::invalid_argument("add: operands " + av.describe() + " and " + bv.describe() +
                                 " must have the same shape and per-tensor or per-column exponents");
   const std::size_t rows = av.rows(), cols = av.cols();
   const bool per_col = av.axis() == ScaleAxis::kCol || bv.axis() == ScaleAxis::kCol;
-  auto out = std::make_shared<Var>();
   // Fast path: int32 operands whose exponents are at most 31 octaves apart in every column. The working exponent
   // is then the finer one whatever the values (working_exponent), so both operands move by exact left shifts
   // ≤ 31 and the kernels' int64 lanes hold every sum; the narrowing is narrow_per_col / narrow_tensor's.
@@ -40,7 +38,23 @@ VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) {
     const int ea = av.exponent_at(0, c), eb = bv.exponent_at(0, c);
     fast = std::max(ea, eb) - std::min(ea, eb) <= 31;
   }
-  if (fast && per_col) {
+  if (fast && !per_col) {
+    const int ea = av.exponent(), eb = bv.exponent(), e = std::min(ea, eb);
+    Tensor out = Tensor::uninitialized(rows, cols, DType::kI32);
+    int32_t* o = out.data<int32_t>();
+    // One pass writes the sums at shift 0; a second one only if some sum needs a coarser exponent.
+    const kernels::SumRange range =
+        kernels::aligned_sum_range(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, o, relu);
+    const int t = narrowing_shift(range.max_abs());
+    if (t != 0)
+      kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o, relu);
+    out.set_exponent(e + t);
+    // With the ReLU every value is ≥ 0 and the largest is the narrowed largest sum (rounding is monotone).
+    if (relu) out.set_nonnegative_max(static_cast<uint64_t>(quant::shift_round_even(range.max, t)));
+    return out;
+  }
+  Tensor out;
+  if (fast) {
     std::vector<int> la(cols), lb(cols), e(cols), t(cols);
     for (std::size_t c = 0; c < cols; ++c) {
       const int ea = av.exponent_at(0, c), eb = bv.exponent_at(0, c);
@@ -55,19 +69,10 @@ VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) {
       t[c] = narrowing_shift(colmax[c]);
       e[c] += t[c];
     }
-    out->value = Tensor::uninitialized(rows, cols, DType::kI32);
-    kernels::aligned_sum_narrow_cols(av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(),
-                                     t.data(), out->value.data<int32_t>());
-    out->value.set_exponents(ScaleAxis::kCol, std::move(e));
-  } else if (fast) {
-    const int ea = av.exponent(), eb = bv.exponent(), e = std::min(ea, eb);
-    out->value = Tensor::uninitialized(rows, cols, DType::kI32);
-    int32_t* o = out->value.data<int32_t>();
-    // One pass writes the sums at shift 0; a second one only if some sum needs a coarser exponent.
-    const uint64_t mx = kernels::aligned_sum_max(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, o);
-    const int t = narrowing_shift(mx);
-    if (t != 0) kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o);
-    out->value.set_exponent(e + t);
+    out = Tensor::uninitialized(rows, cols, DType::kI32);
+    kernels::aligned_sum_narrow_cols(av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(), t.data(),
+                                     out.data<int32_t>());
+    out.set_exponents(ScaleAxis::kCol, std::move(e));
   } else {
     // Does the coarser operand have a non-zero value in column c (any column when per tensor)?
     std::vector<char> coarse_nonzero(cols, 0);
@@ -90,20 +95,50 @@ VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) {
         sum[i] = quant::shift_round_even(element(av, i), e[c] - av.exponent_at(0, c)) +
                  quant::shift_round_even(element(bv, i), e[c] - bv.exponent_at(0, c));
       }
-    out->value = per_col ? narrow_per_col(sum.data(), rows, cols, e) : narrow_tensor(sum.data(), rows, cols, e_tensor);
+    out = per_col ? narrow_per_col(sum.data(), rows, cols, e) : narrow_tensor(sum.data(), rows, cols, e_tensor);
   }
+  if (relu) {
+    const uint64_t mx = kernels::relu_i32(out.data<int32_t>(), out.size(), out.data<int32_t>());
+    out.set_nonnegative_max(mx);
+  }
+  return out;
+}
+
+VarPtr add_impl(const StepContext& ctx, const VarPtr& a, const VarPtr& b, bool relu) {
+  auto out = std::make_shared<Var>();
+  out->value = sum_values(a->value, b->value, relu);
   if (!ctx.training() || (!a->requires_grad && !b->requires_grad)) return out;
-  ctx.tape->record([a, b, out] {
+  ctx.tape->record([a, b, out, relu] {
     if (!out->has_grad) return;
-    // Both inputs receive dy: a copy for the first, the consumed gradient itself for the second.
-    if (a->requires_grad && b->requires_grad) {
-      accumulate_grad(*a, static_cast<const Tensor&>(out->grad));
-      accumulate_grad(*b, take_grad(*out));
-    } else {
-      accumulate_grad(a->requires_grad ? *a : *b, take_grad(*out));
+    // Both inputs receive dy (masked by y > 0 after a ReLU, i.e. by the sum > 0): a copy for the first, the consumed
+    // gradient itself for the second.
+    const bool both = a->requires_grad && b->requires_grad;
+    Tensor g = take_grad(*out);
+    if (!relu) {
+      if (both) accumulate_grad(*a, static_cast<const Tensor&>(g));
+      accumulate_grad(b->requires_grad ? *b : *a, std::move(g));
+      return;
     }
+    int32_t* d = g.data<int32_t>();
+    const int32_t* y = std::as_const(out->value).data<int32_t>();
+    if (both) {
+      Tensor ga = Tensor::uninitialized(g.rows(), g.cols(), DType::kI32);
+      ga.set_exponents(g.axis(), g.exponents());
+      kernels::relu_backward_i32(d, y, g.size(), ga.data<int32_t>(), d);  // one pass, both gradients
+      accumulate_grad(*a, std::move(ga));
+      accumulate_grad(*b, std::move(g));
+      return;
+    }
+    kernels::relu_backward_i32(d, y, g.size(), d);
+    accumulate_grad(b->requires_grad ? *b : *a, std::move(g));
   });
   return out;
 }
+
+}  // namespace
+
+VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b) { return add_impl(ctx, a, b, false); }
+
+VarPtr add_relu(const StepContext& ctx, const VarPtr& a, const VarPtr& b) { return add_impl(ctx, a, b, true); }
 
 }  // namespace qtrain

@@ -17,4 +17,8 @@ namespace qtrain {
 
 VarPtr add(const StepContext& ctx, const VarPtr& a, const VarPtr& b);
 
+// relu(add(a, b)) as one op (one pass over the operands, one Var): the same values, exponents and gradients —
+// dx_a = dx_b = dy·[y > 0] — as Relu applied to add's output. Used by residual blocks.
+VarPtr add_relu(const StepContext& ctx, const VarPtr& a, const VarPtr& b);
+
 }  // namespace qtrain

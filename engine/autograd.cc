@@ -28,7 +28,7 @@ void add_into(Var& v, const Tensor& g) {
     // into a new tensor (a and b stay intact); a second one only if some sum needs a coarser exponent.
     Tensor sum = Tensor::uninitialized(v.grad.rows(), v.grad.cols(), DType::kI32);
     int32_t* out = sum.data<int32_t>();
-    const uint64_t maxabs = kernels::aligned_sum_max(a, b, g.size(), la, lb, out);
+    const uint64_t maxabs = kernels::aligned_sum_range(a, b, g.size(), la, lb, out).max_abs();
     const int s = std::max(0, quant::bit_length(maxabs) - 31);
     if (s != 0) kernels::aligned_sum_narrow(a, b, g.size(), la, lb, s, out);
     sum.set_exponent(e + s);

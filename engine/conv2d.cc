@@ -97,13 +97,20 @@ void interior_rows_n(int8_t* d, std::size_t k, const int8_t* const* src, std::si
 void interior_rows(int8_t* d, std::size_t k, const int8_t* const* src, std::size_t kh, std::size_t n, std::size_t off,
                    std::size_t step, std::size_t count) {
   switch (n) {
-    case 3: return interior_rows_n<3>(d, k, src, kh, off, step, count);
-    case 16: return interior_rows_n<16>(d, k, src, kh, off, step, count);
-    case 32: return interior_rows_n<32>(d, k, src, kh, off, step, count);
-    case 48: return interior_rows_n<48>(d, k, src, kh, off, step, count);
-    case 64: return interior_rows_n<64>(d, k, src, kh, off, step, count);
-    case 96: return interior_rows_n<96>(d, k, src, kh, off, step, count);
-    case 192: return interior_rows_n<192>(d, k, src, kh, off, step, count);
+    case 3:
+      return interior_rows_n<3>(d, k, src, kh, off, step, count);
+    case 16:
+      return interior_rows_n<16>(d, k, src, kh, off, step, count);
+    case 32:
+      return interior_rows_n<32>(d, k, src, kh, off, step, count);
+    case 48:
+      return interior_rows_n<48>(d, k, src, kh, off, step, count);
+    case 64:
+      return interior_rows_n<64>(d, k, src, kh, off, step, count);
+    case 96:
+      return interior_rows_n<96>(d, k, src, kh, off, step, count);
+    case 192:
+      return interior_rows_n<192>(d, k, src, kh, off, step, count);
     default:
       for (std::size_t r = 0; r < count; ++r, d += k, off += step)
         for (std::size_t i = 0; i < kh; ++i) {
@@ -131,8 +138,8 @@ void im2col(const int8_t* x, const Geometry& g, std::size_t l0, std::size_t l1, 
       int8_t* line = p + (l - l0) * g.wo * g.k;
       for (std::size_t i = 0; i < g.kh; ++i) {
         const long ih = static_cast<long>(oh * g.s + i) - static_cast<long>(g.p);
-        src[i] = ih < 0 || ih >= static_cast<long>(g.h) ? nullptr
-                                                         : x + (n * g.h + static_cast<std::size_t>(ih)) * g.w * g.c;
+        src[i] =
+            ih < 0 || ih >= static_cast<long>(g.h) ? nullptr : x + (n * g.h + static_cast<std::size_t>(ih)) * g.w * g.c;
       }
       for (std::size_t ow = 0; ow < g.wo; ++ow) {
         if (ow == ow_in0 && ow_in0 < ow_in1) {  // interior: whole kernel rows inside the image
@@ -342,8 +349,7 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
       const std::size_t l1 = std::min(lines, l0 + bl);
       im2col(xq->data<int8_t>(), g, l0, l1, patches.get(), ctx.pool);
-      kernels::gemm_forward(patches.get(), wq->q.data<int8_t>(), y + l0 * g.wo * m, (l1 - l0) * g.wo, m, g.k,
-                            ctx.pool);
+      kernels::gemm_forward(patches.get(), wq->q.data<int8_t>(), y + l0 * g.wo * m, (l1 - l0) * g.wo, m, g.k, ctx.pool);
     }
   }
   std::vector<int> e_out(m);

@@ -16,7 +16,12 @@
 //                                                kh·kw·Cout·127² < 2^31 (then it is dX itself); otherwise exact
 //                                                in int64, then int32 at the finest exponent that fits (narrow.h)
 //           dW = dY_qᵀ · P                       reduction over N·Ho·Wo rows: int8 GEMMs over blocks of
-//                                                ≤ kMaxReduction rows, blocks summed exactly in int64
+//                                                ≤ kMaxReduction rows, blocks summed exactly (int32 while the
+//                                                total is ≤ kMaxReduction rows, int64 beyond)
+//           Stride 1 (square kernel, p ≤ k − 1): the same dX sums computed as a convolution, with no dP:
+//           dX[n,h,w,c] = Σ_{i',j',co} dY_shifted[n, h − p' + i', w − p' + j', co] · W_aligned[co, k−1−i', k−1−j', c],
+//           p' = k − 1 − p: im2col of dY_shifted times the flipped, transposed weights (one int8 GEMM per block,
+//           reduction k²·Cout under the same int32 bound).
 // Patches are built a block of output rows at a time, in forward and again in backward (from the kept X_q), so
 // memory stays bounded by the block whatever the batch. A 1×1, stride-1, unpadded convolution uses X_q itself
 // as P and dP itself as dX (no im2col, no col2im).

@@ -1,6 +1,7 @@
 #include "engine/qgemm_op.h"
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 
 #include "engine/narrow.h"
@@ -28,7 +29,10 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
   if (src->axis() == ScaleAxis::kRow)
     throw std::logic_error("quantized GEMM input with per-row exponents: " + x.describe());
   Tensor q = Tensor::uninitialized(x.rows(), x.cols(), DType::kI8);  // quantize_to_tensor writes every element
-  const quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
+  quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
+  // A non-negative input's known maximum is both its max |x| and its max(x, 0).
+  const std::optional<uint64_t> known = x.nonnegative_max();
+  if (known && src->axis() == ScaleAxis::kTensor) opt.known_max = &*known;
   const auto& e = src->exponents();
   q.set_exponent(
       quant::quantize_to_tensor(src->data<int32_t>(), x.rows(), x.cols(), e.data(), e.size(), opt, q.data<int8_t>()));

@@ -12,7 +12,8 @@ VarPtr Relu::forward(const StepContext& ctx, const VarPtr& x) {
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(xv.rows(), xv.cols(), DType::kI32);  // same shape and exponents
   out->value.set_exponents(xv.axis(), xv.exponents());
-  kernels::relu_i32(xv.data<int32_t>(), xv.size(), out->value.data<int32_t>());
+  const uint64_t mx = kernels::relu_i32(xv.data<int32_t>(), xv.size(), out->value.data<int32_t>());
+  out->value.set_nonnegative_max(mx);
   if (!ctx.training() || !x->requires_grad) return out;
   ctx.tape->record([x, out] {
     if (!out->has_grad) return;

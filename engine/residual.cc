@@ -12,7 +12,7 @@ VarPtr Residual::forward(const StepContext& ctx, const VarPtr& x) {
   for (auto& l : body_) h = l->forward(ctx, h);
   VarPtr s = x;
   for (auto& l : shortcut_) s = l->forward(ctx, s);
-  return relu_.forward(ctx, add(ctx, h, s));
+  return add_relu(ctx, h, s);  // relu(h + s) in one pass
 }
 
 std::vector<Param*> Residual::params() {

@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "engine/layer.h"
-#include "engine/relu.h"
 
 namespace qtrain {
 
@@ -22,7 +21,6 @@ class Residual : public Layer {
 
  private:
   std::vector<std::unique_ptr<Layer>> body_, shortcut_;  // shortcut_ empty: identity
-  Relu relu_;
 };
 
 }  // namespace qtrain

@@ -46,6 +46,7 @@ Tensor Tensor::uninitialized(std::size_t rows, std::size_t cols, DType dtype, in
 template <>
 int8_t* Tensor::data<int8_t>() {
   if (dtype_ != DType::kI8) throw std::logic_error("Tensor::data<int8_t> on " + describe());
+  nonnegative_max_.reset();  // the caller may write
   return reinterpret_cast<int8_t*>(buf_.data());
 }
 template <>
@@ -56,6 +57,7 @@ const int8_t* Tensor::data<int8_t>() const {
 template <>
 int32_t* Tensor::data<int32_t>() {
   if (dtype_ != DType::kI32) throw std::logic_error("Tensor::data<int32_t> on " + describe());
+  nonnegative_max_.reset();  // the caller may write
   return reinterpret_cast<int32_t*>(buf_.data());
 }
 template <>

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,12 @@ class Tensor {
   void set_exponent(int e);
   void set_exponents(ScaleAxis axis, std::vector<int> exps);
 
+  // A fact a producer knows for free (a ReLU computes it on the way): every integer is ≥ 0 and the largest is m.
+  // Consumers (the activation quantizer) then skip a max-|x| pass. Exact or absent; any mutable data<T>() access
+  // clears it.
+  void set_nonnegative_max(uint64_t m) { nonnegative_max_ = m; }
+  std::optional<uint64_t> nonnegative_max() const { return nonnegative_max_; }
+
   // The same bytes seen as rows×cols (rows·cols must equal size()); only for a single exponent, which is kept.
   void reshape(std::size_t rows, std::size_t cols);
 
@@ -83,6 +90,7 @@ class Tensor {
   ScaleAxis axis_ = ScaleAxis::kTensor;
   std::vector<int> exps_{0};
   AlignedBuffer buf_;
+  std::optional<uint64_t> nonnegative_max_;
 };
 
 }  // namespace qtrain

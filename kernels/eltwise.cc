@@ -65,10 +65,10 @@ inline int64_t aligned_sum_one(int32_t a, int32_t b, int la, int lb) {
   return int64_t{a} * (int64_t{1} << la) + int64_t{b} * (int64_t{1} << lb);
 }
 
-inline int32_t narrow_one(int64_t s, int t) {
+inline int32_t narrow_one(int64_t s, int t, bool relu = false) {
   const int64_t v = t == 0 ? s : round_even(s, t);
   return static_cast<int32_t>(
-      std::clamp<int64_t>(v, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
+      std::clamp<int64_t>(v, relu ? 0 : std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
 }
 
 }  // namespace qtrain::kernels::elt_detail
@@ -209,6 +209,20 @@ struct MinMax64 {
     hn::Store(hi, d, b);
     for (std::size_t i = 0; i < hn::Lanes(d); ++i) out[i] = std::max(ed::mag64(a[i]), ed::mag64(b[i]));
   }
+  // The smallest and largest lane values (with 0, where every lane starts).
+  SumRange Range() const {
+    const D64 d;
+    HWY_ALIGN int64_t a[hn::MaxLanes(d)];
+    HWY_ALIGN int64_t b[hn::MaxLanes(d)];
+    hn::Store(lo, d, a);
+    hn::Store(hi, d, b);
+    SumRange r{a[0], b[0]};
+    for (std::size_t i = 1; i < hn::Lanes(d); ++i) {
+      r.min = std::min(r.min, a[i]);
+      r.max = std::max(r.max, b[i]);
+    }
+    return r;
+  }
   uint64_t MaxAbs() const {
     HWY_ALIGN uint64_t m[hn::MaxLanes(D64())];
     PerLane(m);
@@ -268,7 +282,7 @@ struct RqVec {
 
 HWY_INLINE RqVec RqSet(const ShiftConsts& k) {
   const D32 d;
-  return {hn::Set(d, k.pmin), hn::Set(d, k.pmax), hn::Set(d, k.sr),  hn::Set(d, k.mask),
+  return {hn::Set(d, k.pmin), hn::Set(d, k.pmax), hn::Set(d, k.sr), hn::Set(d, k.mask),
           hn::Set(d, k.half), hn::Set(d, k.oddm), hn::Set(d, k.sl)};
 }
 
@@ -400,8 +414,8 @@ void ShiftQuantRound(const int32_t* HWY_RESTRICT g, const uint32_t* HWY_RESTRICT
     upv[c] = up[c];
   }
   auto load = [&](std::size_t c) {
-    return SqVec{hn::LoadU(d, pmin.data() + c),   hn::LoadU(d, pmax.data() + c), hn::LoadU(d, sr.data() + c),
-                 hn::LoadU(d, mask.data() + c),   hn::LoadU(d, rshift.data() + c), hn::LoadU(d, sl.data() + c),
+    return SqVec{hn::LoadU(d, pmin.data() + c), hn::LoadU(d, pmax.data() + c),   hn::LoadU(d, sr.data() + c),
+                 hn::LoadU(d, mask.data() + c), hn::LoadU(d, rshift.data() + c), hn::LoadU(d, sl.data() + c),
                  hn::LoadU(d, upv.data() + c)};
   };
   const V32 lim_hi = hn::Set(d, limit), lim_lo = hn::Set(d, -limit);
@@ -449,25 +463,27 @@ struct NarrowVec {
   NarrowVec(V64 t_, V64 mask_, V64 half_, V64 oddm_) : t(t_), mask(mask_), half(half_), oddm(oddm_) {}
 };
 
-HWY_INLINE void NarrowStore(V64 s, const NarrowVec& p, int32_t* out) {
+// sat32(R_even(s, t)), or its ReLU (the low saturation bound raised to 0), stored as int32.
+HWY_INLINE void NarrowStore(V64 s, const NarrowVec& p, V64 lo, int32_t* out) {
   const D64 d;
   const V64 q = hn::operator>>(s, p.t);
   const V64 r = hn::And(s, p.mask);
   const V64 odd = hn::And(q, p.oddm);
   const V64 v = hn::Sub(q, hn::VecFromMask(d, hn::Gt(hn::Add(r, odd), p.half)));
-  const V64 sat = hn::Min(hn::Max(v, hn::Set(d, std::numeric_limits<int32_t>::min())),
-                          hn::Set(d, std::numeric_limits<int32_t>::max()));
+  const V64 sat = hn::Min(hn::Max(v, lo), hn::Set(d, std::numeric_limits<int32_t>::max()));
   const DU64 du;
   const DU32H du32;
   hn::StoreU(hn::TruncateTo(du32, hn::BitCast(du, sat)), du32, reinterpret_cast<uint32_t*>(out));
 }
 
+HWY_INLINE V64 SatLow(bool relu) { return hn::Set(D64(), relu ? 0 : std::numeric_limits<int32_t>::min()); }
+
 template <bool kStore>
-uint64_t AlignedSumMaxT(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t n, int la, int lb,
-                        int32_t* HWY_RESTRICT out) {
+SumRange AlignedSumRangeT(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t n, int la, int lb,
+                          int32_t* HWY_RESTRICT out, bool relu) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
-  const V64 vla = hn::Set(d, la), vlb = hn::Set(d, lb);
+  const V64 vla = hn::Set(d, la), vlb = hn::Set(d, lb), lo = SatLow(relu);
   const NarrowVec identity(0);
   MinMax64 m0, m1;
   std::size_t i = 0;
@@ -476,41 +492,44 @@ uint64_t AlignedSumMaxT(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRI
     m0.Add(s0);
     m1.Add(s1);
     if constexpr (kStore) {
-      NarrowStore(s0, identity, out + i);
-      NarrowStore(s1, identity, out + i + lanes);
+      NarrowStore(s0, identity, lo, out + i);
+      NarrowStore(s1, identity, lo, out + i + lanes);
     }
   }
   for (; i + lanes <= n; i += lanes) {
     const V64 s0 = SumCore(a + i, b + i, vla, vlb);
     m0.Add(s0);
-    if constexpr (kStore) NarrowStore(s0, identity, out + i);
+    if constexpr (kStore) NarrowStore(s0, identity, lo, out + i);
   }
   m0.Merge(m1);
-  uint64_t m = m0.MaxAbs();
+  SumRange range = m0.Range();  // the lanes start at 0, which the range includes by definition
   for (; i < n; ++i) {
     const int64_t s0 = ed::aligned_sum_one(a[i], b[i], la, lb);
-    m = std::max(m, ed::mag64(s0));
-    if constexpr (kStore) out[i] = ed::narrow_one(s0, 0);
+    range.min = std::min(range.min, s0);
+    range.max = std::max(range.max, s0);
+    if constexpr (kStore) out[i] = ed::narrow_one(s0, 0, relu);
   }
-  return m;
+  return range;
 }
 
-uint64_t AlignedSumMax(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
-  return out != nullptr ? AlignedSumMaxT<true>(a, b, n, la, lb, out) : AlignedSumMaxT<false>(a, b, n, la, lb, nullptr);
+SumRange AlignedSumRange(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
+  return out != nullptr ? AlignedSumRangeT<true>(a, b, n, la, lb, out, relu)
+                        : AlignedSumRangeT<false>(a, b, n, la, lb, nullptr, relu);
 }
 
-void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
+void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,
+                      bool relu) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
-  const V64 vla = hn::Set(d, la), vlb = hn::Set(d, lb);
+  const V64 vla = hn::Set(d, la), vlb = hn::Set(d, lb), lo = SatLow(relu);
   const NarrowVec p(t);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) NarrowStore(SumCore(a + i, b + i, vla, vlb), p, out + i);
-  for (; i < n; ++i) out[i] = ed::narrow_one(ed::aligned_sum_one(a[i], b[i], la, lb), t);
+  for (; i + lanes <= n; i += lanes) NarrowStore(SumCore(a + i, b + i, vla, vlb), p, lo, out + i);
+  for (; i < n; ++i) out[i] = ed::narrow_one(ed::aligned_sum_one(a[i], b[i], la, lb), t, relu);
 }
 
-void AlignedSumColMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t rows,
-                      std::size_t cols, const int* la, const int* lb, uint64_t* HWY_RESTRICT colmax) {
+void AlignedSumColMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t rows, std::size_t cols,
+                      const int* la, const int* lb, uint64_t* HWY_RESTRICT colmax) {
   const D64 d;
   const std::size_t lanes = hn::Lanes(d);
   const std::size_t full = cols / lanes * lanes;
@@ -566,7 +585,7 @@ void AlignedSumNarrowCols(const int32_t* a, const int32_t* b, std::size_t rows, 
       const NarrowVec p(hn::LoadU(d, st.data() + c), hn::LoadU(d, mask.data() + c), hn::LoadU(d, half.data() + c),
                         hn::LoadU(d, oddm.data() + c));
       NarrowStore(SumCore(a + base + c, b + base + c, hn::LoadU(d, sa.data() + c), hn::LoadU(d, sb.data() + c)), p,
-                  out + base + c);
+                  SatLow(false), out + base + c);
     }
     for (std::size_t c = full; c < cols; ++c)
       out[base + c] = ed::narrow_one(ed::aligned_sum_one(a[base + c], b[base + c], la[c], lb[c]), t[c]);
@@ -575,20 +594,39 @@ void AlignedSumNarrowCols(const int32_t* a, const int32_t* b, std::size_t rows, 
 
 // ---- ReLU, adds -----------------------------------------------------------------------------------------------
 
-void ReluI32(const int32_t* x, std::size_t n, int32_t* y) {
+uint64_t ReluI32(const int32_t* x, std::size_t n, int32_t* y) {
   const D32 d;
   const std::size_t lanes = hn::Lanes(d);
   const V32 zero = hn::Zero(d);
+  V32 m = zero;
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) hn::StoreU(hn::Max(hn::LoadU(d, x + i), zero), d, y + i);
-  for (; i < n; ++i) y[i] = std::max(x[i], 0);
+  for (; i + lanes <= n; i += lanes) {
+    const V32 v = hn::Max(hn::LoadU(d, x + i), zero);
+    m = hn::Max(m, v);
+    hn::StoreU(v, d, y + i);
+  }
+  uint64_t mx = LaneMax(hn::BitCast(DU32(), m));
+  for (; i < n; ++i) {
+    y[i] = std::max(x[i], 0);
+    mx = std::max<uint64_t>(mx, static_cast<uint64_t>(y[i]));
+  }
+  return mx;
 }
 
-void ReluBackwardI32(const int32_t* dy, const int32_t* HWY_RESTRICT x, std::size_t n, int32_t* dx) {
+void ReluBackwardI32(const int32_t* dy, const int32_t* HWY_RESTRICT x, std::size_t n, int32_t* dx, int32_t* dx2) {
   const D32 d;
   const std::size_t lanes = hn::Lanes(d);
   const V32 zero = hn::Zero(d);
   std::size_t i = 0;
+  if (dx2 != nullptr) {
+    for (; i + lanes <= n; i += lanes) {
+      const V32 g = hn::IfThenElseZero(hn::Gt(hn::LoadU(d, x + i), zero), hn::LoadU(d, dy + i));
+      hn::StoreU(g, d, dx + i);
+      hn::StoreU(g, d, dx2 + i);
+    }
+    for (; i < n; ++i) dx[i] = dx2[i] = x[i] > 0 ? dy[i] : 0;
+    return;
+  }
   for (; i + lanes <= n; i += lanes)
     hn::StoreU(hn::IfThenElseZero(hn::Gt(hn::LoadU(d, x + i), zero), hn::LoadU(d, dy + i)), d, dx + i);
   for (; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0;
@@ -672,8 +710,8 @@ void MaxArgmaxI32(const int32_t* const* src, const uint16_t* pos, std::size_t co
   }
 }
 
-void UnpoolMaxI32(const int32_t* HWY_RESTRICT dy, const uint16_t* HWY_RESTRICT arg, std::size_t n,
-                  int32_t* const* dst, std::size_t count) {
+void UnpoolMaxI32(const int32_t* HWY_RESTRICT dy, const uint16_t* HWY_RESTRICT arg, std::size_t n, int32_t* const* dst,
+                  std::size_t count) {
   const D32 d;
   const hn::Rebind<uint16_t, D32> d16;
   const std::size_t lanes = hn::Lanes(d);
@@ -708,11 +746,12 @@ void ShiftQuantRound(const int32_t* g, const uint32_t* draws, std::size_t rows, 
                      const int* up, int32_t limit, int8_t* q, int8_t* shifted) {
   ref::shiftquant_round(g, draws, rows, cols, shift, up, limit, q, shifted);
 }
-uint64_t AlignedSumMax(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
-  return ref::aligned_sum_max(a, b, n, la, lb, out);
+SumRange AlignedSumRange(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
+  return ref::aligned_sum_range(a, b, n, la, lb, out, relu);
 }
-void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
-  ref::aligned_sum_narrow(a, b, n, la, lb, t, out);
+void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,
+                      bool relu) {
+  ref::aligned_sum_narrow(a, b, n, la, lb, t, out, relu);
 }
 void AlignedSumColMax(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
                       const int* lb, uint64_t* colmax) {
@@ -722,9 +761,9 @@ void AlignedSumNarrowCols(const int32_t* a, const int32_t* b, std::size_t rows, 
                           const int* lb, const int* t, int32_t* out) {
   ref::aligned_sum_narrow_cols(a, b, rows, cols, la, lb, t, out);
 }
-void ReluI32(const int32_t* x, std::size_t n, int32_t* y) { ref::relu_i32(x, n, y); }
-void ReluBackwardI32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx) {
-  ref::relu_backward_i32(dy, x, n, dx);
+uint64_t ReluI32(const int32_t* x, std::size_t n, int32_t* y) { return ref::relu_i32(x, n, y); }
+void ReluBackwardI32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx, int32_t* dx2) {
+  ref::relu_backward_i32(dy, x, n, dx, dx2);
 }
 void AddStridedI32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
                    std::size_t len) {
@@ -758,7 +797,7 @@ HWY_EXPORT(MaxAbsI64);
 HWY_EXPORT(RequantizeI8);
 HWY_EXPORT(RequantizeI8Cols);
 HWY_EXPORT(ShiftQuantRound);
-HWY_EXPORT(AlignedSumMax);
+HWY_EXPORT(AlignedSumRange);
 HWY_EXPORT(AlignedSumNarrow);
 HWY_EXPORT(AlignedSumColMax);
 HWY_EXPORT(AlignedSumNarrowCols);
@@ -801,8 +840,8 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
   HWY_DYNAMIC_DISPATCH(RequantizeI8)(x, n, shift, lo, hi, out);
 }
 
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out) {
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(RequantizeI8Cols)(x, rows, cols, shift, lo, hi, out);
 }
@@ -816,14 +855,15 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
   HWY_DYNAMIC_DISPATCH(ShiftQuantRound)(g, draws, rows, cols, shift, up, limit, q, shifted);
 }
 
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
+SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
   detail::ensure_dispatch_ready();
-  return HWY_DYNAMIC_DISPATCH(AlignedSumMax)(a, b, n, la, lb, out);
+  return HWY_DYNAMIC_DISPATCH(AlignedSumRange)(a, b, n, la, lb, out, relu);
 }
 
-void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
+void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,
+                        bool relu) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(AlignedSumNarrow)(a, b, n, la, lb, t, out);
+  HWY_DYNAMIC_DISPATCH(AlignedSumNarrow)(a, b, n, la, lb, t, out, relu);
 }
 
 void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
@@ -838,18 +878,18 @@ void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t row
   HWY_DYNAMIC_DISPATCH(AlignedSumNarrowCols)(a, b, rows, cols, la, lb, t, out);
 }
 
-void relu_i32(const int32_t* x, std::size_t n, int32_t* y) {
+uint64_t relu_i32(const int32_t* x, std::size_t n, int32_t* y) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(ReluI32)(x, n, y);
+  return HWY_DYNAMIC_DISPATCH(ReluI32)(x, n, y);
 }
 
-void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx) {
+void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx, int32_t* dx2) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(ReluBackwardI32)(dy, x, n, dx);
+  HWY_DYNAMIC_DISPATCH(ReluBackwardI32)(dy, x, n, dx, dx2);
 }
 
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len) {
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(AddStridedI32)(dst, dst_stride, src, src_stride, runs, len);
 }
@@ -899,8 +939,8 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
   for (std::size_t i = 0; i < n; ++i) out[i] = ed::requantize_one(x[i], shift, lo, hi);
 }
 
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out) {
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out) {
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c) out[r * cols + c] = ed::requantize_one(x[r * cols + c], shift[c], lo, hi);
 }
@@ -914,18 +954,20 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
     }
 }
 
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out) {
-  uint64_t m = 0;
+SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
+  SumRange r;  // {0, 0}: the range includes 0
   for (std::size_t i = 0; i < n; ++i) {
     const int64_t s = ed::aligned_sum_one(a[i], b[i], la, lb);
-    m = std::max(m, ed::mag64(s));
-    if (out != nullptr) out[i] = ed::narrow_one(s, 0);
+    r.min = std::min(r.min, s);
+    r.max = std::max(r.max, s);
+    if (out != nullptr) out[i] = ed::narrow_one(s, 0, relu);
   }
-  return m;
+  return r;
 }
 
-void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = ed::narrow_one(ed::aligned_sum_one(a[i], b[i], la, lb), t);
+void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,
+                        bool relu) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = ed::narrow_one(ed::aligned_sum_one(a[i], b[i], la, lb), t, relu);
 }
 
 void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
@@ -945,16 +987,24 @@ void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t row
     }
 }
 
-void relu_i32(const int32_t* x, std::size_t n, int32_t* y) {
-  for (std::size_t i = 0; i < n; ++i) y[i] = std::max(x[i], 0);
+uint64_t relu_i32(const int32_t* x, std::size_t n, int32_t* y) {
+  uint64_t m = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    y[i] = std::max(x[i], 0);
+    m = std::max<uint64_t>(m, static_cast<uint64_t>(y[i]));
+  }
+  return m;
 }
 
-void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx) {
-  for (std::size_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0;
+void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx, int32_t* dx2) {
+  for (std::size_t i = 0; i < n; ++i) {
+    dx[i] = x[i] > 0 ? dy[i] : 0;
+    if (dx2 != nullptr) dx2[i] = dx[i];
+  }
 }
 
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len) {
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len) {
   for (std::size_t r = 0; r < runs; ++r)
     for (std::size_t e = 0; e < len; ++e) {
       int32_t& o = dst[r * dst_stride + e];
@@ -968,8 +1018,7 @@ void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size
     for (std::size_t e = 0; e < c; ++e) {
       uint32_t acc = accumulate ? static_cast<uint32_t>(dst[q * c + e]) : 0u;
       for (std::size_t r = 0; r < nsrc; ++r)
-        for (std::size_t t = 0; t < count[q]; ++t)
-          acc += static_cast<uint32_t>(src[r][offset[q * max_taps + t] + e]);
+        for (std::size_t t = 0; t < count[q]; ++t) acc += static_cast<uint32_t>(src[r][offset[q * max_taps + t] + e]);
       dst[q * c + e] = static_cast<int32_t>(acc);
     }
 }

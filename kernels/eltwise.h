@@ -38,8 +38,8 @@ uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 // int32 → int8 requantization to nearest even: out[i] = clamp(R_even(x[i], shift), lo, hi), −128 ≤ lo ≤ 0 ≤ hi ≤ 127.
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
 // The same with one shift per column: out[r, c] = clamp(R_even(x[r, c], shift[c]), lo, hi).
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out);
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out);
 
 // ShiftQuant's rounding pass (quant/shiftquant.h) over rows×cols, draws[r·cols + c] for element (r, c):
 //   q[r, c]       = clamp(R_stoch(g[r, c], shift[c], draws[r·cols + c]), −limit, limit)
@@ -48,28 +48,39 @@ void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, co
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                       const int* up, int32_t limit, int8_t* q, int8_t* shifted);
 
-// Exponent-aligned sums s = a·2^la + b·2^lb (exact in int64; 0 ≤ la, lb ≤ 31), in two passes: the largest |s|,
-// then out = sat32(R_even(s, t)) (0 ≤ t ≤ 62; saturation at the int32 limits, a no-op when t makes s fit).
-// out may alias a or b (each element is read before it is written). One shift pair for the whole tensor.
-// aligned_sum_max also writes sat32(s) to `out` when it is not null: the t = 0 result, final whenever the returned
-// max fits int32 (one pass instead of two in the common case; out must then not alias a or b, which a second
-// pass would need).
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr);
-void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out);
+// Exponent-aligned sums s = a·2^la + b·2^lb (exact in int64; 0 ≤ la, lb ≤ 31), in two passes: the range of s, then
+// out = sat32(R_even(s, t)) (0 ≤ t ≤ 62; saturation at the int32 limits, a no-op when t makes s fit), or max(that, 0)
+// with relu (a ReLU fused into the sum). out may alias a or b (each element is read before it is written).
+// One shift pair for the whole tensor. aligned_sum_range also writes the t = 0 result to `out` when it is not null:
+// final whenever the range fits int32 (one pass instead of two in the common case; out must then not alias a or b,
+// which a second pass would need).
+struct SumRange {
+  int64_t min = 0, max = 0;  // min(0, min s) and max(0, max s) over the elements
+  uint64_t max_abs() const {
+    const uint64_t lo = min < 0 ? uint64_t{0} - static_cast<uint64_t>(min) : static_cast<uint64_t>(min);
+    const uint64_t hi = max < 0 ? uint64_t{0} - static_cast<uint64_t>(max) : static_cast<uint64_t>(max);
+    return lo > hi ? lo : hi;
+  }
+};
+SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr,
+                           bool relu = false);
+void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,
+                        bool relu = false);
 // One shift pair (and one t) per column of rows×cols:
 void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
                          const int* lb, uint64_t* colmax);
 void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
                              const int* lb, const int* t, int32_t* out);
 
-// ReLU: y[i] = max(x[i], 0) (y may alias x). Backward: dx[i] = x[i] > 0 ? dy[i] : 0 (dx may alias dy).
-void relu_i32(const int32_t* x, std::size_t n, int32_t* y);
-void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx);
+// ReLU: y[i] = max(x[i], 0) (y may alias x); returns max_i y[i] (0 for n = 0). Backward: dx[i] = x[i] > 0 ? dy[i] : 0
+// (dx may alias dy), written to dx2 as well when it is not null (a gradient two consumers receive).
+uint64_t relu_i32(const int32_t* x, std::size_t n, int32_t* y);
+void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx, int32_t* dx2 = nullptr);
 
 // Strided runs of int32 adds: dst[r·dst_stride + e] += src[r·src_stride + e] for r < runs, e < len, run after run
 // (so overlapping destination runs are fine). Wrapping; callers guarantee the sums fit.
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len);
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len);
 
 // Gathered sums (one input line of col2im, engine/conv2d.cc): for each of w output pixels (c values each),
 //   dst[q·c + e]  =  Σ_{r < nsrc} Σ_{t < count[q]} src[r][offset[q·max_taps + t] + e]      (+ dst[q·c + e] when
@@ -92,20 +103,22 @@ uint64_t max_abs_i32(const int32_t* x, std::size_t n, bool positive_only);
 void col_max_abs_i32(const int32_t* x, std::size_t rows, std::size_t cols, bool positive_only, uint64_t* colmax);
 uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
-void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                        int32_t hi, int8_t* out);
+void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
+                        int8_t* out);
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                       const int* up, int32_t limit, int8_t* q, int8_t* shifted);
-uint64_t aligned_sum_max(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr);
-void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out);
+SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr,
+                           bool relu = false);
+void aligned_sum_narrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,
+                        bool relu = false);
 void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
                          const int* lb, uint64_t* colmax);
 void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,
                              const int* lb, const int* t, int32_t* out);
-void relu_i32(const int32_t* x, std::size_t n, int32_t* y);
-void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx);
-void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride,
-                     std::size_t runs, std::size_t len);
+uint64_t relu_i32(const int32_t* x, std::size_t n, int32_t* y);
+void relu_backward_i32(const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx, int32_t* dx2 = nullptr);
+void add_strided_i32(int32_t* dst, std::size_t dst_stride, const int32_t* src, std::size_t src_stride, std::size_t runs,
+                     std::size_t len);
 void gather_sum_i32(const int32_t* const* src, std::size_t nsrc, const std::size_t* offset, const uint32_t* count,
                     std::size_t max_taps, std::size_t w, std::size_t c, bool accumulate, int32_t* dst);
 void max_argmax_i32(const int32_t* const* src, const uint16_t* pos, std::size_t count, std::size_t n, int32_t* y,

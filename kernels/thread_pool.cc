@@ -75,7 +75,10 @@ void ThreadPool::parallel_for(std::size_t n, std::size_t tile, const RangeFn& fn
                       std::memory_order_relaxed);
   };
   const auto start = Clock::now();
-  pthreadpool_parallelize_1d_tile_1d(pool_, &run_tile, const_cast<RangeFn*>(&timed), n, tile, /*flags=*/0);
+  // Workers sleep between regions instead of spinning: on cores shared with other processes a spinning worker
+  // steals the time slice the caller needs, and every region's barrier then waits for a reschedule.
+  pthreadpool_parallelize_1d_tile_1d(pool_, &run_tile, const_cast<RangeFn*>(&timed), n, tile,
+                                     PTHREADPOOL_FLAG_YIELD_WORKERS);
   const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
   advisor_.observe(static_cast<double>(wall), static_cast<double>(busy_ns.load(std::memory_order_relaxed)));
 }

@@ -89,7 +89,7 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
   bool any = false;
   int e_out = e_of(0);
   if (n_exps == 1) {
-    const uint64_t m = max_magnitude(x, rows * cols, is_unsigned);
+    const uint64_t m = opt.known_max != nullptr ? *opt.known_max : max_magnitude(x, rows * cols, is_unsigned);
     if (m > 0) {
       any = true;
       e_out = e_col[0] + covering_shift(m, limit);

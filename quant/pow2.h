@@ -94,6 +94,9 @@ struct QuantizeOptions {
   Rounding rounding = Rounding::kNearestEven;
   const CounterRng* rng = nullptr;  // required for kStochastic
   uint64_t index0 = 0;
+  // quantize_to_tensor with one exponent: the largest magnitude that matters (|x|, or max(x, 0) for an unsigned
+  // range) when the caller already knows it exactly; saves a pass over x.
+  const uint64_t* known_max = nullptr;
 };
 // x is rows×cols; e_col has one exponent per column (per-column scales, e.g. a layer output whose weights have
 // per-output-channel exponents) or a single exponent (n_exps == 1).

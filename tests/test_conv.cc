@@ -661,6 +661,47 @@ TEST(Add, FarApartExponentsAndSharedInputs) {
   for (std::size_t i = 0; i < 6; ++i) ASSERT_EQ(deq(x->grad, i), 2 * deq(s->grad, i));
 }
 
+TEST(Add, FusedReluEqualsReluOfAdd) {
+  // Exponents equal, a few octaves apart (per tensor and per column), and magnitudes that force a narrowing shift.
+  struct Case {
+    int32_t range_a, range_b;
+    int ea, eb;
+    bool per_col;
+  };
+  const Case cases[] = {{1 << 20, 1 << 20, -5, -5, false}, {1 << 30, 1 << 30, -3, -3, false},
+                        {1 << 29, 1 << 25, -2, -7, false}, {1000, 1 << 30, 4, -9, true}};
+  int seed = 90;
+  for (const Case& k : cases) {
+    Tensor at = random_i32(67, 16, k.range_a, k.ea, seed++), bt = random_i32(67, 16, k.range_b, k.eb, seed++);
+    if (k.per_col) {
+      std::vector<int> e(16);
+      for (int c = 0; c < 16; ++c) e[c] = k.ea + c % 3;
+      at.set_exponents(ScaleAxis::kCol, e);
+    }
+    const Tensor dy = random_i32(67, 16, 1 << 20, -11, seed++);
+    auto a1 = var(at), b1 = var(bt), a2 = var(at), b2 = var(bt);
+    Tape tape1, tape2;
+    Relu relu;
+    VarPtr y1 = relu.forward({nullptr, &tape1, 0, 0}, add({nullptr, &tape1, 0, 0}, a1, b1));
+    VarPtr y2 = add_relu({nullptr, &tape2, 0, 0}, a2, b2);
+    ASSERT_TRUE(bit_identical(y1->value, y2->value));
+    if (!k.per_col) {
+      ASSERT_TRUE(y2->value.nonnegative_max().has_value());
+      int32_t mx = 0;
+      for (std::size_t i = 0; i < y2->value.size(); ++i) mx = std::max(mx, std::as_const(y2->value).data<int32_t>()[i]);
+      EXPECT_EQ(*y2->value.nonnegative_max(), static_cast<uint64_t>(mx));
+    }
+    y1->grad = dy;
+    y1->has_grad = true;
+    y2->grad = dy;
+    y2->has_grad = true;
+    tape1.backward();
+    tape2.backward();
+    ASSERT_TRUE(bit_identical(a1->grad, a2->grad));
+    ASSERT_TRUE(bit_identical(b1->grad, b2->grad));
+  }
+}
+
 // ---- Composition ----------------------------------------------------------------------------------------------
 
 struct TinyCnn {

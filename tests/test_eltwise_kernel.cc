@@ -91,7 +91,8 @@ TEST_P(EltwiseKernelTarget, ColumnMaxAbsMatchesReference) {
 }
 
 // Shifts of every kind: large left shifts (saturating), small left shifts, identity, rounding shifts, ≥ 32 and ≥ 63.
-const int kShifts[] = {-70, -40, -31, -24, -9, -8, -7, -6, -3, -1, 0, 1, 2, 3, 7, 12, 17, 24, 29, 30, 31, 32, 33, 45, 62, 63, 90};
+const int kShifts[] = {-70, -40, -31, -24, -9, -8, -7, -6, -3, -1, 0,  1,  2, 3,
+                       7,   12,  17,  24,  29, 30, 31, 32, 33, 45, 62, 63, 90};
 const std::pair<int32_t, int32_t> kRanges[] = {{-7, 7}, {-127, 127}, {0, 15}, {0, 127}, {-1, 1}, {-128, 127}, {0, 3}};
 
 TEST_P(EltwiseKernelTarget, RequantizeMatchesReference) {
@@ -169,16 +170,30 @@ TEST_P(EltwiseKernelTarget, AlignedSumsMatchReference) {
       const int t = kT[rng() % std::size(kT)];
       const auto a = random_values(n, rng);
       const auto b = random_values(n, rng);
-      ASSERT_EQ(aligned_sum_max(a.data(), b.data(), n, la, lb), ref::aligned_sum_max(a.data(), b.data(), n, la, lb));
-      {  // with the t = 0 result stored on the way
+      const SumRange r_want = ref::aligned_sum_range(a.data(), b.data(), n, la, lb);
+      const SumRange r_got = aligned_sum_range(a.data(), b.data(), n, la, lb);
+      ASSERT_EQ(r_got.min, r_want.min) << n;
+      ASSERT_EQ(r_got.max, r_want.max) << n;
+      for (bool relu : {false, true}) {  // with the t = 0 result stored on the way
         std::vector<int32_t> want0(n), got0(n + 4, 0x5A5A5A5A);
-        const uint64_t m_want = ref::aligned_sum_max(a.data(), b.data(), n, la, lb, want0.data());
-        ASSERT_EQ(aligned_sum_max(a.data(), b.data(), n, la, lb, got0.data()), m_want);
+        const SumRange m_want = ref::aligned_sum_range(a.data(), b.data(), n, la, lb, want0.data(), relu);
+        const SumRange m_got = aligned_sum_range(a.data(), b.data(), n, la, lb, got0.data(), relu);
+        ASSERT_EQ(m_got.min, m_want.min);
+        ASSERT_EQ(m_got.max, m_want.max);
         for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(got0[i], want0[i]) << "n=" << n << " element " << i;
         for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got0[i], 0x5A5A5A5A) << "wrote past the end";
         std::vector<int32_t> narrow0(n);
-        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, 0, narrow0.data());
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, 0, narrow0.data(), relu);
         ASSERT_EQ(want0, narrow0);
+        std::vector<int32_t> want_t(n), got_t(n + 4, 0x5A5A5A5A);
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, want_t.data(), relu);
+        aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, got_t.data(), relu);
+        std::vector<int32_t> plain_t(n);  // the ReLU variant is max(plain, 0)
+        ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, plain_t.data());
+        for (std::size_t i = 0; i < n; ++i) {
+          ASSERT_EQ(got_t[i], want_t[i]) << "n=" << n << " t=" << t << " relu " << relu << " element " << i;
+          ASSERT_EQ(want_t[i], relu ? std::max(plain_t[i], 0) : plain_t[i]);
+        }
       }
       std::vector<int32_t> want(n), got(n + 4, 0x5A5A5A5A);
       ref::aligned_sum_narrow(a.data(), b.data(), n, la, lb, t, want.data());
@@ -203,7 +218,8 @@ TEST_P(EltwiseKernelTarget, AlignedSumsMatchReference) {
       std::vector<int32_t> want(rows * cols), got(rows * cols + 4, 0x5A5A5A5A);
       ref::aligned_sum_narrow_cols(a.data(), b.data(), rows, cols, la.data(), lb.data(), t.data(), want.data());
       aligned_sum_narrow_cols(a.data(), b.data(), rows, cols, la.data(), lb.data(), t.data(), got.data());
-      for (std::size_t i = 0; i < rows * cols; ++i) ASSERT_EQ(got[i], want[i]) << rows << "x" << cols << " element " << i;
+      for (std::size_t i = 0; i < rows * cols; ++i)
+        ASSERT_EQ(got[i], want[i]) << rows << "x" << cols << " element " << i;
       for (std::size_t i = rows * cols; i < rows * cols + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
     }
   }
@@ -215,8 +231,8 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
     const auto x = random_values(n, rng);
     const auto dy = random_values(n, rng);
     std::vector<int32_t> want(n), got(n + 4, 0x5A5A5A5A);
-    ref::relu_i32(x.data(), n, want.data());
-    relu_i32(x.data(), n, got.data());
+    const uint64_t m_want = ref::relu_i32(x.data(), n, want.data());
+    ASSERT_EQ(relu_i32(x.data(), n, got.data()), m_want);
     for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], want[i]) << i;
     for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A);
     std::vector<int32_t> in_place = x;
@@ -229,6 +245,12 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
     in_place = dy;
     relu_backward_i32(in_place.data(), x.data(), n, in_place.data());
     ASSERT_EQ(in_place, want);
+    in_place = dy;  // two outputs, the second in place
+    std::vector<int32_t> second(n + 4, 0x5A5A5A5A);
+    relu_backward_i32(in_place.data(), x.data(), n, second.data(), in_place.data());
+    ASSERT_EQ(in_place, want);
+    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(second[i], want[i]) << i;
+    for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(second[i], 0x5A5A5A5A);
   }
   // Strided adds: runs of len values, destination runs apart by dst_stride (overlapping when smaller than len).
   const std::size_t kLens[] = {1, 3, 4, 5, 8, 12, 16, 17, 32, 48, 64, 100};
@@ -243,7 +265,8 @@ TEST_P(EltwiseKernelTarget, ReluAndAddMatchReference) {
         got.resize(dst_n + 4, 0x5A5A5A5A);
         ref::add_strided_i32(want.data(), dst_stride, src.data(), src_stride, runs, len);
         add_strided_i32(got.data(), dst_stride, src.data(), src_stride, runs, len);
-        for (std::size_t i = 0; i < dst_n; ++i) ASSERT_EQ(got[i], want[i]) << "len " << len << " runs " << runs << " " << i;
+        for (std::size_t i = 0; i < dst_n; ++i)
+          ASSERT_EQ(got[i], want[i]) << "len " << len << " runs " << runs << " " << i;
         for (std::size_t i = dst_n; i < dst_n + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
       }
     }
@@ -263,7 +286,8 @@ TEST_P(EltwiseKernelTarget, GatherSumMatchesReference) {
         src[r] = planes[r].data();
       }
       const auto count = fill<uint32_t>(w, [&] { return static_cast<uint32_t>(rng() % (max_taps + 1)); });
-      const auto offset = fill<std::size_t>(w * max_taps, [&] { return static_cast<std::size_t>(rng() % (plane - c + 1)); });
+      const auto offset =
+          fill<std::size_t>(w * max_taps, [&] { return static_cast<std::size_t>(rng() % (plane - c + 1)); });
       for (bool accumulate : {false, true}) {
         auto want = fill<int32_t>(w * c, [&] { return random_i32(rng) / 16; });
         std::vector<int32_t> got = want;
@@ -283,7 +307,8 @@ TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
     for (std::size_t count : {std::size_t{1}, std::size_t{2}, std::size_t{4}, std::size_t{9}}) {
       // Few distinct values, so ties are frequent.
       std::vector<std::vector<int32_t>> planes(count);
-      for (auto& p : planes) p = fill<int32_t>(n, [&] { return rng() % 3 == 0 ? random_i32(rng) : int32_t(rng() % 5) - 2; });
+      for (auto& p : planes)
+        p = fill<int32_t>(n, [&] { return rng() % 3 == 0 ? random_i32(rng) : int32_t(rng() % 5) - 2; });
       std::vector<const int32_t*> src(count);
       std::vector<uint16_t> pos(count);
       for (std::size_t j = 0; j < count; ++j) {
@@ -302,7 +327,8 @@ TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
 
       const auto dy = random_values(n, rng);
       const auto arg = fill<uint16_t>(n, [&] { return static_cast<uint16_t>(rng() % (count + 1)); });
-      std::vector<std::vector<int32_t>> want(count, std::vector<int32_t>(n)), got(count, std::vector<int32_t>(n + 4, 7));
+      std::vector<std::vector<int32_t>> want(count, std::vector<int32_t>(n)),
+          got(count, std::vector<int32_t>(n + 4, 7));
       std::vector<int32_t*> wp(count), gp(count);
       for (std::size_t j = 0; j < count; ++j) {
         wp[j] = want[j].data();
@@ -350,7 +376,7 @@ TEST(EltwiseKernelReference, MatchesThePow2Formulas) {
     int32_t out = 0;
     ref::aligned_sum_narrow(&x, &y, 1, la, lb, t, &out);
     ASSERT_EQ(out, quant::saturate_i32(quant::shift_round_even(sum, t)));
-    ASSERT_EQ(ref::aligned_sum_max(&x, &y, 1, la, lb), static_cast<uint64_t>(sum < 0 ? -sum : sum));
+    ASSERT_EQ(ref::aligned_sum_range(&x, &y, 1, la, lb).max_abs(), static_cast<uint64_t>(sum < 0 ? -sum : sum));
   }
 }
 

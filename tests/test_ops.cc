@@ -171,6 +171,18 @@ TEST(Relu, ForwardAndBackward) {
   Tape tape;
   Relu relu;
   VarPtr y = relu.forward({nullptr, &tape, 0, 0}, x);
+  // The output's maximum is known for free (the activation quantizer then skips its max pass).
+  int32_t mx = 0;
+  for (std::size_t i = 0; i < xt.size(); ++i) mx = std::max(mx, xt.data<int32_t>()[i]);
+  ASSERT_TRUE(y->value.nonnegative_max().has_value());
+  EXPECT_EQ(*y->value.nonnegative_max(), static_cast<uint64_t>(mx));
+  const Tensor q_hint = quantize_activation(y->value, 4, false);
+  Tensor plain = y->value;
+  plain.data<int32_t>();  // a mutable access drops the hint
+  ASSERT_FALSE(plain.nonnegative_max().has_value());
+  const Tensor q_plain = quantize_activation(plain, 4, false);
+  EXPECT_EQ(q_hint.exponent(), q_plain.exponent());
+  for (std::size_t i = 0; i < xt.size(); ++i) EXPECT_EQ(q_hint.data<int8_t>()[i], q_plain.data<int8_t>()[i]);
   y->grad = random_i32(5, 7, 1000, -9, 10);
   y->has_grad = true;
   y->retain_grad = true;  // kept for the comparison below
