@@ -85,8 +85,9 @@ print("%s\t%.6f\t%.1f" % (lines[-1]["model"], lines[-1]["test_accuracy"], images
 
 IFS=',' read -r -a norm_list <<<"$norms"
 for norm in "${norm_list[@]}"; do
-  run_qtrain "qtrain W8A8G8 $norm" 8 "$norm"
-  run_qtrain "qtrain W4A4G4 $norm" 4 "$norm"
+  label=${norm/none/}
+  run_qtrain "qtrain W8A8G8${label:+ $label}" 8 "$norm"
+  run_qtrain "qtrain W4A4G4${label:+ $label}" 4 "$norm"
 done
 
 torch_ips=""

@@ -9,12 +9,16 @@
 // int32 accumulator cannot overflow while R ≤ kMaxReduction (R · 2^14 ≤ 2^31 − 1 is not guaranteed at R = 2^17).
 // Callers (the engine's operators) check R against kMaxReduction; the kernels themselves do no validation.
 //
-// Each function picks the best Highway target compiled in (see dispatch.h) and splits output rows over the
-// pool's threads. The result is bit-identical for every thread count and every target: integer sums are exact.
+// Each function picks the best Highway target compiled in (see dispatch.h) and splits the work over the pool's
+// threads when that pays (kMinParallelMacs below). The result is bit-identical for every thread count and every
+// target, split or not: integer sums are exact.
+//
+// int4 operands (two per byte) have their own entry points in int4.h.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace qtrain::kernels {
 
@@ -33,6 +37,74 @@ void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, s
 // dW = dYᵀ · X.
 void gemm_wgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
                 ThreadPool* pool);
+
+// ---- Weights packed once, used by many products ---------------------------------------------------------------
+// A layer's weights W[M×K] change once per optimizer step but feed every forward product of the step (and of an
+// evaluation pass) and the step's dgrad. The functions above repack W on every call; PackedWeights holds W in
+// the micro-kernels' panel layout instead, for one of the two products:
+//   pack_weights_forward(w) → gemm_forward_packed(x, packed)   Y  = X · Wᵀ
+//   pack_weights_dgrad(w)   → gemm_dgrad_packed(dy, packed)     dX = dY · W
+// (forward and dgrad read W along different axes, so each has its own packing; a layer that needs both packs
+// twice per step, once each). Results are bit-identical to the unpacked functions.
+//
+// The panel layout belongs to the kernel target active at packing time. A product run under another target
+// (after force_target) repacks from a copy of W kept for that purpose: slower, still exact.
+class PackedWeights {
+ public:
+  enum class Use { kNone, kForward, kDgrad };
+
+  PackedWeights() = default;
+  PackedWeights(PackedWeights&&) noexcept = default;
+  PackedWeights& operator=(PackedWeights&&) noexcept = default;
+
+  Use use() const { return use_; }
+  bool empty() const { return use_ == Use::kNone; }
+  std::size_t m() const { return m_; }
+  std::size_t k() const { return k_; }
+  bool int4() const { return int4_; }                // packed from int4 weights (int4.h)
+  int64_t target() const { return target_; }         // Highway target bit of the panel layout
+  const void* panels() const { return panels_.get(); }
+  const uint8_t* source() const { return source_.get(); }  // W as given: int8, or int4 rows (int4.h)
+  std::size_t bytes() const { return panel_bytes_ + source_bytes_; }  // memory held
+
+  // For the packing functions (gemm.cc, int4.cc): allocate and fill.
+  struct Free {
+    void operator()(void* p) const;
+  };
+  static PackedWeights allocate(Use use, std::size_t m, std::size_t k, bool int4, int64_t target,
+                                std::size_t panel_bytes, const uint8_t* source, std::size_t source_bytes);
+  void* mutable_panels() { return panels_.get(); }
+
+ private:
+  Use use_ = Use::kNone;
+  std::size_t m_ = 0, k_ = 0;
+  bool int4_ = false;
+  int64_t target_ = 0;
+  std::unique_ptr<void, Free> panels_;  // 64-byte aligned
+  std::size_t panel_bytes_ = 0;
+  std::unique_ptr<uint8_t[]> source_;
+  std::size_t source_bytes_ = 0;
+};
+
+// W[m×k] packed for gemm_forward_packed / gemm_dgrad_packed. Packing is split over the pool's panels.
+PackedWeights pack_weights_forward(const int8_t* w, std::size_t m, std::size_t k, ThreadPool* pool);
+PackedWeights pack_weights_dgrad(const int8_t* w, std::size_t m, std::size_t k, ThreadPool* pool);
+// Y[n×m] = X[n×k] · Wᵀ with `w` from pack_weights_forward (m, k taken from it).
+void gemm_forward_packed(const int8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool);
+// dX[n×k] = dY[n×m] · W with `w` from pack_weights_dgrad.
+void gemm_dgrad_packed(const int8_t* dy, const PackedWeights& w, int32_t* dx, std::size_t n, ThreadPool* pool);
+
+// When a product uses the pool: never below this many multiply-adds (n·m·k, ~3 µs on AVX3_DL: less than waking a
+// pool thread costs even on an idle machine); above it, when the pool's SplitAdvisor (thread_pool.h) says the
+// time saved exceeds what its recent parallel calls cost beyond their work — measured at run time, because on a
+// shared machine that cost goes from microseconds to a scheduler time slice (bench/README.md, "Threads").
+inline constexpr std::size_t kMinParallelMacs = std::size_t{1} << 20;
+
+// How a product C[rows×cols] = A[rows×k]·B[k×cols] is split over `threads` threads on the active target (for
+// tests and benchmarks; kernels/gemm.cc describes the three ways). forward: (n, m, k); dgrad: (n, k, m);
+// wgrad: (m, k, n).
+enum class GemmSplit { kPanels, kRows, kReduction };
+GemmSplit gemm_split(std::size_t rows, std::size_t cols, std::size_t k, std::size_t threads);
 
 // Plain scalar references (no SIMD, no threads): what the tests compare the kernels against.
 namespace ref {

@@ -33,7 +33,8 @@ inline int64_t shift_round_even(int64_t x, int s) {
 // exponents may be arbitrarily far apart (a bias far coarser than a layer's output, after a diverged run or from a
 // hostile model file). |x| < 2^62.
 inline int64_t shift_round_even_sat(int64_t x, int s) {
-  if (s >= 0 || x == 0) return shift_round_even(x, s);
+  if (x == 0) return 0;
+  if (s >= 0) return shift_round_even(x, s);
   const uint64_t mag = x < 0 ? 0 - static_cast<uint64_t>(x) : static_cast<uint64_t>(x);
   const int bits = 64 - __builtin_clzll(mag);
   if (-s > 62 - bits) return x < 0 ? -(int64_t{1} << 62) : int64_t{1} << 62;

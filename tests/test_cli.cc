@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/dispatch.h"
+
 #ifndef QTRAIN_BINARY
 #error "QTRAIN_BINARY (path of the qtrain executable) must be defined by the build"
 #endif
@@ -625,6 +627,41 @@ TEST(CliTrain, SameResultForOneAndFourThreads) {
   EXPECT_EQ(ja["loss"], jb["loss"]);
   EXPECT_EQ(ja["train_accuracy"], jb["train_accuracy"]);
   EXPECT_EQ(ja["test_accuracy"], jb["test_accuracy"]);
+}
+
+// Every lower kernel target this machine supports — forced with --kernel-target, or with QTRAIN_KERNEL_TARGET,
+// as on a CPU without VNNI or without AVX-512 — runs and trains to the same bits as the best target.
+TEST(CliTrain, EveryLowerKernelTargetGivesTheSameResult) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const auto targets = qtrain::kernels::available_targets();
+  ASSERT_FALSE(targets.empty());
+  const Result best = run(tiny_train({"--metrics", dir / "best.jsonl"}));
+  ASSERT_EQ(best.code, 0) << best.out;
+  EXPECT_NE(best.out.find("kernels " + targets.front().name), std::string::npos) << best.out;
+  const auto jb = nlohmann::json::parse(read_bytes(dir / "best.jsonl"));
+  const auto expect_same_metrics = [&](const std::string& file, const std::string& what) {
+    const auto j = nlohmann::json::parse(read_bytes(file));
+    EXPECT_EQ(j["loss"], jb["loss"]) << what;
+    EXPECT_EQ(j["train_accuracy"], jb["train_accuracy"]) << what;
+    EXPECT_EQ(j["test_accuracy"], jb["test_accuracy"]) << what;
+  };
+  for (std::size_t i = 1; i < targets.size(); ++i) {
+    const std::string& name = targets[i].name;
+    const std::string file = dir / (name + ".jsonl");
+    const Result r = run(tiny_train({"--kernel-target", name, "--metrics", file}));
+    ASSERT_EQ(r.code, 0) << name << ": " << r.out;
+    EXPECT_NE(r.out.find("kernels " + name), std::string::npos) << r.out;
+    expect_same_metrics(file, "--kernel-target " + name);
+  }
+  // The environment variable, with the lowest target (the child inherits this process's environment).
+  const std::string lowest = targets.back().name;
+  ASSERT_EQ(::setenv("QTRAIN_KERNEL_TARGET", lowest.c_str(), 1), 0);
+  const Result r = run(tiny_train({"--metrics", dir / "env.jsonl"}));
+  ::unsetenv("QTRAIN_KERNEL_TARGET");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("kernels " + lowest), std::string::npos) << r.out;
+  expect_same_metrics(dir / "env.jsonl", "QTRAIN_KERNEL_TARGET=" + lowest);
 }
 
 }  // namespace

@@ -24,23 +24,6 @@ const std::size_t kLengths[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 3
 const std::size_t kCols[] = {1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 64, 65, 100, 128};
 const std::size_t kRows[] = {0, 1, 2, 3, 5, 37};
 
-// int32 values of every magnitude, with the limits and small values over-represented.
-int32_t random_i32(std::mt19937_64& rng) {
-  switch (rng() % 8) {
-    case 0: {
-      constexpr int32_t kSpecial[] = {kI32Min, kI32Max, kI32Min + 1, kI32Max - 1, 0, 1, -1, 2, -2};
-      return kSpecial[rng() % std::size(kSpecial)];
-    }
-    case 1:
-      return static_cast<int32_t>(rng() % 9) - 4;
-    default: {
-      const int bits = static_cast<int>(rng() % 32);
-      const int64_t mag = static_cast<int64_t>(rng() & ((uint64_t{1} << bits) - 1));
-      return static_cast<int32_t>((rng() & 1) ? -mag : mag);
-    }
-  }
-}
-
 // Values whose low bits sit on rounding ties (…100…0) for shifts up to 12.
 int32_t tie_i32(std::mt19937_64& rng) {
   const int s = 1 + static_cast<int>(rng() % 12);

@@ -1,8 +1,11 @@
 // Gradient checks: every op's integer forward and backward against the float formula it implements.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "engine/autograd.h"

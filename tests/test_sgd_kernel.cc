@@ -25,23 +25,6 @@ constexpr int64_t kSat = int64_t{1} << 62;
 // Lengths around every vector width (2, 4, 8 int64 lanes) and a few long ones.
 const std::size_t kLengths[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 257, 1023};
 
-// int32 values of every magnitude, with the limits and small values over-represented.
-int32_t random_i32(std::mt19937_64& rng) {
-  switch (rng() % 8) {
-    case 0: {
-      constexpr int32_t kSpecial[] = {kI32Min, kI32Max, kI32Min + 1, kI32Max - 1, 0, 1, -1, 2, -2};
-      return kSpecial[rng() % std::size(kSpecial)];
-    }
-    case 1:
-      return static_cast<int32_t>(rng() % 9) - 4;
-    default: {
-      const int bits = static_cast<int>(rng() % 32);
-      const int64_t mag = static_cast<int64_t>(rng() & ((uint64_t{1} << bits) - 1));
-      return static_cast<int32_t>((rng() & 1) ? -mag : mag);
-    }
-  }
-}
-
 // int64 values with |x| ≤ 2^62 (the range of the int64 scratch), every bit length.
 int64_t random_acc(std::mt19937_64& rng) {
   if (rng() % 8 == 0) {
