@@ -53,7 +53,7 @@ struct Conv2dSpec {
   bool signed_input = false;  // false: the input is non-negative (after ReLU) and uses the unsigned range
   bool needs_input_grad = true;
   // Rows of patches materialized at once (rounded down to whole output rows Wo, at most kMaxReduction);
-  // 0: automatic, about 256 KiB of int8 patches (they and the GEMM's packed copy stay in L2). Results do not depend
+  // 0: automatic, about 256 KiB of int8 patches (they stay in L2 while the GEMM reads them). Results do not depend
   // on it.
   std::size_t max_block_rows = 0;
 

@@ -1,22 +1,71 @@
 #include "engine/tensor.h"
 
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace qtrain {
 
 const char* dtype_name(DType t) { return t == DType::kI8 ? "i8" : "i32"; }
 
+namespace {
+// Freed large buffers by rounded size, for reuse (see tensor.h). Never destroyed: tensors may outlive static
+// destruction order.
+class BufferCache {
+ public:
+  static constexpr std::size_t kMinBytes = std::size_t{64} << 10;
+  static constexpr std::size_t kMaxCached = std::size_t{128} << 20;
+
+  static BufferCache& get() {
+    static BufferCache* cache = new BufferCache;
+    return *cache;
+  }
+  // A cached buffer of exactly `capacity` bytes, or null.
+  void* take(std::size_t capacity) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    for (std::size_t i = free_.size(); i-- > 0;) {
+      if (free_[i].first != capacity) continue;
+      void* p = free_[i].second;
+      free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+      cached_ -= capacity;
+      return p;
+    }
+    return nullptr;
+  }
+  // Keeps p for reuse when there is room, else frees it.
+  void give(void* p, std::size_t capacity) {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + capacity <= kMaxCached) {
+        free_.emplace_back(capacity, p);
+        cached_ += capacity;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<std::size_t, void*>> free_;
+  std::size_t cached_ = 0;
+};
+}  // namespace
+
 AlignedBuffer::AlignedBuffer(std::size_t bytes, bool zero) : bytes_(bytes) {
   if (bytes == 0) return;
   const std::size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  void* p = rounded >= BufferCache::kMinBytes ? BufferCache::get().take(rounded) : nullptr;
+  if (p == nullptr) p = std::aligned_alloc(64, rounded);
   if (!p) throw std::bad_alloc();
   if (zero) std::memset(p, 0, rounded);
-  ptr_.reset(static_cast<std::byte*>(p));
+  ptr_ = std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(p), Free{rounded});
 }
 
 AlignedBuffer::AlignedBuffer(const AlignedBuffer& other) : AlignedBuffer(other.bytes_, /*zero=*/false) {
@@ -28,7 +77,13 @@ AlignedBuffer& AlignedBuffer::operator=(const AlignedBuffer& other) {
   return *this;
 }
 
-void AlignedBuffer::Free::operator()(std::byte* p) const { std::free(p); }
+void AlignedBuffer::Free::operator()(std::byte* p) const {
+  if (capacity >= BufferCache::kMinBytes) {
+    BufferCache::get().give(p, capacity);
+  } else {
+    std::free(p);
+  }
+}
 
 Tensor::Tensor(std::size_t rows, std::size_t cols, DType dtype, int exponent)
     : rows_(rows), cols_(cols), dtype_(dtype), exps_{exponent}, buf_(rows * cols * dtype_size(dtype)) {}

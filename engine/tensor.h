@@ -19,7 +19,11 @@ enum class ScaleAxis : uint8_t { kTensor = 0, kRow = 1, kCol = 2 };
 inline std::size_t dtype_size(DType t) { return static_cast<std::size_t>(t); }
 const char* dtype_name(DType t);
 
-// 64-byte aligned storage (one cache line; the widest vector load).
+// 64-byte aligned storage (one cache line; the widest vector load). Large buffers (≥ 64 KiB) are recycled: a freed
+// one waits in a small process-wide cache (at most 128 MiB) for the next request of the same size. A training step
+// allocates the same tensor sizes every step, and a fresh large allocation is a new mapping whose every page the
+// kernel faults in and zeroes on first touch — for an `uninitialized` tensor as much work as the pass that fills
+// it. Recycled buffers hold stale data: only zero-filled buffers are promised zeros.
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
@@ -35,7 +39,10 @@ class AlignedBuffer {
 
  private:
   struct Free {
+    Free() noexcept : capacity(0) {}
+    explicit Free(std::size_t c) noexcept : capacity(c) {}
     void operator()(std::byte* p) const;
+    std::size_t capacity;  // the allocation's rounded size
   };
   std::unique_ptr<std::byte, Free> ptr_;
   std::size_t bytes_ = 0;

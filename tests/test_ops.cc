@@ -165,6 +165,24 @@ TEST(Linear, GradientApproximatesUnquantizedFloatGradient) {
   EXPECT_LT(std::sqrt(err / norm), 0.03);
 }
 
+TEST(Tensor, RecycledBuffersAreZeroedWhenAskedAndKeepNoStaleHints) {
+  // Large buffers are recycled (tensor.h): a zero-filled tensor of a recycled size is still all zeros.
+  const std::size_t rows = 257, cols = 129;  // > 64 KiB of int32
+  for (int round = 0; round < 3; ++round) {
+    {
+      Tensor dirty = Tensor::uninitialized(rows, cols, DType::kI32);
+      int32_t* p = dirty.data<int32_t>();
+      for (std::size_t i = 0; i < dirty.size(); ++i) p[i] = static_cast<int32_t>(i) | 1;
+      dirty.set_nonnegative_max(7);
+    }
+    const Tensor clean(rows, cols, DType::kI32);
+    for (std::size_t i = 0; i < clean.size(); ++i) ASSERT_EQ(clean.data<int32_t>()[i], 0) << i;
+    EXPECT_FALSE(clean.nonnegative_max().has_value());
+    const Tensor fresh = Tensor::uninitialized(rows, cols, DType::kI32);
+    EXPECT_FALSE(fresh.nonnegative_max().has_value());
+  }
+}
+
 TEST(Relu, ForwardAndBackward) {
   Tensor xt = random_i32(5, 7, 1000, -3, 9);
   auto x = var(xt);
