@@ -17,23 +17,10 @@
 #include "quant/pow2.h"
 #include "quant/rng.h"
 #include "quant/shiftquant.h"
+#include "tests/op_test_util.h"
 
 namespace qtrain {
 namespace {
-
-Tensor random_i32(std::size_t rows, std::size_t cols, int32_t range, int exponent, uint64_t seed) {
-  Tensor t(rows, cols, DType::kI32, exponent);
-  const quant::CounterRng rng(seed, 5);
-  for (std::size_t i = 0; i < t.size(); ++i)
-    t.data<int32_t>()[i] = static_cast<int32_t>(rng.below(i, 2 * static_cast<uint32_t>(range) + 1)) - range;
-  return t;
-}
-
-VarPtr var(Tensor t) {
-  auto v = std::make_shared<Var>();
-  v->value = std::move(t);
-  return v;
-}
 
 double deq(const Tensor& t, std::size_t r, std::size_t c) {
   const double q = t.dtype() == DType::kI8 ? t.data<int8_t>()[r * t.cols() + c] : t.data<int32_t>()[r * t.cols() + c];
