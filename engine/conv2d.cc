@@ -38,7 +38,7 @@ QGemmConfig gemm_config(const Conv2dSpec& s) {
                      ", Cout = " + std::to_string(s.out_channels) + " and Wo = " + std::to_string(s.out_w()) +
                      " must each be at most " + std::to_string(kernels::kMaxReduction) +
                      " (the int32 accumulator bound of int8 GEMMs)");
-  return {s.weight_bits, s.act_bits, s.grad_bits, s.groups, s.signed_input};
+  return {s.weight_bits, s.act_bits, s.grad_bits, s.groups, s.signed_input, s.scale, s.act_groups};
 }
 
 struct Geometry {

@@ -28,7 +28,7 @@ Conv2dSpec checked(Conv2dSpec s) {
 }
 
 QGemmConfig quant_config(const Conv2dSpec& s) {
-  return {s.weight_bits, s.act_bits, s.grad_bits, s.groups, s.signed_input};
+  return {s.weight_bits, s.act_bits, s.grad_bits, s.groups, s.signed_input, s.scale, s.act_groups};
 }
 
 // Calls f(out_row, in_row, tap) for every kernel tap of output line t = (n, oh) that lands inside the image.

@@ -105,6 +105,8 @@ nlohmann::json spec_to_json(const ModelSpec& s) {
     j["edge_bits"] = s.edge_bits;
     j["norm"] = s.norm;
   }
+  if (s.scale != "max") j["scale"] = s.scale;  // files of the default rules stay exactly as they were
+  if (s.act_groups != 1) j["act_groups"] = s.act_groups;
   return j;
 }
 
@@ -137,6 +139,8 @@ ModelSpec spec_from_json(const Fields& f) {
     s.edge_bits = static_cast<int>(f.integer("edge_bits", 0, 8));
     s.norm = f.string("norm");
   }
+  if (f.json().contains("scale")) s.scale = f.string("scale");
+  if (f.json().contains("act_groups")) s.act_groups = static_cast<int>(f.integer("act_groups", 1, 8));
   try {
     s.validate();
   } catch (const UsageError& e) {

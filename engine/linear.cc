@@ -19,7 +19,7 @@ QGemmConfig gemm_config(const LinearSpec& spec) {
     throw UsageError("Linear layer " + std::to_string(spec.in) + "->" + std::to_string(spec.out) + " exceeds " +
                      std::to_string(kernels::kMaxReduction) +
                      " features (the int32 accumulator bound of the forward and input-gradient GEMMs)");
-  return {spec.weight_bits, spec.act_bits, spec.grad_bits, spec.groups, spec.signed_input};
+  return {spec.weight_bits, spec.act_bits, spec.grad_bits, spec.groups, spec.signed_input, spec.scale, spec.act_groups};
 }
 }  // namespace
 

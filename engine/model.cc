@@ -53,6 +53,11 @@ void ModelSpec::validate() const {
   for (std::size_t s : sizes)
     if (s == 0) throw UsageError("model layer sizes must be positive");
   if (norm != "l1" && norm != "l2") throw UsageError("--norm: unknown norm '" + norm + "'; valid norms: l1, l2");
+  const int agmax = quant::max_column_groups(quant::unsigned_range(bits.act));
+  if (act_groups < 1 || act_groups > agmax)
+    throw UsageError("--act-groups " + std::to_string(act_groups) + " is out of range 1.." + std::to_string(agmax) +
+                     " for " + std::to_string(bits.act) + "-bit activations ((2^b-1)*2^(groups-1) must be <= 127)");
+  if (scale != "max" && scale != "mse") throw UsageError("--scale: unknown rule '" + scale + "'; valid rules: max, mse");
   check_bits("edge", resolved_edge_bits());
   if (convolutional() && (in_h < 4 || in_w < 4 || in_c == 0 || classes < 2))
     throw UsageError("convolutional models need images of at least 4x4 pixels and 2 classes");
@@ -67,6 +72,8 @@ std::string ModelSpec::describe() const {
     for (std::size_t i = 0; i < sizes.size(); ++i) o << (i ? "-" : "") << sizes[i];
   o << " W" << bits.weight << "A" << bits.act << "G" << bits.grad << " N_G=" << resolved_groups();
   if (convolutional()) o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits();
+  if (scale != "max") o << " scale " << scale;
+  if (act_groups > 1) o << " act-groups " << act_groups;
   return o.str();
 }
 
@@ -137,6 +144,8 @@ class ConvBuilder {
     cs.grad_bits = spec_.bits.grad;
     cs.groups = spec_.resolved_groups();
     cs.signed_input = first;
+    cs.scale = spec_.scale_rule();
+    cs.act_groups = first ? 1 : spec_.act_groups;
     cs.needs_input_grad = !first;
     auto layer = std::make_unique<Conv2d>(cs, next_id_++, seed_);
     h = cs.out_h();
@@ -186,6 +195,8 @@ class ConvBuilder {
     ls.act_bits = last ? spec_.resolved_edge_bits() : spec_.bits.act;
     ls.grad_bits = spec_.bits.grad;
     ls.groups = spec_.resolved_groups();
+    ls.scale = spec_.scale_rule();
+    ls.act_groups = last ? 1 : spec_.act_groups;
     return std::make_unique<Linear>(ls, next_id_++, seed_);
   }
   std::size_t h() const { return h_; }
@@ -237,6 +248,8 @@ std::vector<std::unique_ptr<Layer>> build_mlp(const ModelSpec& spec, uint64_t se
     ls.grad_bits = spec.bits.grad;
     ls.groups = spec.resolved_groups();
     ls.signed_input = i == 0;       // normalized pixels are signed; later inputs follow a ReLU
+    ls.scale = spec.scale_rule();
+    ls.act_groups = i == 0 ? 1 : spec.act_groups;
     ls.needs_input_grad = i != 0;   // nothing consumes the gradient of the pixels
     layers.push_back(std::make_unique<Linear>(ls, static_cast<uint32_t>(i), seed));
     if (i + 1 < n) layers.push_back(std::make_unique<Relu>());

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/layer.h"
+#include "quant/pow2.h"
 
 namespace qtrain {
 
@@ -33,9 +34,16 @@ struct ModelSpec {
   int edge_bits = 0;
   int groups = 0;                                     // ShiftQuant N_G; 0 = the largest the gradient bits allow
   std::string norm = "l1";                            // convolutional models: l1 or l2 batch norm
+  // How every quantized layer picks the powers of two of its weights (per output channel) and input activations:
+  // "max" covers max|x| (nothing clipped), "mse" takes the least squared error (quant::ScaleRule::kMinError).
+  std::string scale = "max";
+  // Power-of-two channel groups of the inner layers' input activations (1 = one step per tensor; at most what the
+  // int8 carrier allows for bits.act unsigned values: 4 at 4 bits). Edge layers use one group.
+  int act_groups = 1;
   // The N_G actually used (resolves 0).
   int resolved_groups() const;
   int resolved_edge_bits() const { return edge_bits > 0 ? edge_bits : 8; }
+  quant::ScaleRule scale_rule() const { return scale == "mse" ? quant::ScaleRule::kMinError : quant::ScaleRule::kCover; }
   bool convolutional() const { return kind != "mlp"; }
   // Sets the input geometry from the data (and the MLP's input width).
   void set_input(std::size_t h, std::size_t w, std::size_t c);

@@ -6,6 +6,7 @@
 
 #include "engine/narrow.h"
 #include "kernels/eltwise.h"
+#include "quant/error.h"
 #include "quant/pow2.h"
 
 namespace qtrain {
@@ -14,9 +15,14 @@ void QGemmConfig::validate() const {
   quant::signed_range(weight_bits);  // 2..8
   quant::signed_range(act_bits);
   quant::validate(quant::ShiftQuantConfig{grad_bits, groups});
+  const quant::IntRange range = signed_input ? quant::signed_range(act_bits) : quant::unsigned_range(act_bits);
+  if (act_groups < 1 || act_groups > quant::max_column_groups(range))
+    throw UsageError("activation groups " + std::to_string(act_groups) + " out of range 1.." +
+                     std::to_string(quant::max_column_groups(range)) + " for " + std::to_string(act_bits) + "-bit " +
+                     (signed_input ? "signed" : "unsigned") + " activations (the int8 carrier's headroom)");
 }
 
-Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
+Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::ScaleRule scale, int groups) {
   if (x.dtype() == DType::kI8 && x.axis() == ScaleAxis::kTensor && is_signed && bits == 8) return x;
   const Tensor* src = &x;
   Tensor widened;
@@ -30,6 +36,12 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed) {
     throw std::logic_error("quantized GEMM input with per-row exponents: " + x.describe());
   Tensor q = Tensor::uninitialized(x.rows(), x.cols(), DType::kI8);  // quantize_to_tensor writes every element
   quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
+  opt.scale = scale;
+  if (groups > 1 && src->axis() == ScaleAxis::kTensor) {
+    q.set_exponent(quant::quantize_column_groups(src->data<int32_t>(), x.rows(), x.cols(), src->exponent(), opt,
+                                                 groups, q.data<int8_t>()));
+    return q;
+  }
   // A non-negative input's known maximum is both its max |x| and its max(x, 0).
   const std::optional<uint64_t> known = x.nonnegative_max();
   if (known && src->axis() == ScaleAxis::kTensor) opt.known_max = &*known;
@@ -44,7 +56,8 @@ QGemmOp::QGemmOp(const QGemmConfig& cfg) : cfg_(cfg) { cfg_.validate(); }
 std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   if (cache_ && cache_->version == w.version) return cache_;
   const std::size_t m = w.master.rows(), k = w.master.cols();
-  const quant::QuantizeOptions opt{quant::signed_range(cfg_.weight_bits)};
+  quant::QuantizeOptions opt{quant::signed_range(cfg_.weight_bits)};
+  opt.scale = cfg_.scale;
   auto qw = std::make_shared<QuantizedWeights>();
   qw->q = Tensor::uninitialized(m, k, DType::kI8);
   std::vector<int> e_row(m);

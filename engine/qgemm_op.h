@@ -24,6 +24,7 @@
 #include "engine/param.h"
 #include "engine/tensor.h"
 #include "kernels/gemm.h"
+#include "quant/pow2.h"
 #include "quant/shiftquant.h"
 
 namespace qtrain {
@@ -34,6 +35,11 @@ struct QGemmConfig {
   int grad_bits = 8;
   int groups = 1;             // ShiftQuant N_G of the output gradient
   bool signed_input = false;  // false: the input is non-negative (after ReLU) and uses the unsigned range
+  // How the power of two of W_q (per output channel) and X_q is chosen (quant::ScaleRule): covering max|x|, or
+  // least squared error.
+  quant::ScaleRule scale = quant::ScaleRule::kCover;
+  // Power-of-two channel groups of X_q (quant::quantize_column_groups); 1 = one step for the whole tensor.
+  int act_groups = 1;
   // Throws UsageError naming the valid range.
   void validate() const;
 };
@@ -47,15 +53,20 @@ struct QuantizedWeights {
 };
 
 // X as b-bit int8 with one exponent. A signed 8-bit int8 input with one exponent (normalized pixels) passes
-// unchanged. Per-column input exponents are allowed (per-channel layer outputs), per-row ones are not.
-Tensor quantize_activation(const Tensor& x, int bits, bool is_signed);
+// unchanged. Per-column input exponents are allowed (per-channel layer outputs; they always use the covering
+// step), per-row ones are not.
+// With groups > 1 (and one input exponent) the columns get power-of-two groups in the int8 carrier.
+Tensor quantize_activation(const Tensor& x, int bits, bool is_signed,
+                           quant::ScaleRule scale = quant::ScaleRule::kCover, int groups = 1);
 
 class QGemmOp {
  public:
   explicit QGemmOp(const QGemmConfig& cfg);
   const QGemmConfig& config() const { return cfg_; }
 
-  Tensor quantize_input(const Tensor& x) const { return quantize_activation(x, cfg_.act_bits, cfg_.signed_input); }
+  Tensor quantize_input(const Tensor& x) const {
+    return quantize_activation(x, cfg_.act_bits, cfg_.signed_input, cfg_.scale, cfg_.act_groups);
+  }
   // W_q of the parameter's current version (quantized on the first call after each update). Backward closures
   // hold the returned pointer, so a later requantization never changes what an earlier step's backward sees.
   std::shared_ptr<const QuantizedWeights> weights(const Param& w);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,29 @@ void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& o
 }
 }  // namespace
 
+__extension__ using U128 = unsigned __int128;  // GCC/Clang extension; exact sums of squared 32-bit errors
+
+int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range) {
+  stride = std::max<std::size_t>(stride, 1);
+  int best = s;
+  U128 best_err = 0;
+  for (int t = s; t >= std::max(s - kMinErrorOctaves, 0); --t) {
+    // |x − q·2^t| < 2^32 and n < 2^64 samples: the sum of squares fits 128 bits.
+    U128 err = 0;
+    for (std::size_t i = 0; i < n; i += stride) {
+      const int64_t q = std::clamp<int64_t>(shift_round_even(x[i], t), range.lo, range.hi);
+      const int64_t d = x[i] - q * (int64_t{1} << t);
+      const uint64_t a = static_cast<uint64_t>(d < 0 ? -d : d);
+      err += static_cast<U128>(a) * a;
+    }
+    if (t == s || err < best_err) {
+      best = t;
+      best_err = err;
+    }
+  }
+  return best;
+}
+
 int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
                        const QuantizeOptions& opt, int8_t* out) {
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
@@ -92,7 +116,12 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     const uint64_t m = opt.known_max != nullptr ? *opt.known_max : max_magnitude(x, rows * cols, is_unsigned);
     if (m > 0) {
       any = true;
-      e_out = e_col[0] + covering_shift(m, limit);
+      int s = covering_shift(m, limit);
+      if (opt.scale == ScaleRule::kMinError) {
+        const std::size_t n = rows * cols;
+        s = min_error_shift(x, n, (n / kMinErrorSamples) | 1, s, opt.range);  // odd: coprime with power-of-two channel counts
+      }
+      e_out = e_col[0] + s;
     }
   } else {
     std::vector<uint64_t> colmax(cols, 0);
@@ -126,6 +155,44 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
   return e_out;
 }
 
+int max_column_groups(const IntRange& range) {
+  return int8_headroom(static_cast<uint32_t>(range_magnitude_of(range))) + 1;
+}
+
+int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
+                           int groups, int8_t* out) {
+  if (groups < 1 || groups > max_column_groups(opt.range))
+    throw std::invalid_argument("quantize_column_groups: " + std::to_string(groups) + " groups do not fit the carrier");
+  const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
+  const bool is_unsigned = opt.range.lo >= 0;
+  std::vector<uint64_t> colmax(cols, 0);
+  kernels::col_max_abs_i32(x, rows, cols, is_unsigned, colmax.data());
+  const uint64_t m = cols == 0 ? 0 : *std::max_element(colmax.begin(), colmax.end());
+  if (m == 0) {
+    std::fill(out, out + rows * cols, int8_t{0});
+    return e_in;
+  }
+  int s0 = covering_shift(m, limit);
+  if (opt.scale == ScaleRule::kMinError) {
+    const std::size_t n = rows * cols;
+    s0 = min_error_shift(x, n, (n / kMinErrorSamples) | 1, s0, opt.range);
+  }
+  std::vector<int> shift(cols), up(cols);
+  for (std::size_t c = 0; c < cols; ++c) {
+    int k = 0;
+    while (k < groups - 1 && s0 - k - 1 >= 0 && colmax[c] <= (static_cast<uint64_t>(limit) << (s0 - k - 1))) ++k;
+    shift[c] = s0 - k;
+    up[c] = groups - 1 - k;
+  }
+  kernels::requantize_i8_cols(x, rows, cols, shift.data(), opt.range.lo, opt.range.hi, out);
+  if (groups > 1)
+    for (std::size_t r = 0; r < rows; ++r) {
+      int8_t* o = out + r * cols;
+      for (std::size_t c = 0; c < cols; ++c) o[c] = static_cast<int8_t>(o[c] * (1 << up[c]));  // |o|·2^up ≤ 127
+    }
+  return e_in + s0 - (groups - 1);
+}
+
 void quantize_per_row(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
                       int8_t* out, int* e_row) {
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
@@ -133,7 +200,8 @@ void quantize_per_row(const int32_t* x, std::size_t rows, std::size_t cols, int 
   for (std::size_t r = 0; r < rows; ++r) {
     const int32_t* xr = x + r * cols;
     const uint64_t m = max_magnitude(xr, cols, is_unsigned);
-    const int s = m == 0 ? 0 : covering_shift(m, limit);
+    int s = m == 0 ? 0 : covering_shift(m, limit);
+    if (m != 0 && opt.scale == ScaleRule::kMinError) s = min_error_shift(xr, cols, 1, s, opt.range);
     e_row[r] = e_in + s;
     round_span(xr, cols, s, opt, opt.index0 + r * cols, out + r * cols);
   }

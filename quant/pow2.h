@@ -20,6 +20,14 @@ namespace qtrain::quant {
 
 enum class Rounding { kNearestEven, kStochastic };
 
+// How a quantizer picks its power-of-two step 2^s.
+//   kCover     the finest step that covers max|x|: nothing is clipped (the plain scheme)
+//   kMinError  the covering step or one of the kMinErrorOctaves finer ones, whichever has the least squared error
+//              over the data: at 4 bits a few outliers otherwise set a step 2-4x coarser than the bulk of the
+//              values needs (a bell-shaped weight row's max is ~3.5σ; the error-optimal clip is ~2.5σ)
+enum class ScaleRule { kCover, kMinError };
+inline constexpr int kMinErrorOctaves = 3;
+
 // Round x / 2^s to nearest, ties to even. s ≤ 0 is an exact left shift (caller guarantees no overflow).
 inline int64_t shift_round_even(int64_t x, int s) {
   if (s <= 0) return x * (int64_t{1} << -s);
@@ -97,13 +105,35 @@ struct QuantizeOptions {
   // quantize_to_tensor with one exponent: the largest magnitude that matters (|x|, or max(x, 0) for an unsigned
   // range) when the caller already knows it exactly; saves a pass over x.
   const uint64_t* known_max = nullptr;
+  // How the step is chosen. kMinError applies to quantize_per_row and to quantize_to_tensor with one input
+  // exponent (the per-column form always covers). With it, quantize_to_tensor judges the error on an evenly
+  // strided sample of at most kMinErrorSamples values.
+  ScaleRule scale = ScaleRule::kCover;
 };
+inline constexpr std::size_t kMinErrorSamples = 16384;
+
+// The step 2^t, t in [s − kMinErrorOctaves, s] (s: the covering shift of the data), with the least squared error
+// Σ (x − clamp(round_even(x / 2^t))·2^t)² over x[0], x[stride], x[2·stride], … (i < n); ties keep the coarser
+// step. Steps finer than the input (t < 0) are not considered: they only clip. Exact (128-bit integer sums).
+int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range);
 // x is rows×cols; e_col has one exponent per column (per-column scales, e.g. a layer output whose weights have
 // per-output-channel exponents) or a single exponent (n_exps == 1).
 int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
                        const QuantizeOptions& opt, int8_t* out);
+// Power-of-two column groups for an operand that a GEMM reduces over its columns (a layer's input activations:
+// channels, or im2col's kh·kw·C): ShiftQuant's trick (shiftquant.h) with nearest-even rounding. x has one exponent
+// e_in; the tensor step 2^s0 is chosen by opt.scale over all of x; column c gets the finer step 2^(s0 − k_c),
+//   k_c = min(groups − 1, s0, largest k with max_n |x[n,c]| ≤ limit·2^(s0 − k)),
+// and is stored shifted into the int8 carrier: out = clamp(R_even(x / 2^(s0 − k_c)))·2^(groups − 1 − k_c), which
+// fits while limit·2^(groups − 1) ≤ 127 (checked: throws std::invalid_argument otherwise). Returns the carrier's
+// exponent e_in + s0 − (groups − 1): one exponent for the tensor, so a plain int8 GEMM consumes it exactly.
+int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
+                           int groups, int8_t* out);
+// The largest column-group count whose shifted values fit the int8 carrier for a quantizer of this range.
+int max_column_groups(const IntRange& range);
+
 // Per-row exponents (per output channel for a weight matrix): row r gets e_row[r], the finest exponent covering
-// that row's max|x|. All values of x have exponent e_in. An all-zero row gets e_row[r] = e_in.
+// that row's max|x| (or, with ScaleRule::kMinError, the error-minimizing one of min_error_shift). All values of x have exponent e_in. An all-zero row gets e_row[r] = e_in.
 void quantize_per_row(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
                       int8_t* out, int* e_row);
 

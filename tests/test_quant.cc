@@ -2,8 +2,10 @@
 // grouped product exactly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -147,6 +149,119 @@ TEST(Pow2, QuantizePerRowUsesEachRowsRange) {
   for (std::size_t i = 0; i < x.size(); ++i)
     EXPECT_LE(std::abs(std::ldexp(double(q[i]), e[i / cols]) - std::ldexp(double(x[i]), -10)),
               std::ldexp(0.5, e[i / cols]));
+}
+
+// Brute force in double: the squared error of quantizing x with step 2^t (nearest-even, clamped).
+double squared_error(const std::vector<int32_t>& x, int t, const IntRange& r) {
+  double e = 0;
+  for (int32_t v : x) {
+    const double q = std::clamp<double>(static_cast<double>(shift_round_even(v, t)), r.lo, r.hi);
+    e += std::pow(v - std::ldexp(q, t), 2);
+  }
+  return e;
+}
+
+TEST(Pow2, MinErrorShiftClipsOutliersAndKeepsCoverOtherwise) {
+  const IntRange r = signed_range(4);  // ±7
+  // A bell-shaped row with one outlier: the outlier sets a coarse covering step, the bulk wants a finer one.
+  std::vector<int32_t> bell(512);
+  const CounterRng rng(3, 0);
+  for (std::size_t i = 0; i < bell.size(); ++i) {
+    int64_t s = 0;
+    for (int j = 0; j < 4; ++j) s += static_cast<int64_t>(rng.u32(4 * i + j) >> 20) - 2048;  // sum of 4 uniforms
+    bell[i] = static_cast<int32_t>(s);
+  }
+  bell[17] = 6 * 4096;
+  const int cover = covering_shift(6 * 4096, 7);
+  const int best = min_error_shift(bell.data(), bell.size(), 1, cover, r);
+  EXPECT_LT(best, cover);
+  EXPECT_GE(best, cover - kMinErrorOctaves);
+  for (int t = cover - kMinErrorOctaves; t <= cover; ++t) EXPECT_LE(squared_error(bell, best, r), squared_error(bell, t, r));
+  // Values spread evenly over the range: clipping only adds error, the covering step stays.
+  std::vector<int32_t> flat;
+  for (int v = -7000; v <= 7000; v += 13) flat.push_back(v);
+  const int fc = covering_shift(7000, 7);
+  EXPECT_EQ(min_error_shift(flat.data(), flat.size(), 1, fc, r), fc);
+  // Unsigned range: negatives clamp to zero in both the covering and the error measure.
+  std::vector<int32_t> relu(bell);
+  for (auto& v : relu) v = std::max(v, 0);
+  const IntRange u = unsigned_range(4);
+  const int uc = covering_shift(6 * 4096, 15);
+  const int ub = min_error_shift(relu.data(), relu.size(), 1, uc, u);
+  for (int t = uc - kMinErrorOctaves; t <= uc; ++t) EXPECT_LE(squared_error(relu, ub, u), squared_error(relu, t, u));
+  // Steps finer than the input are never chosen (they cannot reduce rounding error, only clip).
+  const std::vector<int32_t> small{1, -2, 3, 0};
+  EXPECT_EQ(min_error_shift(small.data(), small.size(), 1, 0, r), 0);
+}
+
+TEST(Pow2, MinErrorRuleInTheQuantizers) {
+  const IntRange r = signed_range(4);
+  std::vector<int32_t> x(4 * 300);
+  const CounterRng rng(5, 0);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int32_t>(rng.u32(i) >> 22) - 512;
+  x[7] = 9000;          // row 0: an outlier far out (clipping it costs more than the finer step saves)
+  x[300 + 5] = -1500;   // row 1: a moderate outlier (the bulk's finer step wins)
+  QuantizeOptions opt{r};
+  opt.scale = ScaleRule::kMinError;
+  std::vector<int8_t> q(x.size());
+  std::vector<int> e_row(4);
+  quantize_per_row(x.data(), 4, 300, -3, opt, q.data(), e_row.data());
+  for (std::size_t row = 0; row < 4; ++row) {
+    const int32_t* xr = x.data() + row * 300;
+    uint64_t m = 0;
+    for (std::size_t i = 0; i < 300; ++i) m = std::max<uint64_t>(m, static_cast<uint64_t>(std::abs(xr[i])));
+    const int s = min_error_shift(xr, 300, 1, covering_shift(m, 7), r);
+    EXPECT_EQ(e_row[row], -3 + s) << row;
+    for (std::size_t i = 0; i < 300; ++i)
+      EXPECT_EQ(q[row * 300 + i], std::clamp<int64_t>(shift_round_even(xr[i], s), r.lo, r.hi));
+  }
+  EXPECT_EQ(e_row[0], -3 + covering_shift(9000, 7));
+  EXPECT_LT(e_row[1], -3 + covering_shift(1500, 7));
+  // One exponent for the tensor: the rule on a strided sample, here every element (small tensor).
+  x[7] = 0;
+  const int e = quantize_to_tensor(x.data(), 4, 300, std::vector<int>{2}.data(), 1, opt, q.data());
+  EXPECT_EQ(e, 2 + min_error_shift(x.data(), x.size(), 1, covering_shift(1500, 7), r));
+  EXPECT_LT(e, 2 + covering_shift(1500, 7));
+}
+
+TEST(Pow2, ColumnGroupsGiveSmallChannelsFinerStepsInOneInt8Exponent) {
+  const std::size_t rows = 64, cols = 6;
+  const CounterRng rng(9, 0);
+  std::vector<int32_t> x(rows * cols);
+  // Column c spans about 2^(12 − 2c): the small columns would get few or no levels with one step.
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int32_t>(rng.u32(i) >> (20 + 2 * (i % cols)));
+  for (const ScaleRule rule : {ScaleRule::kCover, ScaleRule::kMinError}) {
+    QuantizeOptions opt{unsigned_range(4)};
+    opt.scale = rule;
+    EXPECT_EQ(max_column_groups(opt.range), 4);  // 15·2^3 = 120 ≤ 127 < 240
+    EXPECT_THROW(quantize_column_groups(x.data(), rows, cols, -8, opt, 5, std::vector<int8_t>(x.size()).data()),
+                 std::invalid_argument);
+    std::vector<int8_t> one(x.size()), grouped(x.size());
+    const int e1 = quantize_column_groups(x.data(), rows, cols, -8, opt, 1, one.data());
+    // One group is the per-tensor quantizer.
+    std::vector<int8_t> plain(x.size());
+    EXPECT_EQ(e1, quantize_to_tensor(x.data(), rows, cols, std::vector<int>{-8}.data(), 1, opt, plain.data()));
+    EXPECT_EQ(one, plain);
+    const int e4 = quantize_column_groups(x.data(), rows, cols, -8, opt, 4, grouped.data());
+    EXPECT_EQ(e4, e1 - 3);
+    for (std::size_t c = 0; c < cols; ++c) {
+      // Column c's values are multiples of 2^up_c in the carrier (up_c = 3 − k_c); the step 2^(e4 + up_c) never
+      // exceeds the tensor step, and each value is x rounded to nearest at that step (clamped at the top).
+      int up = 3;
+      for (std::size_t r = 0; r < rows; ++r)
+        while (up > 0 && grouped[r * cols + c] % (1 << up) != 0) --up;
+      double err1 = 0, err4 = 0;
+      for (std::size_t r = 0; r < rows; ++r) {
+        const std::size_t i = r * cols + c;
+        EXPECT_GE(grouped[i], 0);
+        EXPECT_LE(grouped[i], 120);
+        const double v = std::ldexp(double(x[i]), -8);
+        err1 += std::pow(std::ldexp(double(one[i]), e1) - v, 2);
+        err4 += std::pow(std::ldexp(double(grouped[i]), e4) - v, 2);
+      }
+      EXPECT_LE(err4, err1 + 1e-12) << "column " << c;
+    }
+  }
 }
 
 TEST(ShiftQuant, GroupBudget) {

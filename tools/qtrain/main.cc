@@ -66,6 +66,8 @@ struct TrainOptions {
   double lr = 0.05, momentum = 0.9, wd = 5e-4;
   std::string schedule = "onecycle";
   std::string norm = "l1";
+  std::string scale = "max";
+  int act_groups = 1;
   int edge_bits = 0;
   uint64_t seed = 0;
   long long threads = 1;
@@ -132,6 +134,9 @@ void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags,
   require("--groups", flags.model.resolved_groups() == c.model.resolved_groups(), std::to_string(o.groups),
           std::to_string(c.model.resolved_groups()));
   require("--norm", flags.model.norm == c.model.norm, flags.model.norm, c.model.norm);
+  require("--scale", flags.model.scale == c.model.scale, flags.model.scale, c.model.scale);
+  require("--act-groups", flags.model.act_groups == c.model.act_groups, std::to_string(flags.model.act_groups),
+          std::to_string(c.model.act_groups));
   require("--edge-bits", flags.model.resolved_edge_bits() == c.model.resolved_edge_bits(), std::to_string(o.edge_bits),
           std::to_string(c.model.resolved_edge_bits()));
   require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
@@ -180,6 +185,8 @@ int run_train(const TrainOptions& o) {
   cfg.model.bits = parse_bits(o.bits);
   cfg.model.groups = o.groups;
   cfg.model.norm = o.norm;
+  cfg.model.scale = o.scale;
+  cfg.model.act_groups = o.act_groups;
   cfg.model.edge_bits = o.edge_bits;
   cfg.epochs = o.epochs;
   if (o.batch < 1) throw UsageError("--batch " + std::to_string(o.batch) + " is out of range 1..65536");
@@ -347,6 +354,12 @@ int main(int argc, char** argv) {
                     "Model: mlp (784-256-128-10), cnn (2 conv + 2 FC), resnet8, resnet20 (CIFAR-style ResNets)")
       ->capture_default_str();
   train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
+      ->capture_default_str();
+  train->add_option("--scale", t.scale,
+                    "Power-of-two choice of weights and activations: max (cover max|x|) or mse (least squared error)")
+      ->capture_default_str();
+  train->add_option("--act-groups", t.act_groups,
+                    "Power-of-two channel groups of the inner layers' input activations (1..4 at 4 bits; 1 = off)")
       ->capture_default_str();
   train->add_option("--edge-bits", t.edge_bits,
                     "Weight/activation bits of the first conv and last FC of the convolutional models (0 = 8)")
