@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,10 @@ class Conv2d : public Layer {
   uint32_t id_;
   Param weight_;  // Cout × kh·kw·C
   QGemmOp op_;
+  // The stride-1 dX convolution's flipped, transposed W_aligned (conv2d.cc), packed once per weights version: the
+  // version it was made from (held, so a newer version can never be mistaken for it) and the packed operand.
+  std::shared_ptr<const QuantizedWeights> flipped_of_;
+  kernels::PackedWeights flipped_;
 };
 
 }  // namespace qtrain

@@ -58,6 +58,16 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   return cache_;
 }
 
+const kernels::PackedWeights& QuantizedWeights::forward(kernels::ThreadPool* pool) const {
+  if (forward_.empty()) forward_ = kernels::pack_weights_forward(q.data<int8_t>(), q.rows(), q.cols(), pool);
+  return forward_;
+}
+
+const kernels::PackedWeights& QuantizedWeights::dgrad(kernels::ThreadPool* pool) const {
+  if (dgrad_.empty()) dgrad_ = kernels::pack_weights_dgrad(aligned.data(), q.rows(), q.cols(), pool);
+  return dgrad_;
+}
+
 quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const {
   quant::ShiftQuantized g;
   quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg_.grad_bits, cfg_.groups},
@@ -67,8 +77,7 @@ quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t st
 
 void qgemm_dgrad_rows(const quant::ShiftQuantized& g, const QuantizedWeights& w, std::size_t r0, std::size_t r1,
                       int32_t* out, kernels::ThreadPool* pool) {
-  const std::size_t m = w.q.rows(), k = w.q.cols();
-  kernels::gemm_dgrad(g.shifted.data() + r0 * m, w.aligned.data(), out, r1 - r0, m, k, pool);
+  kernels::gemm_dgrad_packed(g.shifted.data() + r0 * w.q.rows(), w.dgrad(pool), out, r1 - r0, pool);
 }
 
 int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights& w) {

@@ -4,7 +4,8 @@
 // Forward   X (int32 or int8) → X_q: b_a-bit int8, one exponent e_x, the finest power of two covering max|x|
 //                               (nearest-even; the unsigned range [0, 2^b−1] when the input is non-negative)
 //           W (int32 master)  → W_q: b_w-bit int8, one exponent per output channel e_w[c] (nearest-even),
-//                               quantized once per parameter version and shared by every batch of that version
+//                               quantized (and packed for the GEMMs) once per parameter version, shared by every
+//                               batch of that version
 //           Y[n,c] = Σ_k X_q[n,k]·W_q[c,k]   int32 accumulator, exponent e_x + e_w[c]; exact while k ≤ kMaxReduction
 // Backward  dY (int32, one exponent) → ShiftQuant: dY_q (b_g bits, N_G power-of-two channel groups, stochastic)
 //           dX = dY_shifted · W_aligned      one int8 GEMM reducing over the m output channels (m ≤ kMaxReduction),
@@ -38,12 +39,23 @@ struct QGemmConfig {
   void validate() const;
 };
 
-// W_q of one parameter version.
+// W_q of one parameter version, and its two GEMM operands packed for the micro-kernels (kernels::PackedWeights).
+// Each packing is made by the first product of the version that needs it, so an evaluation pass never packs the
+// dgrad operand; every later product of the version (all the batches of an evaluation, the step's backward) reuses
+// it. Only the thread that drives the pool calls these (layers run their forward and backward there).
 struct QuantizedWeights {
   Tensor q;                     // out × in int8, one exponent per row (output channel): the forward operand
   std::vector<int8_t> aligned;  // the rows brought to one exponent (quant::align_rows): the dgrad operand
   int aligned_exponent = 0;
   uint64_t version = 0;
+
+  // q packed for kernels::gemm_forward_packed (Y = X_q · W_qᵀ).
+  const kernels::PackedWeights& forward(kernels::ThreadPool* pool) const;
+  // aligned packed for kernels::gemm_dgrad_packed (dX = dY_shifted · W_aligned).
+  const kernels::PackedWeights& dgrad(kernels::ThreadPool* pool) const;
+
+ private:
+  mutable kernels::PackedWeights forward_, dgrad_;
 };
 
 // X as b-bit int8 with one exponent. A signed 8-bit int8 input with one exponent (normalized pixels) passes
