@@ -287,8 +287,8 @@ Conv2dSpec dgrad_conv_spec(const Conv2dSpec& s) {
   return t;
 }
 
-// W' (C × k²·Cout) of the aligned weights, packed for the forward product.
-kernels::PackedWeights dgrad_conv_weights(const Conv2dSpec& s, const QuantizedWeights& w, kernels::ThreadPool* pool) {
+// W' (C × k²·Cout) of the aligned weights.
+std::vector<int8_t> dgrad_conv_weights(const Conv2dSpec& s, const QuantizedWeights& w) {
   const std::size_t k = s.kernel_h, c = s.in_channels, co_n = s.out_channels, kk = k * k * co_n, kf = s.patch_size();
   std::vector<int8_t> wt(c * kk);
   for (std::size_t ch = 0; ch < c; ++ch)
@@ -296,11 +296,11 @@ kernels::PackedWeights dgrad_conv_weights(const Conv2dSpec& s, const QuantizedWe
       for (std::size_t j = 0; j < k; ++j)
         for (std::size_t co = 0; co < co_n; ++co)
           wt[ch * kk + (i * k + j) * co_n + co] = w.aligned[co * kf + ((k - 1 - i) * k + (k - 1 - j)) * c + ch];
-  return kernels::pack_weights_forward(wt.data(), c, kk, pool);
+  return wt;
 }
 
-// dX of `batch` images with W' from dgrad_conv_weights.
-void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const kernels::PackedWeights& wt,
+// dX of `batch` images with W' = wt from dgrad_conv_weights, whose products are `wp`.
+void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const std::vector<int8_t>& wt, WeightProducts& wp,
                 std::size_t batch, int32_t* dx, kernels::ThreadPool* pool) {
   const Geometry gt(dgrad_conv_spec(s));  // gt.ho = H, gt.wo = W, gt.k = k²·Cout
   const std::size_t c = s.in_channels, kk = gt.k;
@@ -310,7 +310,7 @@ void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const kerne
   for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
     const std::size_t l1 = std::min(lines, l0 + bl);
     im2col(g.shifted.data(), gt, l0, l1, patches.get(), pool);
-    kernels::gemm_forward_packed(patches.get(), wt, dx + l0 * gt.wo * c, (l1 - l0) * gt.wo, pool);
+    wp.multiply(patches.get(), wt.data(), c, kk, dx + l0 * gt.wo * c, (l1 - l0) * gt.wo, pool);
   }
 }
 
@@ -356,14 +356,14 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
   out->value = Tensor::uninitialized(rows, m, DType::kI32);  // every row is a GEMM output
   int32_t* y = out->value.data<int32_t>();
   if (spec_.pointwise()) {
-    kernels::gemm_forward_packed(xq->data<int8_t>(), wq->forward(ctx.pool), y, rows, ctx.pool);
+    wq->forward(xq->data<int8_t>(), y, rows, ctx.pool);
   } else {
     const std::size_t bl = std::min(block_lines(), lines);
     const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * g.wo * g.k);  // im2col writes every byte
     for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
       const std::size_t l1 = std::min(lines, l0 + bl);
       im2col(xq->data<int8_t>(), g, l0, l1, patches.get(), ctx.pool);
-      kernels::gemm_forward_packed(patches.get(), wq->forward(ctx.pool), y + l0 * g.wo * m, (l1 - l0) * g.wo, ctx.pool);
+      wq->forward(patches.get(), y + l0 * g.wo * m, (l1 - l0) * g.wo, ctx.pool);
     }
   }
   std::vector<int> e_out(m);
@@ -418,10 +418,12 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     if (!need_dx) return;
     if (as_conv) {
       if (flipped_of_ != wq) {
-        flipped_ = dgrad_conv_weights(spec_, *wq, ctx.pool);
+        flipped_ = dgrad_conv_weights(spec_, *wq);
+        flipped_products_ = WeightProducts(kernels::PackedWeights::Use::kForward);
         flipped_of_ = wq;
       }
-      dgrad_conv(spec_, gq, flipped_, xq->rows() / (spec_.in_h * spec_.in_w), dx32.data<int32_t>(), ctx.pool);
+      dgrad_conv(spec_, gq, flipped_, flipped_products_, xq->rows() / (spec_.in_h * spec_.in_w), dx32.data<int32_t>(),
+                 ctx.pool);
     }
     const int e_dx = qgemm_dgrad_exponent(gq, *wq);
     if (dx_i32) {

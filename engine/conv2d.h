@@ -84,10 +84,11 @@ class Conv2d : public Layer {
   uint32_t id_;
   Param weight_;  // Cout × kh·kw·C
   QGemmOp op_;
-  // The stride-1 dX convolution's flipped, transposed W_aligned (conv2d.cc), packed once per weights version: the
-  // version it was made from (held, so a newer version can never be mistaken for it) and the packed operand.
+  // The stride-1 dX convolution's flipped, transposed W_aligned (conv2d.cc), made once per weights version: the
+  // version it was made from (held, so a newer version can never be mistaken for it), W' and its products.
   std::shared_ptr<const QuantizedWeights> flipped_of_;
-  kernels::PackedWeights flipped_;
+  std::vector<int8_t> flipped_;
+  WeightProducts flipped_products_{kernels::PackedWeights::Use::kForward};
 };
 
 }  // namespace qtrain

@@ -49,12 +49,12 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   auto xq = std::make_shared<Tensor>(op_.quantize_input(xv));
   const int ex = xq->exponent();
 
-  // Y = X_q · W_qᵀ (W_q packed once per version): each output sums `in` ≤ kMaxReduction int8 products, exact in
+  // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in
   // int32; exponent e_x + e_w[c].
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
   int32_t* y = out->value.data<int32_t>();
-  kernels::gemm_forward_packed(xq->data<int8_t>(), wq->forward(ctx.pool), y, n, ctx.pool);
+  wq->forward(xq->data<int8_t>(), y, n, ctx.pool);
   std::vector<int> e_out(m);
   for (std::size_t c = 0; c < m; ++c) e_out[c] = ex + wq->q.exponents()[c];
   // Bias, moved from its master exponent to each output column's exponent (saturating: a bias far coarser than the

@@ -58,14 +58,25 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   return cache_;
 }
 
-const kernels::PackedWeights& QuantizedWeights::forward(kernels::ThreadPool* pool) const {
-  if (forward_.empty()) forward_ = kernels::pack_weights_forward(q.data<int8_t>(), q.rows(), q.cols(), pool);
-  return forward_;
-}
-
-const kernels::PackedWeights& QuantizedWeights::dgrad(kernels::ThreadPool* pool) const {
-  if (dgrad_.empty()) dgrad_ = kernels::pack_weights_dgrad(aligned.data(), q.rows(), q.cols(), pool);
-  return dgrad_;
+void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
+                              kernels::ThreadPool* pool) {
+  const bool fwd = use_ == kernels::PackedWeights::Use::kForward;
+  if (!used_) {  // the first product packs W inside the call
+    used_ = true;
+    if (fwd) {
+      kernels::gemm_forward(a, w, c, n, m, k, pool);
+    } else {
+      kernels::gemm_dgrad(a, w, c, n, m, k, pool);
+    }
+    return;
+  }
+  if (packed_.empty())
+    packed_ = fwd ? kernels::pack_weights_forward(w, m, k, pool) : kernels::pack_weights_dgrad(w, m, k, pool);
+  if (fwd) {
+    kernels::gemm_forward_packed(a, packed_, c, n, pool);
+  } else {
+    kernels::gemm_dgrad_packed(a, packed_, c, n, pool);
+  }
 }
 
 quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const {
@@ -77,7 +88,7 @@ quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t st
 
 void qgemm_dgrad_rows(const quant::ShiftQuantized& g, const QuantizedWeights& w, std::size_t r0, std::size_t r1,
                       int32_t* out, kernels::ThreadPool* pool) {
-  kernels::gemm_dgrad_packed(g.shifted.data() + r0 * w.q.rows(), w.dgrad(pool), out, r1 - r0, pool);
+  w.dgrad(g.shifted.data() + r0 * w.q.rows(), out, r1 - r0, pool);
 }
 
 int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights& w) {

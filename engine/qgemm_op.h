@@ -39,23 +39,45 @@ struct QGemmConfig {
   void validate() const;
 };
 
-// W_q of one parameter version, and its two GEMM operands packed for the micro-kernels (kernels::PackedWeights).
-// Each packing is made by the first product of the version that needs it, so an evaluation pass never packs the
-// dgrad operand; every later product of the version (all the batches of an evaluation, the step's backward) reuses
-// it. Only the thread that drives the pool calls these (layers run their forward and backward there).
+// The products of one weights operand W[m × k] (the same W on every call; its owner keeps it alive): forward
+// C = A · Wᵀ or dgrad C = A · W. The first product packs W inside the call, a cache-sized block at a time while it
+// is hot, like any product; from the second on W is packed once (kernels::PackedWeights) and reused. So W that feeds
+// one product (a training step's forward or dgrad at a small batch) costs nothing extra, and W that feeds many
+// (the batches of an evaluation, the blocks of an im2col convolution) is packed once instead of once per product.
+// Results are bit-identical either way. Not thread-safe: called by the one thread that drives the pool.
+class WeightProducts {
+ public:
+  explicit WeightProducts(kernels::PackedWeights::Use use) : use_(use) {}
+  // C[n × m] (forward, A[n × k]) or C[n × k] (dgrad, A[n × m]).
+  void multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
+                kernels::ThreadPool* pool);
+
+ private:
+  kernels::PackedWeights::Use use_;
+  bool used_ = false;
+  kernels::PackedWeights packed_;
+};
+
+// W_q of one parameter version and its two GEMMs, whose operands are packed once per version when they feed more
+// than one product (WeightProducts).
 struct QuantizedWeights {
   Tensor q;                     // out × in int8, one exponent per row (output channel): the forward operand
   std::vector<int8_t> aligned;  // the rows brought to one exponent (quant::align_rows): the dgrad operand
   int aligned_exponent = 0;
   uint64_t version = 0;
 
-  // q packed for kernels::gemm_forward_packed (Y = X_q · W_qᵀ).
-  const kernels::PackedWeights& forward(kernels::ThreadPool* pool) const;
-  // aligned packed for kernels::gemm_dgrad_packed (dX = dY_shifted · W_aligned).
-  const kernels::PackedWeights& dgrad(kernels::ThreadPool* pool) const;
+  // Y[n × out] = X_q · W_qᵀ (int32, exponent e_x + e_w[c]).
+  void forward(const int8_t* x, int32_t* y, std::size_t n, kernels::ThreadPool* pool) const {
+    forward_.multiply(x, q.data<int8_t>(), q.rows(), q.cols(), y, n, pool);
+  }
+  // dX[n × in] = dY_shifted · W_aligned (dY_shifted n × out).
+  void dgrad(const int8_t* dy, int32_t* dx, std::size_t n, kernels::ThreadPool* pool) const {
+    dgrad_.multiply(dy, aligned.data(), q.rows(), q.cols(), dx, n, pool);
+  }
 
  private:
-  mutable kernels::PackedWeights forward_, dgrad_;
+  mutable WeightProducts forward_{kernels::PackedWeights::Use::kForward};
+  mutable WeightProducts dgrad_{kernels::PackedWeights::Use::kDgrad};
 };
 
 // X as b-bit int8 with one exponent. A signed 8-bit int8 input with one exponent (normalized pixels) passes
