@@ -274,19 +274,6 @@ bool dgrad_as_conv(const Conv2dSpec& s) {
   return s.stride == 1 && s.kernel_h == s.kernel_w && s.padding + 1 <= s.kernel_h;
 }
 
-// The transposed convolution as a forward one: input dY (Ho × Wo × Cout), output dX (H × W × C).
-Conv2dSpec dgrad_conv_spec(const Conv2dSpec& s) {
-  Conv2dSpec t;
-  t.in_h = s.out_h();
-  t.in_w = s.out_w();
-  t.in_channels = s.out_channels;
-  t.out_channels = s.in_channels;
-  t.kernel_h = t.kernel_w = s.kernel_h;
-  t.stride = 1;
-  t.padding = s.kernel_h - 1 - s.padding;
-  return t;
-}
-
 // W' (C × k²·Cout) of the aligned weights.
 std::vector<int8_t> dgrad_conv_weights(const Conv2dSpec& s, const QuantizedWeights& w) {
   const std::size_t k = s.kernel_h, c = s.in_channels, co_n = s.out_channels, kk = k * k * co_n, kf = s.patch_size();
@@ -302,7 +289,16 @@ std::vector<int8_t> dgrad_conv_weights(const Conv2dSpec& s, const QuantizedWeigh
 // dX of `batch` images with W' = wt from dgrad_conv_weights, whose products are `wp`.
 void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const std::vector<int8_t>& wt, WeightProducts& wp,
                 std::size_t batch, int32_t* dx, kernels::ThreadPool* pool) {
-  const Geometry gt(dgrad_conv_spec(s));  // gt.ho = H, gt.wo = W, gt.k = k²·Cout
+  // The transposed convolution as a forward one: input dY (Ho × Wo × Cout), output dX (H × W × C).
+  Conv2dSpec t;
+  t.in_h = s.out_h();
+  t.in_w = s.out_w();
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.kernel_h = t.kernel_w = s.kernel_h;
+  t.stride = 1;
+  t.padding = s.kernel_h - 1 - s.padding;
+  const Geometry gt(t);  // gt.ho = H, gt.wo = W, gt.k = k²·Cout
   const std::size_t c = s.in_channels, kk = gt.k;
   const std::size_t lines = batch * gt.ho;
   const std::size_t bl = std::min(lines, std::max<std::size_t>(1, (std::size_t{1} << 18) / (gt.wo * kk)));

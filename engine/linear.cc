@@ -49,8 +49,7 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   auto xq = std::make_shared<Tensor>(op_.quantize_input(xv));
   const int ex = xq->exponent();
 
-  // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in
-  // int32; exponent e_x + e_w[c].
+  // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
   int32_t* y = out->value.data<int32_t>();

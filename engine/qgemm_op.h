@@ -4,8 +4,8 @@
 // Forward   X (int32 or int8) → X_q: b_a-bit int8, one exponent e_x, the finest power of two covering max|x|
 //                               (nearest-even; the unsigned range [0, 2^b−1] when the input is non-negative)
 //           W (int32 master)  → W_q: b_w-bit int8, one exponent per output channel e_w[c] (nearest-even),
-//                               quantized (and packed for the GEMMs) once per parameter version, shared by every
-//                               batch of that version
+//                               quantized once per parameter version and shared by every batch of that version
+//                               (packed once for its GEMMs when it feeds more than one: WeightProducts)
 //           Y[n,c] = Σ_k X_q[n,k]·W_q[c,k]   int32 accumulator, exponent e_x + e_w[c]; exact while k ≤ kMaxReduction
 // Backward  dY (int32, one exponent) → ShiftQuant: dY_q (b_g bits, N_G power-of-two channel groups, stochastic)
 //           dX = dY_shifted · W_aligned      one int8 GEMM reducing over the m output channels (m ≤ kMaxReduction),
