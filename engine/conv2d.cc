@@ -274,8 +274,21 @@ bool dgrad_as_conv(const Conv2dSpec& s) {
   return s.stride == 1 && s.kernel_h == s.kernel_w && s.padding + 1 <= s.kernel_h;
 }
 
-void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const QuantizedWeights& w, std::size_t batch,
-                int32_t* dx, kernels::ThreadPool* pool) {
+// W' (C × k²·Cout) of the aligned weights.
+std::vector<int8_t> dgrad_conv_weights(const Conv2dSpec& s, const QuantizedWeights& w) {
+  const std::size_t k = s.kernel_h, c = s.in_channels, co_n = s.out_channels, kk = k * k * co_n, kf = s.patch_size();
+  std::vector<int8_t> wt(c * kk);
+  for (std::size_t ch = 0; ch < c; ++ch)
+    for (std::size_t i = 0; i < k; ++i)
+      for (std::size_t j = 0; j < k; ++j)
+        for (std::size_t co = 0; co < co_n; ++co)
+          wt[ch * kk + (i * k + j) * co_n + co] = w.aligned[co * kf + ((k - 1 - i) * k + (k - 1 - j)) * c + ch];
+  return wt;
+}
+
+// dX of `batch` images with W' = wt from dgrad_conv_weights, whose products are `wp`.
+void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const std::vector<int8_t>& wt, WeightProducts& wp,
+                std::size_t batch, int32_t* dx, kernels::ThreadPool* pool) {
   // The transposed convolution as a forward one: input dY (Ho × Wo × Cout), output dX (H × W × C).
   Conv2dSpec t;
   t.in_h = s.out_h();
@@ -286,20 +299,14 @@ void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const Quant
   t.stride = 1;
   t.padding = s.kernel_h - 1 - s.padding;
   const Geometry gt(t);  // gt.ho = H, gt.wo = W, gt.k = k²·Cout
-  const std::size_t k = s.kernel_h, c = s.in_channels, co_n = s.out_channels, kk = gt.k, kf = s.patch_size();
-  std::vector<int8_t> wt(c * kk);
-  for (std::size_t ch = 0; ch < c; ++ch)
-    for (std::size_t i = 0; i < k; ++i)
-      for (std::size_t j = 0; j < k; ++j)
-        for (std::size_t co = 0; co < co_n; ++co)
-          wt[ch * kk + (i * k + j) * co_n + co] = w.aligned[co * kf + ((k - 1 - i) * k + (k - 1 - j)) * c + ch];
+  const std::size_t c = s.in_channels, kk = gt.k;
   const std::size_t lines = batch * gt.ho;
   const std::size_t bl = std::min(lines, std::max<std::size_t>(1, (std::size_t{1} << 18) / (gt.wo * kk)));
   const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * gt.wo * kk);
   for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
     const std::size_t l1 = std::min(lines, l0 + bl);
     im2col(g.shifted.data(), gt, l0, l1, patches.get(), pool);
-    kernels::gemm_forward(patches.get(), wt.data(), dx + l0 * gt.wo * c, (l1 - l0) * gt.wo, c, kk, pool);
+    wp.multiply(patches.get(), wt.data(), c, kk, dx + l0 * gt.wo * c, (l1 - l0) * gt.wo, pool);
   }
 }
 
@@ -345,14 +352,14 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
   out->value = Tensor::uninitialized(rows, m, DType::kI32);  // every row is a GEMM output
   int32_t* y = out->value.data<int32_t>();
   if (spec_.pointwise()) {
-    kernels::gemm_forward(xq->data<int8_t>(), wq->q.data<int8_t>(), y, rows, m, g.k, ctx.pool);
+    wq->forward(xq->data<int8_t>(), y, rows, ctx.pool);
   } else {
     const std::size_t bl = std::min(block_lines(), lines);
     const auto patches = std::make_unique_for_overwrite<int8_t[]>(bl * g.wo * g.k);  // im2col writes every byte
     for (std::size_t l0 = 0; l0 < lines; l0 += bl) {
       const std::size_t l1 = std::min(lines, l0 + bl);
       im2col(xq->data<int8_t>(), g, l0, l1, patches.get(), ctx.pool);
-      kernels::gemm_forward(patches.get(), wq->q.data<int8_t>(), y + l0 * g.wo * m, (l1 - l0) * g.wo, m, g.k, ctx.pool);
+      wq->forward(patches.get(), y + l0 * g.wo * m, (l1 - l0) * g.wo, ctx.pool);
     }
   }
   std::vector<int> e_out(m);
@@ -405,7 +412,15 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     weight_.grad = acc.finish(gq, xq->exponent());
     weight_.has_grad = true;
     if (!need_dx) return;
-    if (as_conv) dgrad_conv(spec_, gq, *wq, xq->rows() / (spec_.in_h * spec_.in_w), dx32.data<int32_t>(), ctx.pool);
+    if (as_conv) {
+      if (flipped_of_ != wq) {
+        flipped_ = dgrad_conv_weights(spec_, *wq);
+        flipped_products_ = WeightProducts(kernels::PackedWeights::Use::kForward);
+        flipped_of_ = wq;
+      }
+      dgrad_conv(spec_, gq, flipped_, flipped_products_, xq->rows() / (spec_.in_h * spec_.in_w), dx32.data<int32_t>(),
+                 ctx.pool);
+    }
     const int e_dx = qgemm_dgrad_exponent(gq, *wq);
     if (dx_i32) {
       dx32.set_exponent(e_dx);

@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -85,6 +86,11 @@ class Conv2d : public Layer {
   uint32_t id_;
   Param weight_;  // Cout × kh·kw·C
   QGemmOp op_;
+  // The stride-1 dX convolution's flipped, transposed W_aligned (conv2d.cc), made once per weights version: the
+  // version it was made from (held, so a newer version can never be mistaken for it), W' and its products.
+  std::shared_ptr<const QuantizedWeights> flipped_of_;
+  std::vector<int8_t> flipped_;
+  WeightProducts flipped_products_{kernels::PackedWeights::Use::kForward};
 };
 
 }  // namespace qtrain

@@ -44,16 +44,16 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   if (xv.cols() != spec_.in)
     throw std::invalid_argument(name() + ": input has " + std::to_string(xv.cols()) + " features, expected " +
                                 std::to_string(spec_.in));
-  const std::size_t n = xv.rows(), m = spec_.out, k = spec_.in;
+  const std::size_t n = xv.rows(), m = spec_.out;
   const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
   auto xq = std::make_shared<Tensor>(op_.quantize_input(xv));
   const int ex = xq->exponent();
 
-  // Y = X_q · W_qᵀ: each output sums k ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].
+  // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
   int32_t* y = out->value.data<int32_t>();
-  kernels::gemm_forward(xq->data<int8_t>(), wq->q.data<int8_t>(), y, n, m, k, ctx.pool);
+  wq->forward(xq->data<int8_t>(), y, n, ctx.pool);
   std::vector<int> e_out(m);
   for (std::size_t c = 0; c < m; ++c) e_out[c] = ex + wq->q.exponents()[c];
   // Bias, moved from its master exponent to each output column's exponent (saturating: a bias far coarser than the

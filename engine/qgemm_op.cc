@@ -71,6 +71,27 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   return cache_;
 }
 
+void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
+                              kernels::ThreadPool* pool) {
+  const bool fwd = use_ == kernels::PackedWeights::Use::kForward;
+  if (!used_) {  // the first product packs W inside the call
+    used_ = true;
+    if (fwd) {
+      kernels::gemm_forward(a, w, c, n, m, k, pool);
+    } else {
+      kernels::gemm_dgrad(a, w, c, n, m, k, pool);
+    }
+    return;
+  }
+  if (packed_.empty())
+    packed_ = fwd ? kernels::pack_weights_forward(w, m, k, pool) : kernels::pack_weights_dgrad(w, m, k, pool);
+  if (fwd) {
+    kernels::gemm_forward_packed(a, packed_, c, n, pool);
+  } else {
+    kernels::gemm_dgrad_packed(a, packed_, c, n, pool);
+  }
+}
+
 quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const {
   quant::ShiftQuantized g;
   quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg_.grad_bits, cfg_.groups},
@@ -80,8 +101,7 @@ quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t st
 
 void qgemm_dgrad_rows(const quant::ShiftQuantized& g, const QuantizedWeights& w, std::size_t r0, std::size_t r1,
                       int32_t* out, kernels::ThreadPool* pool) {
-  const std::size_t m = w.q.rows(), k = w.q.cols();
-  kernels::gemm_dgrad(g.shifted.data() + r0 * m, w.aligned.data(), out, r1 - r0, m, k, pool);
+  w.dgrad(g.shifted.data() + r0 * w.q.rows(), out, r1 - r0, pool);
 }
 
 int qgemm_dgrad_exponent(const quant::ShiftQuantized& g, const QuantizedWeights& w) {

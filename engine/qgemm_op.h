@@ -5,6 +5,7 @@
 //                               (nearest-even; the unsigned range [0, 2^b−1] when the input is non-negative)
 //           W (int32 master)  → W_q: b_w-bit int8, one exponent per output channel e_w[c] (nearest-even),
 //                               quantized once per parameter version and shared by every batch of that version
+//                               (packed once for its GEMMs when it feeds more than one: WeightProducts)
 //           Y[n,c] = Σ_k X_q[n,k]·W_q[c,k]   int32 accumulator, exponent e_x + e_w[c]; exact while k ≤ kMaxReduction
 // Backward  dY (int32, one exponent) → ShiftQuant: dY_q (b_g bits, N_G power-of-two channel groups, stochastic)
 //           dX = dY_shifted · W_aligned      one int8 GEMM reducing over the m output channels (m ≤ kMaxReduction),
@@ -44,12 +45,45 @@ struct QGemmConfig {
   void validate() const;
 };
 
-// W_q of one parameter version.
+// The products of one weights operand W[m × k] (the same W on every call; its owner keeps it alive): forward
+// C = A · Wᵀ or dgrad C = A · W. The first product packs W inside the call, a cache-sized block at a time while it
+// is hot, like any product; from the second on W is packed once (kernels::PackedWeights) and reused. So W that feeds
+// one product (a training step's forward or dgrad at a small batch) costs nothing extra, and W that feeds many
+// (the batches of an evaluation, the blocks of an im2col convolution) is packed once instead of once per product.
+// Results are bit-identical either way. Not thread-safe: called by the one thread that drives the pool.
+class WeightProducts {
+ public:
+  explicit WeightProducts(kernels::PackedWeights::Use use) : use_(use) {}
+  // C[n × m] (forward, A[n × k]) or C[n × k] (dgrad, A[n × m]).
+  void multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
+                kernels::ThreadPool* pool);
+
+ private:
+  kernels::PackedWeights::Use use_;
+  bool used_ = false;
+  kernels::PackedWeights packed_;
+};
+
+// W_q of one parameter version and its two GEMMs, whose operands are packed once per version when they feed more
+// than one product (WeightProducts).
 struct QuantizedWeights {
   Tensor q;                     // out × in int8, one exponent per row (output channel): the forward operand
   std::vector<int8_t> aligned;  // the rows brought to one exponent (quant::align_rows): the dgrad operand
   int aligned_exponent = 0;
   uint64_t version = 0;
+
+  // Y[n × out] = X_q · W_qᵀ (int32, exponent e_x + e_w[c]).
+  void forward(const int8_t* x, int32_t* y, std::size_t n, kernels::ThreadPool* pool) const {
+    forward_.multiply(x, q.data<int8_t>(), q.rows(), q.cols(), y, n, pool);
+  }
+  // dX[n × in] = dY_shifted · W_aligned (dY_shifted n × out).
+  void dgrad(const int8_t* dy, int32_t* dx, std::size_t n, kernels::ThreadPool* pool) const {
+    dgrad_.multiply(dy, aligned.data(), q.rows(), q.cols(), dx, n, pool);
+  }
+
+ private:
+  mutable WeightProducts forward_{kernels::PackedWeights::Use::kForward};
+  mutable WeightProducts dgrad_{kernels::PackedWeights::Use::kDgrad};
 };
 
 // X as b-bit int8 with one exponent. A signed 8-bit int8 input with one exponent (normalized pixels) passes

@@ -2,7 +2,9 @@
 // and a stack of them run forward and backward through one tape.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -20,12 +22,14 @@
 #include "engine/qgemm_op.h"
 #include "engine/relu.h"
 #include "engine/softmax_ce.h"
+#include "kernels/dispatch.h"
 #include "kernels/gemm.h"
 #include "kernels/thread_pool.h"
 #include "quant/pow2.h"
 #include "quant/rng.h"
 #include "quant/shiftquant.h"
 #include "tests/op_test_util.h"
+#include "tests/target_test_util.h"
 
 namespace qtrain {
 namespace {
@@ -686,6 +690,149 @@ TEST(Add, FusedReluEqualsReluOfAdd) {
     tape2.backward();
     ASSERT_TRUE(bit_identical(a1->grad, a2->grad));
     ASSERT_TRUE(bit_identical(b1->grad, b2->grad));
+  }
+}
+
+// ---- Weights packed once per version ---------------------------------------------------------------------------
+
+// W_q (per-row exponents ew) and W_aligned (exponent e_aligned) of a parameter's current master weights.
+struct QuantizedOperands {
+  std::vector<int8_t> w, aligned;
+  std::vector<int> ew;
+  int e_aligned = 0;
+};
+QuantizedOperands quantized_operands(const Param& p, int bits) {
+  const std::size_t m = p.master.rows(), k = p.master.cols();
+  const quant::IntRange r = quant::signed_range(bits);
+  QuantizedOperands o{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<int>(m), 0};
+  quant::quantize_per_row(p.master.data<int32_t>(), m, k, p.master.exponent(), {r}, o.w.data(), o.ew.data());
+  o.e_aligned = quant::align_rows(o.w.data(), m, k, o.ew.data(), static_cast<uint32_t>(r.hi), o.aligned.data());
+  return o;
+}
+
+// One training step of a layer (id 3: ShiftQuant stream 13) on x with output gradient dy.
+struct Step {
+  VarPtr x, y;
+  quant::ShiftQuantized g;
+};
+Step train_step(Layer& layer, const Tensor& xt, const Tensor& dy, const QGemmConfig& cfg, kernels::ThreadPool* pool) {
+  Step s;
+  s.x = var(xt);
+  Tape tape;
+  const StepContext ctx{pool, &tape, 5, 7};
+  s.y = layer.forward(ctx, s.x);
+  s.y->grad = dy;
+  s.y->has_grad = true;
+  tape.backward();
+  quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg.grad_bits, cfg.groups},
+                    ctx.rounding_rng(13), &s.g);
+  return s;
+}
+
+// Y and dX of the step equal `y` (exponents e_x + e_w[c]) and `dx` (the dgrad exponent), exactly.
+void expect_products(const Step& s, const QuantizedOperands& w, int ex, const std::vector<int64_t>& y,
+                     const std::vector<int64_t>& dx) {
+  const Tensor& yt = s.y->value;
+  ASSERT_EQ(yt.size(), y.size());
+  for (std::size_t c = 0; c < yt.cols(); ++c) ASSERT_EQ(yt.exponent_at(0, c), ex + w.ew[c]) << c;
+  for (std::size_t i = 0; i < y.size(); ++i) ASSERT_EQ(yt.data<int32_t>()[i], y[i]) << "y " << i;
+  ASSERT_TRUE(s.x->has_grad);
+  ASSERT_EQ(s.x->grad.size(), dx.size());
+  ASSERT_EQ(s.x->grad.exponent(), s.g.shifted_exponent() + w.e_aligned);
+  for (std::size_t i = 0; i < dx.size(); ++i) ASSERT_EQ(s.x->grad.data<int32_t>()[i], dx[i]) << "dx " << i;
+}
+
+// Linear (zero bias: Y is the GEMM) against the scalar GEMMs on this version's operands.
+void check_linear(Linear& lin, const Tensor& xt, const Tensor& dy, kernels::ThreadPool* pool) {
+  const LinearSpec& sp = lin.spec();
+  const QGemmConfig cfg{sp.weight_bits, sp.act_bits, sp.grad_bits, sp.groups, sp.signed_input};
+  const Step s = train_step(lin, xt, dy, cfg, pool);
+  const QuantizedOperands w = quantized_operands(lin.weight(), sp.weight_bits);
+  const Tensor xq = quantize_activation(xt, sp.act_bits, sp.signed_input);
+  const std::size_t n = xt.rows();
+  std::vector<int32_t> y(n * sp.out), dx(n * sp.in);
+  kernels::ref::gemm_forward(xq.data<int8_t>(), w.w.data(), y.data(), n, sp.out, sp.in);
+  kernels::ref::gemm_dgrad(s.g.shifted.data(), w.aligned.data(), dx.data(), n, sp.out, sp.in);
+  expect_products(s, w, xq.exponent(), {y.begin(), y.end()}, {dx.begin(), dx.end()});
+}
+
+// Conv2d against the plain convolution loops on this version's operands.
+void check_conv(Conv2d& conv, const Tensor& xt, const Tensor& dy, kernels::ThreadPool* pool) {
+  const Conv2dSpec& sp = conv.spec();
+  const QGemmConfig cfg{sp.weight_bits, sp.act_bits, sp.grad_bits, sp.groups, sp.signed_input};
+  const Step s = train_step(conv, xt, dy, cfg, pool);
+  const QuantizedOperands w = quantized_operands(conv.weight(), sp.weight_bits);
+  const Tensor xq = quantize_activation(xt, sp.act_bits, sp.signed_input);
+  const Geo g(sp, xt.rows() / (sp.in_h * sp.in_w));
+  const int8_t* x8 = xq.data<int8_t>();
+  std::vector<int64_t> y(dy.size(), 0), dx(xt.size(), 0);
+  g.for_taps([&](std::size_t o, std::size_t in, std::size_t kb) {
+    for (std::size_t co = 0; co < g.co; ++co)
+      for (std::size_t c = 0; c < g.c; ++c) {
+        y[o * g.co + co] += x8[in * g.c + c] * w.w[co * g.k + kb + c];
+        dx[in * g.c + c] += s.g.shifted[o * g.co + co] * w.aligned[co * g.k + kb + c];
+      }
+  });
+  expect_products(s, w, xq.exponent(), y, dx);
+}
+
+// A new version of the weights, as an optimizer step leaves them.
+void update(Param& p, uint64_t seed) {
+  p.master = random_i32(p.master.rows(), p.master.cols(), 1 << 24, p.master.exponent(), seed);
+  ++p.version;
+}
+
+// Linear and Conv2d run their forward and dgrad products through WeightProducts (QuantizedWeights, Conv2d's
+// flipped dX weights): a version's first product packs W inside the call, later ones use W packed once. Three steps
+// per version: the first unpacked, the second packing under the best target, the third under `target` (a forced
+// lower one: PackedWeights repacks from its copy of W). Every step, and every version after an update, must equal
+// the scalar references exactly.
+TEST(PackedWeights, LayersMatchScalarProductsAcrossVersionsAndTargets) {
+  kernels::ThreadPool pool(2, kernels::ThreadPool::Split::kAlways);
+  const std::string best = kernels::available_targets().front().name;
+  LinearSpec ls;
+  ls.in = 37;
+  ls.out = 19;
+  ls.signed_input = true;
+  std::vector<Conv2dSpec> cs;
+  for (std::size_t k : {3, 1})
+    for (std::size_t stride : {1, 2}) {
+      Conv2dSpec c;
+      c.in_h = 6;
+      c.in_w = 5;
+      c.in_channels = 8;
+      c.out_channels = 40;
+      c.kernel_h = c.kernel_w = k;
+      c.stride = stride;
+      c.padding = k / 2;  // 3×3/s1: dX as a convolution; 3×3/s2: dP and col2im; 1×1/s1: no im2col
+      c.weight_bits = c.act_bits = c.grad_bits = 4;
+      c.groups = quant::max_groups(4);
+      cs.push_back(c);
+    }
+  const std::size_t batch = 3;
+  const Tensor lx = random_i32(9, ls.in, 100000, -20, 21), ldy = random_i32(9, ls.out, 1 << 20, -26, 22);
+  Tensor cx = random_i32(batch * 6 * 5, 8, 100000, -20, 23);
+  for (std::size_t i = 0; i < cx.size(); ++i) cx.data<int32_t>()[i] = std::abs(cx.data<int32_t>()[i]);
+  for (const std::string& target : kernels::target_names()) {
+    SCOPED_TRACE(target);
+    Linear lin(ls, 3, 17);
+    std::fill_n(lin.bias().master.data<int32_t>(), ls.out, 0);
+    std::vector<std::unique_ptr<Conv2d>> convs;
+    for (const Conv2dSpec& c : cs) convs.push_back(std::make_unique<Conv2d>(c, 3, 17));
+    for (uint64_t version = 0; version < 3; ++version) {
+      for (const std::string& t : {best, best, target}) {
+        const kernels::ForcedTarget forced(t);
+        ASSERT_TRUE(forced.ok());
+        check_linear(lin, lx, ldy, &pool);
+        for (auto& conv : convs) {
+          const Conv2dSpec& sp = conv->spec();
+          const Tensor dy = random_i32(batch * sp.out_h() * sp.out_w(), sp.out_channels, 1 << 20, -26, 24 + version);
+          check_conv(*conv, cx, dy, &pool);
+        }
+      }
+      update(lin.weight(), 30 + version);
+      for (auto& conv : convs) update(conv->weight(), 40 + version);
+    }
   }
 }
 
