@@ -5,6 +5,7 @@
 # fp32 images/s. Training images/s counts training steps only (no evaluation), over all epochs.
 #
 # Usage: bench/accuracy.sh [--model M] [--norms LIST] [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
+#                          [--train-limit N] [--test-limit N] [--bits LIST] [-- EXTRA QTRAIN FLAGS]
 #   --model M     mlp (default), cnn, resnet8 or resnet20 (PyTorch uses BatchNorm for the convolutional models)
 #   --norms LIST  convolutional models: the qtrain norms to run, comma-separated (default l1; e.g. l1,l2)
 #   --epochs N    epochs per run (default 5)
@@ -12,14 +13,19 @@
 #   --build DIR   CMake build directory holding tools/qtrain/qtrain (default: build, relative to the repository)
 #   --data DIR    data directory (default /usr/share/datasets/fashion-mnist)
 #   --out FILE    also write the table (with its heading) to FILE
+#   --train-limit N, --test-limit N   the first N training / test images only, in every run (quick speed tables;
+#                 accuracies of such runs are not comparable to full ones)
+#   --bits LIST   the qtrain bit-widths to run, comma-separated (default 8,4)
+#   -- FLAGS      passed to every qtrain run (e.g. -- --scale mse --act-groups 4)
 # Exits non-zero if any run fails.
 set -euo pipefail
 
-usage() { sed -n '7,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '7,20p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "accuracy.sh: error: $*" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out="" model=mlp norms=l1
+train_limit=0 test_limit=0 bits_list=8,4 qflags=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) [[ $# -ge 2 ]] || die "--model needs a value"; model=$2; shift 2 ;;
@@ -29,12 +35,20 @@ while [[ $# -gt 0 ]]; do
     --build) [[ $# -ge 2 ]] || die "--build needs a value"; build=$2; shift 2 ;;
     --data) [[ $# -ge 2 ]] || die "--data needs a value"; data=$2; shift 2 ;;
     --out) [[ $# -ge 2 ]] || die "--out needs a value"; out=$2; shift 2 ;;
+    --train-limit) [[ $# -ge 2 ]] || die "--train-limit needs a value"; train_limit=$2; shift 2 ;;
+    --test-limit) [[ $# -ge 2 ]] || die "--test-limit needs a value"; test_limit=$2; shift 2 ;;
+    --bits) [[ $# -ge 2 ]] || die "--bits needs a value"; bits_list=$2; shift 2 ;;
+    --) shift; qflags=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
 [[ $epochs =~ ^[1-9][0-9]*$ ]] || die "--epochs '$epochs' must be an integer >= 1"
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "--threads '$threads' must be an integer >= 1"
+[[ $train_limit =~ ^[0-9]+$ ]] || die "--train-limit '$train_limit' must be an integer >= 0"
+[[ $test_limit =~ ^[0-9]+$ ]] || die "--test-limit '$test_limit' must be an integer >= 0"
+[[ $bits_list =~ ^[2-8](,[2-8])*$ ]] || die "--bits '$bits_list' must list bit-widths 2..8, e.g. 8,4"
+limits=(--train-limit "$train_limit" --test-limit "$test_limit")
 case "$model" in mlp|cnn|resnet8|resnet20) ;; *) die "--model '$model' must be mlp, cnn, resnet8 or resnet20" ;; esac
 [[ $model == mlp ]] && norms=none
 
@@ -59,6 +73,7 @@ run_qtrain() {
   local name=$1 bits=$2 norm=$3 file=$tmp/qtrain_$2_$3.jsonl log=$tmp/qtrain_$2_$3.log
   local extra=()
   [[ $norm == none ]] || extra=(--norm "$norm")
+  extra+=("${limits[@]}" "${qflags[@]}")
   echo "== $name: qtrain train --model $model ${extra[*]} --bits $bits --epochs $epochs --seed 0 --threads $threads"
   if "$qtrain" train --data "$data" --model "$model" "${extra[@]}" --bits "$bits" --epochs "$epochs" --seed 0 \
        --threads "$threads" --metrics "$file" 2>&1 | tee "$log"; then
@@ -86,8 +101,8 @@ print("%s\t%.6f\t%.1f" % (lines[-1]["model"], lines[-1]["test_accuracy"], images
 IFS=',' read -r -a norm_list <<<"$norms"
 for norm in "${norm_list[@]}"; do
   label=${norm/none/}
-  run_qtrain "qtrain W8A8G8${label:+ $label}" 8 "$norm"
-  run_qtrain "qtrain W4A4G4${label:+ $label}" 4 "$norm"
+  IFS=',' read -r -a bit_list <<<"$bits_list"
+  for b in "${bit_list[@]}"; do run_qtrain "qtrain W${b}A${b}G${b}${label:+ $label}" "$b" "$norm"; done
 done
 
 torch_ips=""
@@ -95,6 +110,7 @@ torch_py=${QTRAIN_TORCH_PYTHON:-/usr/bin/python3}  # the python3 that has torch 
 if "$torch_py" -c "import torch" >/dev/null 2>&1; then
   echo "== PyTorch fp32: bench/reference/torch_models.py --model $model --epochs $epochs --threads $threads"
   if "$torch_py" "$repo/bench/reference/torch_models.py" --model "$model" --epochs "$epochs" --threads "$threads" --data "$data" \
+       "${limits[@]}" \
        2>&1 | tee "$tmp/torch.log" &&
      summary=$(grep '^{' "$tmp/torch.log" | tail -n 1 | "$py" -c '
 import json, sys
@@ -114,8 +130,11 @@ fi
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
 table=$(
-  echo "$model on Fashion-MNIST: $epochs epoch(s), batch 64, seed 0, $threads thread(s)," \
-       "CPU ${cpu:-unknown}, qtrain kernels ${kernels:-unknown}"
+  subset=""
+  [[ $train_limit == 0 ]] || subset=" (first $train_limit training images)"
+  [[ $test_limit == 0 ]] || subset+=" (first $test_limit test images)"
+  echo "$model on Fashion-MNIST$subset: $epochs epoch(s), batch 64, seed 0, $threads thread(s)," \
+       "CPU ${cpu:-unknown}, qtrain kernels ${kernels:-unknown}${qflags[*]:+, qtrain flags ${qflags[*]}}"
   echo
   echo "| run | test accuracy | training images/s | ratio to PyTorch fp32 images/s |"
   echo "|---|---|---|---|"

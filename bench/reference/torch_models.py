@@ -127,9 +127,13 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
+    ap.add_argument("--test-limit", type=int, default=0, help="use only the first N test images (0: all)")
     args = ap.parse_args()
     if args.epochs < 1 or args.threads < 1 or args.batch < 1:
         ap.error("--epochs, --threads and --batch must be >= 1")
+    if args.train_limit < 0 or args.test_limit < 0:
+        ap.error("--train-limit and --test-limit must be >= 0")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -143,6 +147,10 @@ def main():
         data = args.data or "/usr/share/datasets/fashion-mnist"
         xtr, ytr = load_idx(data, "train")
         xte, yte = load_idx(data, "t10k")
+    if args.train_limit:  # like qtrain's --train-limit: the first N images (statistics from them too)
+        xtr, ytr = xtr[:args.train_limit], ytr[:args.train_limit]
+    if args.test_limit:
+        xte, yte = xte[:args.test_limit], yte[:args.test_limit]
     mu = xtr.mean(dim=(0, 2, 3), keepdim=True)
     sd = xtr.std(dim=(0, 2, 3), keepdim=True)
     xtr = (xtr - mu) / sd
