@@ -115,6 +115,8 @@ TEST(Training, SavedConvModelKeepsRunningStatistics) {
   const data::ImageSet test = data::take_first(test_set(), 300);
   TrainConfig cfg = config(4, 1);
   cfg.model.kind = "resnet8";
+  cfg.model.scale = "mse";    // the quantizer choices must survive the file: evaluation quantizes with them
+  cfg.model.act_groups = 4;
   Trainer t(cfg, train);
   t.train_epoch(1, nullptr);
   const double acc = t.evaluate(test);
@@ -123,6 +125,8 @@ TEST(Training, SavedConvModelKeepsRunningStatistics) {
   LoadedModel loaded = load_model(path.string());
   std::filesystem::remove(path);
   EXPECT_EQ(snapshot(*loaded.model), snapshot(t.model()));
+  EXPECT_EQ(loaded.model->spec().scale, "mse");
+  EXPECT_EQ(loaded.model->spec().act_groups, 4);
   const auto a = t.model().buffers(), b = loaded.model->buffers();
   ASSERT_EQ(a.size(), b.size());
   ASSERT_GT(a.size(), 0u);
