@@ -25,6 +25,10 @@ struct Var {
   // op's input instead of copying): afterwards grad is empty and has_grad false. Set retain_grad to keep it
   // (tests that inspect an intermediate gradient).
   bool retain_grad = false;
+  // The value quantized for a quantized GEMM (QGemmOp::quantize_input) and the settings that made it, kept for the
+  // next consumer with the same settings: a residual block's body and shortcut convolutions read the same input.
+  std::shared_ptr<const Tensor> quantized;
+  uint32_t quantized_key = 0;  // 0: none
 };
 using VarPtr = std::shared_ptr<Var>;
 

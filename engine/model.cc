@@ -153,16 +153,18 @@ class ConvBuilder {
     c = cout;
     return layer;
   }
-  std::unique_ptr<Layer> norm(std::size_t channels) {
-    if (spec_.norm == "l2") return std::make_unique<L2BatchNorm>(channels, next_id_++);
-    return std::make_unique<L1BatchNorm>(channels, next_id_++);
+  // A batch norm, with a ReLU fused into it when `relu` (NormOptions::relu).
+  std::unique_ptr<Layer> norm(std::size_t channels, bool relu = false) {
+    NormOptions opt;
+    opt.relu = relu;
+    if (spec_.norm == "l2") return std::make_unique<L2BatchNorm>(channels, next_id_++, opt);
+    return std::make_unique<L1BatchNorm>(channels, next_id_++, opt);
   }
   // conv-norm(-ReLU) appended to `out`, on the builder's current geometry.
   void conv_norm(std::vector<std::unique_ptr<Layer>>& out, std::size_t cout, std::size_t k, std::size_t stride,
                  bool relu) {
     out.push_back(conv(cout, k, stride, h_, w_, c_));
-    out.push_back(norm(c_));
-    if (relu) out.push_back(std::make_unique<Relu>());
+    out.push_back(norm(c_, relu));
   }
   void max_pool(std::vector<std::unique_ptr<Layer>>& out) {
     Pool2dSpec ps;

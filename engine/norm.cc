@@ -259,6 +259,7 @@ struct BatchSaved {
   std::vector<int> unit;         // exponent of one unit of d: e_c + k_c
   std::vector<uint64_t> dmax;
   std::vector<int64_t> sum_sign;  // L1: Σ sign(d) per channel (the backward's mean(s))
+  std::vector<int32_t> a, t, c;   // the forward's output stage, which a fused ReLU's mask recomputes
 };
 
 }  // namespace
@@ -280,7 +281,8 @@ BatchNorm::BatchNorm(NormKind kind, std::size_t channels, uint32_t layer_id, con
 }
 
 std::string BatchNorm::name() const {
-  return std::string(kind_ == NormKind::kL1 ? "L1BatchNorm(" : "L2BatchNorm(") + fmt_count(channels_) + ")";
+  return std::string(kind_ == NormKind::kL1 ? "L1BatchNorm(" : "L2BatchNorm(") + fmt_count(channels_) + ")" +
+         (opt_.relu ? "+ReLU" : "");
 }
 
 // Forward, per channel c over the m rows (float formula in norm.h):
@@ -406,7 +408,12 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
     e_out = std::max(e_out, stage_exponent(terms[c], Term{}, bias[c]));
   }
   if (e_out == kNoConstraint) e_out = kDefaultExponent;
-  std::vector<int32_t> a(nc), t(nc), cc(nc);
+  std::vector<int32_t>& a = saved->a;
+  std::vector<int32_t>& t = saved->t;
+  std::vector<int32_t>& cc = saved->c;
+  a.resize(nc);
+  t.resize(nc);
+  cc.resize(nc);
   for (std::size_t c = 0; c < nc; ++c) {
     const Stage s = make_stage(terms[c], Term{}, bias[c], e_out, 29, 30);
     a[c] = static_cast<int32_t>(s.a);
@@ -416,8 +423,9 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(m, nc, DType::kI32, e_out);  // norm_apply writes every element
   if (training) saved->d.reset(new int16_t[m * nc]);
-  kernels::norm_apply(xp, m, nc, col, {a.data(), nullptr, t.data(), cc.data()}, out->value.data<int32_t>(),
-                      training ? saved->d.get() : nullptr);
+  const uint64_t ymax = kernels::norm_apply(xp, m, nc, col, {a.data(), nullptr, t.data(), cc.data()},
+                                            out->value.data<int32_t>(), training ? saved->d.get() : nullptr, opt_.relu);
+  if (opt_.relu) out->value.set_nonnegative_max(ymax);
   if (!training) return out;
 
   ctx.tape->record([this, x, out, saved, m, nc, l1] {
@@ -429,8 +437,10 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
     std::vector<int64_t> sum_dy(nc);
     std::vector<int32_t> mn(nc), mx(nc), kd(nc), zero(nc, 0);
     std::vector<kernels::WideSum> sum_dy_d(nc);
+    const kernels::NormAffine fwd{saved->a.data(), nullptr, saved->t.data(), saved->c.data()};
+    const kernels::NormAffine* relu = opt_.relu ? &fwd : nullptr;
     kernels::norm_grad_stats(dy.data<int32_t>(), saved->d.get(), m, nc, sum_dy.data(), mn.data(), mx.data(),
-                             sum_dy_d.data());
+                             sum_dy_d.data(), relu);
     std::vector<Fx> dgamma(nc), dbeta(nc), bias_dx(nc);
     std::vector<Term> ta(nc), tb(nc);
     int e_dx = kNoConstraint;
@@ -472,9 +482,9 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
       const kernels::NormColumns gcol{kd.data(), zero.data()};
       const kernels::NormAffine aff{a2.data(), b2.data(), t2.data(), c2.data()};
       if (l1) {
-        kernels::norm_grad_apply_l1(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>());
+        kernels::norm_grad_apply_l1(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>(), relu);
       } else {
-        kernels::norm_grad_apply_l2(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>());
+        kernels::norm_grad_apply_l2(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>(), relu);
       }
       accumulate_grad(*x, std::move(dx));
     }

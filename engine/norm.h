@@ -51,6 +51,10 @@ namespace qtrain {
 struct NormOptions {
   double eps = 1e-5;      // ε, in the input's real units (L1: added to c·σ₁; L2: added to the variance)
   double momentum = 0.1;  // running statistics: r ← (1 − momentum)·r + momentum·batch (batch norms only)
+  // Batch norms only: relu(norm(x)) in one pass each way, the same values and gradients as a Relu layer after the
+  // norm. The output carries its exact maximum (Tensor::nonnegative_max); the backward masks dy by the output sign,
+  // recomputed from the saved working values.
+  bool relu = false;
 };
 
 enum class NormKind : uint8_t { kL1, kL2 };

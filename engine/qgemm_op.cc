@@ -53,6 +53,17 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::Sca
 
 QGemmOp::QGemmOp(const QGemmConfig& cfg) : cfg_(cfg) { cfg_.validate(); }
 
+std::shared_ptr<const Tensor> QGemmOp::quantize_input(Var& x) const {
+  // Bits 2..8, groups < 2^16 (validated): a distinct non-zero key per setting.
+  const uint32_t key = static_cast<uint32_t>(cfg_.act_bits) | (cfg_.signed_input ? 16u : 0u) |
+                       (static_cast<uint32_t>(cfg_.scale) << 5) | (static_cast<uint32_t>(cfg_.act_groups) << 8);
+  if (x.quantized == nullptr || x.quantized_key != key) {
+    x.quantized = std::make_shared<const Tensor>(quantize_input(x.value));
+    x.quantized_key = key;
+  }
+  return x.quantized;
+}
+
 std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   if (cache_ && cache_->version == w.version) return cache_;
   const std::size_t m = w.master.rows(), k = w.master.cols();

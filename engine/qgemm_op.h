@@ -101,6 +101,8 @@ class QGemmOp {
   Tensor quantize_input(const Tensor& x) const {
     return quantize_activation(x, cfg_.act_bits, cfg_.signed_input, cfg_.scale, cfg_.act_groups);
   }
+  // The same for a Var's value, reusing the Var's quantized copy when it was made with the same settings.
+  std::shared_ptr<const Tensor> quantize_input(Var& x) const;
   // W_q of the parameter's current version (quantized on the first call after each update). Backward closures
   // hold the returned pointer, so a later requantization never changes what an earlier step's backward sees.
   std::shared_ptr<const QuantizedWeights> weights(const Param& w);

@@ -512,9 +512,53 @@ SumRange AlignedSumRangeT(const int32_t* HWY_RESTRICT a, const int32_t* HWY_REST
   return range;
 }
 
+// The same in int32 lanes (twice the lanes of int64, no widening) for blocks whose sums all fit int32: there
+// a·2^la, b·2^lb and their sum are exact int32 values, so the range and the t = 0 result (sat32 is a no-op; with
+// relu max(s, 0)) equal the int64 ones. A block where a shift or the add overflows (detected: the shift does not
+// shift back, or the sum's sign differs from both terms') is redone by the int64 loop above.
+constexpr std::size_t kSum32Block = 1024;
+
+template <bool kStore>
+SumRange AlignedSumRange32(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT b, std::size_t n, int la,
+                           int lb, int32_t* HWY_RESTRICT out, bool relu) {
+  const D32 d;
+  const std::size_t lanes = hn::Lanes(d);
+  const V32 zero = hn::Zero(d), lo = relu ? zero : hn::Set(d, std::numeric_limits<int32_t>::min());
+  SumRange range;
+  std::size_t i0 = 0;
+  for (; i0 + lanes <= n; i0 += kSum32Block) {
+    const std::size_t i1 = std::min(n, i0 + kSum32Block) / lanes * lanes;
+    V32 vmin = zero, vmax = zero, lost = zero, wrapped = zero;
+    for (std::size_t i = i0; i < i1; i += lanes) {
+      const V32 va = hn::LoadU(d, a + i), vb = hn::LoadU(d, b + i);
+      const V32 sa = hn::ShiftLeftSame(va, la), sb = hn::ShiftLeftSame(vb, lb);
+      const V32 s = hn::Add(sa, sb);
+      lost = hn::Or(lost, hn::Or(hn::Xor(hn::ShiftRightSame(sa, la), va), hn::Xor(hn::ShiftRightSame(sb, lb), vb)));
+      wrapped = hn::Or(wrapped, hn::And(hn::Xor(s, sa), hn::Xor(s, sb)));  // sign bit: the add overflowed
+      vmin = hn::Min(vmin, s);
+      vmax = hn::Max(vmax, s);
+      if constexpr (kStore) hn::StoreU(hn::Max(s, lo), d, out + i);
+    }
+    SumRange r;
+    if (hn::AllTrue(d, hn::Eq(lost, zero)) && hn::AllFalse(d, hn::Lt(wrapped, zero))) {
+      r = {hn::GetLane(hn::MinOfLanes(d, vmin)), hn::GetLane(hn::MaxOfLanes(d, vmax))};
+    } else {
+      r = AlignedSumRangeT<kStore>(a + i0, b + i0, i1 - i0, la, lb, kStore ? out + i0 : nullptr, relu);
+    }
+    range.min = std::min(range.min, r.min);
+    range.max = std::max(range.max, r.max);
+    if (i1 < i0 + kSum32Block) {
+      i0 = i1;
+      break;
+    }
+  }
+  const SumRange tail = AlignedSumRangeT<kStore>(a + i0, b + i0, n - i0, la, lb, kStore ? out + i0 : nullptr, relu);
+  return {std::min(range.min, tail.min), std::max(range.max, tail.max)};
+}
+
 SumRange AlignedSumRange(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out, bool relu) {
-  return out != nullptr ? AlignedSumRangeT<true>(a, b, n, la, lb, out, relu)
-                        : AlignedSumRangeT<false>(a, b, n, la, lb, nullptr, relu);
+  return out != nullptr ? AlignedSumRange32<true>(a, b, n, la, lb, out, relu)
+                        : AlignedSumRange32<false>(a, b, n, la, lb, nullptr, relu);
 }
 
 void AlignedSumNarrow(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int t, int32_t* out,

@@ -16,7 +16,8 @@
 //     (< 2^32). The draw's shift is done as (r >> 1) >> (31 − s), which is 0 for s = 0.
 //   * Left shifts by k into a clamped int8 range: x is first clamped to ±max(1, 128 >> k) and k capped at 30, which
 //     changes no result (clamp is monotone and 128 exceeds every int8 bound) and cannot overflow.
-//   * Aligned sums use int64 lanes: a·2^la + b·2^lb with la, lb ≤ 31 is below 2^63.
+//   * Aligned sums use int64 lanes: a·2^la + b·2^lb with la, lb ≤ 31 is below 2^63. aligned_sum_range first tries
+//     int32 lanes per block and keeps them where no shift or add overflowed (then the int32 values are exact).
 //
 // Every function picks the best Highway target compiled in (dispatch.h). Results are bit-identical on every target
 // to the scalar references (namespace ref), which are the specification; where a parameter is outside the range

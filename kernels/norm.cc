@@ -47,6 +47,12 @@ inline int32_t affine(int64_t ua, int64_t wb, const NormAffine& aff, std::size_t
 
 inline int32_t sign(int32_t v) { return (v > 0) - (v < 0); }
 
+// The gradient a fused ReLU lets through: dy where the forward output ((d·a + 2^(t−1)) >> t) + c (recomputed from
+// the stored d) is positive, else 0; dy itself without a ReLU (fwd null).
+inline int32_t masked(int32_t dy, int16_t d, const NormAffine* fwd, std::size_t c) {
+  return fwd == nullptr || affine(int64_t{d} * fwd->a[c], 0, *fwd, c) > 0 ? dy : 0;
+}
+
 inline void wide_add(WideSum& w, int64_t v) {
   w.lo += v & 0xFFFFFFFF;
   w.hi += v >> 32;
@@ -99,21 +105,28 @@ void sq_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size
   }
 }
 
+// With relu, y = max(y, 0) and *ymax = max(*ymax, max y).
 void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
-                const NormColumns& col, const NormAffine& aff, int32_t* y, int16_t* d_out) {
+                const NormColumns& col, const NormAffine& aff, int32_t* y, int16_t* d_out, bool relu,
+                uint64_t* ymax) {
   if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
       const int32_t d = working(x[i], col, c);
       y[i] = affine(int64_t{d} * aff.a[c], 0, aff, c);
+      if (relu) {
+        y[i] = std::max(y[i], 0);
+        *ymax = std::max(*ymax, static_cast<uint64_t>(y[i]));
+      }
       if (d_out != nullptr) d_out[i] = static_cast<int16_t>(d);
     }
   }
 }
 
 void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
-                     std::size_t c1, int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d) {
+                     std::size_t c1, int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d,
+                     const NormAffine* relu) {
   if (c0 >= c1) return;
   for (std::size_t c = c0; c < c1; ++c) {
     sum_dy[c] = 0;
@@ -124,10 +137,11 @@ void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std:
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
-      sum_dy[c] += dy[i];
-      mn[c] = std::min(mn[c], dy[i]);
-      mx[c] = std::max(mx[c], dy[i]);
-      wide_add(sum_dy_d[c], int64_t{dy[i]} * d[i]);
+      const int32_t g = masked(dy[i], d[i], relu, c);
+      sum_dy[c] += g;
+      mn[c] = std::min(mn[c], g);
+      mx[c] = std::max(mx[c], g);
+      wide_add(sum_dy_d[c], int64_t{g} * d[i]);
     }
   }
   for (std::size_t c = c0; c < c1; ++c) wide_canonical(sum_dy_d[c]);
@@ -135,12 +149,13 @@ void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std:
 
 template <bool kL1>
 void grad_apply_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
-                     std::size_t c1, const NormColumns& col, const NormAffine& aff, int32_t* dx) {
+                     std::size_t c1, const NormColumns& col, const NormAffine& aff, int32_t* dx,
+                     const NormAffine* relu) {
   if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
       const std::size_t i = r * cols + c;
-      const int64_t u = working(dy[i], col, c);
+      const int64_t u = working(masked(dy[i], d[i], relu, c), col, c);
       const int64_t w = kL1 ? sign(d[i]) : d[i];
       dx[i] = affine(u * aff.a[c], w * aff.b[c], aff, c);
     }
@@ -417,27 +432,46 @@ void SqDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col
 }
 
 // ---- Pass 3: y = ((d·a + 2^(t−1)) >> t) + c, and the stored int16 d ----------------------------------------------
-template <bool kShift, bool kStore, std::size_t G>
+// kRelu: y = max(y, 0), its maximum kept in *vmax.
+template <bool kShift, bool kStore, bool kRelu, std::size_t G>
 void ApplyLoop(std::size_t c0, const int32_t* HWY_RESTRICT x, std::size_t rows, std::size_t cols, const Working* w,
-               const Affine* o, int32_t* HWY_RESTRICT y, int16_t* HWY_RESTRICT d_out) {
+               const Affine* o, int32_t* HWY_RESTRICT y, int16_t* HWY_RESTRICT d_out, V* vmax) {
   const D d;
   const D16 d16;
   const std::size_t lanes = hn::Lanes(d);
+  const V zero = hn::Zero(d);
+  V m = *vmax;
   for (std::size_t r = 0; r < rows; ++r) {
     const std::size_t i0 = r * cols + c0;
     for (std::size_t g = 0; g < G; ++g) {
       const std::size_t i = i0 + g * lanes;
       const V dv = ApplyWorking<kShift>(w[g], hn::LoadU(d, x + i));
-      hn::StoreU(Finish(o[g], hn::Mul(dv, o[g].a)), d, y + i);
+      V yv = Finish(o[g], hn::Mul(dv, o[g].a));
+      if constexpr (kRelu) {
+        yv = hn::Max(yv, zero);
+        m = hn::Max(m, yv);
+      }
+      hn::StoreU(yv, d, y + i);
       if constexpr (kStore) hn::StoreU(hn::DemoteTo(d16, dv), d16, d_out + i);
     }
+  }
+  *vmax = m;
+}
+
+template <bool kShift, bool kStore, std::size_t G>
+HWY_INLINE void ApplyLoopRelu(bool relu, std::size_t c0, const int32_t* x, std::size_t rows, std::size_t cols,
+                              const Working* w, const Affine* o, int32_t* y, int16_t* d_out, V* vmax) {
+  if (relu) {
+    ApplyLoop<kShift, kStore, true, G>(c0, x, rows, cols, w, o, y, d_out, vmax);
+  } else {
+    ApplyLoop<kShift, kStore, false, G>(c0, x, rows, cols, w, o, y, d_out, vmax);
   }
 }
 
 template <std::size_t G>
 struct ApplyPass {
   static void Run(std::size_t c0, const int32_t* x, std::size_t rows, std::size_t cols, const NormColumns& col,
-                  const NormAffine& aff, int32_t* y, int16_t* d_out) {
+                  const NormAffine& aff, int32_t* y, int16_t* d_out, bool relu, V* vmax) {
     Working w[G];
     Affine o[G];
     bool shift = false;
@@ -448,29 +482,38 @@ struct ApplyPass {
     }
     if (d_out != nullptr) {
       if (shift) {
-        ApplyLoop<true, true, G>(c0, x, rows, cols, w, o, y, d_out);
+        ApplyLoopRelu<true, true, G>(relu, c0, x, rows, cols, w, o, y, d_out, vmax);
       } else {
-        ApplyLoop<false, true, G>(c0, x, rows, cols, w, o, y, d_out);
+        ApplyLoopRelu<false, true, G>(relu, c0, x, rows, cols, w, o, y, d_out, vmax);
       }
     } else if (shift) {
-      ApplyLoop<true, false, G>(c0, x, rows, cols, w, o, y, nullptr);
+      ApplyLoopRelu<true, false, G>(relu, c0, x, rows, cols, w, o, y, nullptr, vmax);
     } else {
-      ApplyLoop<false, false, G>(c0, x, rows, cols, w, o, y, nullptr);
+      ApplyLoopRelu<false, false, G>(relu, c0, x, rows, cols, w, o, y, nullptr, vmax);
     }
   }
 };
 
-void Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
-           int16_t* d_out) {
-  const std::size_t tail = ForGroups<ApplyPass>(cols, x, rows, cols, col, aff, y, d_out);
-  nd::apply_cols(x, rows, cols, tail, cols, col, aff, y, d_out);
+uint64_t Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
+               int16_t* d_out, bool relu) {
+  const D d;
+  V vmax = hn::Zero(d);
+  const std::size_t tail = ForGroups<ApplyPass>(cols, x, rows, cols, col, aff, y, d_out, relu, &vmax);
+  uint64_t ymax = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(d, vmax)));  // ≥ 0: the lanes start at 0
+  nd::apply_cols(x, rows, cols, tail, cols, col, aff, y, d_out, relu, &ymax);
+  return ymax;
 }
 
 // ---- Backward pass 1: Σdy, min/max dy, Σ dy·d (int64 lanes: MulEven on even and on swapped odd lanes)
-template <std::size_t G>
+// The gradient a fused ReLU lets through (nd::masked): dy where the forward output recomputed from d is positive.
+HWY_INLINE V Masked(V dy, V dv, const Affine& fwd) {
+  return hn::IfThenElseZero(hn::Gt(Finish(fwd, hn::Mul(dv, fwd.a)), hn::Zero(D())), dy);
+}
+
+template <bool kMask, std::size_t G>
 void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t* HWY_RESTRICT dw, std::size_t rows,
                    std::size_t cols, int64_t* HWY_RESTRICT sum_dy, int32_t* HWY_RESTRICT mn, int32_t* HWY_RESTRICT mx,
-                   WideSum* HWY_RESTRICT sum_dy_d) {
+                   WideSum* HWY_RESTRICT sum_dy_d, const Affine* fm) {
   const D d;
   const D16 d16;
   const D64 d64;
@@ -497,8 +540,9 @@ void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t
       const std::size_t i0 = r * cols + c0;
       for (std::size_t g = 0; g < G; ++g) {
         const std::size_t i = i0 + g * lanes;
-        const V v = hn::LoadU(d, dy + i);
         const V dv = hn::PromoteTo(d, hn::LoadU(d16, dw + i));
+        V v = hn::LoadU(d, dy + i);
+        if constexpr (kMask) v = Masked(v, dv, fm[g]);
         lo[g] = hn::Add(lo[g], hn::And(v, m16));
         hi[g] = hn::Add(hi[g], hn::ShiftRight<16>(v));
         vmin[g] = hn::Min(vmin[g], v);
@@ -529,26 +573,32 @@ void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t
 template <std::size_t G>
 struct GradStatsPass {
   static void Run(std::size_t c0, const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols,
-                  int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d) {
+                  int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d, const NormAffine* relu) {
     for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) {
       sum_dy[c0 + j] = 0;
       sum_dy_d[c0 + j] = WideSum{};
     }
-    GradStatsLoop<G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d);
+    Affine fm[G];
+    if (relu != nullptr) {
+      for (std::size_t g = 0; g < G; ++g) fm[g] = MakeAffine(*relu, c0 + g * hn::Lanes(D()), false);
+      GradStatsLoop<true, G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, fm);
+    } else {
+      GradStatsLoop<false, G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, fm);
+    }
     for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) nd::wide_canonical(sum_dy_d[c0 + j]);
   }
 };
 
 void GradStats(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, int64_t* sum_dy, int32_t* mn,
-               int32_t* mx, WideSum* sum_dy_d) {
-  const std::size_t tail = ForGroups<GradStatsPass>(cols, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d);
-  nd::grad_stats_cols(dy, dw, rows, cols, tail, cols, sum_dy, mn, mx, sum_dy_d);
+               int32_t* mx, WideSum* sum_dy_d, const NormAffine* relu) {
+  const std::size_t tail = ForGroups<GradStatsPass>(cols, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, relu);
+  nd::grad_stats_cols(dy, dw, rows, cols, tail, cols, sum_dy, mn, mx, sum_dy_d, relu);
 }
 
 // ---- Backward pass 2: dx = ((u·a + w·b + 2^(t−1)) >> t) + c; L1 w·b = sign(d)·b by selects, L2 a multiply ------
-template <bool kL1, bool kShift, std::size_t G>
+template <bool kL1, bool kShift, bool kMask, std::size_t G>
 void GradApplyLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t* HWY_RESTRICT dw, std::size_t rows,
-                   std::size_t cols, const Working* w, const Affine* o, int32_t* HWY_RESTRICT dx) {
+                   std::size_t cols, const Working* w, const Affine* o, int32_t* HWY_RESTRICT dx, const Affine* fm) {
   const D d;
   const D16 d16;
   const std::size_t lanes = hn::Lanes(d);
@@ -556,8 +606,10 @@ void GradApplyLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t
     const std::size_t i0 = r * cols + c0;
     for (std::size_t g = 0; g < G; ++g) {
       const std::size_t i = i0 + g * lanes;
-      const V u = ApplyWorking<kShift>(w[g], hn::LoadU(d, dy + i));
       const V dv = hn::PromoteTo(d, hn::LoadU(d16, dw + i));
+      V v = hn::LoadU(d, dy + i);
+      if constexpr (kMask) v = Masked(v, dv, fm[g]);
+      const V u = ApplyWorking<kShift>(w[g], v);
       V wb;
       if constexpr (kL1) {
         // Compare masks, not IfNegativeThenElse: Highway 1.0.3's 32-bit IfNegativeThenElse is wrong on SSSE3
@@ -577,34 +629,41 @@ struct GradApplyPassT {
   template <std::size_t G>
   struct Pass {
     static void Run(std::size_t c0, const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols,
-                    const NormColumns& col, const NormAffine& aff, int32_t* dx) {
+                    const NormColumns& col, const NormAffine& aff, int32_t* dx, const NormAffine* relu) {
       Working w[G];
-      Affine o[G];
+      Affine o[G], fm[G];
       bool shift = false;
       for (std::size_t g = 0; g < G; ++g) {
         w[g] = MakeWorking(col, c0 + g * hn::Lanes(D()));
         o[g] = MakeAffine(aff, c0 + g * hn::Lanes(D()), true);
+        if (relu != nullptr) fm[g] = MakeAffine(*relu, c0 + g * hn::Lanes(D()), false);
         shift = shift || w[g].any_shift;
       }
-      if (shift) {
-        GradApplyLoop<kL1, true, G>(c0, dy, dw, rows, cols, w, o, dx);
+      if (relu != nullptr) {
+        if (shift) {
+          GradApplyLoop<kL1, true, true, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
+        } else {
+          GradApplyLoop<kL1, false, true, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
+        }
+      } else if (shift) {
+        GradApplyLoop<kL1, true, false, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
       } else {
-        GradApplyLoop<kL1, false, G>(c0, dy, dw, rows, cols, w, o, dx);
+        GradApplyLoop<kL1, false, false, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
       }
     }
   };
 };
 
 void GradApplyL1(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx) {
-  const std::size_t tail = ForGroups<GradApplyPassT<true>::Pass>(cols, dy, dw, rows, cols, col, aff, dx);
-  nd::grad_apply_cols<true>(dy, dw, rows, cols, tail, cols, col, aff, dx);
+                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
+  const std::size_t tail = ForGroups<GradApplyPassT<true>::Pass>(cols, dy, dw, rows, cols, col, aff, dx, relu);
+  nd::grad_apply_cols<true>(dy, dw, rows, cols, tail, cols, col, aff, dx, relu);
 }
 
 void GradApplyL2(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx) {
-  const std::size_t tail = ForGroups<GradApplyPassT<false>::Pass>(cols, dy, dw, rows, cols, col, aff, dx);
-  nd::grad_apply_cols<false>(dy, dw, rows, cols, tail, cols, col, aff, dx);
+                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
+  const std::size_t tail = ForGroups<GradApplyPassT<false>::Pass>(cols, dy, dw, rows, cols, col, aff, dx, relu);
+  nd::grad_apply_cols<false>(dy, dw, rows, cols, tail, cols, col, aff, dx, relu);
 }
 
 #else  // HWY_SCALAR: the reference.
@@ -618,21 +677,23 @@ void AbsDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns co
 void SqDev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* out) {
   nd::sq_dev_cols(x, rows, cols, 0, cols, col, out);
 }
-void Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
-           int16_t* d_out) {
-  nd::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out);
+uint64_t Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
+               int16_t* d_out, bool relu) {
+  uint64_t ymax = 0;
+  nd::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out, relu, &ymax);
+  return ymax;
 }
 void GradStats(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, int64_t* sum_dy, int32_t* mn,
-               int32_t* mx, WideSum* sum_dy_d) {
-  nd::grad_stats_cols(dy, dw, rows, cols, 0, cols, sum_dy, mn, mx, sum_dy_d);
+               int32_t* mx, WideSum* sum_dy_d, const NormAffine* relu) {
+  nd::grad_stats_cols(dy, dw, rows, cols, 0, cols, sum_dy, mn, mx, sum_dy_d, relu);
 }
 void GradApplyL1(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx) {
-  nd::grad_apply_cols<true>(dy, dw, rows, cols, 0, cols, col, aff, dx);
+                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
+  nd::grad_apply_cols<true>(dy, dw, rows, cols, 0, cols, col, aff, dx, relu);
 }
 void GradApplyL2(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx) {
-  nd::grad_apply_cols<false>(dy, dw, rows, cols, 0, cols, col, aff, dx);
+                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
+  nd::grad_apply_cols<false>(dy, dw, rows, cols, 0, cols, col, aff, dx, relu);
 }
 
 #endif  // HWY_TARGET != HWY_SCALAR
@@ -669,25 +730,25 @@ void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColum
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(SqDev)(x, rows, cols, col, sum_sq);
 }
-void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
-                int16_t* d_out) {
+uint64_t norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
+                    int16_t* d_out, bool relu) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(Apply)(x, rows, cols, col, aff, y, d_out);
+  return HWY_DYNAMIC_DISPATCH(Apply)(x, rows, cols, col, aff, y, d_out, relu);
 }
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d) {
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, const NormAffine* relu) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradStats)(dy, d, rows, cols, sum_dy, min_dy, max_dy, sum_dy_d);
+  HWY_DYNAMIC_DISPATCH(GradStats)(dy, d, rows, cols, sum_dy, min_dy, max_dy, sum_dy_d, relu);
 }
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx) {
+                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradApplyL1)(dy, d, rows, cols, col, aff, dx);
+  HWY_DYNAMIC_DISPATCH(GradApplyL1)(dy, d, rows, cols, col, aff, dx, relu);
 }
 void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx) {
+                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradApplyL2)(dy, d, rows, cols, col, aff, dx);
+  HWY_DYNAMIC_DISPATCH(GradApplyL2)(dy, d, rows, cols, col, aff, dx, relu);
 }
 
 namespace ref {
@@ -701,21 +762,23 @@ void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColu
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq) {
   norm_detail::sq_dev_cols(x, rows, cols, 0, cols, col, sum_sq);
 }
-void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
-                int16_t* d_out) {
-  norm_detail::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out);
+uint64_t norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
+                    int16_t* d_out, bool relu) {
+  uint64_t ymax = 0;
+  norm_detail::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out, relu, &ymax);
+  return ymax;
 }
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d) {
-  norm_detail::grad_stats_cols(dy, d, rows, cols, 0, cols, sum_dy, min_dy, max_dy, sum_dy_d);
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, const NormAffine* relu) {
+  norm_detail::grad_stats_cols(dy, d, rows, cols, 0, cols, sum_dy, min_dy, max_dy, sum_dy_d, relu);
 }
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx) {
-  norm_detail::grad_apply_cols<true>(dy, d, rows, cols, 0, cols, col, aff, dx);
+                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
+  norm_detail::grad_apply_cols<true>(dy, d, rows, cols, 0, cols, col, aff, dx, relu);
 }
 void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx) {
-  norm_detail::grad_apply_cols<false>(dy, d, rows, cols, 0, cols, col, aff, dx);
+                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
+  norm_detail::grad_apply_cols<false>(dy, d, rows, cols, 0, cols, col, aff, dx, relu);
 }
 }  // namespace ref
 

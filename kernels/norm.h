@@ -63,20 +63,24 @@ void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColu
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq);
 
 // Pass 3: y = ((d·a + 2^(t−1)) >> t) + c (the affine's b is unused); also stores d as int16 when d_out is not null.
-void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
-                int16_t* d_out);
+// With relu, a ReLU is fused: y = max(that, 0), and the result is max y (0 without relu).
+uint64_t norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
+                    int16_t* d_out, bool relu = false);
 
 // Backward pass 1: per column Σdy (exact), min dy, max dy and Σ dy·d (exact, wide). d is the int16 working value the
 // forward stored.
+// Both backward passes take `relu`, the forward's affine stage (a, t, c) when norm_apply fused a ReLU (else null):
+// dy is then first masked by the ReLU, dy·[((d·a + 2^(t−1)) >> t) + c > 0], the output recomputed from d (16-bit
+// reads instead of a pass over the int32 output).
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d);
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, const NormAffine* relu = nullptr);
 
 // Backward pass 2. u = R(dy, shift) − center (center is 0 here); L1: w = sign(d), L2: w = d.
 //   dx = ((u·a + w·b + 2^(t−1)) >> t) + c
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx);
+                        NormAffine aff, int32_t* dx, const NormAffine* relu = nullptr);
 void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx);
+                        NormAffine aff, int32_t* dx, const NormAffine* relu = nullptr);
 
 // Plain scalar references (no SIMD): the specification the tests hold the kernels to.
 namespace ref {
@@ -84,14 +88,14 @@ void norm_stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* s
 void norm_abs_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_abs,
                   int64_t* sum_sign);
 void norm_sq_dev(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, int64_t* sum_sq);
-void norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
-                int16_t* d_out);
+uint64_t norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns col, NormAffine aff, int32_t* y,
+                    int16_t* d_out, bool relu = false);
 void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d);
+                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, const NormAffine* relu = nullptr);
 void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx);
+                        NormAffine aff, int32_t* dx, const NormAffine* relu = nullptr);
 void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx);
+                        NormAffine aff, int32_t* dx, const NormAffine* relu = nullptr);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

@@ -161,6 +161,41 @@ TEST_P(EltwiseKernelTarget, ShiftQuantRoundMatchesReference) {
   }
 }
 
+// Sums that mostly fit int32 (the kernel's int32-lane blocks), with a block here and there where a shift or the add
+// overflows (redone in int64 lanes), over lengths spanning several blocks.
+TEST_P(EltwiseKernelTarget, AlignedSumsFittingInt32MatchReference) {
+  std::mt19937_64 rng(15);
+  for (std::size_t n : {std::size_t{1023}, std::size_t{1024}, std::size_t{1040}, std::size_t{3000}, std::size_t{5000}}) {
+    for (int trial = 0; trial < 8; ++trial) {
+      const int la = trial % 4 == 0 ? 0 : static_cast<int>(rng() % 8), lb = trial % 4 == 1 ? 0 : static_cast<int>(rng() % 8);
+      std::vector<int32_t> a(n), b(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        a[i] = static_cast<int32_t>(rng() % (1u << 22)) - (1 << 21);
+        b[i] = static_cast<int32_t>(rng() % (1u << 22)) - (1 << 21);
+      }
+      if (trial >= 2) {  // a few elements whose sums leave int32 (or whose shifts do)
+        for (int k = 0; k < trial - 1; ++k) {
+          const std::size_t i = rng() % n;
+          a[i] = random_i32(rng);
+          b[i] = (rng() % 2) ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min();
+        }
+      }
+      for (bool relu : {false, true}) {
+        std::vector<int32_t> want(n), got(n + 4, 0x5A5A5A5A);
+        const SumRange r_want = ref::aligned_sum_range(a.data(), b.data(), n, la, lb, want.data(), relu);
+        const SumRange r_got = aligned_sum_range(a.data(), b.data(), n, la, lb, got.data(), relu);
+        ASSERT_EQ(r_got.min, r_want.min) << "n=" << n << " trial " << trial;
+        ASSERT_EQ(r_got.max, r_want.max) << "n=" << n << " trial " << trial;
+        for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], want[i]) << "n=" << n << " element " << i;
+        for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got[i], 0x5A5A5A5A) << "wrote past the end";
+        const SumRange r_only = aligned_sum_range(a.data(), b.data(), n, la, lb);
+        ASSERT_EQ(r_only.min, r_want.min);
+        ASSERT_EQ(r_only.max, r_want.max);
+      }
+    }
+  }
+}
+
 TEST_P(EltwiseKernelTarget, AlignedSumsMatchReference) {
   std::mt19937_64 rng(5);
   const int kT[] = {0, 0, 0, 1, 1, 2, 5, 31, 32, 33, 40, 62};

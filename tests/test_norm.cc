@@ -24,6 +24,7 @@
 #include "engine/autograd.h"
 #include "engine/norm.h"
 #include "engine/optimizer.h"
+#include "engine/relu.h"
 #include "kernels/dispatch.h"
 #include "kernels/norm.h"
 #include "quant/error.h"
@@ -153,6 +154,48 @@ void check_kernels(const KernelCase& kc, std::mt19937_64& rng) {
   std::vector<int32_t> y2(n);
   kernels::norm_apply(x.data(), rows, cols, col, aff, y2.data(), nullptr);  // eval: no stored d
   for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(y2[i], y_ref[i]) << what << " apply without d";
+  // A fused ReLU: max(y, 0) and its maximum.
+  std::vector<int32_t> yr(n + 8, 0x5A5A5A5A), yr_ref(n);
+  const uint64_t ymax = kernels::norm_apply(x.data(), rows, cols, col, aff, yr.data(), d16.data(), true);
+  const uint64_t ymax_ref = kernels::ref::norm_apply(x.data(), rows, cols, col, aff, yr_ref.data(), nullptr, true);
+  uint64_t ymax_direct = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(yr_ref[i], std::max(y_ref[i], 0)) << what << " relu reference, element " << i;
+    ASSERT_EQ(yr[i], yr_ref[i]) << what << " relu apply, element " << i;
+    ASSERT_EQ(d16[i], d16_ref[i]) << what << " relu apply d, element " << i;
+    ymax_direct = std::max(ymax_direct, static_cast<uint64_t>(yr_ref[i]));
+  }
+  ASSERT_EQ(ymax_ref, ymax_direct) << what;
+  ASSERT_EQ(ymax, ymax_ref) << what;
+  for (std::size_t i = n; i < n + 8; ++i) ASSERT_EQ(yr[i], 0x5A5A5A5A) << what << ": wrote past the end";
+  // The backward of the fused ReLU sees dy masked by y > 0 (recomputed from d by the forward stage `fwd`).
+  const std::vector<int32_t> fa = a;
+  const kernels::NormAffine fwd{fa.data(), nullptr, t.data(), cc.data()};
+  std::vector<int32_t> dy_masked(n);
+  for (std::size_t i = 0; i < n; ++i) dy_masked[i] = y_ref[i] > 0 ? dy[i] : 0;
+  {
+    std::vector<int64_t> s1(cols), s2(cols), s3(cols);
+    std::vector<int32_t> mn1(cols), mx1(cols), mn2(cols), mx2(cols), mn3(cols), mx3(cols);
+    std::vector<kernels::WideSum> w1(cols), w2(cols), w3(cols);
+    kernels::norm_grad_stats(dy.data(), d16_ref.data(), rows, cols, s1.data(), mn1.data(), mx1.data(), w1.data(),
+                             &fwd);
+    kernels::ref::norm_grad_stats(dy.data(), d16_ref.data(), rows, cols, s2.data(), mn2.data(), mx2.data(), w2.data(),
+                                  &fwd);
+    kernels::ref::norm_grad_stats(dy_masked.data(), d16_ref.data(), rows, cols, s3.data(), mn3.data(), mx3.data(),
+                                  w3.data());
+    for (std::size_t c = 0; c < cols; ++c) {
+      ASSERT_EQ(s2[c], s3[c]) << what << " masked reference, column " << c;
+      ASSERT_EQ(mn2[c], mn3[c]) << what;
+      ASSERT_EQ(mx2[c], mx3[c]) << what;
+      ASSERT_EQ(w2[c].hi, w3[c].hi) << what;
+      ASSERT_EQ(w2[c].lo, w3[c].lo) << what;
+      ASSERT_EQ(s1[c], s2[c]) << what << " masked grad stats, column " << c;
+      ASSERT_EQ(mn1[c], mn2[c]) << what;
+      ASSERT_EQ(mx1[c], mx2[c]) << what;
+      ASSERT_EQ(w1[c].hi, w2[c].hi) << what;
+      ASSERT_EQ(w1[c].lo, w2[c].lo) << what;
+    }
+  }
 
   // Backward.
   std::vector<int64_t> sdy(cols), sdy_ref(cols);
@@ -197,6 +240,22 @@ void check_kernels(const KernelCase& kc, std::mt19937_64& rng) {
     }
     for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(dx[i], dx_ref[i]) << what << (l1 ? " L1" : " L2") << " dx " << i;
     for (std::size_t i = n; i < n + 8; ++i) ASSERT_EQ(dx[i], 0x5A5A5A5A) << what << ": wrote past the end";
+    // With the fused ReLU's mask (the working shift kd bounds |dy|, so it bounds the masked dy too).
+    std::vector<int32_t> dxm(n + 8, 0x5A5A5A5A), dxm_ref(n), dxm_direct(n);
+    if (l1) {
+      kernels::norm_grad_apply_l1(dy.data(), d16_ref.data(), rows, cols, gcol, gaff, dxm.data(), &fwd);
+      kernels::ref::norm_grad_apply_l1(dy.data(), d16_ref.data(), rows, cols, gcol, gaff, dxm_ref.data(), &fwd);
+      kernels::ref::norm_grad_apply_l1(dy_masked.data(), d16_ref.data(), rows, cols, gcol, gaff, dxm_direct.data());
+    } else {
+      kernels::norm_grad_apply_l2(dy.data(), d16_ref.data(), rows, cols, gcol, gaff, dxm.data(), &fwd);
+      kernels::ref::norm_grad_apply_l2(dy.data(), d16_ref.data(), rows, cols, gcol, gaff, dxm_ref.data(), &fwd);
+      kernels::ref::norm_grad_apply_l2(dy_masked.data(), d16_ref.data(), rows, cols, gcol, gaff, dxm_direct.data());
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(dxm_ref[i], dxm_direct[i]) << what << " masked reference dx " << i;
+      ASSERT_EQ(dxm[i], dxm_ref[i]) << what << (l1 ? " L1" : " L2") << " masked dx " << i;
+    }
+    for (std::size_t i = n; i < n + 8; ++i) ASSERT_EQ(dxm[i], 0x5A5A5A5A) << what << ": wrote past the end";
   }
 }
 
@@ -633,6 +692,53 @@ TEST_P(BatchNormKinds, ParametersTrainWithoutDecay) {
   double sdy = 0;
   for (std::size_t r = 0; r < 40; ++r) sdy += y->grad.value(r * 8);
   EXPECT_NEAR(bn->beta().master.value(0), b0 - 0.1 * sdy, std::abs(0.1 * sdy) * 1e-4 + 1e-6);
+}
+
+// NormOptions::relu gives bit for bit what a Relu layer after the norm gives: values, their known maximum, the input
+// gradient and the parameter gradients, in training and in eval.
+TEST_P(BatchNormKinds, FusedReluMatchesNormThenRelu) {
+  const std::size_t rows = 300, cols = 37;  // 37 columns: whole vectors and a scalar tail on every target
+  NormOptions fused_opt;
+  fused_opt.relu = true;
+  auto make = [&](const NormOptions& opt) -> std::unique_ptr<BatchNorm> {
+    if (GetParam() == NormKind::kL1) return std::make_unique<L1BatchNorm>(cols, 4, opt);
+    return std::make_unique<L2BatchNorm>(cols, 4, opt);
+  };
+  auto plain = make({}), fused = make(fused_opt);
+  set_affine(plain->gamma(), plain->beta(), 91);
+  set_affine(fused->gamma(), fused->beta(), 91);
+  EXPECT_EQ(fused->name(), plain->name() + "+ReLU");
+  const Input in = random_input(rows, cols, {6, 12, 20, 28}, 92, -12);
+  const Tensor dy = make_grad(rows, cols, 20, -20, 93);
+  for (bool training : {true, false}) {
+    Tape tape_p, tape_f;
+    auto xp = make_input(in.x), xf = make_input(in.x);
+    xp->requires_grad = xf->requires_grad = true;
+    Relu relu;
+    const StepContext cp{nullptr, training ? &tape_p : nullptr, 1, 1}, cf{nullptr, training ? &tape_f : nullptr, 1, 1};
+    VarPtr yp = relu.forward(cp, plain->forward(cp, xp));
+    VarPtr yf = fused->forward(cf, xf);
+    ASSERT_EQ(yf->value.exponent(), yp->value.exponent());
+    ASSERT_EQ(yf->value.nonnegative_max(), yp->value.nonnegative_max());
+    for (std::size_t i = 0; i < rows * cols; ++i)
+      ASSERT_EQ(yf->value.data<int32_t>()[i], yp->value.data<int32_t>()[i]) << i;
+    if (!training) continue;
+    yp->grad = dy;
+    yp->has_grad = true;
+    yf->grad = dy;
+    yf->has_grad = true;
+    tape_p.backward();
+    tape_f.backward();
+    ASSERT_EQ(xf->grad.exponent(), xp->grad.exponent());
+    for (std::size_t i = 0; i < rows * cols; ++i)
+      ASSERT_EQ(xf->grad.data<int32_t>()[i], xp->grad.data<int32_t>()[i]) << i;
+    for (int p = 0; p < 2; ++p) {
+      const Tensor& gp = plain->params()[p]->grad;
+      const Tensor& gf = fused->params()[p]->grad;
+      ASSERT_EQ(gf.exponent(), gp.exponent());
+      for (std::size_t c = 0; c < cols; ++c) ASSERT_EQ(gf.data<int32_t>()[c], gp.data<int32_t>()[c]) << p << " " << c;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(L1AndL2, BatchNormKinds, ::testing::Values(NormKind::kL1, NormKind::kL2),

@@ -11,6 +11,7 @@
 #include "engine/autograd.h"
 #include "engine/linear.h"
 #include "engine/optimizer.h"
+#include "engine/qgemm_op.h"
 #include "engine/relu.h"
 #include "engine/schedule.h"
 #include "engine/softmax_ce.h"
@@ -168,6 +169,26 @@ TEST(Tensor, RecycledBuffersAreZeroedWhenAskedAndKeepNoStaleHints) {
     const Tensor fresh = Tensor::uninitialized(rows, cols, DType::kI32);
     EXPECT_FALSE(fresh.nonnegative_max().has_value());
   }
+}
+
+// A Var's quantized copy is made once per setting and reused by the next consumer with the same one.
+TEST(QGemmOp, QuantizedInputIsReusedPerSetting) {
+  auto x = std::make_shared<Var>();
+  x->value = Tensor(6, 4, DType::kI32, -10);
+  for (std::size_t i = 0; i < 24; ++i) x->value.data<int32_t>()[i] = static_cast<int32_t>(i * 37 % 200) - 50;
+  QGemmConfig c4;
+  c4.act_bits = 4;
+  c4.signed_input = true;
+  QGemmConfig c8 = c4;
+  c8.act_bits = 8;
+  const QGemmOp a(c4), b(c4), c(c8);
+  const auto qa = a.quantize_input(*x);
+  EXPECT_EQ(b.quantize_input(*x), qa);  // same setting: the same tensor
+  const auto qc = c.quantize_input(*x);
+  EXPECT_NE(qc, qa);
+  const Tensor direct = c.quantize_input(x->value);
+  EXPECT_EQ(qc->exponent(), direct.exponent());
+  for (std::size_t i = 0; i < 24; ++i) EXPECT_EQ(qc->data<int8_t>()[i], direct.data<int8_t>()[i]) << i;
 }
 
 TEST(Relu, ForwardAndBackward) {
