@@ -105,7 +105,7 @@ nlohmann::json spec_to_json(const ModelSpec& s) {
     j["edge_bits"] = s.edge_bits;
     j["norm"] = s.norm;
   }
-  if (s.scale != "max") j["scale"] = s.scale;  // files of the default rules stay exactly as they were
+  if (s.scale != "max") j["scale"] = s.scale;  // files of the first format's rule stay exactly as they were
   if (s.act_groups != 1) j["act_groups"] = s.act_groups;
   return j;
 }
@@ -139,7 +139,7 @@ ModelSpec spec_from_json(const Fields& f) {
     s.edge_bits = static_cast<int>(f.integer("edge_bits", 0, 8));
     s.norm = f.string("norm");
   }
-  if (f.json().contains("scale")) s.scale = f.string("scale");
+  s.scale = f.json().contains("scale") ? f.string("scale") : "max";  // files from before the field: max
   if (f.json().contains("act_groups")) s.act_groups = static_cast<int>(f.integer("act_groups", 1, 8));
   try {
     s.validate();

@@ -72,7 +72,7 @@ std::string ModelSpec::describe() const {
     for (std::size_t i = 0; i < sizes.size(); ++i) o << (i ? "-" : "") << sizes[i];
   o << " W" << bits.weight << "A" << bits.act << "G" << bits.grad << " N_G=" << resolved_groups();
   if (convolutional()) o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits();
-  if (scale != "max") o << " scale " << scale;
+  if (scale != "mse") o << " scale " << scale;
   if (act_groups > 1) o << " act-groups " << act_groups;
   return o.str();
 }

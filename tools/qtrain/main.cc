@@ -66,7 +66,7 @@ struct TrainOptions {
   double lr = 0.05, momentum = 0.9, wd = 5e-4;
   std::string schedule = "onecycle";
   std::string norm = "l1";
-  std::string scale = "max";
+  std::string scale = "mse";
   int act_groups = 1;
   int edge_bits = 0;
   uint64_t seed = 0;
@@ -356,7 +356,7 @@ int main(int argc, char** argv) {
   train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
       ->capture_default_str();
   train->add_option("--scale", t.scale,
-                    "Power-of-two choice of weights and activations: max (cover max|x|) or mse (least squared error)")
+                    "Power-of-two choice of weights and activations: mse (least squared error) or max (cover max|x|)")
       ->capture_default_str();
   train->add_option("--act-groups", t.act_groups,
                     "Power-of-two channel groups of the inner layers' input activations (1..4 at 4 bits; 1 = off)")
