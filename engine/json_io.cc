@@ -140,7 +140,8 @@ ModelSpec spec_from_json(const Fields& f) {
     s.norm = f.string("norm");
   }
   s.scale = f.json().contains("scale") ? f.string("scale") : "max";  // files from before the field: max
-  if (f.json().contains("act_groups")) s.act_groups = static_cast<int>(f.integer("act_groups", 1, 8));
+  // Files from before the field were trained with one group.
+  s.act_groups = f.json().contains("act_groups") ? static_cast<int>(f.integer("act_groups", 0, 8)) : 1;
   try {
     s.validate();
   } catch (const UsageError& e) {

@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 
@@ -20,6 +21,10 @@ const std::vector<std::string>& model_names() {
 }
 
 int ModelSpec::resolved_groups() const { return groups > 0 ? groups : quant::max_groups(bits.grad); }
+int ModelSpec::resolved_edge_groups() const { return std::min(resolved_groups(), quant::max_groups(resolved_edge_bits())); }
+int ModelSpec::resolved_act_groups() const {
+  return act_groups > 0 ? act_groups : quant::max_column_groups(quant::unsigned_range(bits.act));
+}
 
 void ModelSpec::set_input(std::size_t h, std::size_t w, std::size_t c) {
   in_h = h;
@@ -54,9 +59,10 @@ void ModelSpec::validate() const {
     if (s == 0) throw UsageError("model layer sizes must be positive");
   if (norm != "l1" && norm != "l2") throw UsageError("--norm: unknown norm '" + norm + "'; valid norms: l1, l2");
   const int agmax = quant::max_column_groups(quant::unsigned_range(bits.act));
-  if (act_groups < 1 || act_groups > agmax)
-    throw UsageError("--act-groups " + std::to_string(act_groups) + " is out of range 1.." + std::to_string(agmax) +
-                     " for " + std::to_string(bits.act) + "-bit activations ((2^b-1)*2^(groups-1) must be <= 127)");
+  if (act_groups < 0 || act_groups > agmax)
+    throw UsageError("--act-groups " + std::to_string(act_groups) + " is out of range 0.." + std::to_string(agmax) +
+                     " for " + std::to_string(bits.act) +
+                     "-bit activations (0 = the most; (2^b-1)*2^(groups-1) must be <= 127)");
   if (scale != "max" && scale != "mse") throw UsageError("--scale: unknown rule '" + scale + "'; valid rules: max, mse");
   check_bits("edge", resolved_edge_bits());
   if (convolutional() && (in_h < 4 || in_w < 4 || in_c == 0 || classes < 2))
@@ -71,9 +77,10 @@ std::string ModelSpec::describe() const {
   else
     for (std::size_t i = 0; i < sizes.size(); ++i) o << (i ? "-" : "") << sizes[i];
   o << " W" << bits.weight << "A" << bits.act << "G" << bits.grad << " N_G=" << resolved_groups();
-  if (convolutional()) o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits();
+  if (convolutional())
+    o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits() << "G" << resolved_edge_bits();
   if (scale != "mse") o << " scale " << scale;
-  if (act_groups > 1) o << " act-groups " << act_groups;
+  if (resolved_act_groups() > 1) o << " act-groups " << resolved_act_groups();
   return o.str();
 }
 
@@ -141,11 +148,11 @@ class ConvBuilder {
     const bool first = next_id_ == 0;
     cs.weight_bits = first ? spec_.resolved_edge_bits() : spec_.bits.weight;
     cs.act_bits = first ? spec_.input_bits : spec_.bits.act;
-    cs.grad_bits = spec_.bits.grad;
-    cs.groups = spec_.resolved_groups();
+    cs.grad_bits = first ? spec_.resolved_edge_bits() : spec_.bits.grad;
+    cs.groups = first ? spec_.resolved_edge_groups() : spec_.resolved_groups();
     cs.signed_input = first;
     cs.scale = spec_.scale_rule();
-    cs.act_groups = first ? 1 : spec_.act_groups;
+    cs.act_groups = first ? 1 : spec_.resolved_act_groups();
     cs.needs_input_grad = !first;
     auto layer = std::make_unique<Conv2d>(cs, next_id_++, seed_);
     h = cs.out_h();
@@ -195,10 +202,10 @@ class ConvBuilder {
     ls.out = out;
     ls.weight_bits = last ? spec_.resolved_edge_bits() : spec_.bits.weight;
     ls.act_bits = last ? spec_.resolved_edge_bits() : spec_.bits.act;
-    ls.grad_bits = spec_.bits.grad;
-    ls.groups = spec_.resolved_groups();
+    ls.grad_bits = last ? spec_.resolved_edge_bits() : spec_.bits.grad;
+    ls.groups = last ? spec_.resolved_edge_groups() : spec_.resolved_groups();
     ls.scale = spec_.scale_rule();
-    ls.act_groups = last ? 1 : spec_.act_groups;
+    ls.act_groups = last ? 1 : spec_.resolved_act_groups();
     return std::make_unique<Linear>(ls, next_id_++, seed_);
   }
   std::size_t h() const { return h_; }
@@ -251,7 +258,7 @@ std::vector<std::unique_ptr<Layer>> build_mlp(const ModelSpec& spec, uint64_t se
     ls.groups = spec.resolved_groups();
     ls.signed_input = i == 0;       // normalized pixels are signed; later inputs follow a ReLU
     ls.scale = spec.scale_rule();
-    ls.act_groups = i == 0 ? 1 : spec.act_groups;
+    ls.act_groups = i == 0 ? 1 : spec.resolved_act_groups();
     ls.needs_input_grad = i != 0;   // nothing consumes the gradient of the pixels
     layers.push_back(std::make_unique<Linear>(ls, static_cast<uint32_t>(i), seed));
     if (i + 1 < n) layers.push_back(std::make_unique<Relu>());

@@ -353,9 +353,9 @@ INSTANTIATE_TEST_SUITE_P(
                       BadFlag{"Groups2Bits8", {"--groups", "2", "--bits", "8"}, "1..1"},
                       BadFlag{"GroupsNegative", {"--groups", "-1", "--bits", "4"}, "1..5"},
                       BadFlag{"ScaleUnknown", {"--scale", "p99"}, "max, mse"},
-                      BadFlag{"ActGroups5Bits4", {"--act-groups", "5", "--bits", "4"}, "1..4"},
-                      BadFlag{"ActGroups2Bits8", {"--act-groups", "2", "--bits", "8"}, "1..1"},
-                      BadFlag{"ActGroups0", {"--act-groups", "0", "--bits", "4"}, "1..4"},
+                      BadFlag{"ActGroups5Bits4", {"--act-groups", "5", "--bits", "4"}, "0..4"},
+                      BadFlag{"ActGroups2Bits8", {"--act-groups", "2", "--bits", "8"}, "0..1"},
+                      BadFlag{"ActGroupsNegative", {"--act-groups", "-1", "--bits", "4"}, "0..4"},
                       BadFlag{"Batch0", {"--batch", "0"}, "1..65536"},          //
                       BadFlag{"BatchHuge", {"--batch", "100000"}, "1..65536"},  //
                       BadFlag{"ModelUnknown", {"--model", "resnet99"}, "mlp"},  //

@@ -67,7 +67,7 @@ struct TrainOptions {
   std::string schedule = "onecycle";
   std::string norm = "l1";
   std::string scale = "mse";
-  int act_groups = 1;
+  int act_groups = 0;
   int edge_bits = 0;
   uint64_t seed = 0;
   long long threads = 1;
@@ -135,8 +135,8 @@ void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags,
           std::to_string(c.model.resolved_groups()));
   require("--norm", flags.model.norm == c.model.norm, flags.model.norm, c.model.norm);
   require("--scale", flags.model.scale == c.model.scale, flags.model.scale, c.model.scale);
-  require("--act-groups", flags.model.act_groups == c.model.act_groups, std::to_string(flags.model.act_groups),
-          std::to_string(c.model.act_groups));
+  require("--act-groups", flags.model.resolved_act_groups() == c.model.resolved_act_groups(),
+          std::to_string(flags.model.act_groups), std::to_string(c.model.resolved_act_groups()));
   require("--edge-bits", flags.model.resolved_edge_bits() == c.model.resolved_edge_bits(), std::to_string(o.edge_bits),
           std::to_string(c.model.resolved_edge_bits()));
   require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
@@ -359,10 +359,10 @@ int main(int argc, char** argv) {
                     "Power-of-two choice of weights and activations: mse (least squared error) or max (cover max|x|)")
       ->capture_default_str();
   train->add_option("--act-groups", t.act_groups,
-                    "Power-of-two channel groups of the inner layers' input activations (1..4 at 4 bits; 1 = off)")
+                    "Power-of-two channel groups of the inner layers' input activations (0 = the most the bits allow: 4 at 4 bits, 1 at 8; 1 = off)")
       ->capture_default_str();
   train->add_option("--edge-bits", t.edge_bits,
-                    "Weight/activation bits of the first conv and last FC of the convolutional models (0 = 8)")
+                    "Weight/activation/gradient bits of the first conv and last FC of the convolutional models (0 = 8)")
       ->capture_default_str();
   train->add_option("--bits", t.bits, "Bit-widths: one value for all, or weights,activations,gradients (2..8)")->capture_default_str();
   train->add_option("--groups", t.groups, "ShiftQuant gradient groups N_G (0 = the largest the gradient bits allow)")->capture_default_str();
