@@ -57,7 +57,7 @@ struct Conv2dSpec {
   // 0: automatic, about 256 KiB of int8 patches (they stay in L2 while the GEMM reads them). Results do not depend
   // on it.
   std::size_t max_block_rows = 0;
-  quant::ScaleRule scale = quant::ScaleRule::kCover;  // how W_q's and X_q's powers of two are chosen
+  quant::ScaleRule scale = quant::ScaleRule::kCover;  // how X_q's power of two is chosen
   int act_groups = 1;  // power-of-two channel groups of the quantized input (QGemmConfig::act_groups)
 
   std::size_t out_h() const;

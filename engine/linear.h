@@ -27,7 +27,7 @@ struct LinearSpec {
   int groups = 1;              // ShiftQuant N_G for this layer's output gradient
   bool signed_input = false;   // false: the input is non-negative (after ReLU) and uses the unsigned range
   bool needs_input_grad = true;
-  quant::ScaleRule scale = quant::ScaleRule::kCover;  // how W_q's and X_q's powers of two are chosen
+  quant::ScaleRule scale = quant::ScaleRule::kCover;  // how X_q's power of two is chosen
   int act_groups = 1;  // power-of-two channel groups of the quantized input (QGemmConfig::act_groups)
 };
 

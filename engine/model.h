@@ -34,9 +34,9 @@ struct ModelSpec {
   int edge_bits = 0;
   int groups = 0;                                     // ShiftQuant N_G; 0 = the largest the gradient bits allow
   std::string norm = "l1";                            // convolutional models: l1 or l2 batch norm
-  // How every quantized layer picks the powers of two of its weights (per output channel) and input activations:
-  // "mse" takes the least squared error (quant::ScaleRule::kMinError; +0.45 points on 4- and 8-bit ResNet-8),
-  // "max" covers max|x| (nothing clipped; model files without the field were trained with it).
+  // How every quantized layer picks the power of two of its input activations: "mse" takes the least squared
+  // error (quant::ScaleRule::kMinError), "max" covers max|x| (nothing clipped; model files without the field were
+  // trained with it). Weights always cover each output channel's max|w|.
   std::string scale = "mse";
   // Power-of-two channel groups of the inner layers' input activations (1 = one step per tensor; at most what the
   // int8 carrier allows for bits.act unsigned values: 4 at 4 bits, 1 at 8). 0 = that most (+0.2 points on 4-bit

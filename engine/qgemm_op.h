@@ -36,8 +36,8 @@ struct QGemmConfig {
   int grad_bits = 8;
   int groups = 1;             // ShiftQuant N_G of the output gradient
   bool signed_input = false;  // false: the input is non-negative (after ReLU) and uses the unsigned range
-  // How the power of two of W_q (per output channel) and X_q is chosen (quant::ScaleRule): covering max|x|, or
-  // least squared error.
+  // How the power of two of X_q is chosen (quant::ScaleRule): covering max|x|, or least squared error. W_q always
+  // covers each output channel's max|w|.
   quant::ScaleRule scale = quant::ScaleRule::kCover;
   // Power-of-two channel groups of X_q (quant::quantize_column_groups); 1 = one step for the whole tensor.
   int act_groups = 1;
