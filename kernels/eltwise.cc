@@ -338,29 +338,38 @@ struct ColumnShiftTable {
 };
 
 void RequantizeI8Cols(const int32_t* HWY_RESTRICT x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo,
-                      int32_t hi, int8_t* HWY_RESTRICT out) {
+                      int32_t hi, int8_t* HWY_RESTRICT out, const int* up) {
   const D32 d;
   const D8 d8;
   const std::size_t lanes = hn::Lanes(d);
   const std::size_t full = cols / lanes * lanes;
   const V32 vlo = hn::Set(d, lo), vhi = hn::Set(d, hi);
   const ColumnShiftTable table(shift, cols);
+  std::vector<int32_t> up32(cols, 0);  // the left shifts as lanes (0: none)
+  if (up != nullptr) std::copy(up, up + cols, up32.begin());
+  auto tail = [&](const int32_t* xr, int8_t* o) {
+    for (std::size_t c = full; c < cols; ++c)
+      o[c] = static_cast<int8_t>(ed::requantize_one(xr[c], shift[c], lo, hi) * (1 << up32[c]));
+  };
   if (full == lanes) {  // one vector of columns (e.g. 16 channels on AVX-512): constants stay in registers
     const RqVec p = table.Load(0);
+    const V32 u = hn::LoadU(d, up32.data());
     for (std::size_t r = 0; r < rows; ++r) {
       const int32_t* xr = x + r * cols;
       int8_t* o = out + r * cols;
-      hn::StoreU(hn::DemoteTo(d8, RequantCore(hn::LoadU(d, xr), p, vlo, vhi)), d8, o);
-      for (std::size_t c = full; c < cols; ++c) o[c] = ed::requantize_one(xr[c], shift[c], lo, hi);
+      hn::StoreU(hn::DemoteTo(d8, hn::operator<<(RequantCore(hn::LoadU(d, xr), p, vlo, vhi), u)), d8, o);
+      tail(xr, o);
     }
     return;
   }
   for (std::size_t r = 0; r < rows; ++r) {
     const int32_t* xr = x + r * cols;
     int8_t* o = out + r * cols;
-    for (std::size_t c = 0; c < full; c += lanes)
-      hn::StoreU(hn::DemoteTo(d8, RequantCore(hn::LoadU(d, xr + c), table.Load(c), vlo, vhi)), d8, o + c);
-    for (std::size_t c = full; c < cols; ++c) o[c] = ed::requantize_one(xr[c], shift[c], lo, hi);
+    for (std::size_t c = 0; c < full; c += lanes) {
+      const V32 v = RequantCore(hn::LoadU(d, xr + c), table.Load(c), vlo, vhi);
+      hn::StoreU(hn::DemoteTo(d8, hn::operator<<(v, hn::LoadU(d, up32.data() + c))), d8, o + c);
+    }
+    tail(xr, o);
   }
 }
 
@@ -783,8 +792,8 @@ void RequantizeI8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_
   ref::requantize_i8(x, n, shift, lo, hi, out);
 }
 void RequantizeI8Cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
-                      int8_t* out) {
-  ref::requantize_i8_cols(x, rows, cols, shift, lo, hi, out);
+                      int8_t* out, const int* up) {
+  ref::requantize_i8_cols(x, rows, cols, shift, lo, hi, out, up);
 }
 void ShiftQuantRound(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                      const int* up, int32_t limit, int8_t* q, int8_t* shifted) {
@@ -885,9 +894,9 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
 }
 
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
-                        int8_t* out) {
+                        int8_t* out, const int* up) {
   detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(RequantizeI8Cols)(x, rows, cols, shift, lo, hi, out);
+  HWY_DYNAMIC_DISPATCH(RequantizeI8Cols)(x, rows, cols, shift, lo, hi, out, up);
 }
 
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
@@ -984,9 +993,11 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
 }
 
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
-                        int8_t* out) {
+                        int8_t* out, const int* up) {
   for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c) out[r * cols + c] = ed::requantize_one(x[r * cols + c], shift[c], lo, hi);
+    for (std::size_t c = 0; c < cols; ++c)
+      out[r * cols + c] = static_cast<int8_t>(ed::requantize_one(x[r * cols + c], shift[c], lo, hi) *
+                                              (up != nullptr ? 1 << up[c] : 1));
 }
 
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,

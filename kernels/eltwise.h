@@ -38,9 +38,10 @@ uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 
 // int32 → int8 requantization to nearest even: out[i] = clamp(R_even(x[i], shift), lo, hi), −128 ≤ lo ≤ 0 ≤ hi ≤ 127.
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
-// The same with one shift per column: out[r, c] = clamp(R_even(x[r, c], shift[c]), lo, hi).
+// The same with one shift per column: out[r, c] = clamp(R_even(x[r, c], shift[c]), lo, hi), then, when `up` is
+// given, ·2^up[c] (power-of-two column groups in the int8 carrier: caller guarantees max(|lo|, hi)·2^up[c] ≤ 127).
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
-                        int8_t* out);
+                        int8_t* out, const int* up = nullptr);
 
 // ShiftQuant's rounding pass (quant/shiftquant.h) over rows×cols, draws[r·cols + c] for element (r, c):
 //   q[r, c]       = clamp(R_stoch(g[r, c], shift[c], draws[r·cols + c]), −limit, limit)
@@ -105,7 +106,7 @@ void col_max_abs_i32(const int32_t* x, std::size_t rows, std::size_t cols, bool 
 uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
-                        int8_t* out);
+                        int8_t* out, const int* up = nullptr);
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                       const int* up, int32_t limit, int8_t* q, int8_t* shifted);
 SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr,

@@ -184,12 +184,7 @@ int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols,
     shift[c] = s0 - k;
     up[c] = groups - 1 - k;
   }
-  kernels::requantize_i8_cols(x, rows, cols, shift.data(), opt.range.lo, opt.range.hi, out);
-  if (groups > 1)
-    for (std::size_t r = 0; r < rows; ++r) {
-      int8_t* o = out + r * cols;
-      for (std::size_t c = 0; c < cols; ++c) o[c] = static_cast<int8_t>(o[c] * (1 << up[c]));  // |o|·2^up ≤ 127
-    }
+  kernels::requantize_i8_cols(x, rows, cols, shift.data(), opt.range.lo, opt.range.hi, out, up.data());
   return e_in + s0 - (groups - 1);
 }
 

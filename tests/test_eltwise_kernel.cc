@@ -120,6 +120,17 @@ TEST_P(EltwiseKernelTarget, RequantizeMatchesReference) {
       for (std::size_t i = 0; i < rows * cols; ++i)
         ASSERT_EQ(got[i], want[i]) << rows << "x" << cols << " element " << i << " shift " << shift[i % cols];
       for (std::size_t i = rows * cols; i < rows * cols + 4; ++i) ASSERT_EQ(got[i], 0x5A) << "wrote past the end";
+      // With power-of-two column groups: 4-bit unsigned values shifted up by 0..3 in the carrier (15·2^3 ≤ 127).
+      const auto up = fill<int>(cols, [&] { return static_cast<int>(rng() % 4); });
+      std::vector<int8_t> want_up(rows * cols), got_up(rows * cols);
+      ref::requantize_i8_cols(x.data(), rows, cols, shift.data(), 0, 15, want_up.data(), up.data());
+      requantize_i8_cols(x.data(), rows, cols, shift.data(), 0, 15, got_up.data(), up.data());
+      for (std::size_t i = 0; i < rows * cols; ++i) {
+        ASSERT_EQ(got_up[i], want_up[i]) << rows << "x" << cols << " element " << i << " up " << up[i % cols];
+        std::vector<int8_t> one(1);
+        ref::requantize_i8_cols(x.data() + i, 1, 1, &shift[i % cols], 0, 15, one.data());
+        ASSERT_EQ(want_up[i], one[0] * (1 << up[i % cols]));  // the reference is requantize, then the shift
+      }
     }
   }
 }
