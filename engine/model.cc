@@ -80,7 +80,8 @@ std::string ModelSpec::describe() const {
   if (convolutional())
     o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits() << "G" << resolved_edge_bits();
   if (scale != "mse") o << " scale " << scale;
-  if (resolved_act_groups() > 1) o << " act-groups " << resolved_act_groups();
+  // The MLP's hidden activations carry per-column exponents (Linear outputs), which always use the covering rule.
+  if (convolutional() && resolved_act_groups() > 1) o << " act-groups " << resolved_act_groups();
   return o.str();
 }
 
