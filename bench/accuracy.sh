@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Accuracy / throughput bench: qtrain W8A8G8 and W4A4G4 against the fp32 PyTorch reference, same data
 # (Fashion-MNIST), same architecture and hyper-parameters (batch 64, SGD momentum 0.9, wd 5e-4, one-cycle lr
-# peaking at 0.05, seed 0). Prints a markdown table: run | test accuracy | training images/s | ratio to PyTorch
+# peaking at 0.05, seed 0 unless --seed). Prints a markdown table: run | test accuracy | training images/s | ratio to PyTorch
 # fp32 images/s. Training images/s counts training steps only (no evaluation), over all epochs.
 #
 # Usage: bench/accuracy.sh [--model M] [--norms LIST] [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
-#                          [--train-limit N] [--test-limit N] [--bits LIST] [-- EXTRA QTRAIN FLAGS]
+#                          [--train-limit N] [--test-limit N] [--bits LIST] [--seed S] [-- EXTRA QTRAIN FLAGS]
 #   --model M     mlp (default), cnn, resnet8 or resnet20 (PyTorch uses BatchNorm for the convolutional models)
 #   --norms LIST  convolutional models: the qtrain norms to run, comma-separated (default l1; e.g. l1,l2)
 #   --epochs N    epochs per run (default 5)
@@ -16,16 +16,17 @@
 #   --train-limit N, --test-limit N   the first N training / test images only, in every run (quick speed tables;
 #                 accuracies of such runs are not comparable to full ones)
 #   --bits LIST   the qtrain bit-widths to run, comma-separated (default 8,4)
+#   --seed S      seed of every run, qtrain's and PyTorch's (default 0)
 #   -- FLAGS      passed to every qtrain run (e.g. -- --scale mse --act-groups 4)
 # Exits non-zero if any run fails.
 set -euo pipefail
 
-usage() { sed -n '7,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '7,21p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "accuracy.sh: error: $*" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out="" model=mlp norms=l1
-train_limit=0 test_limit=0 bits_list=8,4 qflags=()
+train_limit=0 test_limit=0 bits_list=8,4 qflags=() seed=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) [[ $# -ge 2 ]] || die "--model needs a value"; model=$2; shift 2 ;;
@@ -38,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --train-limit) [[ $# -ge 2 ]] || die "--train-limit needs a value"; train_limit=$2; shift 2 ;;
     --test-limit) [[ $# -ge 2 ]] || die "--test-limit needs a value"; test_limit=$2; shift 2 ;;
     --bits) [[ $# -ge 2 ]] || die "--bits needs a value"; bits_list=$2; shift 2 ;;
+    --seed) [[ $# -ge 2 ]] || die "--seed needs a value"; seed=$2; shift 2 ;;
     --) shift; qflags=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
@@ -48,6 +50,7 @@ done
 [[ $train_limit =~ ^[0-9]+$ ]] || die "--train-limit '$train_limit' must be an integer >= 0"
 [[ $test_limit =~ ^[0-9]+$ ]] || die "--test-limit '$test_limit' must be an integer >= 0"
 [[ $bits_list =~ ^[2-8](,[2-8])*$ ]] || die "--bits '$bits_list' must list bit-widths 2..8, e.g. 8,4"
+[[ $seed =~ ^[0-9]+$ ]] || die "--seed '$seed' must be an integer >= 0"
 limits=(--train-limit "$train_limit" --test-limit "$test_limit")
 case "$model" in mlp|cnn|resnet8|resnet20) ;; *) die "--model '$model' must be mlp, cnn, resnet8 or resnet20" ;; esac
 [[ $model == mlp ]] && norms=none
@@ -74,8 +77,8 @@ run_qtrain() {
   local extra=()
   [[ $norm == none ]] || extra=(--norm "$norm")
   extra+=("${limits[@]}" "${qflags[@]}")
-  echo "== $name: qtrain train --model $model ${extra[*]} --bits $bits --epochs $epochs --seed 0 --threads $threads"
-  if "$qtrain" train --data "$data" --model "$model" "${extra[@]}" --bits "$bits" --epochs "$epochs" --seed 0 \
+  echo "== $name: qtrain train --model $model ${extra[*]} --bits $bits --epochs $epochs --seed $seed --threads $threads"
+  if "$qtrain" train --data "$data" --model "$model" "${extra[@]}" --bits "$bits" --epochs "$epochs" --seed "$seed" \
        --threads "$threads" --metrics "$file" 2>&1 | tee "$log"; then
     [[ -n $kernels ]] || kernels=$(sed -n 's/.*kernels \([A-Za-z0-9_]*\).*/\1/p' "$log" | head -n 1)
     # Accuracy of the last epoch; images/s over all epochs = images / training seconds.
@@ -110,7 +113,7 @@ torch_py=${QTRAIN_TORCH_PYTHON:-/usr/bin/python3}  # the python3 that has torch 
 if "$torch_py" -c "import torch" >/dev/null 2>&1; then
   echo "== PyTorch fp32: bench/reference/torch_models.py --model $model --epochs $epochs --threads $threads"
   if "$torch_py" "$repo/bench/reference/torch_models.py" --model "$model" --epochs "$epochs" --threads "$threads" --data "$data" \
-       "${limits[@]}" \
+       "${limits[@]}" --seed "$seed" \
        2>&1 | tee "$tmp/torch.log" &&
      summary=$(grep '^{' "$tmp/torch.log" | tail -n 1 | "$py" -c '
 import json, sys
@@ -133,7 +136,7 @@ table=$(
   subset=""
   [[ $train_limit == 0 ]] || subset=" (first $train_limit training images)"
   [[ $test_limit == 0 ]] || subset+=" (first $test_limit test images)"
-  echo "$model on Fashion-MNIST$subset: $epochs epoch(s), batch 64, seed 0, $threads thread(s)," \
+  echo "$model on Fashion-MNIST$subset: $epochs epoch(s), batch 64, seed $seed, $threads thread(s)," \
        "CPU ${cpu:-unknown}, qtrain kernels ${kernels:-unknown}${qflags[*]:+, qtrain flags ${qflags[*]}}"
   echo
   echo "| run | test accuracy | training images/s | ratio to PyTorch fp32 images/s |"
