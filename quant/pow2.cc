@@ -104,6 +104,16 @@ int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, 
   return best;
 }
 
+namespace {
+// The step of a whole tensor x[0..n) with max magnitude m > 0: covering, or by least error on an evenly strided
+// sample of at most kMinErrorSamples values (odd stride: coprime with power-of-two channel counts).
+int tensor_shift(const int32_t* x, std::size_t n, uint64_t m, uint32_t limit, const QuantizeOptions& opt) {
+  const int s = covering_shift(m, limit);
+  if (opt.scale != ScaleRule::kMinError) return s;
+  return min_error_shift(x, n, (n / kMinErrorSamples) | 1, s, opt.range);
+}
+}  // namespace
+
 int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
                        const QuantizeOptions& opt, int8_t* out) {
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
@@ -116,12 +126,7 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     const uint64_t m = opt.known_max != nullptr ? *opt.known_max : max_magnitude(x, rows * cols, is_unsigned);
     if (m > 0) {
       any = true;
-      int s = covering_shift(m, limit);
-      if (opt.scale == ScaleRule::kMinError) {
-        const std::size_t n = rows * cols;
-        s = min_error_shift(x, n, (n / kMinErrorSamples) | 1, s, opt.range);  // odd: coprime with power-of-two channel counts
-      }
-      e_out = e_col[0] + s;
+      e_out = e_col[0] + tensor_shift(x, rows * cols, m, limit, opt);
     }
   } else {
     std::vector<uint64_t> colmax(cols, 0);
@@ -172,11 +177,7 @@ int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols,
     std::fill(out, out + rows * cols, int8_t{0});
     return e_in;
   }
-  int s0 = covering_shift(m, limit);
-  if (opt.scale == ScaleRule::kMinError) {
-    const std::size_t n = rows * cols;
-    s0 = min_error_shift(x, n, (n / kMinErrorSamples) | 1, s0, opt.range);
-  }
+  const int s0 = tensor_shift(x, rows * cols, m, limit, opt);
   std::vector<int> shift(cols), up(cols);
   for (std::size_t c = 0; c < cols; ++c) {
     int k = 0;
