@@ -84,24 +84,24 @@ void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& o
 __extension__ using U128 = unsigned __int128;  // GCC/Clang extension; exact sums of squared 32-bit errors
 
 int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range) {
+  if (s <= 0) return s;  // no finer step than the input's is considered
   stride = std::max<std::size_t>(stride, 1);
-  int best = s;
-  U128 best_err = 0;
-  for (int t = s; t >= std::max(s - kMinErrorOctaves, 0); --t) {
-    // |x − q·2^t| < 2^32 and n < 2^64 samples: the sum of squares fits 128 bits.
-    U128 err = 0;
-    for (std::size_t i = 0; i < n; i += stride) {
+  const int count = s - std::max(s - kMinErrorOctaves, 0) + 1;  // candidates t = s, s − 1, …, max(s − 3, 0)
+  // One pass over the (strided, cache-unfriendly) sample accumulates every candidate's error.
+  // |x − q·2^t| < 2^32 and n < 2^64 samples: each sum of squares fits 128 bits.
+  U128 err[kMinErrorOctaves + 1] = {};
+  for (std::size_t i = 0; i < n; i += stride)
+    for (int j = 0; j < count; ++j) {
+      const int t = s - j;
       const int64_t q = std::clamp<int64_t>(shift_round_even(x[i], t), range.lo, range.hi);
       const int64_t d = x[i] - q * (int64_t{1} << t);
       const uint64_t a = static_cast<uint64_t>(d < 0 ? -d : d);
-      err += static_cast<U128>(a) * a;
+      err[j] += static_cast<U128>(a) * a;
     }
-    if (t == s || err < best_err) {
-      best = t;
-      best_err = err;
-    }
-  }
-  return best;
+  int best = 0;  // ties keep the coarser step
+  for (int j = 1; j < count; ++j)
+    if (err[j] < err[best]) best = j;
+  return s - best;
 }
 
 namespace {
