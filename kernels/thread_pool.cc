@@ -75,10 +75,11 @@ void ThreadPool::parallel_for(std::size_t n, std::size_t tile, const RangeFn& fn
                       std::memory_order_relaxed);
   };
   const auto start = Clock::now();
-  // Workers sleep between regions instead of spinning: on cores shared with other processes a spinning worker
-  // steals the time slice the caller needs, and every region's barrier then waits for a reschedule.
-  pthreadpool_parallelize_1d_tile_1d(pool_, &run_tile, const_cast<RangeFn*>(&timed), n, tile,
-                                     PTHREADPOOL_FLAG_YIELD_WORKERS);
+  // After the region, workers spin for the next one while the machine is quiet and sleep once it is not
+  // (SplitAdvisor::kSpinOverheadNs): on cores shared with other processes a spinning worker steals the time
+  // slice the caller needs, and every region's barrier then waits for a reschedule.
+  const uint32_t flags = advisor_.spin_workers() ? 0 : PTHREADPOOL_FLAG_YIELD_WORKERS;
+  pthreadpool_parallelize_1d_tile_1d(pool_, &run_tile, const_cast<RangeFn*>(&timed), n, tile, flags);
   const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
   advisor_.observe(static_cast<double>(wall), static_cast<double>(busy_ns.load(std::memory_order_relaxed)));
 }

@@ -22,6 +22,12 @@ class SplitAdvisor {
   // probe): the estimate recovers when the machine quiets down, and probing costs at most ~1/kProbeRatio of the
   // time spent unsplit.
   static constexpr double kProbeRatio = 16.0;
+  // Below this estimated overhead the machine counts as quiet: the other processors are ours, and workers may
+  // spin between parallel regions (waking a sleeping worker costs 12–40 µs on a KVM guest, a spinning one
+  // starts within a microsecond). Above it other processes hold the processors, and a spinning worker would
+  // take the time slice the caller needs, so workers sleep. A contended fork-join costs a scheduler time slice
+  // (milliseconds), far above this line.
+  static constexpr double kSpinOverheadNs = 100e3;
 
   explicit SplitAdvisor(std::size_t threads) : threads_(threads) {}
   // A parallel call over all threads took `wall_ns`; its tasks ran for `busy_ns` in total. Its overhead is what
@@ -33,6 +39,8 @@ class SplitAdvisor {
   // time for a probe.
   bool worth_splitting(double work_ns);
   double overhead_ns() const { return overhead_ns_.load(std::memory_order_relaxed); }
+  // Whether the pool's workers should spin, not sleep, after the next parallel region (see kSpinOverheadNs).
+  bool spin_workers() const { return overhead_ns() < kSpinOverheadNs; }
 
  private:
   std::size_t threads_;

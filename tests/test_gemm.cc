@@ -482,6 +482,7 @@ TEST(Int4, LayoutIsLowNibbleFirstTwosComplement) {
 TEST(ThreadPool, AdvisorSplitsOnlyWhenTheSavingExceedsTheMeasuredOverhead) {
   SplitAdvisor a(2);
   EXPECT_TRUE(a.worth_splitting(100.0));  // nothing measured yet: split, and measure
+  EXPECT_TRUE(a.spin_workers());
   // A call that took its whole work on one thread (the other worker ran late): overhead 1e6 − 1e6/2, taken at
   // once; a faster call afterwards only halves the distance.
   a.observe(1e6, 1e6);
@@ -491,6 +492,7 @@ TEST(ThreadPool, AdvisorSplitsOnlyWhenTheSavingExceedsTheMeasuredOverhead) {
   a.observe(1e6, 1e6);
   EXPECT_DOUBLE_EQ(a.overhead_ns(), 5e5);
   EXPECT_TRUE(a.worth_splitting(2e6));  // saves 1e6 > 5e5
+  EXPECT_FALSE(a.spin_workers()) << "a contended machine: workers sleep between regions";
   // Work that would save 5e4 < 5e5 is refused, but once kProbeRatio × 5e5 of it has been refused, one call
   // probes: 1e5 a call → a probe every 80 calls.
   int yes = 0;
@@ -500,6 +502,7 @@ TEST(ThreadPool, AdvisorSplitsOnlyWhenTheSavingExceedsTheMeasuredOverhead) {
   for (int i = 0; i < 40; ++i) a.observe(5e4, 1e5);
   EXPECT_LT(a.overhead_ns(), 1.0);
   EXPECT_TRUE(a.worth_splitting(1e3));
+  EXPECT_TRUE(a.spin_workers()) << "a quiet machine: workers spin between regions";
   SplitAdvisor one(1);
   EXPECT_FALSE(one.worth_splitting(1e12));
 
