@@ -300,17 +300,29 @@ HWY_INLINE V32 RequantCore(V32 x, const RqVec& p, V32 lo, V32 hi) {
   return hn::Min(hn::Max(v, lo), hi);
 }
 
-void RequantizeI8(const int32_t* HWY_RESTRICT x, std::size_t n, int shift, int32_t lo, int32_t hi,
-                  int8_t* HWY_RESTRICT out) {
+HWY_INLINE V32 LoadAsI32(const int32_t* HWY_RESTRICT x) { return hn::LoadU(D32(), x); }
+HWY_INLINE V32 LoadAsI32(const int8_t* HWY_RESTRICT x) { return hn::PromoteTo(D32(), hn::LoadU(D8(), x)); }
+
+// int32 or int8 input, one shift.
+template <typename T>
+void RequantizeI8T(const T* HWY_RESTRICT x, std::size_t n, int shift, int32_t lo, int32_t hi,
+                   int8_t* HWY_RESTRICT out) {
   const D32 d;
   const D8 d8;
   const std::size_t lanes = hn::Lanes(d);
   const RqVec p = RqSet(ShiftConsts(shift));
   const V32 vlo = hn::Set(d, lo), vhi = hn::Set(d, hi);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes)
-    hn::StoreU(hn::DemoteTo(d8, RequantCore(hn::LoadU(d, x + i), p, vlo, vhi)), d8, out + i);
+  for (; i + lanes <= n; i += lanes) hn::StoreU(hn::DemoteTo(d8, RequantCore(LoadAsI32(x + i), p, vlo, vhi)), d8, out + i);
   for (; i < n; ++i) out[i] = ed::requantize_one(x[i], shift, lo, hi);
+}
+void RequantizeI8(const int32_t* HWY_RESTRICT x, std::size_t n, int shift, int32_t lo, int32_t hi,
+                  int8_t* HWY_RESTRICT out) {
+  RequantizeI8T(x, n, shift, lo, hi, out);
+}
+void RequantizeI8FromI8(const int8_t* HWY_RESTRICT x, std::size_t n, int shift, int32_t lo, int32_t hi,
+                        int8_t* HWY_RESTRICT out) {
+  RequantizeI8T(x, n, shift, lo, hi, out);
 }
 
 // Per-column lane constants, one array per constant (a vector of columns loads them like data).
@@ -791,6 +803,9 @@ uint64_t MaxAbsI64(const int64_t* x, std::size_t n) { return ref::max_abs_i64(x,
 void RequantizeI8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out) {
   ref::requantize_i8(x, n, shift, lo, hi, out);
 }
+void RequantizeI8FromI8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out) {
+  ref::requantize_i8(x, n, shift, lo, hi, out);
+}
 void RequantizeI8Cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
                       int8_t* out, const int* up) {
   ref::requantize_i8_cols(x, rows, cols, shift, lo, hi, out, up);
@@ -848,6 +863,7 @@ HWY_EXPORT(MaxAbsI32);
 HWY_EXPORT(ColMaxAbsI32);
 HWY_EXPORT(MaxAbsI64);
 HWY_EXPORT(RequantizeI8);
+HWY_EXPORT(RequantizeI8FromI8);
 HWY_EXPORT(RequantizeI8Cols);
 HWY_EXPORT(ShiftQuantRound);
 HWY_EXPORT(AlignedSumRange);
@@ -891,6 +907,11 @@ uint64_t max_abs_i64(const int64_t* x, std::size_t n) {
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(RequantizeI8)(x, n, shift, lo, hi, out);
+}
+
+void requantize_i8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(RequantizeI8FromI8)(x, n, shift, lo, hi, out);
 }
 
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
@@ -989,6 +1010,10 @@ uint64_t max_abs_i64(const int64_t* x, std::size_t n) {
 }
 
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = ed::requantize_one(x[i], shift, lo, hi);
+}
+
+void requantize_i8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out) {
   for (std::size_t i = 0; i < n; ++i) out[i] = ed::requantize_one(x[i], shift, lo, hi);
 }
 

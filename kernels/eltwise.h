@@ -38,6 +38,8 @@ uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 
 // int32 → int8 requantization to nearest even: out[i] = clamp(R_even(x[i], shift), lo, hi), −128 ≤ lo ≤ 0 ≤ hi ≤ 127.
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
+// The same from int8 values (an int8 operand brought to another exponent, e.g. weight rows to one exponent).
+void requantize_i8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
 // The same with one shift per column: out[r, c] = clamp(R_even(x[r, c], shift[c]), lo, hi), then, when `up` is
 // given, ·2^up[c] (power-of-two column groups in the int8 carrier: caller guarantees max(|lo|, hi)·2^up[c] ≤ 127).
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
@@ -105,6 +107,7 @@ uint64_t max_abs_i32(const int32_t* x, std::size_t n, bool positive_only);
 void col_max_abs_i32(const int32_t* x, std::size_t rows, std::size_t cols, bool positive_only, uint64_t* colmax);
 uint64_t max_abs_i64(const int64_t* x, std::size_t n);
 void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
+void requantize_i8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
                         int8_t* out, const int* up = nullptr);
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,

@@ -78,8 +78,7 @@ int align_rows(const int8_t* w, std::size_t rows, std::size_t cols, const int* e
   const int e = emax - int8_headroom(limit);
   for (std::size_t r = 0; r < rows; ++r) {
     const int s = e - e_row[r];  // ≤ 0: exact left shift; > 0: rounded right shift
-    for (std::size_t c = 0; c < cols; ++c)
-      out[r * cols + c] = static_cast<int8_t>(std::clamp<int64_t>(shift_round_even(w[r * cols + c], s), -127, 127));
+    kernels::requantize_i8(w + r * cols, cols, s, -127, 127, out + r * cols);
   }
   return e;
 }

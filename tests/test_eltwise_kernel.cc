@@ -107,6 +107,15 @@ TEST_P(EltwiseKernelTarget, RequantizeMatchesReference) {
       for (std::size_t i = 0; i < n; ++i)
         ASSERT_EQ(got[i], want[i]) << "s=" << s << " range " << lo << ".." << hi << " x=" << x[i];
       for (std::size_t i = n; i < n + 4; ++i) ASSERT_EQ(got[i], 0x5A) << "wrote past the end";
+      // int8 input: every value −128..127 at each length's tail position too.
+      std::vector<int8_t> x8(n + 256);
+      for (std::size_t i = 0; i < x8.size(); ++i) x8[i] = static_cast<int8_t>(i < 256 ? i : x[i - 256]);
+      std::vector<int8_t> want8(x8.size()), got8(x8.size() + 4, 0x5A);
+      ref::requantize_i8(x8.data(), x8.size(), s, lo, hi, want8.data());
+      requantize_i8(x8.data(), x8.size(), s, lo, hi, got8.data());
+      for (std::size_t i = 0; i < x8.size(); ++i)
+        ASSERT_EQ(got8[i], want8[i]) << "int8 input, s=" << s << " range " << lo << ".." << hi << " x=" << int{x8[i]};
+      for (std::size_t i = x8.size(); i < got8.size(); ++i) ASSERT_EQ(got8[i], 0x5A) << "wrote past the end";
     }
   }
   for (std::size_t cols : kCols) {
