@@ -50,10 +50,6 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   const int ex = xq->exponent();
 
   // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].
-  auto out = std::make_shared<Var>();
-  out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
-  int32_t* y = out->value.data<int32_t>();
-  wq->forward(xq->data<int8_t>(), y, n, ctx.pool);
   std::vector<int> e_out(m);
   for (std::size_t c = 0; c < m; ++c) e_out[c] = ex + wq->q.exponents()[c];
   // Bias, moved from its master exponent to each output column's exponent (saturating: a bias far coarser than the
@@ -61,9 +57,24 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   const int32_t* b = bias_.master.data<int32_t>();
   const int eb = bias_.master.exponent();
   std::vector<int64_t> b_aligned(m);
-  for (std::size_t c = 0; c < m; ++c) b_aligned[c] = quant::shift_round_even_sat(b[c], e_out[c] - eb);
-  for (std::size_t r = 0; r < n; ++r)
-    for (std::size_t c = 0; c < m; ++c) y[r * m + c] = quant::saturate_i32(int64_t{y[r * m + c]} + b_aligned[c]);
+  bool fits = true;
+  for (std::size_t c = 0; c < m; ++c) {
+    b_aligned[c] = quant::shift_round_even_sat(b[c], e_out[c] - eb);
+    fits = fits && b_aligned[c] == quant::saturate_i32(b_aligned[c]);
+  }
+  auto out = std::make_shared<Var>();
+  out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
+  int32_t* y = out->value.data<int32_t>();
+  if (fits) {
+    // The usual case: the GEMM adds the bias (saturating) as each output tile is finished.
+    const std::vector<int32_t> b32(b_aligned.begin(), b_aligned.end());
+    wq->forward(xq->data<int8_t>(), y, n, ctx.pool, kernels::GemmEpilogue{b32.data(), false});
+  } else {
+    // A bias beyond int32 at the column's exponent (a diverged run or a hostile file): saturate in int64.
+    wq->forward(xq->data<int8_t>(), y, n, ctx.pool);
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t c = 0; c < m; ++c) y[r * m + c] = quant::saturate_i32(int64_t{y[r * m + c]} + b_aligned[c]);
+  }
   out->value.set_exponents(ScaleAxis::kCol, std::move(e_out));
 
   if (!ctx.training()) return out;

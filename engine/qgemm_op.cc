@@ -84,12 +84,12 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
 }
 
 void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
-                              kernels::ThreadPool* pool) {
+                              kernels::ThreadPool* pool, const kernels::GemmEpilogue& epilogue) {
   const bool fwd = use_ == kernels::PackedWeights::Use::kForward;
   if (!used_) {  // the first product packs W inside the call
     used_ = true;
     if (fwd) {
-      kernels::gemm_forward(a, w, c, n, m, k, pool);
+      kernels::gemm_forward(a, w, c, n, m, k, pool, epilogue);
     } else {
       kernels::gemm_dgrad(a, w, c, n, m, k, pool);
     }
@@ -98,7 +98,7 @@ void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, s
   if (packed_.empty())
     packed_ = fwd ? kernels::pack_weights_forward(w, m, k, pool) : kernels::pack_weights_dgrad(w, m, k, pool);
   if (fwd) {
-    kernels::gemm_forward_packed(a, packed_, c, n, pool);
+    kernels::gemm_forward_packed(a, packed_, c, n, pool, epilogue);
   } else {
     kernels::gemm_dgrad_packed(a, packed_, c, n, pool);
   }

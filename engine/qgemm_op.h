@@ -54,9 +54,9 @@ struct QGemmConfig {
 class WeightProducts {
  public:
   explicit WeightProducts(kernels::PackedWeights::Use use) : use_(use) {}
-  // C[n × m] (forward, A[n × k]) or C[n × k] (dgrad, A[n × m]).
+  // C[n × m] (forward, A[n × k], then the epilogue) or C[n × k] (dgrad, A[n × m]; the epilogue must be empty).
   void multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
-                kernels::ThreadPool* pool);
+                kernels::ThreadPool* pool, const kernels::GemmEpilogue& epilogue = {});
 
  private:
   kernels::PackedWeights::Use use_;
@@ -72,9 +72,10 @@ struct QuantizedWeights {
   int aligned_exponent = 0;
   uint64_t version = 0;
 
-  // Y[n × out] = X_q · W_qᵀ (int32, exponent e_x + e_w[c]).
-  void forward(const int8_t* x, int32_t* y, std::size_t n, kernels::ThreadPool* pool) const {
-    forward_.multiply(x, q.data<int8_t>(), q.rows(), q.cols(), y, n, pool);
+  // Y[n × out] = X_q · W_qᵀ (int32, exponent e_x + e_w[c]), then the epilogue (bias at those exponents, ReLU).
+  void forward(const int8_t* x, int32_t* y, std::size_t n, kernels::ThreadPool* pool,
+               const kernels::GemmEpilogue& epilogue = {}) const {
+    forward_.multiply(x, q.data<int8_t>(), q.rows(), q.cols(), y, n, pool, epilogue);
   }
   // dX[n × in] = dY_shifted · W_aligned (dY_shifted n × out).
   void dgrad(const int8_t* dy, int32_t* dx, std::size_t n, kernels::ThreadPool* pool) const {

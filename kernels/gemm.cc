@@ -43,6 +43,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #undef HWY_TARGET_INCLUDE
@@ -104,6 +105,7 @@ struct GemmArgs {
   OperandB b;
   int32_t* c;  // rows × cols, leading dimension cols
   std::size_t rows, cols, k;
+  GemmEpilogue epilogue;
 };
 
 struct CacheSizes {
@@ -749,8 +751,52 @@ constexpr auto kKernels = MakeKernelTable(std::make_index_sequence<kRowQuantum *
 // C[rows × ncols] (leading dimension ldc) = A (packed rows, leading dimension lda, at this K block) · one
 // panel's block of `groups` groups; stored, or added when `accumulate`. Row tiles one after the other against
 // the same panel block, which stays in L1.
+// sat32(a + b) in int32 lanes: the wrapped sum, or the bound of a's sign where a and b share a sign the sum lost.
+HWY_INLINE V32 SaturatedAdd32(V32 a, V32 b) {
+  const D32 d;
+  const V32 sum = hn::Add(a, b);  // modular
+  const auto overflow = hn::Lt(hn::And(hn::Xor(a, sum), hn::Xor(b, sum)), hn::Zero(d));
+  const V32 bound = hn::Xor(hn::ShiftRight<31>(a), hn::Set(d, std::numeric_limits<int32_t>::max()));
+  return hn::IfThenElse(overflow, bound, sum);
+}
+
+// The epilogue (gemm.h) over a finished tile C[rows × ncols] (leading dimension ldc); `bias` at its first column.
+void TileEpilogue(int32_t* HWY_RESTRICT c, std::size_t ldc, std::size_t rows, std::size_t ncols,
+                  const int32_t* HWY_RESTRICT bias, bool relu) {
+  const D32 d;
+  const std::size_t lanes = hn::Lanes(d);
+  const V32 zero = hn::Zero(d);
+  for (std::size_t i = 0; i < rows; ++i) {
+    int32_t* row = c + i * ldc;
+    std::size_t j = 0;
+    for (; j + lanes <= ncols; j += lanes) {
+      V32 v = hn::LoadU(d, row + j);
+      if (bias != nullptr) v = SaturatedAdd32(v, hn::LoadU(d, bias + j));
+      if (relu) v = hn::Max(v, zero);
+      hn::StoreU(v, d, row + j);
+    }
+    for (; j < ncols; ++j) {
+      int64_t v = row[j];
+      if (bias != nullptr) v += bias[j];
+      v = std::clamp<int64_t>(v, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+      row[j] = static_cast<int32_t>(relu ? std::max<int64_t>(v, 0) : v);
+    }
+  }
+}
+
+// The epilogue of the product's last K block, for the columns a call writes: `bias` at C's column 0.
+struct Epilogue {
+  const int32_t* bias;
+  bool relu;
+};
+
+// C[rows × ncols] (leading dimension ldc) = A (packed rows, leading dimension lda, at this K block) · one
+// panel's block of `groups` groups; stored, or added when `accumulate`. Row tiles one after the other against
+// the same panel block, which stays in L1; each tile gets the epilogue `ep` (null: none; its bias at this
+// panel's first column) right after the kernel wrote it.
 void PanelRows(const PackedA* a, std::size_t lda, const int32_t* sums, const PackedB* b, std::size_t groups,
-               int32_t* c, std::size_t ldc, std::size_t rows, std::size_t ncols, bool accumulate) {
+               int32_t* c, std::size_t ldc, std::size_t rows, std::size_t ncols, bool accumulate,
+               const Epilogue* ep) {
   const std::size_t lanes = hn::Lanes(D32());
   const std::size_t nr = (ncols + lanes - 1) / lanes;
   const std::size_t tile = MaxRows(nr);
@@ -762,7 +808,15 @@ void PanelRows(const PackedA* a, std::size_t lda, const int32_t* sums, const Pac
     } else {
       kKernels[(mr - 1) * kNR + (nr - 1)](a + i * lda, lda, b, groups, s, c + i * ldc, ldc, ncols, accumulate);
     }
+    if (ep != nullptr) TileEpilogue(c + i * ldc, ldc, mr, ncols, ep->bias, ep->relu);
   }
+}
+
+// The same epilogue shifted to the panel whose first column is `col` (null stays null).
+HWY_INLINE const Epilogue* AtColumn(const Epilogue* ep, std::size_t col, Epilogue* storage) {
+  if (ep == nullptr) return nullptr;
+  *storage = {ep->bias != nullptr ? ep->bias + col : nullptr, ep->relu};
+  return storage;
 }
 
 // A K block of at most this many groups is "short": C's traffic outweighs B's (see MultiplyBlock).
@@ -776,7 +830,8 @@ constexpr std::size_t kShortBlock = 32;
 // block staying in L1.
 void MultiplyBlock(const PackedA* a, std::size_t lda, const int32_t* sums, const PackedB* b, std::size_t stride,
                    std::size_t p0, std::size_t p1, std::size_t groups, int32_t* c, std::size_t ldc, std::size_t rows,
-                   std::size_t cols, bool accumulate) {
+                   std::size_t cols, bool accumulate, const Epilogue* ep) {
+  Epilogue at;
   const std::size_t pw = PanelWidth();
   const std::size_t bytes = (p1 - p0) * groups * GroupElems() * sizeof(PackedB);
   const bool rows_outer = p1 - p0 > 1 && (bytes <= detail::cache_sizes().l1d / 2 ||
@@ -786,13 +841,13 @@ void MultiplyBlock(const PackedA* a, std::size_t lda, const int32_t* sums, const
       const std::size_t mr = std::min(kRowQuantum, rows - i);
       for (std::size_t p = p0; p < p1; ++p) {
         PanelRows(a + i * lda, lda, sums != nullptr ? sums + i : nullptr, b + (p - p0) * stride, groups,
-                  c + i * ldc + p * pw, ldc, mr, std::min(pw, cols - p * pw), accumulate);
+                  c + i * ldc + p * pw, ldc, mr, std::min(pw, cols - p * pw), accumulate, AtColumn(ep, p * pw, &at));
       }
     }
   } else {
     for (std::size_t p = p0; p < p1; ++p) {
       PanelRows(a, lda, sums, b + (p - p0) * stride, groups, c + p * pw, ldc, rows, std::min(pw, cols - p * pw),
-                accumulate);
+                accumulate, AtColumn(ep, p * pw, &at));
     }
   }
 }
@@ -850,7 +905,8 @@ const PackedB* PanelBlocks(const OperandB& b, const PackedB* all, std::size_t k,
 // its rows stream past it.
 void MultiplyPanels(const OperandB& b, const PackedB* prepacked, std::size_t k, std::size_t n, std::size_t p0,
                     std::size_t p1, std::size_t g0, std::size_t g1, const PackedA* a, std::size_t lda,
-                    const int32_t* sums, int32_t* c, std::size_t ldc, std::size_t rows, Slot slot) {
+                    const int32_t* sums, int32_t* c, std::size_t ldc, std::size_t rows, Slot slot,
+                    const Epilogue* ep) {
   const std::size_t kc = KcGroups();
   const std::size_t np = p1 - p0;
   const std::size_t len0 = std::min(kc, g1 - g0);
@@ -863,7 +919,7 @@ void MultiplyPanels(const OperandB& b, const PackedB* prepacked, std::size_t k, 
       const std::size_t len = std::min(kc, g1 - g);
       const PackedB* bb = PanelBlocks(b, prepacked, k, n, p0, p1, g, len, slot, &stride);
       MultiplyBlock(a + (g - g0) * kGroup, lda, g == g0 ? sums : nullptr, bb, stride, p0, p1, len, c, ldc, rows, n,
-                    g > g0);
+                    g > g0, g + len == g1 ? ep : nullptr);
     }
     return;
   }
@@ -872,7 +928,7 @@ void MultiplyPanels(const OperandB& b, const PackedB* prepacked, std::size_t k, 
       const std::size_t len = std::min(kc, g1 - g);
       const PackedB* bb = PanelBlocks(b, prepacked, k, n, p, p + 1, g, len, slot, &stride);
       MultiplyBlock(a + (g - g0) * kGroup, lda, g == g0 ? sums : nullptr, bb, stride, p, p + 1, len, c, ldc, rows, n,
-                    g > g0);
+                    g > g0, g + len == g1 ? ep : nullptr);
     }
   }
 }
@@ -896,8 +952,11 @@ GemmSplit ChooseSplit(std::size_t rows, std::size_t cols, std::size_t k, std::si
 void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
   const std::size_t rows = args.rows, cols = args.cols, k = args.k;
   if (rows == 0 || cols == 0) return;
+  const Epilogue epilogue{args.epilogue.bias, args.epilogue.relu};
+  const Epilogue* const ep = args.epilogue.empty() ? nullptr : &epilogue;
   if (k == 0) {
     std::memset(args.c, 0, rows * cols * sizeof(int32_t));
+    if (ep != nullptr) TileEpilogue(args.c, cols, rows, cols, ep->bias, ep->relu);
     return;
   }
   const std::size_t groups = DivUp(k, kGroup), kp = groups * kGroup;
@@ -925,13 +984,15 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
         auto* sums = vnni ? static_cast<int32_t*>(detail::scratch(Slot::kTaskSums, rows * sizeof(int32_t))) : nullptr;
         const ReadyA ra = PrepareA(args.a, 0, rows, g0 * kGroup, std::min(k, g1 * kGroup), sums, Slot::kTaskA,
                                    Slot::kTaskTransposed);
-        MultiplyPanels(b, prepacked, k, cols, 0, panels, g0, g1, ra.a, ra.lda, sums, out, cols, rows, Slot::kTaskB);
+        MultiplyPanels(b, prepacked, k, cols, 0, panels, g0, g1, ra.a, ra.lda, sums, out, cols, rows, Slot::kTaskB,
+                       nullptr);
       }
     });
     for (std::size_t ci = 1; ci < chunks; ++ci) {
       const int32_t* src = partial + (ci - 1) * rows * cols;
       for (std::size_t i = 0; i < rows * cols; ++i) args.c[i] += src[i];  // every prefix fits int32 (see top)
     }
+    if (ep != nullptr) TileEpilogue(args.c, cols, rows, cols, ep->bias, ep->relu);  // only the sum is final
     return;
   }
 
@@ -953,7 +1014,7 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
           vnni ? static_cast<int32_t*>(detail::scratch(Slot::kTaskSums, (i1 - i0) * sizeof(int32_t))) : nullptr;
       const ReadyA ra = PrepareA(args.a, i0, i1, 0, k, sums, Slot::kTaskA, Slot::kTaskTransposed);
       MultiplyPanels(b, bp, k, cols, 0, panels, 0, groups, ra.a, ra.lda, sums, args.c + i0 * cols, cols, i1 - i0,
-                     Slot::kTaskB);
+                     Slot::kTaskB, ep);
     };
     if (par != nullptr) {
       par->parallel_for(rows, mc, task);
@@ -967,7 +1028,8 @@ void Gemm(const detail::GemmArgs& args, ThreadPool* pool) {
   auto* sums = vnni ? static_cast<int32_t*>(detail::scratch(Slot::kSums, rows * sizeof(int32_t))) : nullptr;
   const ReadyA ra = PrepareA(args.a, 0, rows, 0, k, sums, Slot::kPackedA, Slot::kTransposed);
   const auto task = [&](std::size_t p0, std::size_t p1) {
-    MultiplyPanels(b, prepacked, k, cols, p0, p1, 0, groups, ra.a, ra.lda, sums, args.c, cols, rows, Slot::kTaskB);
+    MultiplyPanels(b, prepacked, k, cols, p0, p1, 0, groups, ra.a, ra.lda, sums, args.c, cols, rows, Slot::kTaskB,
+                   ep);
   };
   if (par != nullptr) {
     par->parallel_for(panels, 1, task);
@@ -1062,9 +1124,9 @@ void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
 namespace {
 
 void run(const OperandA& a, const OperandB& b, int32_t* c, std::size_t rows, std::size_t cols, std::size_t k,
-         ThreadPool* pool) {
+         ThreadPool* pool, const GemmEpilogue& epilogue = {}) {
   ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GemmEntry)(GemmArgs{a, b, c, rows, cols, k}, pool);
+  HWY_DYNAMIC_DISPATCH(GemmEntry)(GemmArgs{a, b, c, rows, cols, k, epilogue}, pool);
 }
 
 const uint8_t* bytes(const int8_t* p) { return reinterpret_cast<const uint8_t*>(p); }
@@ -1137,9 +1199,9 @@ using detail::OperandB;
 using Use = PackedWeights::Use;
 
 void gemm_forward(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
-                  ThreadPool* pool) {
+                  ThreadPool* pool, const GemmEpilogue& epilogue) {
   detail::run(OperandA{bytes(x), k, false, false}, detail::weights_operand(bytes(w), k, false, Use::kForward), y, n,
-              m, k, pool);
+              m, k, pool, epilogue);
 }
 
 void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
@@ -1162,11 +1224,12 @@ PackedWeights pack_weights_dgrad(const int8_t* w, std::size_t m, std::size_t k, 
   return detail::pack(Use::kDgrad, bytes(w), m, k, false, pool);
 }
 
-void gemm_forward_packed(const int8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool) {
+void gemm_forward_packed(const int8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool,
+                         const GemmEpilogue& epilogue) {
   detail::check_use(w, Use::kForward, "gemm_forward_packed");
   detail::ensure_dispatch_ready();
   detail::run(OperandA{bytes(x), w.k(), false, false}, detail::packed_operand(w, Use::kForward), y, n, w.m(), w.k(),
-              pool);
+              pool, epilogue);
 }
 
 void gemm_dgrad_packed(const int8_t* dy, const PackedWeights& w, int32_t* dx, std::size_t n, ThreadPool* pool) {
@@ -1179,9 +1242,9 @@ void gemm_dgrad_packed(const int8_t* dy, const PackedWeights& w, int32_t* dx, st
 // ---- int4 (int4.h) ----------------------------------------------------------------------------------------------
 
 void gemm_forward_s4(const uint8_t* x, const uint8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
-                     ThreadPool* pool) {
+                     ThreadPool* pool, const GemmEpilogue& epilogue) {
   detail::run(OperandA{x, int4_row_bytes(k), true, false}, detail::weights_operand(w, k, true, Use::kForward), y, n,
-              m, k, pool);
+              m, k, pool, epilogue);
 }
 
 void gemm_dgrad_s4(const uint8_t* dy, const uint8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
@@ -1207,11 +1270,12 @@ PackedWeights pack_weights_dgrad_s4(const uint8_t* w, std::size_t m, std::size_t
   return detail::pack(Use::kDgrad, w, m, k, true, pool);
 }
 
-void gemm_forward_packed_s4(const uint8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool) {
+void gemm_forward_packed_s4(const uint8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool,
+                            const GemmEpilogue& epilogue) {
   detail::check_use(w, Use::kForward, "gemm_forward_packed_s4");
   detail::ensure_dispatch_ready();
   detail::run(OperandA{x, int4_row_bytes(w.k()), true, false}, detail::packed_operand(w, Use::kForward), y, n, w.m(),
-              w.k(), pool);
+              w.k(), pool, epilogue);
 }
 
 void gemm_dgrad_packed_s4(const uint8_t* dy, const PackedWeights& w, int32_t* dx, std::size_t n, ThreadPool* pool) {

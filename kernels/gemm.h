@@ -28,9 +28,19 @@ class ThreadPool;
 // 131071 · 128 · 128 = 2^31 − 2^14 < 2^31.
 inline constexpr std::size_t kMaxReduction = 131071;
 
-// Y = X · Wᵀ. `pool` may be null (single thread).
+// What a forward product does to each output right after its last reduction step, while the output tile is
+// still in L1 (instead of another pass over Y):  y[i][j] = sat32(y[i][j] + bias[j]), then max(y[i][j], 0) when
+// `relu`. `bias` (one int32 per output column, already at the output's exponent) may be null; sat32 saturates
+// at the int32 range.
+struct GemmEpilogue {
+  const int32_t* bias = nullptr;
+  bool relu = false;
+  bool empty() const { return bias == nullptr && !relu; }
+};
+
+// Y = X · Wᵀ, then the epilogue. `pool` may be null (single thread).
 void gemm_forward(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
-                  ThreadPool* pool);
+                  ThreadPool* pool, const GemmEpilogue& epilogue = {});
 // dX = dY · W.
 void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
                 ThreadPool* pool);
@@ -90,7 +100,8 @@ class PackedWeights {
 PackedWeights pack_weights_forward(const int8_t* w, std::size_t m, std::size_t k, ThreadPool* pool);
 PackedWeights pack_weights_dgrad(const int8_t* w, std::size_t m, std::size_t k, ThreadPool* pool);
 // Y[n×m] = X[n×k] · Wᵀ with `w` from pack_weights_forward (m, k taken from it).
-void gemm_forward_packed(const int8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool);
+void gemm_forward_packed(const int8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool,
+                         const GemmEpilogue& epilogue = {});
 // dX[n×k] = dY[n×m] · W with `w` from pack_weights_dgrad.
 void gemm_dgrad_packed(const int8_t* dy, const PackedWeights& w, int32_t* dx, std::size_t n, ThreadPool* pool);
 
@@ -111,6 +122,8 @@ namespace ref {
 void gemm_forward(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k);
 void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k);
 void gemm_wgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k);
+// The epilogue over Y[n×m], one element at a time.
+void gemm_epilogue(int32_t* y, std::size_t n, std::size_t m, const GemmEpilogue& epilogue);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

@@ -24,9 +24,9 @@ void pack_int4(const int8_t* src, std::size_t rows, std::size_t cols, uint8_t* d
 // dst (rows × cols int8) ← src (int4 layout above).
 void unpack_int4(const uint8_t* src, std::size_t rows, std::size_t cols, int8_t* dst);
 
-// Every operand int4 (the layouts of gemm.h).
+// Every operand int4 (the layouts of gemm.h; the forward takes gemm.h's epilogue too).
 void gemm_forward_s4(const uint8_t* x, const uint8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
-                     ThreadPool* pool);
+                     ThreadPool* pool, const GemmEpilogue& epilogue = {});
 void gemm_dgrad_s4(const uint8_t* dy, const uint8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
                    ThreadPool* pool);
 void gemm_wgrad_s4(const uint8_t* dy, const uint8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
@@ -36,7 +36,8 @@ void gemm_wgrad_s4(const uint8_t* dy, const uint8_t* x, int32_t* dw, std::size_t
 // (gemm_forward_packed / gemm_dgrad_packed) or int4 activations (below).
 PackedWeights pack_weights_forward_s4(const uint8_t* w, std::size_t m, std::size_t k, ThreadPool* pool);
 PackedWeights pack_weights_dgrad_s4(const uint8_t* w, std::size_t m, std::size_t k, ThreadPool* pool);
-void gemm_forward_packed_s4(const uint8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool);
+void gemm_forward_packed_s4(const uint8_t* x, const PackedWeights& w, int32_t* y, std::size_t n, ThreadPool* pool,
+                            const GemmEpilogue& epilogue = {});
 void gemm_dgrad_packed_s4(const uint8_t* dy, const PackedWeights& w, int32_t* dx, std::size_t n, ThreadPool* pool);
 
 // Scalar references: element by element, straight from the layout description.

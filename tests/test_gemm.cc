@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cstdint>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <set>
@@ -249,6 +250,55 @@ TEST_P(GemmTarget, EverySplitAndBlockingMatchesReferenceForAnyThreadCount) {
   EXPECT_EQ(seen_two.size(), 3u) << "the shapes no longer reach every split with 2 threads";
   EXPECT_TRUE(seen_one.count(GemmSplit::kRows) == 1) << "no shape packs A by row blocks on one thread";
   EXPECT_TRUE(seen_one.count(GemmSplit::kReduction) == 0) << "one thread never splits the reduction";
+}
+
+// The forward epilogue (bias, ReLU) applied as tiles finish, in every split and with K blocks, against the
+// reference product followed by the reference epilogue; biases at the int32 extremes make the saturation happen.
+TEST_P(GemmTarget, ForwardEpilogueMatchesReferenceInEverySplit) {
+  std::mt19937 rng(11);
+  ThreadPool two(2, ThreadPool::Split::kAlways), three(3, ThreadPool::Split::kAlways);
+  std::set<GemmSplit> seen;
+  const Shape shapes[] = {{1, 1, 1},      {3, 5, 7},        {6, 70, 33},   {4, 3, 0},      {17, 33, 65},
+                          {64, 256, 784}, {3000, 20, 100}, {5, 2000, 70}, {97, 61, 3001}, {1, 700, 9000},
+                          {20000, 7, 130}};
+  std::uniform_int_distribution<int32_t> any(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+  std::uniform_int_distribution<int32_t> small(-300000, 300000);
+  for (const Shape& s : shapes) {
+    seen.insert(split_of(Layout::kForward, s, 2));
+    const auto x = random_int8(s.n * s.k, rng), w = random_int8(s.m * s.k, rng);
+    const auto x4 = random_int4(s.n * s.k, rng), w4 = random_int4(s.m * s.k, rng);
+    std::vector<int32_t> bias(s.m + 1);
+    for (std::size_t j = 0; j < s.m; ++j) {
+      const std::size_t pick = j % 5;
+      bias[j] = pick == 0   ? std::numeric_limits<int32_t>::max()
+                : pick == 1 ? std::numeric_limits<int32_t>::min()
+                : pick == 2 ? any(rng)
+                            : small(rng);
+    }
+    const PackedWeights packed = pack_weights_forward(w.data(), s.m, s.k, nullptr);
+    const auto x4p = to_int4(x4, s.n, s.k), w4p = to_int4(w4, s.m, s.k);
+    for (const GemmEpilogue ep :
+         {GemmEpilogue{bias.data(), false}, GemmEpilogue{bias.data(), true}, GemmEpilogue{nullptr, true}}) {
+      std::vector<int32_t> want(s.n * s.m), want4(s.n * s.m);
+      ref::gemm_forward(x.data(), w.data(), want.data(), s.n, s.m, s.k);
+      ref::gemm_epilogue(want.data(), s.n, s.m, ep);
+      ref::gemm_forward(x4.data(), w4.data(), want4.data(), s.n, s.m, s.k);
+      ref::gemm_epilogue(want4.data(), s.n, s.m, ep);
+      const std::string what = std::string(ep.bias != nullptr ? " bias" : "") + (ep.relu ? " relu" : "");
+      for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &two, &three}) {
+        std::vector<int32_t> got(s.n * s.m + kGuard, kSentinel);
+        gemm_forward(x.data(), w.data(), got.data(), s.n, s.m, s.k, pool, ep);
+        expect_same(got, want, describe(("forward" + what).c_str(), s, pool));
+        got.assign(s.n * s.m + kGuard, kSentinel);
+        gemm_forward_packed(x.data(), packed, got.data(), s.n, pool, ep);
+        expect_same(got, want, describe(("forward_packed" + what).c_str(), s, pool));
+        got.assign(s.n * s.m + kGuard, kSentinel);
+        gemm_forward_s4(x4p.data(), w4p.data(), got.data(), s.n, s.m, s.k, pool, ep);
+        expect_same(got, want4, describe(("forward_s4" + what).c_str(), s, pool));
+      }
+    }
+  }
+  EXPECT_EQ(seen.size(), 3u) << "the shapes no longer reach every split of the forward product with 2 threads";
 }
 
 // ---- Packed weights ------------------------------------------------------------------------------------------
