@@ -22,6 +22,7 @@
 #include <benchmark/benchmark.h>
 #include <xnnpack.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -136,6 +137,36 @@ void BM_qtrain_s8_packed(benchmark::State& state) {
     if constexpr (L == Layout::kForward) qk::gemm_forward_packed(a.data(), packed, c.data(), d.n, nullptr);
     if constexpr (L == Layout::kDgrad) qk::gemm_dgrad_packed(a.data(), packed, c.data(), d.n, nullptr);
     benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, d.n, d.m, d.k);
+}
+
+// Forward with packed weights followed by bias + ReLU: in the GEMM's epilogue (fused = 1, as each output tile is
+// finished) or as a separate pass over Y afterwards (fused = 0, what the epilogue replaces).
+void BM_qtrain_s8_epilogue(benchmark::State& state) {
+  const Dims d = dims_of(state);
+  const bool fused = state.range(3) != 0;
+  const auto x = random_vector<int8_t>(d.n * d.k, -128, 127, 1);
+  const auto w = random_vector<int8_t>(d.m * d.k, -128, 127, 2);
+  const auto bias = random_vector<int32_t>(d.m, -100000, 100000, 3);
+  std::vector<int32_t> y(d.n * d.m);
+  const qk::PackedWeights packed = qk::pack_weights_forward(w.data(), d.m, d.k, nullptr);
+  const qk::GemmEpilogue ep{bias.data(), true};
+  for (auto _ : state) {
+    if (fused) {
+      qk::gemm_forward_packed(x.data(), packed, y.data(), d.n, nullptr, ep);
+    } else {
+      qk::gemm_forward_packed(x.data(), packed, y.data(), d.n, nullptr);
+      for (std::size_t i = 0; i < d.n; ++i) {
+        int32_t* row = y.data() + i * d.m;
+        for (std::size_t j = 0; j < d.m; ++j) {
+          const int64_t v = std::clamp<int64_t>(int64_t{row[j]} + bias[j], std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+          row[j] = static_cast<int32_t>(std::max<int64_t>(v, 0));
+        }
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, d.n, d.m, d.k);
@@ -451,6 +482,13 @@ BENCHMARK(BM_qtrain_s8_threads<Layout::kForward, false>)
 BENCHMARK(BM_qtrain_s8_threads<Layout::kDgrad, false>)->Name("BM_qtrain_s8_threads<Layout::kDgrad>")->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_s8_threads<Layout::kWgrad, false>)->Name("BM_qtrain_s8_threads<Layout::kWgrad>")->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_split)->Apply(split_shapes);
+BENCHMARK(BM_qtrain_s8_epilogue)
+    ->ArgNames({"n", "m", "k", "fused"})
+    ->ArgsProduct({{64}, {256}, {784}, {0, 1}})
+    ->ArgsProduct({{64}, {128}, {256}, {0, 1}})
+    ->ArgsProduct({{256}, {1024}, {1024}, {0, 1}})
+    ->ArgsProduct({{4096}, {256}, {784}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond);
 
 // Adds "peak%" (GOP/s over the measured peak, times the thread count) to every run that has a GOP counter.
 template <typename Base>
