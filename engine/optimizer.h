@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/param.h"
+#include "quant/uninit_vector.h"
 
 namespace qtrain {
 
@@ -30,7 +31,7 @@ class Sgd {
 
  private:
   SgdConfig cfg_;
-  std::vector<int64_t> scratch_;
+  UninitVector<int64_t> scratch_;  // the int64 accumulators, every element written before it is read
 };
 
 }  // namespace qtrain
