@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
 
+#include "engine/parallel.h"
 #include "kernels/norm.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
@@ -149,6 +151,185 @@ Tensor fx_tensor(const std::vector<Fx>& v, int fallback_exponent) {
 }
 
 Fx fx_of_wide(const kernels::WideSum& w) { return fx_add({w.hi, 32}, {w.lo, 0}); }
+
+// ============================================================================================================
+// Row splits. Every element pass runs over runs of whole rows on the step's pool: a batch norm's per-column
+// reductions give per-run partials that the caller merges (integer sums add, min/max combine: exact, so any split
+// gives the single pass's integers), and its element-wise passes write their own rows. A layer norm's rows are
+// independent groups.
+// ============================================================================================================
+
+// `chunks` runs of whole rows, chunk i = rows [rows·i/chunks, rows·(i+1)/chunks): four per thread, as for_tiles
+// tiles its index space; one without a pool. run() gives each parallel task a range of consecutive chunks,
+// calling fn(first_chunk, r0, r1) once for their rows; the first chunk indexes the task's scratch (Partials).
+class RowSplit {
+ public:
+  RowSplit(kernels::ThreadPool* pool, std::size_t rows)
+      : pool_(pool),
+        rows_(rows),
+        chunks_(pool != nullptr && pool->threads() > 1 ? std::clamp<std::size_t>(rows, 1, 4 * pool->threads()) : 1) {}
+
+  std::size_t chunks() const { return chunks_; }
+
+  // `work_ns`: the single-thread cost estimate for_tiles' SplitAdvisor weighs (kNsPerByte × bytes touched). An
+  // exception in a task is rethrown here (the first by chunk order) after every task has finished: the pool runs
+  // tasks behind C frames.
+  template <class Fn>
+  void run(double work_ns, Fn&& fn) const {
+    if (chunks_ == 1) {
+      fn(std::size_t{0}, std::size_t{0}, rows_);
+      return;
+    }
+    std::vector<std::exception_ptr> errors(chunks_);
+    for_tiles(pool_, chunks_, work_ns, [&](std::size_t c0, std::size_t c1) {
+      try {
+        fn(c0, row(c0), row(c1));
+      } catch (...) {
+        errors[c0] = std::current_exception();
+      }
+    });
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+ private:
+  std::size_t row(std::size_t chunk) const { return rows_ * chunk / chunks_; }  // rows < 2^30, chunks small
+
+  kernels::ThreadPool* pool_;
+  std::size_t rows_;
+  std::size_t chunks_;
+};
+
+// Per-task partials of a per-column reduction over a RowSplit: the task starting at chunk 0 writes the caller's
+// array `out` (the whole result when the pass is not split), every other task a scratch row of its own.
+template <class T>
+class Partials {
+ public:
+  Partials(T* out, const RowSplit& split, std::size_t cols)
+      : out_(out), cols_(cols), scratch_((split.chunks() - 1) * cols), written_(split.chunks(), 0) {}
+
+  // The array of the task starting at `chunk` (called from that task only).
+  T* at(std::size_t chunk) {
+    written_[chunk] = 1;
+    return chunk == 0 ? out_ : scratch_.data() + (chunk - 1) * cols_;
+  }
+
+  // out[c] = combine(out[c], partial[c]) for every other task's partial, in chunk order.
+  template <class Combine>
+  void merge(Combine&& combine) {
+    for (std::size_t i = 1; i < written_.size(); ++i) {
+      if (!written_[i]) continue;
+      const T* p = scratch_.data() + (i - 1) * cols_;
+      for (std::size_t c = 0; c < cols_; ++c) combine(out_[c], p[c]);
+    }
+  }
+
+ private:
+  T* out_;
+  std::size_t cols_;
+  std::vector<T> scratch_;
+  std::vector<uint8_t> written_;  // one byte per chunk: tasks never share one
+};
+
+void add_to(int64_t& a, int64_t b) { a += b; }
+void min_to(int32_t& a, int32_t b) { a = std::min(a, b); }
+void max_to(int32_t& a, int32_t b) { a = std::max(a, b); }
+// Adds WideSums part by part. A partial covers fewer rows than the whole, so every bound on a full sum (norm.h)
+// holds for it. The batch norm's kernels return canonical partials (0 ≤ lo < 2^32): their lo parts add to less
+// than chunks·2^32, and canonical() then gives the one representation a single pass returns (fx_of_wide rounds,
+// so the representation, not only the value, must match). The layer norm's sums are never canonicalized: their
+// parts add to exactly the hi and lo of one accumulation over all rows.
+void add_wide(kernels::WideSum& a, const kernels::WideSum& b) {
+  a.hi += b.hi;
+  a.lo += b.lo;
+}
+void canonical(kernels::WideSum& w) {
+  w.hi += w.lo >> 32;
+  w.lo &= 0xFFFFFFFF;
+}
+
+// The batch norm's kernels over a RowSplit (kernels/norm.h); a row range is an offset pointer and its row count.
+void split_norm_stats(const RowSplit& split, const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum,
+                      int32_t* mn, int32_t* mx) {
+  Partials<int64_t> ps(sum, split, cols);
+  Partials<int32_t> pmn(mn, split, cols), pmx(mx, split, cols);
+  const double bytes = static_cast<double>(rows * cols * sizeof(int32_t));  // x read
+  split.run(kNsPerByte * bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    kernels::norm_stats(x + r0 * cols, r1 - r0, cols, ps.at(i), pmn.at(i), pmx.at(i));
+  });
+  ps.merge(add_to);
+  pmn.merge(min_to);
+  pmx.merge(max_to);
+}
+
+void split_abs_dev(const RowSplit& split, const int32_t* x, std::size_t rows, std::size_t cols,
+                   kernels::NormColumns col, int64_t* sum_abs, int64_t* sum_sign) {
+  Partials<int64_t> pa(sum_abs, split, cols), ps(sum_sign, split, cols);
+  const double bytes = static_cast<double>(rows * cols * sizeof(int32_t));  // x read
+  split.run(kNsPerByte * bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    kernels::norm_abs_dev(x + r0 * cols, r1 - r0, cols, col, pa.at(i), ps.at(i));
+  });
+  pa.merge(add_to);
+  ps.merge(add_to);
+}
+
+void split_sq_dev(const RowSplit& split, const int32_t* x, std::size_t rows, std::size_t cols,
+                  kernels::NormColumns col, int64_t* sum_sq) {
+  Partials<int64_t> ps(sum_sq, split, cols);
+  const double bytes = static_cast<double>(rows * cols * sizeof(int32_t));  // x read
+  split.run(kNsPerByte * bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    kernels::norm_sq_dev(x + r0 * cols, r1 - r0, cols, col, ps.at(i));
+  });
+  ps.merge(add_to);
+}
+
+uint64_t split_apply(const RowSplit& split, const int32_t* x, std::size_t rows, std::size_t cols,
+                     kernels::NormColumns col, kernels::NormAffine aff, int32_t* y, int16_t* d_out, bool relu) {
+  std::vector<uint64_t> ymax(split.chunks(), 0);
+  // x read, y written, d written when stored.
+  const double bytes = static_cast<double>(rows * cols * (2 * sizeof(int32_t) + (d_out ? sizeof(int16_t) : 0)));
+  split.run(kNsPerByte * bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    ymax[i] = kernels::norm_apply(x + r0 * cols, r1 - r0, cols, col, aff, y + r0 * cols,
+                                  d_out ? d_out + r0 * cols : nullptr, relu);
+  });
+  return *std::max_element(ymax.begin(), ymax.end());
+}
+
+void split_grad_stats(const RowSplit& split, const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols,
+                      int64_t* sum_dy, int32_t* mn, int32_t* mx, kernels::WideSum* sum_dy_d,
+                      const kernels::NormAffine* relu) {
+  Partials<int64_t> ps(sum_dy, split, cols);
+  Partials<int32_t> pmn(mn, split, cols), pmx(mx, split, cols);
+  Partials<kernels::WideSum> pw(sum_dy_d, split, cols);
+  const double bytes = static_cast<double>(rows * cols * (sizeof(int32_t) + sizeof(int16_t)));  // dy, d read
+  split.run(kNsPerByte * bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    kernels::norm_grad_stats(dy + r0 * cols, d + r0 * cols, r1 - r0, cols, ps.at(i), pmn.at(i), pmx.at(i), pw.at(i),
+                             relu);
+  });
+  ps.merge(add_to);
+  pmn.merge(min_to);
+  pmx.merge(max_to);
+  if (split.chunks() > 1) {
+    pw.merge(add_wide);
+    for (std::size_t c = 0; c < cols; ++c) canonical(sum_dy_d[c]);  // the kernel's (unique) form of the value
+  }
+}
+
+void split_grad_apply(const RowSplit& split, bool l1, const int32_t* dy, const int16_t* d, std::size_t rows,
+                      std::size_t cols, kernels::NormColumns col, kernels::NormAffine aff, int32_t* dx,
+                      const kernels::NormAffine* relu) {
+  // dy, d read, dx written.
+  const double bytes = static_cast<double>(rows * cols * (2 * sizeof(int32_t) + sizeof(int16_t)));
+  split.run(kNsPerByte * bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    static_cast<void>(i);
+    const std::size_t o = r0 * cols;
+    if (l1) {
+      kernels::norm_grad_apply_l1(dy + o, d + o, r1 - r0, cols, col, aff, dx + o, relu);
+    } else {
+      kernels::norm_grad_apply_l2(dy + o, d + o, r1 - r0, cols, col, aff, dx + o, relu);
+    }
+  });
+}
 
 // ============================================================================================================
 // Working precision and output stages
@@ -323,7 +504,8 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
   // Pass 1 and the working precision.
   std::vector<int64_t> sum(nc);
   std::vector<int32_t> lo(nc), hi(nc), shift(nc), center(nc);
-  kernels::norm_stats(xp, m, nc, sum.data(), lo.data(), hi.data());
+  const RowSplit split(ctx.pool, m);
+  split_norm_stats(split, xp, m, nc, sum.data(), lo.data(), hi.data());
   auto saved = std::make_shared<BatchSaved>();
   saved->rho.resize(nc);
   saved->gamma.resize(nc);
@@ -355,9 +537,9 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
     std::vector<int64_t> dev(nc);
     if (l1) {
       saved->sum_sign.resize(nc);
-      kernels::norm_abs_dev(xp, m, nc, col, dev.data(), saved->sum_sign.data());
+      split_abs_dev(split, xp, m, nc, col, dev.data(), saved->sum_sign.data());
     } else {
-      kernels::norm_sq_dev(xp, m, nc, col, dev.data());
+      split_sq_dev(split, xp, m, nc, col, dev.data());
     }
     const Fx alpha = fx_const(opt_.momentum), keep = fx_one_minus(alpha);
     std::vector<int> e_mean(nc), e_scale(nc);
@@ -423,12 +605,12 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
   auto out = std::make_shared<Var>();
   out->value = Tensor::uninitialized(m, nc, DType::kI32, e_out);  // norm_apply writes every element
   if (training) saved->d.reset(new int16_t[m * nc]);
-  const uint64_t ymax = kernels::norm_apply(xp, m, nc, col, {a.data(), nullptr, t.data(), cc.data()},
-                                            out->value.data<int32_t>(), training ? saved->d.get() : nullptr, opt_.relu);
+  const uint64_t ymax = split_apply(split, xp, m, nc, col, {a.data(), nullptr, t.data(), cc.data()},
+                                    out->value.data<int32_t>(), training ? saved->d.get() : nullptr, opt_.relu);
   if (opt_.relu) out->value.set_nonnegative_max(ymax);
   if (!training) return out;
 
-  ctx.tape->record([this, x, out, saved, m, nc, l1] {
+  ctx.tape->record([this, x, out, saved, m, nc, l1, split] {
     if (!out->has_grad) return;
     const Tensor& dy = out->grad;
     if (dy.axis() != ScaleAxis::kTensor) throw std::logic_error(name() + ": gradient with several exponents");
@@ -439,8 +621,8 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
     std::vector<kernels::WideSum> sum_dy_d(nc);
     const kernels::NormAffine fwd{saved->a.data(), nullptr, saved->t.data(), saved->c.data()};
     const kernels::NormAffine* relu = opt_.relu ? &fwd : nullptr;
-    kernels::norm_grad_stats(dy.data<int32_t>(), saved->d.get(), m, nc, sum_dy.data(), mn.data(), mx.data(),
-                             sum_dy_d.data(), relu);
+    split_grad_stats(split, dy.data<int32_t>(), saved->d.get(), m, nc, sum_dy.data(), mn.data(), mx.data(),
+                     sum_dy_d.data(), relu);
     std::vector<Fx> dgamma(nc), dbeta(nc), bias_dx(nc);
     std::vector<Term> ta(nc), tb(nc);
     int e_dx = kNoConstraint;
@@ -481,11 +663,7 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
       Tensor dx = Tensor::uninitialized(m, nc, DType::kI32, e_dx);  // the kernel writes every element
       const kernels::NormColumns gcol{kd.data(), zero.data()};
       const kernels::NormAffine aff{a2.data(), b2.data(), t2.data(), c2.data()};
-      if (l1) {
-        kernels::norm_grad_apply_l1(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>(), relu);
-      } else {
-        kernels::norm_grad_apply_l2(dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>(), relu);
-      }
+      split_grad_apply(split, l1, dy.data<int32_t>(), saved->d.get(), m, nc, gcol, aff, dx.data<int32_t>(), relu);
       accumulate_grad(*x, std::move(dx));
     }
     gamma_.grad = fx_tensor(dgamma, e_dy);
@@ -515,23 +693,36 @@ namespace {
 
 // A layer norm reduces across columns, so per-column exponents are brought to one: the finest exponent at which
 // every column still fits int32 (exact left shifts; columns finer than it are rounded to nearest even).
-Tensor align_columns(const Tensor& x) {
+Tensor align_columns(const Tensor& x, kernels::ThreadPool* pool) {
   const std::size_t rows = x.rows(), cols = x.cols();
+  const RowSplit split(pool, rows);
   std::vector<uint64_t> mx(cols, 0);
   const int32_t* p = x.data<int32_t>();
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], magnitude(p[r * cols + c]));
+  Partials<uint64_t> pmx(mx.data(), split, cols);
+  split.run(kNsPerByte * static_cast<double>(rows * cols * sizeof(int32_t)),  // x read
+            [&](std::size_t i, std::size_t r0, std::size_t r1) {
+              uint64_t* m = pmx.at(i);
+              std::fill(m, m + cols, 0);
+              for (std::size_t r = r0; r < r1; ++r)
+                for (std::size_t c = 0; c < cols; ++c) m[c] = std::max(m[c], magnitude(p[r * cols + c]));
+            });
+  pmx.merge([](uint64_t& a, uint64_t b) { a = std::max(a, b); });
   int e = INT_MIN, e_any = INT_MIN;
   for (std::size_t c = 0; c < cols; ++c) {
     e_any = std::max(e_any, x.exponent_at(0, c));
     if (mx[c] != 0) e = std::max(e, x.exponent_at(0, c) + bit_length(mx[c]) - 31);
   }
   if (e == INT_MIN) e = e_any;
-  Tensor out(rows, cols, DType::kI32, e);
+  std::vector<int> shift(cols);
+  for (std::size_t c = 0; c < cols; ++c) shift[c] = e - x.exponent_at(0, c);
+  Tensor out = Tensor::uninitialized(rows, cols, DType::kI32, e);  // every element written below
   int32_t* q = out.data<int32_t>();
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c)
-      q[r * cols + c] = static_cast<int32_t>(shift_round_even(p[r * cols + c], e - x.exponent_at(0, c)));
+  split.run(kNsPerByte * static_cast<double>(rows * cols * 2 * sizeof(int32_t)),  // x read, out written
+            [&](std::size_t, std::size_t r0, std::size_t r1) {
+              for (std::size_t r = r0; r < r1; ++r)
+                for (std::size_t c = 0; c < cols; ++c)
+                  q[r * cols + c] = static_cast<int32_t>(shift_round_even(p[r * cols + c], shift[c]));
+            });
   return out;
 }
 
@@ -566,13 +757,17 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
   Tensor aligned;
   const Tensor* src = &xin;
   if (xin.axis() == ScaleAxis::kCol) {
-    aligned = align_columns(xin);
+    aligned = align_columns(xin, ctx.pool);
     src = &aligned;
   }
   const std::size_t n = src->rows(), nf = features_;
   const int32_t* xp = src->data<int32_t>();
   const Fx eps = fx_const(opt_.eps);
   const Fx f_fx{static_cast<int64_t>(nf), 0};
+  // Rows are independent groups: every pass over them is split in runs of rows. Per element, the statistics pass
+  // reads x twice and writes d; the output pass reads d and writes x̂ and y.
+  const RowSplit split(ctx.pool, n);
+  const double pass_ns = kNsPerByte * static_cast<double>(n * nf * (2 * sizeof(int32_t) + sizeof(int16_t)));
 
   auto saved = std::make_shared<LayerSaved>();
   saved->d.resize(n * nf);
@@ -580,42 +775,39 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
   saved->rho.resize(n);
   saved->unit.resize(n);
   saved->dmax.resize(n);
-  int e_xh = kNoConstraint;
-  for (std::size_t r = 0; r < n; ++r) {
-    const int32_t* row = xp + r * nf;
-    int64_t s = 0;
-    int32_t lo = row[0], hi = row[0];
-    for (std::size_t j = 0; j < nf; ++j) {
-      s += row[j];
-      lo = std::min(lo, row[j]);
-      hi = std::max(hi, row[j]);
+  std::vector<int> e_xh_part(split.chunks(), kNoConstraint);  // per task: max over its rows
+  split.run(pass_ns, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+    int e_xh = kNoConstraint;
+    for (std::size_t r = r0; r < r1; ++r) {
+      const int32_t* row = xp + r * nf;
+      int64_t s = 0;
+      int32_t lo = row[0], hi = row[0];
+      for (std::size_t j = 0; j < nf; ++j) {
+        s += row[j];
+        lo = std::min(lo, row[j]);
+        hi = std::max(hi, row[j]);
+      }
+      const int k = working_shift(static_cast<uint64_t>(int64_t{hi} - lo));
+      const int64_t mu = mean_half_up(s, static_cast<int64_t>(nf), k);
+      int64_t t = 0;
+      int16_t* d = saved->d.data() + r * nf;
+      for (std::size_t j = 0; j < nf; ++j) {
+        const int64_t v = round_half_up(row[j], k) - mu;
+        d[j] = static_cast<int16_t>(v);
+        t += v < 0 ? -v : v;
+      }
+      const int unit = src->exponent_at(r, 0) + k;
+      saved->unit[r] = unit;
+      saved->rho[r] = fx_div({1, 0}, fx_add(fx_mul(kC, fx_div({t, 0}, f_fx)), {eps.m, eps.e - unit}));
+      saved->dmax[r] = static_cast<uint64_t>(std::max(round_half_up(hi, k) - mu, mu - round_half_up(lo, k)));
+      const Fx xmax = fx_mul(saved->rho[r], {static_cast<int64_t>(saved->dmax[r]), 0});
+      if (xmax.m != 0) e_xh = std::max(e_xh, fx_top(xmax) - 15);
     }
-    const int k = working_shift(static_cast<uint64_t>(int64_t{hi} - lo));
-    const int64_t mu = mean_half_up(s, static_cast<int64_t>(nf), k);
-    int64_t t = 0;
-    int16_t* d = saved->d.data() + r * nf;
-    for (std::size_t j = 0; j < nf; ++j) {
-      const int64_t v = round_half_up(row[j], k) - mu;
-      d[j] = static_cast<int16_t>(v);
-      t += v < 0 ? -v : v;
-    }
-    const int unit = src->exponent_at(r, 0) + k;
-    saved->unit[r] = unit;
-    saved->rho[r] = fx_div({1, 0}, fx_add(fx_mul(kC, fx_div({t, 0}, f_fx)), {eps.m, eps.e - unit}));
-    saved->dmax[r] = static_cast<uint64_t>(std::max(round_half_up(hi, k) - mu, mu - round_half_up(lo, k)));
-    const Fx xmax = fx_mul(saved->rho[r], {static_cast<int64_t>(saved->dmax[r]), 0});
-    if (xmax.m != 0) e_xh = std::max(e_xh, fx_top(xmax) - 15);
-  }
+    e_xh_part[i] = e_xh;
+  });
+  int e_xh = *std::max_element(e_xh_part.begin(), e_xh_part.end());
   if (e_xh == kNoConstraint) e_xh = -15;
   saved->e_xh = e_xh;
-  for (std::size_t r = 0; r < n; ++r) {
-    const Fx rho = fx_narrow(saved->rho[r], 31);
-    const int s = e_xh - rho.e;
-    for (std::size_t j = 0; j < nf; ++j) {
-      const std::size_t i = r * nf + j;
-      saved->xh[i] = static_cast<int32_t>(shift_round_even(int64_t{saved->d[i]} * rho.m, s));
-    }
-  }
 
   // γ to 15 bits with one exponent; β to the output's exponent.
   const Tensor& gm = gamma_.master;
@@ -640,47 +832,60 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
   std::vector<int64_t> bq(nf);
   for (std::size_t j = 0; j < nf; ++j) bq[j] = fx_to_int(fx_of(beta_.master, j), e_y);
   auto out = std::make_shared<Var>();
-  out->value = Tensor(n, nf, DType::kI32, e_y);
+  out->value = Tensor::uninitialized(n, nf, DType::kI32, e_y);  // every element written below
   int32_t* y = out->value.data<int32_t>();
-  for (std::size_t r = 0; r < n; ++r)
-    for (std::size_t j = 0; j < nf; ++j) {
-      const std::size_t i = r * nf + j;
-      y[i] = static_cast<int32_t>(shift_round_even(int64_t{saved->xh[i]} * saved->gq[j], sy) + bq[j]);
+  // x̂ and y, row by row.
+  split.run(pass_ns, [&](std::size_t, std::size_t r0, std::size_t r1) {
+    for (std::size_t r = r0; r < r1; ++r) {
+      const Fx rho = fx_narrow(saved->rho[r], 31);
+      const int s = e_xh - rho.e;
+      for (std::size_t j = 0; j < nf; ++j) {
+        const std::size_t i = r * nf + j;
+        saved->xh[i] = static_cast<int32_t>(shift_round_even(int64_t{saved->d[i]} * rho.m, s));
+        y[i] = static_cast<int32_t>(shift_round_even(int64_t{saved->xh[i]} * saved->gq[j], sy) + bq[j]);
+      }
     }
+  });
   if (!ctx.training()) return out;
 
-  ctx.tape->record([this, x, out, saved, n, nf] {
+  ctx.tape->record([this, x, out, saved, n, nf, split] {
     if (!out->has_grad) return;
     const Tensor& dy = out->grad;
     if (dy.axis() != ScaleAxis::kTensor) throw std::logic_error(name() + ": gradient with several exponents");
     const int e_dy = dy.exponent();
     const int32_t* g = dy.data<int32_t>();
     const Fx count{static_cast<int64_t>(nf), 0};
+    const bool need_dx = x->requires_grad;
 
-    // dγ_j = Σ_r dy·x̂, dβ_j = Σ_r dy.
+    // One pass over the rows: per feature dγ_j = Σ_r dy·x̂, dβ_j = Σ_r dy (per-task partials, merged exactly: the
+    // WideSums part by part as one accumulation adds them); per row (input gradient) the stage's terms.
     std::vector<kernels::WideSum> dot(nf);
     std::vector<int64_t> sdy(nf, 0);
-    for (std::size_t r = 0; r < n; ++r)
-      for (std::size_t j = 0; j < nf; ++j) {
-        const std::size_t i = r * nf + j;
-        const int64_t p = int64_t{g[i]} * saved->xh[i];  // |p| ≤ 2^46
-        dot[j].lo += p & 0xFFFFFFFF;
-        dot[j].hi += p >> 32;
-        sdy[j] += g[i];
-      }
-    std::vector<Fx> dgamma(nf), dbeta(nf);
-    for (std::size_t j = 0; j < nf; ++j) {
-      const Fx v = fx_of_wide(dot[j]);
-      dgamma[j] = {v.m, v.e + e_dy + saved->e_xh};
-      dbeta[j] = {sdy[j], e_dy};
-    }
-
-    if (x->requires_grad) {
-      std::vector<Term> ta(n), tb(n);
-      std::vector<Fx> bias(n);
-      std::vector<int> kd(n);
+    Partials<kernels::WideSum> pdot(dot.data(), split, nf);
+    Partials<int64_t> psdy(sdy.data(), split, nf);
+    std::vector<Term> ta(need_dx ? n : 0), tb(need_dx ? n : 0);
+    std::vector<Fx> bias(need_dx ? n : 0);
+    std::vector<int> kd(need_dx ? n : 0);
+    std::vector<int> e_dx_part(split.chunks(), kNoConstraint);
+    // dy read (twice with dx), x̂ read, d read with dx.
+    const double stats_bytes = static_cast<double>(
+        n * nf * (2 * sizeof(int32_t) + (need_dx ? sizeof(int32_t) + sizeof(int16_t) : 0)));
+    split.run(kNsPerByte * stats_bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
+      kernels::WideSum* dt = pdot.at(i);
+      int64_t* sd = psdy.at(i);
+      std::fill(dt, dt + nf, kernels::WideSum{});
+      std::fill(sd, sd + nf, 0);
+      for (std::size_t r = r0; r < r1; ++r)
+        for (std::size_t j = 0; j < nf; ++j) {
+          const std::size_t e = r * nf + j;
+          const int64_t p = int64_t{g[e]} * saved->xh[e];  // |p| ≤ 2^46
+          dt[j].lo += p & 0xFFFFFFFF;
+          dt[j].hi += p >> 32;
+          sd[j] += g[e];
+        }
+      if (!need_dx) return;
       int e_dx = kNoConstraint;
-      for (std::size_t r = 0; r < n; ++r) {
+      for (std::size_t r = r0; r < r1; ++r) {
         const int32_t* gr_row = g + r * nf;
         const int16_t* d = saved->d.data() + r * nf;
         uint64_t amax = 0;
@@ -707,20 +912,37 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
         bias[r] = fx_neg(fx_mul(a_coef, fx_sub(mean_g, fx_mul(mean_gx, mean_s))));
         e_dx = std::max(e_dx, stage_exponent(ta[r], tb[r], bias[r]));
       }
+      e_dx_part[i] = e_dx;
+    });
+    pdot.merge(add_wide);
+    psdy.merge(add_to);
+    std::vector<Fx> dgamma(nf), dbeta(nf);
+    for (std::size_t j = 0; j < nf; ++j) {
+      const Fx v = fx_of_wide(dot[j]);
+      dgamma[j] = {v.m, v.e + e_dy + saved->e_xh};
+      dbeta[j] = {sdy[j], e_dy};
+    }
+
+    if (need_dx) {
+      int e_dx = *std::max_element(e_dx_part.begin(), e_dx_part.end());
       if (e_dx == kNoConstraint) e_dx = kDefaultExponent;
       Tensor dx = Tensor::uninitialized(n, nf, DType::kI32, e_dx);  // every element written below
       int32_t* out_dx = dx.data<int32_t>();
-      for (std::size_t r = 0; r < n; ++r) {
-        const Stage s = make_stage(ta[r], tb[r], bias[r], e_dx, 60, 61);
-        const int64_t half = s.t > 0 ? int64_t{1} << (s.t - 1) : 0;
-        const int32_t* gr_row = g + r * nf;
-        const int16_t* d = saved->d.data() + r * nf;
-        for (std::size_t j = 0; j < nf; ++j) {
-          const int64_t gg = saved->gq[j] * round_half_up(gr_row[j], kd[r]);
-          const int64_t w = (d[j] > 0) - (d[j] < 0);
-          out_dx[r * nf + j] = static_cast<int32_t>(((gg * s.a + w * s.b + half) >> s.t) + s.c);
+      // dy, d read, dx written.
+      const double dx_bytes = static_cast<double>(n * nf * (2 * sizeof(int32_t) + sizeof(int16_t)));
+      split.run(kNsPerByte * dx_bytes, [&](std::size_t, std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+          const Stage s = make_stage(ta[r], tb[r], bias[r], e_dx, 60, 61);
+          const int64_t half = s.t > 0 ? int64_t{1} << (s.t - 1) : 0;
+          const int32_t* gr_row = g + r * nf;
+          const int16_t* d = saved->d.data() + r * nf;
+          for (std::size_t j = 0; j < nf; ++j) {
+            const int64_t gg = saved->gq[j] * round_half_up(gr_row[j], kd[r]);
+            const int64_t w = (d[j] > 0) - (d[j] < 0);
+            out_dx[r * nf + j] = static_cast<int32_t>(((gg * s.a + w * s.b + half) >> s.t) + s.c);
+          }
         }
-      }
+      });
       accumulate_grad(*x, std::move(dx));
     }
     gamma_.grad = fx_tensor(dgamma, e_dy);

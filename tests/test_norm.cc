@@ -17,8 +17,10 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -27,6 +29,7 @@
 #include "engine/relu.h"
 #include "kernels/dispatch.h"
 #include "kernels/norm.h"
+#include "kernels/thread_pool.h"
 #include "quant/error.h"
 
 namespace qtrain {
@@ -745,6 +748,130 @@ INSTANTIATE_TEST_SUITE_P(L1AndL2, BatchNormKinds, ::testing::Values(NormKind::kL
                          [](const ::testing::TestParamInfo<NormKind>& p) {
                            return p.param == NormKind::kL1 ? std::string("L1") : std::string("L2");
                          });
+
+// ============================================================================================================
+// Thread counts: the passes split over runs of rows (per-run partials of the column sums merged exactly) give the
+// single-thread integers bit for bit
+// ============================================================================================================
+
+// Named results of one run; a run on a pool must equal the run without one in every tensor (values and exponents).
+struct NormRun {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::optional<uint64_t> ymax;
+};
+
+void expect_identical_runs(const NormRun& got, const NormRun& want, const std::string& what) {
+  EXPECT_EQ(got.ymax, want.ymax) << what;
+  ASSERT_EQ(got.tensors.size(), want.tensors.size()) << what;
+  for (std::size_t k = 0; k < want.tensors.size(); ++k) {
+    const std::string name = what + " " + want.tensors[k].first;
+    const Tensor& a = got.tensors[k].second;
+    const Tensor& b = want.tensors[k].second;
+    ASSERT_EQ(a.rows(), b.rows()) << name;
+    ASSERT_EQ(a.cols(), b.cols()) << name;
+    ASSERT_EQ(a.axis(), b.axis()) << name;
+    ASSERT_EQ(a.exponents(), b.exponents()) << name;
+    const int32_t* pa = a.data<int32_t>();
+    const int32_t* pb = b.data<int32_t>();
+    for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(pa[i], pb[i]) << name << " element " << i;
+  }
+}
+
+// Training forward + backward, then an eval forward with the updated running statistics.
+NormRun run_batch_norm(NormKind kind, bool relu, const Tensor& x, const Tensor& dy, kernels::ThreadPool* pool) {
+  NormOptions opt;
+  opt.relu = relu;
+  std::unique_ptr<BatchNorm> bn;
+  if (kind == NormKind::kL1) {
+    bn = std::make_unique<L1BatchNorm>(x.cols(), 4, opt);
+  } else {
+    bn = std::make_unique<L2BatchNorm>(x.cols(), 4, opt);
+  }
+  set_affine(bn->gamma(), bn->beta(), 71);
+  NormRun run;
+  VarPtr xv = make_input(x);
+  xv->requires_grad = true;
+  Tape tape;
+  VarPtr y = bn->forward({pool, &tape, 1, 1}, xv);
+  run.ymax = y->value.nonnegative_max();
+  y->grad = dy;
+  y->has_grad = true;
+  tape.backward();
+  run.tensors.emplace_back("y", y->value);
+  run.tensors.emplace_back("dx", xv->grad);
+  run.tensors.emplace_back("dgamma", bn->gamma().grad);
+  run.tensors.emplace_back("dbeta", bn->beta().grad);
+  run.tensors.emplace_back("running_mean", bn->running_mean());
+  run.tensors.emplace_back("running_scale", bn->running_scale());
+  VarPtr ye = bn->forward({pool, nullptr, 1, 1}, make_input(x));
+  run.tensors.emplace_back("eval y", ye->value);
+  return run;
+}
+
+NormRun run_layer_norm(const Tensor& x, const Tensor& dy, kernels::ThreadPool* pool) {
+  L1LayerNorm ln(x.cols(), 9);
+  set_affine(ln.gamma(), ln.beta(), 72);
+  NormRun run;
+  VarPtr xv = make_input(x);
+  xv->requires_grad = true;
+  Tape tape;
+  VarPtr y = ln.forward({pool, &tape, 1, 1}, xv);
+  y->grad = dy;
+  y->has_grad = true;
+  tape.backward();
+  run.tensors.emplace_back("y", y->value);
+  run.tensors.emplace_back("dx", xv->grad);
+  run.tensors.emplace_back("dgamma", ln.gamma().grad);
+  run.tensors.emplace_back("dbeta", ln.beta().grad);
+  return run;
+}
+
+struct SplitShape {
+  std::size_t rows, cols;
+};
+
+// Fewer rows than runs; odd rows and a scalar column tail; more rows than a kernel's accumulator block, with
+// gradients of 30 bits so that the wide dy·d sums carry between their halves.
+const SplitShape kSplitShapes[] = {{5, 9}, {300, 37}, {2 * kernels::kNormBlockRows + 77, 19}};
+
+TEST_P(BatchNormKinds, ThreadCountsGiveIdenticalResults) {
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  for (const SplitShape& sh : kSplitShapes) {
+    const Input in = random_input(sh.rows, sh.cols, {6, 12, 20, 28}, 81 + sh.rows, -12);
+    const Tensor dy = make_grad(sh.rows, sh.cols, 30, -20, 82 + sh.rows);
+    for (bool relu : {false, true}) {
+      const NormRun one = run_batch_norm(GetParam(), relu, in.x, dy, nullptr);
+      for (kernels::ThreadPool* pool : {&two, &three}) {
+        const std::string what = std::to_string(sh.rows) + "x" + std::to_string(sh.cols) +
+                                 (relu ? " relu" : "") + " threads " + std::to_string(pool->threads());
+        expect_identical_runs(run_batch_norm(GetParam(), relu, in.x, dy, pool), one, what);
+      }
+    }
+  }
+}
+
+TEST(L1LayerNorm, ThreadCountsGiveIdenticalResults) {
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  for (const SplitShape& sh : {SplitShape{5, 48}, SplitShape{1001, 96}}) {
+    Input in = random_input(sh.rows, sh.cols, {20}, 83 + sh.rows, -16);
+    // The last row one outlier (|x̂| ≈ F/(2c)): the tensor's x̂ exponent comes from the last run of rows.
+    int32_t* last = in.x.data<int32_t>() + (sh.rows - 1) * sh.cols;
+    std::fill(last, last + sh.cols, 0);
+    last[sh.cols / 2] = 1 << 20;
+    const Tensor dy = make_grad(sh.rows, sh.cols, 24, -28, 84 + sh.rows);
+    Tensor one_exponent = in.x;  // the same integers at one exponent: no column alignment
+    one_exponent.set_exponent(-16);
+    for (const Tensor* x : {&in.x, &one_exponent}) {
+      const NormRun one = run_layer_norm(*x, dy, nullptr);
+      for (kernels::ThreadPool* pool : {&two, &three}) {
+        const std::string what = std::to_string(sh.rows) + "x" + std::to_string(sh.cols) +
+                                 (x == &in.x ? " per-column exponents" : "") + " threads " +
+                                 std::to_string(pool->threads());
+        expect_identical_runs(run_layer_norm(*x, dy, pool), one, what);
+      }
+    }
+  }
+}
 
 TEST(BatchNorm, RejectsBadShapesAndOptions) {
   EXPECT_THROW(L1BatchNorm(0), UsageError);
