@@ -71,6 +71,27 @@ inline int32_t narrow_one(int64_t s, int t, bool relu = false) {
       std::clamp<int64_t>(v, relu ? 0 : std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
 }
 
+// x − clamp(R_even(x, t), lo, hi)·2^t for t ≥ 0, lo ≤ 0 ≤ hi: in [−2^31, 2^31) (eltwise.h).
+inline int64_t quant_error_one(int32_t x, int t, int32_t lo, int32_t hi) {
+  const int64_t q = std::clamp<int64_t>(t == 0 ? x : round_even(x, t), lo, hi);
+  return q == 0 ? x : x - q * (int64_t{1} << t);  // q ≠ 0 only for t ≤ 31 (|x| ≤ 2^31)
+}
+
+// The 128-bit number hi·2^64 + lo plus v.
+inline void add128(uint64_t* hi, uint64_t* lo, uint64_t v) {
+  *lo += v;
+  *hi += *lo < v;  // carry
+}
+
+// Adds Σ_i quant_error_one(x[i], t, lo, hi)² to the 128-bit number (*sum_hi, *sum_lo).
+inline void add_squared_errors(const int32_t* x, std::size_t n, int t, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                               uint64_t* sum_lo) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const uint64_t a = mag64(quant_error_one(x[i], t, lo, hi));  // ≤ 2^31
+    add128(sum_hi, sum_lo, a * a);
+  }
+}
+
 }  // namespace qtrain::kernels::elt_detail
 #endif  // QTRAIN_KERNELS_ELTWISE_SHARED_
 
@@ -383,6 +404,50 @@ void RequantizeI8Cols(const int32_t* HWY_RESTRICT x, std::size_t rows, std::size
     }
     tail(xr, o);
   }
+}
+
+// ---- squared quantization errors ------------------------------------------------------------------------------
+
+// Adds Σ d² over x[0..n) for one step t to the 128-bit number (*sum_hi, *sum_lo); 0 ≤ t ≤ 31, n ≤ 2^31.
+// d = x − q·2^t with q = clamp(R_even(x, t), lo, hi) from RequantCore (the requantizer's own rounding), formed
+// wrapping in uint32 lanes: its true value lies in [−2^31, 2^31) (eltwise.h), so the wrapped bits are it, and |d|
+// (Abs, 2^31 read as uint32) ≤ 2^31. MulEven squares the even lanes into uint64, the odd ones after a 32-bit shift
+// down; each square ≤ 2^62, so the pair's sum < 2^63. Its high and low 32-bit halves go to separate uint64
+// accumulators (adds < 2^32): after n/Lanes(d) rounds their Lanes(d)/2 lanes together hold < n·2^31 ≤ 2^62 each,
+// and the exact sum is total_hi·2^32 + total_lo.
+void SquaredErrorSum(const int32_t* HWY_RESTRICT x, std::size_t n, int t, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                     uint64_t* sum_lo) {
+  const D32 d;
+  const DU32 du;
+  const hn::Repartition<uint64_t, DU32> du64;  // the same vectors as pairs of uint32 lanes
+  const std::size_t lanes = hn::Lanes(d);
+  const RqVec p = RqSet(ShiftConsts(t));
+  const V32 vlo = hn::Set(d, lo), vhi = hn::Set(d, hi);
+  const auto low32 = hn::Set(du64, uint64_t{0xFFFFFFFF});
+  auto acc_hi = hn::Zero(du64), acc_lo = hn::Zero(du64);
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const V32 xv = hn::LoadU(d, x + i);
+    const VU32 q = hn::BitCast(du, RequantCore(xv, p, vlo, vhi));
+    const V32 e = hn::BitCast(d, hn::Sub(hn::BitCast(du, xv), hn::ShiftLeftSame(q, t)));
+    const VU32 a = hn::BitCast(du, hn::Abs(e));
+    const VU32 a_odd = hn::BitCast(du, hn::ShiftRight<32>(hn::BitCast(du64, a)));
+    const auto sq = hn::Add(hn::MulEven(a, a), hn::MulEven(a_odd, a_odd));
+    acc_hi = hn::Add(acc_hi, hn::ShiftRight<32>(sq));
+    acc_lo = hn::Add(acc_lo, hn::And(sq, low32));
+  }
+  HWY_ALIGN uint64_t h[hn::MaxLanes(du64)], l[hn::MaxLanes(du64)];
+  hn::Store(acc_hi, du64, h);
+  hn::Store(acc_lo, du64, l);
+  uint64_t total_hi = 0, total_lo = 0;
+  for (std::size_t k = 0; k < hn::Lanes(du64); ++k) {
+    total_hi += h[k];
+    total_lo += l[k];
+  }
+  ed::add128(sum_hi, sum_lo, total_lo);
+  ed::add128(sum_hi, sum_lo, total_hi << 32);  // total_hi·2^32 = (total_hi >> 32)·2^64 + (total_hi << 32)
+  *sum_hi += total_hi >> 32;
+  ed::add_squared_errors(x + i, n - i, t, lo, hi, sum_hi, sum_lo);
 }
 
 // ---- ShiftQuant rounding --------------------------------------------------------------------------------------
@@ -810,6 +875,10 @@ void RequantizeI8Cols(const int32_t* x, std::size_t rows, std::size_t cols, cons
                       int8_t* out, const int* up) {
   ref::requantize_i8_cols(x, rows, cols, shift, lo, hi, out, up);
 }
+void SquaredErrorSum(const int32_t* x, std::size_t n, int t, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                     uint64_t* sum_lo) {
+  ed::add_squared_errors(x, n, t, lo, hi, sum_hi, sum_lo);
+}
 void ShiftQuantRound(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                      const int* up, int32_t limit, int8_t* q, int8_t* shifted) {
   ref::shiftquant_round(g, draws, rows, cols, shift, up, limit, q, shifted);
@@ -865,6 +934,7 @@ HWY_EXPORT(MaxAbsI64);
 HWY_EXPORT(RequantizeI8);
 HWY_EXPORT(RequantizeI8FromI8);
 HWY_EXPORT(RequantizeI8Cols);
+HWY_EXPORT(SquaredErrorSum);
 HWY_EXPORT(ShiftQuantRound);
 HWY_EXPORT(AlignedSumRange);
 HWY_EXPORT(AlignedSumNarrow);
@@ -918,6 +988,19 @@ void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, co
                         int8_t* out, const int* up) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(RequantizeI8Cols)(x, rows, cols, shift, lo, hi, out, up);
+}
+
+void squared_error_sums(const int32_t* x, std::size_t n, int s, int count, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                        uint64_t* sum_lo) {
+  detail::ensure_dispatch_ready();
+  // The SIMD code handles t ≤ 31 (all that min_error_shift meets: int32 data covers with s ≤ 31) and n ≤ 2^31.
+  if (s > 31) return ref::squared_error_sums(x, n, s, count, lo, hi, sum_hi, sum_lo);
+  constexpr std::size_t kBlock = std::size_t{1} << 30;
+  for (int j = 0; j < count; ++j) {
+    sum_hi[j] = sum_lo[j] = 0;
+    for (std::size_t i = 0; i < n; i += kBlock)
+      HWY_DYNAMIC_DISPATCH(SquaredErrorSum)(x + i, std::min(kBlock, n - i), s - j, lo, hi, sum_hi + j, sum_lo + j);
+  }
 }
 
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
@@ -1023,6 +1106,14 @@ void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, co
     for (std::size_t c = 0; c < cols; ++c)
       out[r * cols + c] = static_cast<int8_t>(ed::requantize_one(x[r * cols + c], shift[c], lo, hi) *
                                               (up != nullptr ? 1 << up[c] : 1));
+}
+
+void squared_error_sums(const int32_t* x, std::size_t n, int s, int count, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                        uint64_t* sum_lo) {
+  for (int j = 0; j < count; ++j) {
+    sum_hi[j] = sum_lo[j] = 0;
+    ed::add_squared_errors(x, n, s - j, lo, hi, sum_hi + j, sum_lo + j);
+  }
 }
 
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,

@@ -16,6 +16,9 @@
 //     (< 2^32). The draw's shift is done as (r >> 1) >> (31 − s), which is 0 for s = 0.
 //   * Left shifts by k into a clamped int8 range: x is first clamped to ±max(1, 128 >> k) and k capped at 30, which
 //     changes no result (clamp is monotone and 128 exceeds every int8 bound) and cannot overflow.
+//   * Squared errors (squared_error_sums): d = x − q·2^t is formed wrapping in uint32 lanes (its true value fits
+//     int32, so the wrapped bits are it); MulEven squares |d| ≤ 2^31 of the even and odd lanes into uint64
+//     (≤ 2^62 each, a pair < 2^63), whose high and low 32-bit halves are summed in separate uint64 lanes.
 //   * Aligned sums use int64 lanes: a·2^la + b·2^lb with la, lb ≤ 31 is below 2^63. aligned_sum_range first tries
 //     int32 lanes per block and keeps them where no shift or add overflowed (then the int32 values are exact).
 //
@@ -44,6 +47,14 @@ void requantize_i8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_
 // given, ·2^up[c] (power-of-two column groups in the int8 carrier: caller guarantees max(|lo|, hi)·2^up[c] ≤ 127).
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
                         int8_t* out, const int* up = nullptr);
+
+// The squared errors min_error_shift compares (quant/pow2.h): for each candidate step t = s − j, j < count,
+//   sum[j] = Σ_{i<n} d_i²,   d_i = x[i] − clamp(R_even(x[i], t), lo, hi)·2^t,
+// exact, written as the 128-bit number sum_hi[j]·2^64 + sum_lo[j]. Needs t ≥ 0 (s ≥ count − 1) and lo ≤ 0 ≤ hi;
+// then −2^31 ≤ d_i < 2^31 (rounding leaves |d| ≤ 2^(t−1) ≤ 2^30 for t ≤ 31, R_even is 0 beyond; a binding clamp
+// moves q toward 0, so d lies between x and the rounding error), d_i² ≤ 2^62 and any n fits 128 bits.
+void squared_error_sums(const int32_t* x, std::size_t n, int s, int count, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                        uint64_t* sum_lo);
 
 // ShiftQuant's rounding pass (quant/shiftquant.h) over rows×cols, draws[r·cols + c] for element (r, c):
 //   q[r, c]       = clamp(R_stoch(g[r, c], shift[c], draws[r·cols + c]), −limit, limit)
@@ -110,6 +121,8 @@ void requantize_i8(const int32_t* x, std::size_t n, int shift, int32_t lo, int32
 void requantize_i8(const int8_t* x, std::size_t n, int shift, int32_t lo, int32_t hi, int8_t* out);
 void requantize_i8_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, int32_t lo, int32_t hi,
                         int8_t* out, const int* up = nullptr);
+void squared_error_sums(const int32_t* x, std::size_t n, int s, int count, int32_t lo, int32_t hi, uint64_t* sum_hi,
+                        uint64_t* sum_lo);
 void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows, std::size_t cols, const int* shift,
                       const int* up, int32_t limit, int8_t* q, int8_t* shifted);
 SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr,

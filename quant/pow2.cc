@@ -85,19 +85,27 @@ __extension__ using U128 = unsigned __int128;  // GCC/Clang extension; exact sum
 
 int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range) {
   if (s <= 0) return s;  // no finer step than the input's is considered
+  if (range.lo > 0 || range.hi < 0) throw std::invalid_argument("min_error_shift: the range must contain 0");
   stride = std::max<std::size_t>(stride, 1);
   const int count = s - std::max(s - kMinErrorOctaves, 0) + 1;  // candidates t = s, s − 1, …, max(s − 3, 0)
-  // One pass over the (strided, cache-unfriendly) sample accumulates every candidate's error.
-  // |x − q·2^t| < 2^32 and n < 2^64 samples: each sum of squares fits 128 bits.
+  // Every candidate's exact error in one kernel call per contiguous run of samples.
   U128 err[kMinErrorOctaves + 1] = {};
-  for (std::size_t i = 0; i < n; i += stride)
-    for (int j = 0; j < count; ++j) {
-      const int t = s - j;
-      const int64_t q = std::clamp<int64_t>(shift_round_even(x[i], t), range.lo, range.hi);
-      const int64_t d = x[i] - q * (int64_t{1} << t);
-      const uint64_t a = static_cast<uint64_t>(d < 0 ? -d : d);
-      err[j] += static_cast<U128>(a) * a;
+  auto add = [&](const int32_t* v, std::size_t len) {
+    uint64_t hi[kMinErrorOctaves + 1], lo[kMinErrorOctaves + 1];
+    kernels::squared_error_sums(v, len, s, count, range.lo, range.hi, hi, lo);
+    for (int j = 0; j < count; ++j) err[j] += (static_cast<U128>(hi[j]) << 64) | lo[j];
+  };
+  if (stride == 1) {
+    add(x, n);
+  } else {  // gather the strided (cache-unfriendly) sample into contiguous chunks
+    constexpr std::size_t kChunk = 2048;
+    int32_t buf[kChunk];
+    for (std::size_t i = 0; i < n;) {
+      std::size_t len = 0;
+      for (; len < kChunk && i < n; ++len, i += stride) buf[len] = x[i];
+      add(buf, len);
     }
+  }
   int best = 0;  // ties keep the coarser step
   for (int j = 1; j < count; ++j)
     if (err[j] < err[best]) best = j;

@@ -114,7 +114,9 @@ inline constexpr std::size_t kMinErrorSamples = 16384;
 
 // The step 2^t, t in [s − kMinErrorOctaves, s] (s: the covering shift of the data), with the least squared error
 // Σ (x − clamp(round_even(x / 2^t))·2^t)² over x[0], x[stride], x[2·stride], … (i < n); ties keep the coarser
-// step. Steps finer than the input (t < 0) are not considered: they only clip. Exact (128-bit integer sums).
+// step. Steps finer than the input (t < 0) are not considered: they only clip. Exact (128-bit integer sums, from the
+// SIMD kernel kernels::squared_error_sums). range must contain 0, as signed_range and unsigned_range do (throws
+// std::invalid_argument otherwise).
 int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range);
 // x is rows×cols; e_col has one exponent per column (per-column scales, e.g. a layer output whose weights have
 // per-output-channel exponents) or a single exponent (n_exps == 1).

@@ -144,6 +144,70 @@ TEST_P(EltwiseKernelTarget, RequantizeMatchesReference) {
   }
 }
 
+// min_error_shift's squared errors: every s the quantizers produce (covering shifts of int32 data: 0..31) and a few
+// beyond (the reference's path), every candidate count, lengths with and without tails, and data that is
+// extreme (the int32 limits), on rounding ties, or near and far outside the clamp range at the candidate steps.
+TEST_P(EltwiseKernelTarget, SquaredErrorSumsMatchReference) {
+  std::mt19937_64 rng(10);
+  const std::pair<int32_t, int32_t> kErrRanges[] = {{-7, 7},     {-127, 127}, {0, 15}, {0, 127}, {-1, 1},
+                                                    {-128, 127}, {0, 3},      {-3, 3}, {0, 0}};
+  const std::size_t kErrLengths[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 65, 257, 1023, 4099};
+  std::vector<int> shifts;
+  for (int s = 0; s <= 35; ++s) shifts.push_back(s);
+  for (int s : {40, 62, 63, 64, 90}) shifts.push_back(s);
+  for (int s : shifts) {
+    for (int count = 1; count <= std::min(4, s + 1); ++count) {
+      const auto& [lo, hi] = kErrRanges[rng() % std::size(kErrRanges)];
+      const std::size_t n = kErrLengths[rng() % std::size(kErrLengths)];
+      // Near the clamp bounds at one of the candidate steps: (bound + δ)·2^t + noise, saturated to int32.
+      const int t = std::min(s - static_cast<int>(rng() % count), 40);
+      auto near_bound = [&] {
+        const int64_t k = ((rng() & 1) ? hi : lo) + static_cast<int64_t>(rng() % 7) - 3;
+        const int64_t noise = static_cast<int64_t>(rng() % 9) - 4;
+        const int64_t v = k * (int64_t{1} << std::min(t, 32)) + noise;
+        return static_cast<int32_t>(std::clamp<int64_t>(v, kI32Min, kI32Max));
+      };
+      const auto x = fill<int32_t>(n, [&] {
+        const uint64_t kind = rng() % 8;
+        return kind < 2 ? near_bound() : kind == 2 ? tie_i32(rng) : random_i32(rng);
+      });
+      std::vector<uint64_t> want_hi(count), want_lo(count), got_hi(count + 1, 77), got_lo(count + 1, 77);
+      ref::squared_error_sums(x.data(), n, s, count, lo, hi, want_hi.data(), want_lo.data());
+      squared_error_sums(x.data(), n, s, count, lo, hi, got_hi.data(), got_lo.data());
+      for (int j = 0; j < count; ++j) {
+        ASSERT_EQ(got_hi[j], want_hi[j]) << "s=" << s << " j=" << j << " n=" << n << " range " << lo << ".." << hi;
+        ASSERT_EQ(got_lo[j], want_lo[j]) << "s=" << s << " j=" << j << " n=" << n << " range " << lo << ".." << hi;
+      }
+      ASSERT_EQ(got_hi[count], 77u) << "wrote past the end";
+      ASSERT_EQ(got_lo[count], 77u) << "wrote past the end";
+    }
+  }
+  // Sums beyond 2^64: constant inputs whose errors reach the bounds, 2^31 (INT32_MIN clamped to 0 by an unsigned
+  // range) and 2^31 − 1 (INT32_MAX clamped to 0 by the range {0, 0}).
+  for (std::size_t n : {std::size_t{5}, std::size_t{17}, std::size_t{4099}, std::size_t{70000}}) {
+    for (int32_t v : {kI32Min, kI32Max, kI32Min + 1, -1}) {
+      const std::vector<int32_t> x(n, v);
+      const std::pair<int32_t, int32_t> kBig[] = {{0, 15}, {0, 0}, {-7, 7}};
+      for (const auto& [lo, hi] : kBig) {
+        for (int s : {1, 3, 31}) {
+          uint64_t want_hi[4], want_lo[4], got_hi[4], got_lo[4];
+          ref::squared_error_sums(x.data(), n, s, 4, lo, hi, want_hi, want_lo);
+          squared_error_sums(x.data(), n, s, 4, lo, hi, got_hi, got_lo);
+          for (int j = 0; j < 4; ++j) {
+            ASSERT_EQ(got_hi[j], want_hi[j]) << "v=" << v << " n=" << n << " s=" << s << " j=" << j;
+            ASSERT_EQ(got_lo[j], want_lo[j]) << "v=" << v << " n=" << n << " s=" << s << " j=" << j;
+          }
+        }
+      }
+    }
+  }
+  const std::vector<int32_t> mins(70000, kI32Min);
+  uint64_t h = 0, l = 0;
+  squared_error_sums(mins.data(), mins.size(), 1, 1, 0, 15, &h, &l);  // 70000·2^62 = 17500·2^64
+  EXPECT_EQ(h, 17500u);
+  EXPECT_EQ(l, 0u);
+}
+
 TEST_P(EltwiseKernelTarget, ShiftQuantRoundMatchesReference) {
   std::mt19937_64 rng(4);
   const int kSqShifts[] = {-70, -33, -31, -9, -7, -6, -2, -1, 0, 1, 2, 5, 13, 20, 27, 30, 31, 32, 40, 62, 63};
@@ -432,6 +496,15 @@ TEST(EltwiseKernelReference, MatchesThePow2Formulas) {
     ref::aligned_sum_narrow(&x, &y, 1, la, lb, t, &out);
     ASSERT_EQ(out, quant::saturate_i32(quant::shift_round_even(sum, t)));
     ASSERT_EQ(ref::aligned_sum_range(&x, &y, 1, la, lb).max_abs(), static_cast<uint64_t>(sum < 0 ? -sum : sum));
+
+    // One squared error (t ≤ 40 keeps the original's product q·2^t defined): below 2^64, so the high word is 0.
+    const int te = static_cast<int>(rng() % 41);
+    const int64_t qe = std::clamp<int64_t>(quant::shift_round_even(x, te), lo, hi);
+    const int64_t de = x - qe * (int64_t{1} << te);
+    uint64_t sq_hi = 1, sq_lo = 1;
+    ref::squared_error_sums(&x, 1, te, 1, lo, hi, &sq_hi, &sq_lo);
+    ASSERT_EQ(sq_hi, 0u);
+    ASSERT_EQ(sq_lo, static_cast<uint64_t>(de) * static_cast<uint64_t>(de)) << "x=" << x << " t=" << te;
   }
 }
 

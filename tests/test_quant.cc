@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
+#include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -13,6 +16,7 @@
 #include "quant/pow2.h"
 #include "quant/rng.h"
 #include "quant/shiftquant.h"
+#include "tests/target_test_util.h"
 
 namespace qtrain::quant {
 namespace {
@@ -192,6 +196,75 @@ TEST(Pow2, MinErrorShiftClipsOutliersAndKeepsCoverOtherwise) {
   // Steps finer than the input are never chosen (they cannot reduce rounding error, only clip).
   const std::vector<int32_t> small{1, -2, 3, 0};
   EXPECT_EQ(min_error_shift(small.data(), small.size(), 1, 0, r), 0);
+}
+
+// min_error_shift as first written: one scalar pass, exact 128-bit sums.
+int min_error_shift_scalar(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range) {
+  __extension__ using U128 = unsigned __int128;
+  if (s <= 0) return s;
+  stride = std::max<std::size_t>(stride, 1);
+  const int count = s - std::max(s - kMinErrorOctaves, 0) + 1;
+  U128 err[kMinErrorOctaves + 1] = {};
+  for (std::size_t i = 0; i < n; i += stride)
+    for (int j = 0; j < count; ++j) {
+      const int t = s - j;
+      const int64_t q = std::clamp<int64_t>(shift_round_even(x[i], t), range.lo, range.hi);
+      const int64_t d = x[i] - q * (int64_t{1} << t);
+      const uint64_t a = static_cast<uint64_t>(d < 0 ? -d : d);
+      err[j] += static_cast<U128>(a) * a;
+    }
+  int best = 0;
+  for (int j = 1; j < count; ++j)
+    if (err[j] < err[best]) best = j;
+  return s - best;
+}
+
+// The SIMD-kernel min_error_shift chooses what the scalar original chooses, on every target, for the shifts the
+// quantizers produce (the covering shift of the sample) and others (up to 40), any stride (chunked gathers) and
+// data from bell-shaped rows with outliers to the int32 limits.
+TEST(Pow2, MinErrorShiftMatchesScalarOriginal) {
+  std::mt19937_64 rng(21);
+  const std::size_t kN[] = {1, 5, 64, 300, 577, 5000, 20000};
+  const std::size_t kStrides[] = {1, 2, 3, 7, 61, 1000};
+  std::vector<IntRange> ranges;
+  for (int bits = 2; bits <= 8; ++bits) {
+    ranges.push_back(signed_range(bits));
+    ranges.push_back(unsigned_range(bits));
+  }
+  for (const std::string& target : kernels::target_names()) {
+    kernels::ForcedTarget forced(target);
+    ASSERT_TRUE(forced.ok()) << target;
+    for (int trial = 0; trial < 150; ++trial) {
+      const std::size_t n = kN[rng() % std::size(kN)], stride = kStrides[rng() % std::size(kStrides)];
+      const IntRange r = ranges[rng() % ranges.size()];
+      const int scale_bits = static_cast<int>(rng() % 31);  // the bulk's magnitude
+      std::vector<int32_t> x(n);
+      for (auto& v : x) {
+        switch (rng() % 16) {
+          case 0:
+            v = kernels::random_i32(rng);  // outliers up to the int32 limits
+            break;
+          case 1:
+            v = 0;
+            break;
+          default: {  // a sum of two uniforms: bell-ish
+            const int64_t span = int64_t{1} << scale_bits;
+            v = static_cast<int32_t>(static_cast<int64_t>(rng() % span) - static_cast<int64_t>(rng() % span));
+          }
+        }
+      }
+      uint64_t m = 0;
+      for (std::size_t i = 0; i < n; i += stride)
+        m = std::max<uint64_t>(
+            m, r.lo >= 0 ? static_cast<uint64_t>(std::max(x[i], 0)) : static_cast<uint64_t>(std::abs(int64_t{x[i]})));
+      const int cover = m == 0 ? 0 : covering_shift(m, static_cast<uint32_t>(std::max(r.hi, -r.lo)));
+      for (int s : {cover, static_cast<int>(rng() % 41)})
+        ASSERT_EQ(min_error_shift(x.data(), n, stride, s, r), min_error_shift_scalar(x.data(), n, stride, s, r))
+            << target << " trial " << trial << " n=" << n << " stride=" << stride << " s=" << s << " range " << r.lo
+            << ".." << r.hi;
+    }
+  }
+  EXPECT_THROW(min_error_shift(std::vector<int32_t>{5}.data(), 1, 1, 2, IntRange{1, 7}), std::invalid_argument);
 }
 
 TEST(Pow2, MinErrorRuleInTheQuantizers) {
