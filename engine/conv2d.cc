@@ -345,7 +345,7 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
   const Geometry g(spec_);
   const std::size_t batch = xv.rows() / hw, lines = batch * g.ho, rows = lines * g.wo, m = spec_.out_channels;
   const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
-  const std::shared_ptr<const Tensor> xq = op_.quantize_input(*x);
+  const std::shared_ptr<const Tensor> xq = op_.quantize_input(*x, ctx.pool);
   const int ex = xq->exponent();
 
   auto out = std::make_shared<Var>();

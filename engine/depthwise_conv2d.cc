@@ -83,7 +83,7 @@ VarPtr DepthwiseConv2d::forward(const StepContext& ctx, const VarPtr& x) {
                                 std::to_string(c) + " (NHWC rows × channels)");
   const std::size_t lines = xv.rows() / hw * spec_.out_h(), rows = lines * spec_.out_w();
   const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
-  auto xq = std::make_shared<Tensor>(op_.quantize_input(xv));
+  auto xq = std::make_shared<Tensor>(op_.quantize_input(xv, ctx.pool));
   const std::vector<int8_t> wt = taps_by_channel(wq->q);
 
   // y = Σ_taps x·w per channel: ≤ kh·kw products of |·| ≤ 2^14, exact in int32.

@@ -46,7 +46,7 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
                                 std::to_string(spec_.in));
   const std::size_t n = xv.rows(), m = spec_.out;
   const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
-  auto xq = std::make_shared<Tensor>(op_.quantize_input(xv));
+  auto xq = std::make_shared<Tensor>(op_.quantize_input(xv, ctx.pool));
   const int ex = xq->exponent();
 
   // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].

@@ -22,7 +22,8 @@ void QGemmConfig::validate() const {
                      (signed_input ? "signed" : "unsigned") + " activations (the int8 carrier's headroom)");
 }
 
-Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::ScaleRule scale, int groups) {
+Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::ScaleRule scale, int groups,
+                           kernels::ThreadPool* pool) {
   if (x.dtype() == DType::kI8 && x.axis() == ScaleAxis::kTensor && is_signed && bits == 8) return x;
   const Tensor* src = &x;
   Tensor widened;
@@ -38,27 +39,27 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::Sca
   quant::QuantizeOptions opt{is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits)};
   opt.scale = scale;
   if (groups > 1 && src->axis() == ScaleAxis::kTensor) {
-    q.set_exponent(quant::quantize_column_groups(src->data<int32_t>(), x.rows(), x.cols(), src->exponent(), opt,
-                                                 groups, q.data<int8_t>()));
+    q.set_exponent(quant::quantize_column_groups(src->data<int32_t>(), x.rows(), x.cols(), src->exponent(), opt, groups,
+                                                 q.data<int8_t>(), pool));
     return q;
   }
   // A non-negative input's known maximum is both its max |x| and its max(x, 0).
   const std::optional<uint64_t> known = x.nonnegative_max();
   if (known && src->axis() == ScaleAxis::kTensor) opt.known_max = &*known;
   const auto& e = src->exponents();
-  q.set_exponent(
-      quant::quantize_to_tensor(src->data<int32_t>(), x.rows(), x.cols(), e.data(), e.size(), opt, q.data<int8_t>()));
+  q.set_exponent(quant::quantize_to_tensor(src->data<int32_t>(), x.rows(), x.cols(), e.data(), e.size(), opt,
+                                           q.data<int8_t>(), pool));
   return q;
 }
 
 QGemmOp::QGemmOp(const QGemmConfig& cfg) : cfg_(cfg) { cfg_.validate(); }
 
-std::shared_ptr<const Tensor> QGemmOp::quantize_input(Var& x) const {
+std::shared_ptr<const Tensor> QGemmOp::quantize_input(Var& x, kernels::ThreadPool* pool) const {
   // Bits 2..8, groups < 2^16 (validated): a distinct non-zero key per setting.
   const uint32_t key = static_cast<uint32_t>(cfg_.act_bits) | (cfg_.signed_input ? 16u : 0u) |
                        (static_cast<uint32_t>(cfg_.scale) << 5) | (static_cast<uint32_t>(cfg_.act_groups) << 8);
   if (x.quantized == nullptr || x.quantized_key != key) {
-    x.quantized = std::make_shared<const Tensor>(quantize_input(x.value));
+    x.quantized = std::make_shared<const Tensor>(quantize_input(x.value, pool));
     x.quantized_key = key;
   }
   return x.quantized;

@@ -91,19 +91,20 @@ struct QuantizedWeights {
 // unchanged. Per-column input exponents are allowed (per-channel layer outputs; they always use the covering
 // step), per-row ones are not.
 // With groups > 1 (and one input exponent) the columns get power-of-two groups in the int8 carrier.
-Tensor quantize_activation(const Tensor& x, int bits, bool is_signed,
-                           quant::ScaleRule scale = quant::ScaleRule::kCover, int groups = 1);
+// The passes over x may be split over `pool` (the step's); the result does not depend on it.
+Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::ScaleRule scale = quant::ScaleRule::kCover,
+                           int groups = 1, kernels::ThreadPool* pool = nullptr);
 
 class QGemmOp {
  public:
   explicit QGemmOp(const QGemmConfig& cfg);
   const QGemmConfig& config() const { return cfg_; }
 
-  Tensor quantize_input(const Tensor& x) const {
-    return quantize_activation(x, cfg_.act_bits, cfg_.signed_input, cfg_.scale, cfg_.act_groups);
+  Tensor quantize_input(const Tensor& x, kernels::ThreadPool* pool = nullptr) const {
+    return quantize_activation(x, cfg_.act_bits, cfg_.signed_input, cfg_.scale, cfg_.act_groups, pool);
   }
   // The same for a Var's value, reusing the Var's quantized copy when it was made with the same settings.
-  std::shared_ptr<const Tensor> quantize_input(Var& x) const;
+  std::shared_ptr<const Tensor> quantize_input(Var& x, kernels::ThreadPool* pool = nullptr) const;
   // W_q of the parameter's current version (quantized on the first call after each update). Backward closures
   // hold the returned pointer, so a later requantization never changes what an earlier step's backward sees.
   std::shared_ptr<const QuantizedWeights> weights(const Param& w);

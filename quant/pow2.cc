@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "kernels/eltwise.h"
+#include "kernels/thread_pool.h"
 #include "quant/error.h"
 
 namespace qtrain::quant {
@@ -57,9 +59,61 @@ namespace {
 // The largest magnitude the range can hold.
 inline uint64_t range_magnitude_of(const IntRange& r) { return static_cast<uint64_t>(std::max(r.hi, -r.lo)); }
 
-// The magnitude that matters for covering: |x|, or for an unsigned range max(x, 0) (negatives clamp to 0).
-uint64_t max_magnitude(const int32_t* x, std::size_t n, bool is_unsigned) {
-  return kernels::max_abs_i32(x, n, is_unsigned);
+// Splitting a pass over the step's pool: tiles of rows (or of elements, in multiples of `align`), about four per
+// thread, when the pool has threads and the pass, `bytes` read and written in all (~0.1 ns a byte on one thread),
+// is worth a parallel call (the pool's SplitAdvisor); one tile of all n on this thread otherwise. Every pass split
+// this way writes disjoint outputs or merges by max, so results do not depend on the pool.
+struct Tiles {
+  kernels::ThreadPool* pool = nullptr;
+  std::size_t n = 0, tile = 1;
+  std::size_t count() const { return n == 0 ? 0 : (n + tile - 1) / tile; }
+  // fn(begin, end) over the tiles, tile t being [t·tile, min(n, (t + 1)·tile)). fn must not throw.
+  void run(const std::function<void(std::size_t, std::size_t)>& fn) const {
+    if (n == 0) return;
+    if (count() == 1) {
+      fn(0, n);
+    } else {
+      pool->parallel_for(n, tile, fn);
+    }
+  }
+};
+Tiles tiles_for(kernels::ThreadPool* pool, std::size_t n, std::size_t align, double bytes) {
+  if (pool == nullptr || pool->threads() <= 1 || n <= align || !pool->worth_splitting(0.1 * bytes))
+    return {nullptr, n, std::max<std::size_t>(n, 1)};
+  const std::size_t tile = (n / (4 * pool->threads()) + align - 1) / align * align;
+  return {pool, n, std::max(tile, align)};
+}
+
+// Element ranges of a per-tensor pass in whole cache lines of int32.
+constexpr std::size_t kSpanAlign = 16;
+
+// The magnitude that matters for covering: |x|, or for an unsigned range max(x, 0) (negatives clamp to 0). The
+// spans' maxima merge by max: exact in any order.
+uint64_t max_magnitude(const int32_t* x, std::size_t n, bool is_unsigned, kernels::ThreadPool* pool = nullptr) {
+  const Tiles t = tiles_for(pool, n, kSpanAlign, 4.0 * static_cast<double>(n));
+  if (t.count() <= 1) return kernels::max_abs_i32(x, n, is_unsigned);
+  std::vector<uint64_t> part(t.count());
+  t.run(
+      [&](std::size_t i0, std::size_t i1) { part[i0 / t.tile] = kernels::max_abs_i32(x + i0, i1 - i0, is_unsigned); });
+  return *std::max_element(part.begin(), part.end());
+}
+
+// colmax[c] = max_r |x[r, c]| (kernels::col_max_abs_i32), the rows split over the pool; the row blocks' column
+// maxima merge by max: exact in any order.
+void col_max_magnitude(const int32_t* x, std::size_t rows, std::size_t cols, bool is_unsigned, uint64_t* colmax,
+                       kernels::ThreadPool* pool) {
+  const Tiles t = tiles_for(pool, rows, 1, 4.0 * static_cast<double>(rows * cols));
+  if (t.count() <= 1) {
+    kernels::col_max_abs_i32(x, rows, cols, is_unsigned, colmax);
+    return;
+  }
+  std::vector<uint64_t> part(t.count() * cols);
+  t.run([&](std::size_t r0, std::size_t r1) {
+    kernels::col_max_abs_i32(x + r0 * cols, r1 - r0, cols, is_unsigned, part.data() + r0 / t.tile * cols);
+  });
+  std::copy(part.begin(), part.begin() + static_cast<std::ptrdiff_t>(cols), colmax);
+  for (std::size_t b = 1; b < t.count(); ++b)
+    for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], part[b * cols + c]);
 }
 
 // out[i] = clamp(round(x[i] / 2^s)) for i < n, the rounding hoisted out of the loop.
@@ -78,6 +132,22 @@ void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& o
     for (std::size_t j = 0; j < len; ++j)
       out[i0 + j] = static_cast<int8_t>(std::clamp(shift_round_stochastic(x[i0 + j], s, draws[j]), lo, hi));
   }
+}
+
+// round_span over element ranges of x[0..n) on the pool (element i's draw depends only on index0 + i).
+void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& opt, uint64_t index0, int8_t* out,
+                kernels::ThreadPool* pool) {
+  tiles_for(pool, n, kSpanAlign, 5.0 * static_cast<double>(n)).run([&](std::size_t i0, std::size_t i1) {
+    round_span(x + i0, i1 - i0, s, opt, index0 + i0, out + i0);
+  });
+}
+
+// kernels::requantize_i8_cols over blocks of rows on the pool.
+void requantize_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, const IntRange& range,
+                     int8_t* out, const int* up, kernels::ThreadPool* pool) {
+  tiles_for(pool, rows, 1, 5.0 * static_cast<double>(rows * cols)).run([&](std::size_t r0, std::size_t r1) {
+    kernels::requantize_i8_cols(x + r0 * cols, r1 - r0, cols, shift, range.lo, range.hi, out + r0 * cols, up);
+  });
 }
 }  // namespace
 
@@ -123,7 +193,7 @@ int tensor_shift(const int32_t* x, std::size_t n, uint64_t m, uint32_t limit, co
 }  // namespace
 
 int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
-                       const QuantizeOptions& opt, int8_t* out) {
+                       const QuantizeOptions& opt, int8_t* out, kernels::ThreadPool* pool) {
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
   const bool is_unsigned = opt.range.lo >= 0;
   auto e_of = [&](std::size_t c) { return n_exps == 1 ? e_col[0] : e_col[c]; };
@@ -131,14 +201,14 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
   bool any = false;
   int e_out = e_of(0);
   if (n_exps == 1) {
-    const uint64_t m = opt.known_max != nullptr ? *opt.known_max : max_magnitude(x, rows * cols, is_unsigned);
+    const uint64_t m = opt.known_max != nullptr ? *opt.known_max : max_magnitude(x, rows * cols, is_unsigned, pool);
     if (m > 0) {
       any = true;
       e_out = e_col[0] + tensor_shift(x, rows * cols, m, limit, opt);
     }
   } else {
     std::vector<uint64_t> colmax(cols, 0);
-    kernels::col_max_abs_i32(x, rows, cols, is_unsigned, colmax.data());  // per-column max_magnitude
+    col_max_magnitude(x, rows, cols, is_unsigned, colmax.data(), pool);  // per-column max_magnitude
     for (std::size_t c = 0; c < cols; ++c) {
       if (colmax[c] == 0) continue;
       const int e = e_of(c) + covering_shift(colmax[c], limit);
@@ -151,7 +221,7 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     return e_out;
   }
   if (n_exps == 1) {
-    round_span(x, rows * cols, e_out - e_col[0], opt, opt.index0, out);
+    round_span(x, rows * cols, e_out - e_col[0], opt, opt.index0, out, pool);
     return e_out;
   }
   // Per-column shifts: nearest-even row by row; stochastic through single-element spans (rare: activations are
@@ -159,12 +229,14 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
   std::vector<int> shift(cols);
   for (std::size_t c = 0; c < cols; ++c) shift[c] = e_out - e_of(c);
   if (opt.rounding == Rounding::kNearestEven) {
-    kernels::requantize_i8_cols(x, rows, cols, shift.data(), opt.range.lo, opt.range.hi, out);
+    requantize_cols(x, rows, cols, shift.data(), opt.range, out, nullptr, pool);
     return e_out;
   }
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c)
-      round_span(x + r * cols + c, 1, shift[c], opt, opt.index0 + r * cols + c, out + r * cols + c);
+  tiles_for(pool, rows, 1, 5.0 * static_cast<double>(rows * cols)).run([&](std::size_t r0, std::size_t r1) {
+    for (std::size_t r = r0; r < r1; ++r)
+      for (std::size_t c = 0; c < cols; ++c)
+        round_span(x + r * cols + c, 1, shift[c], opt, opt.index0 + r * cols + c, out + r * cols + c);
+  });
   return e_out;
 }
 
@@ -173,13 +245,13 @@ int max_column_groups(const IntRange& range) {
 }
 
 int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
-                           int groups, int8_t* out) {
+                           int groups, int8_t* out, kernels::ThreadPool* pool) {
   if (groups < 1 || groups > max_column_groups(opt.range))
     throw std::invalid_argument("quantize_column_groups: " + std::to_string(groups) + " groups do not fit the carrier");
   const uint32_t limit = static_cast<uint32_t>(range_magnitude_of(opt.range));
   const bool is_unsigned = opt.range.lo >= 0;
   std::vector<uint64_t> colmax(cols, 0);
-  kernels::col_max_abs_i32(x, rows, cols, is_unsigned, colmax.data());
+  col_max_magnitude(x, rows, cols, is_unsigned, colmax.data(), pool);
   const uint64_t m = cols == 0 ? 0 : *std::max_element(colmax.begin(), colmax.end());
   if (m == 0) {
     std::fill(out, out + rows * cols, int8_t{0});
@@ -193,7 +265,7 @@ int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols,
     shift[c] = s0 - k;
     up[c] = groups - 1 - k;
   }
-  kernels::requantize_i8_cols(x, rows, cols, shift.data(), opt.range.lo, opt.range.hi, out, up.data());
+  requantize_cols(x, rows, cols, shift.data(), opt.range, out, up.data(), pool);
   return e_in + s0 - (groups - 1);
 }
 

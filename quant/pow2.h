@@ -16,6 +16,10 @@
 
 #include "quant/rng.h"
 
+namespace qtrain::kernels {
+class ThreadPool;
+}  // namespace qtrain::kernels
+
 namespace qtrain::quant {
 
 enum class Rounding { kNearestEven, kStochastic };
@@ -120,8 +124,10 @@ inline constexpr std::size_t kMinErrorSamples = 16384;
 int min_error_shift(const int32_t* x, std::size_t n, std::size_t stride, int s, const IntRange& range);
 // x is rows×cols; e_col has one exponent per column (per-column scales, e.g. a layer output whose weights have
 // per-output-channel exponents) or a single exponent (n_exps == 1).
+// With a pool, the maxima and rounding passes are split over it (whole rows, or element ranges for one exponent;
+// the least-error sample search stays on this thread); results are identical for any pool or none.
 int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, const int* e_col, std::size_t n_exps,
-                       const QuantizeOptions& opt, int8_t* out);
+                       const QuantizeOptions& opt, int8_t* out, kernels::ThreadPool* pool = nullptr);
 // Power-of-two column groups for an operand that a GEMM reduces over its columns (a layer's input activations:
 // channels, or im2col's kh·kw·C): ShiftQuant's trick (shiftquant.h) with nearest-even rounding. x has one exponent
 // e_in; the tensor step 2^s0 is chosen by opt.scale over all of x; column c gets the finer step 2^(s0 − k_c),
@@ -129,8 +135,9 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
 // and is stored shifted into the int8 carrier: out = clamp(R_even(x / 2^(s0 − k_c)))·2^(groups − 1 − k_c), which
 // fits while limit·2^(groups − 1) ≤ 127 (checked: throws std::invalid_argument otherwise). Returns the carrier's
 // exponent e_in + s0 − (groups − 1): one exponent for the tensor, so a plain int8 GEMM consumes it exactly.
+// With a pool, as quantize_to_tensor: identical results.
 int quantize_column_groups(const int32_t* x, std::size_t rows, std::size_t cols, int e_in, const QuantizeOptions& opt,
-                           int groups, int8_t* out);
+                           int groups, int8_t* out, kernels::ThreadPool* pool = nullptr);
 // The largest column-group count whose shifted values fit the int8 carrier for a quantizer of this range.
 int max_column_groups(const IntRange& range);
 

@@ -15,6 +15,7 @@
 #include "engine/relu.h"
 #include "engine/schedule.h"
 #include "engine/softmax_ce.h"
+#include "kernels/thread_pool.h"
 #include "quant/pow2.h"
 #include "quant/rng.h"
 #include "quant/shiftquant.h"
@@ -189,6 +190,59 @@ TEST(QGemmOp, QuantizedInputIsReusedPerSetting) {
   const Tensor direct = c.quantize_input(x->value);
   EXPECT_EQ(qc->exponent(), direct.exponent());
   for (std::size_t i = 0; i < 24; ++i) EXPECT_EQ(qc->data<int8_t>()[i], direct.data<int8_t>()[i]) << i;
+}
+
+// The activation quantizer on the step's pool gives the single-thread result for every input form it takes: int32
+// with one exponent (with and without a known maximum), per-column exponents, int8 (widened), column groups.
+TEST(QGemmOp, QuantizedInputIsIdenticalOnThePool) {
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  const std::size_t rows = 700, cols = 48;
+  Tensor plain = random_i32(rows, cols, 1 << 20, -16, 21);
+  Tensor per_col = plain;
+  std::vector<int> e(cols);
+  for (std::size_t c = 0; c < cols; ++c) e[c] = -18 + static_cast<int>(c % 4);
+  per_col.set_exponents(ScaleAxis::kCol, e);
+  Tensor small = Tensor::uninitialized(rows, cols, DType::kI8);
+  for (std::size_t i = 0; i < small.size(); ++i)
+    small.data<int8_t>()[i] = static_cast<int8_t>(plain.data<int32_t>()[i] >> 13);
+  small.set_exponent(-7);
+  // Non-negative with its maximum known (a ReLU output).
+  auto x = var(plain);
+  Relu relu;
+  Tape tape;
+  const Tensor nonneg = relu.forward({nullptr, &tape, 0, 0}, x)->value;
+  ASSERT_TRUE(nonneg.nonnegative_max().has_value());
+  for (const Tensor* t : std::vector<const Tensor*>{&plain, &per_col, &small, &nonneg}) {
+    for (const int bits : {4, 8}) {
+      for (const bool is_signed : {true, false}) {
+        for (const quant::ScaleRule rule : {quant::ScaleRule::kCover, quant::ScaleRule::kMinError}) {
+          for (const int groups : {1, 3}) {
+            // Column groups take one input exponent and fit the carrier only below 8 bits.
+            const quant::IntRange range = is_signed ? quant::signed_range(bits) : quant::unsigned_range(bits);
+            if (groups > 1 && (t == &per_col || groups > quant::max_column_groups(range))) continue;
+            const Tensor ref = quantize_activation(*t, bits, is_signed, rule, groups);
+            for (kernels::ThreadPool* pool : {&two, &three}) {
+              const Tensor q = quantize_activation(*t, bits, is_signed, rule, groups, pool);
+              ASSERT_EQ(q.exponent(), ref.exponent()) << t->describe() << " bits " << bits << " groups " << groups;
+              for (std::size_t i = 0; i < q.size(); ++i)
+                ASSERT_EQ(q.data<int8_t>()[i], ref.data<int8_t>()[i]) << t->describe() << " element " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+  // Through QGemmOp on a Var.
+  QGemmConfig cfg;
+  cfg.act_bits = 4;
+  cfg.act_groups = 2;
+  cfg.scale = quant::ScaleRule::kMinError;
+  const QGemmOp op(cfg);
+  const Tensor ref = op.quantize_input(nonneg);
+  auto v = var(nonneg);
+  const auto q = op.quantize_input(*v, &three);
+  ASSERT_EQ(q->exponent(), ref.exponent());
+  for (std::size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(q->data<int8_t>()[i], ref.data<int8_t>()[i]) << i;
 }
 
 TEST(Relu, ForwardAndBackward) {

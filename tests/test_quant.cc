@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/thread_pool.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
 #include "quant/rng.h"
@@ -335,6 +336,79 @@ TEST(Pow2, ColumnGroupsGiveSmallChannelsFinerStepsInOneInt8Exponent) {
       EXPECT_LE(err4, err1 + 1e-12) << "column " << c;
     }
   }
+}
+
+// The activation quantizers split their maxima and rounding passes over a pool (whole rows, or element ranges for
+// one exponent): outputs and exponents are those of the single-thread call, for every form, range, rounding and
+// scale rule, on shapes whose tiles do not fall on vector or row boundaries.
+TEST(Pow2, QuantizersAreIdenticalOnThePool) {
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  const kernels::ThreadPool::Split measured = kernels::ThreadPool::Split::kMeasured;
+  kernels::ThreadPool two_measured(2, measured);
+  const std::vector<kernels::ThreadPool*> pools = {&two, &three, &two_measured};
+  struct Shape {
+    std::size_t rows, cols;
+  };
+  // 1 row, fewer rows than tiles, and tensors above kMinErrorSamples (a strided error sample).
+  const Shape shapes[] = {{1, 333}, {5, 7}, {517, 37}, {1000, 64}, {64, 784}};
+  const CounterRng draws(77, 3);
+  uint64_t seed = 1;
+  for (const Shape& sh : shapes) {
+    const std::size_t n = sh.rows * sh.cols;
+    auto x = random_ints(n, -300000, 300000, seed++);
+    // A bell-ish bulk with a few outliers (so the least-error rule picks a finer step than cover) and small columns
+    // (so column groups differ per column).
+    for (std::size_t i = 0; i < n; ++i) x[i] /= 1 + static_cast<int32_t>((i % sh.cols) % 5) * 7;
+    x[n / 3] = 2900000;
+    x[n / 2] = -3100000;
+    std::vector<int> e_col(sh.cols);
+    for (std::size_t c = 0; c < sh.cols; ++c) e_col[c] = -20 + static_cast<int>(c % 5);
+    for (const int bits : {2, 4, 8}) {
+      for (const bool is_signed : {true, false}) {
+        for (const Rounding rounding : {Rounding::kNearestEven, Rounding::kStochastic}) {
+          for (const ScaleRule rule : {ScaleRule::kCover, ScaleRule::kMinError}) {
+            QuantizeOptions opt{is_signed ? signed_range(bits) : unsigned_range(bits)};
+            opt.rounding = rounding;
+            opt.rng = &draws;
+            opt.index0 = 12345;
+            opt.scale = rule;
+            const std::string what = std::to_string(sh.rows) + "x" + std::to_string(sh.cols) + " bits " +
+                                     std::to_string(bits) + (is_signed ? " signed" : " unsigned") +
+                                     (rounding == Rounding::kStochastic ? " stochastic" : " nearest") +
+                                     (rule == ScaleRule::kMinError ? " mse" : " max");
+            std::vector<int8_t> one(n), per_col(n), grouped(n);
+            const int e_one = quantize_to_tensor(x.data(), sh.rows, sh.cols, e_col.data(), 1, opt, one.data());
+            const int e_col_out =
+                quantize_to_tensor(x.data(), sh.rows, sh.cols, e_col.data(), sh.cols, opt, per_col.data());
+            const int groups = std::min(3, max_column_groups(opt.range));
+            const int e_grouped = quantize_column_groups(x.data(), sh.rows, sh.cols, -9, opt, groups, grouped.data());
+            for (kernels::ThreadPool* pool : pools) {
+              const std::string where = what + ", " + std::to_string(pool->threads()) + " threads";
+              std::vector<int8_t> q(n, int8_t{99});
+              EXPECT_EQ(quantize_to_tensor(x.data(), sh.rows, sh.cols, e_col.data(), 1, opt, q.data(), pool), e_one)
+                  << where;
+              EXPECT_EQ(q, one) << where;
+              std::fill(q.begin(), q.end(), int8_t{99});
+              EXPECT_EQ(quantize_to_tensor(x.data(), sh.rows, sh.cols, e_col.data(), sh.cols, opt, q.data(), pool),
+                        e_col_out)
+                  << where;
+              EXPECT_EQ(q, per_col) << where;
+              std::fill(q.begin(), q.end(), int8_t{99});
+              EXPECT_EQ(quantize_column_groups(x.data(), sh.rows, sh.cols, -9, opt, groups, q.data(), pool), e_grouped)
+                  << where;
+              EXPECT_EQ(q, grouped) << where;
+            }
+          }
+        }
+      }
+    }
+  }
+  // All-zero input on the pool: zeros, the input exponent.
+  const std::vector<int32_t> zeros(4000, 0);
+  std::vector<int8_t> q(zeros.size(), int8_t{99});
+  EXPECT_EQ(
+      quantize_to_tensor(zeros.data(), 100, 40, std::vector<int>{-4}.data(), 1, {signed_range(4)}, q.data(), &two), -4);
+  EXPECT_EQ(q, std::vector<int8_t>(zeros.size(), 0));
 }
 
 TEST(ShiftQuant, GroupBudget) {
