@@ -1,11 +1,14 @@
 #include "engine/add.h"
 
 #include <algorithm>
+#include <functional>
+#include <mutex>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include "engine/narrow.h"
+#include "engine/parallel.h"
 #include "kernels/eltwise.h"
 #include "quant/pow2.h"
 
@@ -16,6 +19,91 @@ int64_t element(const Tensor& t, std::size_t i) {
   return t.dtype() == DType::kI8 ? int64_t{t.data<int8_t>()[i]} : int64_t{t.data<int32_t>()[i]};
 }
 
+// ---- The element-wise passes split over the step's pool -------------------------------------------------------
+// Tasks write disjoint parts of the output; what they reduce (ranges, column maxima) is merged after each task
+// with integer min/max, which no order or split changes. So every result equals the one-pass kernel call's.
+
+// Element ranges are split in whole blocks of kBlock elements. The aligned-sum kernels try int32 lanes per block of
+// 1024 elements and redo a block where a shift or the add overflowed in int64: a task's range and sums are exact
+// whatever its bounds (the kernels' contract), so any split is; whole blocks also give every task the blocks of
+// the one-pass call, and no short scalar tails inside the tensor.
+constexpr std::size_t kBlock = 1024;
+
+// fn(i0, i1) over element ranges covering [0, n), on the pool when a pass touching `bytes_per_element` bytes per
+// element is worth splitting (parallel.h).
+void for_elements(kernels::ThreadPool* pool, std::size_t n, double bytes_per_element,
+                  const std::function<void(std::size_t, std::size_t)>& fn) {
+  const std::size_t blocks = (n + kBlock - 1) / kBlock;
+  const double work = kNsPerByte * bytes_per_element * static_cast<double>(n);
+  for_tiles(pool, blocks, work,
+            [&](std::size_t b0, std::size_t b1) { fn(b0 * kBlock, std::min(n, b1 * kBlock)); });
+}
+
+// kernels::aligned_sum_range over element ranges; the range (which includes 0 by definition) is the union of the
+// tasks' ranges. out is written at shift 0 (must not alias a or b).
+kernels::SumRange aligned_sum_range(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t n,
+                                    int la, int lb, int32_t* out, bool relu) {
+  kernels::SumRange range;
+  std::mutex merge;
+  for_elements(pool, n, 3 * sizeof(int32_t), [&](std::size_t i0, std::size_t i1) {
+    const kernels::SumRange r = kernels::aligned_sum_range(a + i0, b + i0, i1 - i0, la, lb, out + i0, relu);
+    const std::lock_guard<std::mutex> lock(merge);
+    range.min = std::min(range.min, r.min);
+    range.max = std::max(range.max, r.max);
+  });
+  return range;
+}
+
+void aligned_sum_narrow(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t n, int la, int lb,
+                        int t, int32_t* out, bool relu) {
+  for_elements(pool, n, 3 * sizeof(int32_t), [&](std::size_t i0, std::size_t i1) {
+    kernels::aligned_sum_narrow(a + i0, b + i0, i1 - i0, la, lb, t, out + i0, relu);
+  });
+}
+
+// kernels::aligned_sum_col_max over row ranges; colmax[c] is the largest of the tasks' maxima.
+void aligned_sum_col_max(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t rows,
+                         std::size_t cols, const int* la, const int* lb, uint64_t* colmax) {
+  std::fill(colmax, colmax + cols, uint64_t{0});
+  std::mutex merge;
+  const double work = kNsPerByte * static_cast<double>(rows * cols * 2 * sizeof(int32_t));  // a and b read
+  for_tiles(pool, rows, work, [&](std::size_t r0, std::size_t r1) {
+    std::vector<uint64_t> part(cols);
+    kernels::aligned_sum_col_max(a + r0 * cols, b + r0 * cols, r1 - r0, cols, la, lb, part.data());
+    const std::lock_guard<std::mutex> lock(merge);
+    for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], part[c]);
+  });
+}
+
+void aligned_sum_narrow_cols(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t rows,
+                             std::size_t cols, const int* la, const int* lb, const int* t, int32_t* out) {
+  const double work = kNsPerByte * static_cast<double>(rows * cols * 3 * sizeof(int32_t));  // a, b read, out written
+  for_tiles(pool, rows, work, [&](std::size_t r0, std::size_t r1) {
+    kernels::aligned_sum_narrow_cols(a + r0 * cols, b + r0 * cols, r1 - r0, cols, la, lb, t, out + r0 * cols);
+  });
+}
+
+// kernels::relu_i32 in place over element ranges; returns the largest of the tasks' maxima.
+uint64_t relu_in_place(kernels::ThreadPool* pool, int32_t* x, std::size_t n) {
+  uint64_t mx = 0;
+  std::mutex merge;
+  for_elements(pool, n, 2 * sizeof(int32_t), [&](std::size_t i0, std::size_t i1) {
+    const uint64_t m = kernels::relu_i32(x + i0, i1 - i0, x + i0);
+    const std::lock_guard<std::mutex> lock(merge);
+    mx = std::max(mx, m);
+  });
+  return mx;
+}
+
+// kernels::relu_backward_i32 over element ranges (dx may alias dy).
+void relu_backward(kernels::ThreadPool* pool, const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx,
+                   int32_t* dx2 = nullptr) {
+  const double bytes = dx2 != nullptr ? 4 * sizeof(int32_t) : 3 * sizeof(int32_t);  // dy, x read; dx (dx2) written
+  for_elements(pool, n, bytes, [&](std::size_t i0, std::size_t i1) {
+    kernels::relu_backward_i32(dy + i0, x + i0, i1 - i0, dx + i0, dx2 != nullptr ? dx2 + i0 : nullptr);
+  });
+}
+
 // Working exponent of one column (or of the whole tensor): the finer exponent, unless the operands are more than
 // 31 octaves apart and the coarser one has a non-zero value in the column.
 int working_exponent(int ea, int eb, bool coarse_nonzero) {
@@ -24,7 +112,7 @@ int working_exponent(int ea, int eb, bool coarse_nonzero) {
 }
 
 // The narrowed sum of a and b (see add.h), with a ReLU applied to it when `relu` (exactly relu(add(a, b))).
-Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
+Tensor sum_values(kernels::ThreadPool* pool, const Tensor& av, const Tensor& bv, bool relu) {
   if (av.rows() != bv.rows() || av.cols() != bv.cols() || av.axis() == ScaleAxis::kRow || bv.axis() == ScaleAxis::kRow)
     throw std::invalid_argument("add: operands " + av.describe() + " and " + bv.describe() +
                                 " must have the same shape and per-tensor or per-column exponents");
@@ -44,10 +132,9 @@ Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
     int32_t* o = out.data<int32_t>();
     // One pass writes the sums at shift 0; a second one only if some sum needs a coarser exponent.
     const kernels::SumRange range =
-        kernels::aligned_sum_range(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, o, relu);
+        aligned_sum_range(pool, av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, o, relu);
     const int t = narrowing_shift(range.max_abs());
-    if (t != 0)
-      kernels::aligned_sum_narrow(av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o, relu);
+    if (t != 0) aligned_sum_narrow(pool, av.data<int32_t>(), bv.data<int32_t>(), av.size(), ea - e, eb - e, t, o, relu);
     out.set_exponent(e + t);
     // With the ReLU every value is ≥ 0 and the largest is the narrowed largest sum (rounding is monotone).
     if (relu) out.set_nonnegative_max(static_cast<uint64_t>(quant::shift_round_even(range.max, t)));
@@ -63,15 +150,15 @@ Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
       lb[c] = eb - e[c];
     }
     std::vector<uint64_t> colmax(cols);
-    kernels::aligned_sum_col_max(av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(),
-                                 colmax.data());
+    aligned_sum_col_max(pool, av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(),
+                        colmax.data());
     for (std::size_t c = 0; c < cols; ++c) {
       t[c] = narrowing_shift(colmax[c]);
       e[c] += t[c];
     }
     out = Tensor::uninitialized(rows, cols, DType::kI32);
-    kernels::aligned_sum_narrow_cols(av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(), t.data(),
-                                     out.data<int32_t>());
+    aligned_sum_narrow_cols(pool, av.data<int32_t>(), bv.data<int32_t>(), rows, cols, la.data(), lb.data(), t.data(),
+                            out.data<int32_t>());
     out.set_exponents(ScaleAxis::kCol, std::move(e));
   } else {
     // Does the coarser operand have a non-zero value in column c (any column when per tensor)?
@@ -98,17 +185,16 @@ Tensor sum_values(const Tensor& av, const Tensor& bv, bool relu) {
     out = per_col ? narrow_per_col(sum.data(), rows, cols, e) : narrow_tensor(sum.data(), rows, cols, e_tensor);
   }
   if (relu) {
-    const uint64_t mx = kernels::relu_i32(out.data<int32_t>(), out.size(), out.data<int32_t>());
-    out.set_nonnegative_max(mx);
+    out.set_nonnegative_max(relu_in_place(pool, out.data<int32_t>(), out.size()));
   }
   return out;
 }
 
 VarPtr add_impl(const StepContext& ctx, const VarPtr& a, const VarPtr& b, bool relu) {
   auto out = std::make_shared<Var>();
-  out->value = sum_values(a->value, b->value, relu);
+  out->value = sum_values(ctx.pool, a->value, b->value, relu);
   if (!ctx.training() || (!a->requires_grad && !b->requires_grad)) return out;
-  ctx.tape->record([a, b, out, relu] {
+  ctx.tape->record([a, b, out, relu, pool = ctx.pool] {
     if (!out->has_grad) return;
     // Both inputs receive dy (masked by y > 0 after a ReLU, i.e. by the sum > 0): a copy for the first, the consumed
     // gradient itself for the second.
@@ -124,12 +210,12 @@ VarPtr add_impl(const StepContext& ctx, const VarPtr& a, const VarPtr& b, bool r
     if (both) {
       Tensor ga = Tensor::uninitialized(g.rows(), g.cols(), DType::kI32);
       ga.set_exponents(g.axis(), g.exponents());
-      kernels::relu_backward_i32(d, y, g.size(), ga.data<int32_t>(), d);  // one pass, both gradients
+      relu_backward(pool, d, y, g.size(), ga.data<int32_t>(), d);  // one pass, both gradients
       accumulate_grad(*a, std::move(ga));
       accumulate_grad(*b, std::move(g));
       return;
     }
-    kernels::relu_backward_i32(d, y, g.size(), d);
+    relu_backward(pool, d, y, g.size(), d);
     accumulate_grad(b->requires_grad ? *b : *a, std::move(g));
   });
   return out;

@@ -108,7 +108,7 @@ void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, s
 quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const {
   quant::ShiftQuantized g;
   quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg_.grad_bits, cfg_.groups},
-                    ctx.rounding_rng(stream), &g);
+                    ctx.rounding_rng(stream), &g, ctx.pool);
   return g;
 }
 

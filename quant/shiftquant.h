@@ -24,6 +24,10 @@
 #include "quant/rng.h"
 #include "quant/uninit_vector.h"
 
+namespace qtrain::kernels {
+class ThreadPool;
+}  // namespace qtrain::kernels
+
 namespace qtrain::quant {
 
 struct ShiftQuantConfig {
@@ -46,9 +50,10 @@ struct ShiftQuantized {
   int channel_exponent(std::size_t c) const { return e0 - k[c]; }
 };
 
-// Quantize G (rows × cols int32, exponent e_g). Stochastic rounding draws rng.u32(n·cols + c).
+// Quantize G (rows × cols int32, exponent e_g). Stochastic rounding draws rng.u32(n·cols + c). With a pool, both
+// passes (channel ranges, rounding) are split by rows when the pool says it pays; the result is the same bits.
 void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, const ShiftQuantConfig& cfg,
-                const CounterRng& rng, ShiftQuantized* out);
+                const CounterRng& rng, ShiftQuantized* out, kernels::ThreadPool* pool = nullptr);
 
 // The same shift-on-pack trick for an operand with per-row exponents that is reduced over its rows (a weight
 // matrix with per-output-channel scales in the dgrad GEMM): rows are brought to one exponent

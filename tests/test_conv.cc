@@ -693,6 +693,67 @@ TEST(Add, FusedReluEqualsReluOfAdd) {
   }
 }
 
+// add and add_relu split over 2 and 3 threads (always split) give the single-thread bits, forward (values,
+// exponents, the ReLU's maximum) and backward (one or both inputs needing a gradient). Shapes not a multiple of
+// the 1024-element blocks; cases where no block, every block, or one block in the middle overflows int32 at the
+// working exponent (the kernels redo such a block in int64, and the sums need a narrowing shift), and per-column
+// exponents (the column maxima merged over row tiles).
+TEST(Add, ThreadedForwardAndBackwardAreBitIdentical) {
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  struct Case {
+    int32_t range_a, range_b;
+    int ea, eb;
+    bool per_col;
+    bool plant;  // one element pair whose sum overflows int32, in block 17
+  };
+  const Case cases[] = {{1 << 20, 1 << 20, -5, -5, false, false}, {1 << 29, 1 << 25, -2, -7, false, false},
+                        {1 << 20, 1 << 20, -5, -5, false, true},  {1 << 24, 1 << 29, 4, -9, true, false},
+                        {1 << 30, 1 << 30, -3, -3, true, false}};
+  const std::size_t rows = 2003, cols = 16;  // 32048 elements: 31 whole blocks and a tail
+  uint64_t seed = 300;
+  for (const Case& k : cases)
+    for (bool relu : {false, true})
+      for (bool both : {true, false}) {
+        SCOPED_TRACE(std::to_string(&k - cases) + (relu ? " relu" : "") + (both ? " both" : " b only"));
+        Tensor at = random_i32(rows, cols, k.range_a, k.ea, seed++), bt = random_i32(rows, cols, k.range_b, k.eb, seed++);
+        if (k.per_col) {
+          std::vector<int> e(cols);
+          for (std::size_t c = 0; c < cols; ++c) e[c] = k.ea + static_cast<int>(c % 5);
+          at.set_exponents(ScaleAxis::kCol, e);
+        }
+        if (k.plant) at.data<int32_t>()[17 * 1024 + 5] = bt.data<int32_t>()[17 * 1024 + 5] = (1 << 30) + 1;
+        const Tensor dy = random_i32(rows, cols, 1 << 20, -11, seed++);
+        struct Run {
+          VarPtr a, b, y;
+        };
+        auto run = [&](kernels::ThreadPool* pool) {
+          Run r{var(at), var(bt), nullptr};
+          r.a->requires_grad = both;
+          Tape tape;
+          const StepContext ctx{pool, &tape, 0, 0};
+          r.y = relu ? add_relu(ctx, r.a, r.b) : add(ctx, r.a, r.b);
+          r.y->grad = dy;
+          r.y->has_grad = true;
+          tape.backward();
+          return r;
+        };
+        const Run one = run(nullptr);
+        if (k.plant) {
+          EXPECT_EQ(one.y->value.exponent(), k.ea + 1);  // the planted sum forced a narrowing shift
+        }
+        for (kernels::ThreadPool* pool : {&two, &three}) {
+          const Run r = run(pool);
+          ASSERT_TRUE(bit_identical(r.y->value, one.y->value)) << pool->threads();
+          EXPECT_EQ(r.y->value.nonnegative_max(), one.y->value.nonnegative_max());
+          ASSERT_EQ(r.a->has_grad, both);
+          if (both) {
+            ASSERT_TRUE(bit_identical(r.a->grad, one.a->grad)) << pool->threads();
+          }
+          ASSERT_TRUE(bit_identical(r.b->grad, one.b->grad)) << pool->threads();
+        }
+      }
+}
+
 // ---- Weights packed once per version ---------------------------------------------------------------------------
 
 // W_q (per-row exponents ew) and W_aligned (exponent e_aligned) of a parameter's current master weights.

@@ -518,6 +518,43 @@ TEST(ShiftQuant, AllZeroGradient) {
   for (int8_t v : sq.shifted) EXPECT_EQ(v, 0);
 }
 
+// Both passes split by rows over 2 and 3 threads (always split) give the single-thread bits: the channel ranges are
+// merged with max, and every element's draw depends only on its index. Shapes: many rows of few channels (a
+// convolution's gradient: tiles of many 4096-draw blocks), fewer wide rows (block_rows = 13, tiles that end inside
+// a block), a zero channel, and an all-zero gradient.
+TEST(ShiftQuant, ThreadedPassesAreBitIdentical) {
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  struct Shape {
+    std::size_t rows, cols;
+  };
+  for (const Shape s : {Shape{3001, 16}, Shape{203, 300}, Shape{50, 7}}) {
+    for (int bits : {4, 8}) {
+      SCOPED_TRACE(std::to_string(s.rows) + "x" + std::to_string(s.cols) + " bits " + std::to_string(bits));
+      auto g = spread_gradient(s.rows, s.cols, 20 + bits);
+      for (std::size_t r = 0; r < s.rows; ++r) g[r * s.cols + 3] = 0;  // a zero channel
+      const ShiftQuantConfig cfg{bits, max_groups(bits)};
+      const CounterRng rng(5, stream_id(Purpose::kRounding, 11, 2));
+      ShiftQuantized one;
+      shiftquant(g.data(), s.rows, s.cols, -25, cfg, rng, &one);
+      for (kernels::ThreadPool* pool : {&two, &three}) {
+        ShiftQuantized sq;
+        shiftquant(g.data(), s.rows, s.cols, -25, cfg, rng, &sq, pool);
+        EXPECT_EQ(sq.e0, one.e0);
+        EXPECT_EQ(sq.k, one.k);
+        ASSERT_TRUE(std::equal(sq.q.begin(), sq.q.end(), one.q.begin(), one.q.end())) << pool->threads();
+        ASSERT_TRUE(std::equal(sq.shifted.begin(), sq.shifted.end(), one.shifted.begin(), one.shifted.end()))
+            << pool->threads();
+      }
+    }
+  }
+  const std::vector<int32_t> zero(4000 * 8, 0);
+  ShiftQuantized sq;
+  shiftquant(zero.data(), 4000, 8, -5, {4, 5}, CounterRng(0, 0), &sq, &three);
+  EXPECT_EQ(sq.e0, -5);
+  EXPECT_TRUE(std::all_of(sq.q.begin(), sq.q.end(), [](int8_t v) { return v == 0; }));
+  EXPECT_TRUE(std::all_of(sq.shifted.begin(), sq.shifted.end(), [](int8_t v) { return v == 0; }));
+}
+
 TEST(ShiftQuant, AlignRowsIsExactWithinHeadroom) {
   const std::size_t rows = 5, cols = 8;
   const auto w32 = random_ints(rows * cols, -7, 7, 4);
