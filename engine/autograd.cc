@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "engine/split_eltwise.h"
 #include "kernels/eltwise.h"
 #include "quant/pow2.h"
 
@@ -17,7 +18,7 @@ VarPtr make_input(Tensor value) {
 
 namespace {
 // v.grad ← v.grad + g at the finer exponent, then narrowed (see autograd.h).
-void add_into(Var& v, const Tensor& g) {
+void add_into(Var& v, const Tensor& g, kernels::ThreadPool* pool) {
   if (g.size() != v.grad.size()) throw std::logic_error("accumulate_grad: shape mismatch " + g.describe());
   const int ea = v.grad.exponent(), eb = g.exponent(), e = std::min(ea, eb);
   const int la = ea - e, lb = eb - e;
@@ -28,9 +29,9 @@ void add_into(Var& v, const Tensor& g) {
     // into a new tensor (a and b stay intact); a second one only if some sum needs a coarser exponent.
     Tensor sum = Tensor::uninitialized(v.grad.rows(), v.grad.cols(), DType::kI32);
     int32_t* out = sum.data<int32_t>();
-    const uint64_t maxabs = kernels::aligned_sum_range(a, b, g.size(), la, lb, out).max_abs();
+    const uint64_t maxabs = aligned_sum_range(pool, a, b, g.size(), la, lb, out, false).max_abs();
     const int s = std::max(0, quant::bit_length(maxabs) - 31);
-    if (s != 0) kernels::aligned_sum_narrow(a, b, g.size(), la, lb, s, out);
+    if (s != 0) aligned_sum_narrow(pool, a, b, g.size(), la, lb, s, out, false);
     sum.set_exponent(e + s);
     v.grad = std::move(sum);
     return;
@@ -49,22 +50,22 @@ void add_into(Var& v, const Tensor& g) {
 }
 }  // namespace
 
-void accumulate_grad(Var& v, Tensor&& g) {
+void accumulate_grad(Var& v, Tensor&& g, kernels::ThreadPool* pool) {
   if (!v.has_grad) {
     v.grad = std::move(g);
     v.has_grad = true;
     return;
   }
-  add_into(v, g);
+  add_into(v, g, pool);
 }
 
-void accumulate_grad(Var& v, const Tensor& g) {
+void accumulate_grad(Var& v, const Tensor& g, kernels::ThreadPool* pool) {
   if (!v.has_grad) {
     v.grad = g;
     v.has_grad = true;
     return;
   }
-  add_into(v, g);
+  add_into(v, g, pool);
 }
 
 Tensor take_grad(Var& out) {

@@ -36,9 +36,10 @@ VarPtr make_input(Tensor value);
 
 // Adds g (int32, one exponent) into v's gradient, aligning exponents exactly when both exist: the sum at the finer
 // exponent (exact in int64), then the finest exponent ≥ it whose int32 holds the sum (nearest-even; saturating).
-void accumulate_grad(Var& v, Tensor&& g);
+// The sum's passes split over `pool` when it pays (a residual block's input gathers two large gradients).
+void accumulate_grad(Var& v, Tensor&& g, kernels::ThreadPool* pool = nullptr);
 // The same for a gradient the caller keeps (copied only when v has no gradient yet).
-void accumulate_grad(Var& v, const Tensor& g);
+void accumulate_grad(Var& v, const Tensor& g, kernels::ThreadPool* pool = nullptr);
 // The gradient of an op output for its op's backward to consume: moved out unless the Var retains it, in which
 // case a copy (the Var's gradient is left as it was).
 Tensor take_grad(Var& out);

@@ -373,7 +373,7 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     const quant::ShiftQuantized gq = op_.quantize_grad(ctx, id_ * 4 + 1, out->grad);
     const bool need_dx = x->requires_grad && spec_.needs_input_grad;
     if (spec_.pointwise()) {
-      if (need_dx) accumulate_grad(*x, qgemm_dgrad(gq, *wq, ctx.pool));
+      if (need_dx) accumulate_grad(*x, qgemm_dgrad(gq, *wq, ctx.pool), ctx.pool);
       weight_.grad = qgemm_wgrad(gq, *xq, ctx.pool);
       weight_.has_grad = true;
       return;
@@ -424,9 +424,9 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
     const int e_dx = qgemm_dgrad_exponent(gq, *wq);
     if (dx_i32) {
       dx32.set_exponent(e_dx);
-      accumulate_grad(*x, std::move(dx32));
+      accumulate_grad(*x, std::move(dx32), ctx.pool);
     } else {
-      accumulate_grad(*x, narrow_tensor(dx64.data(), xq->rows(), xq->cols(), e_dx));
+      accumulate_grad(*x, narrow_tensor(dx64.data(), xq->rows(), xq->cols(), e_dx), ctx.pool);
     }
   });
   return out;

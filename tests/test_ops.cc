@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -433,6 +435,36 @@ TEST(Autograd, AccumulateAlignsExponents) {
   accumulate_grad(v, b);
   EXPECT_DOUBLE_EQ(v.grad.value(0), 3.0 / 16 + 0.25);
   EXPECT_DOUBLE_EQ(v.grad.value(1), -0.5 + 0.25);
+}
+
+// A residual block's input gathers two large gradients: the sum split over a pool (whole 1024-element blocks, ranges
+// merged exactly) gives the same bits and exponent as one pass, with and without the narrowing a large sum needs.
+TEST(Autograd, AccumulateOnThePoolIsBitIdentical) {
+  std::mt19937 rng(5);
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  for (const int32_t bound : {1000, std::numeric_limits<int32_t>::max()}) {
+    std::uniform_int_distribution<int32_t> dist(-bound, bound);
+    Tensor a(2003, 37, DType::kI32, -9), b(2003, 37, DType::kI32, -6);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      a.data<int32_t>()[i] = dist(rng);
+      b.data<int32_t>()[i] = dist(rng);
+    }
+    Var one;
+    accumulate_grad(one, a);
+    accumulate_grad(one, b);
+    for (kernels::ThreadPool* pool : {&two, &three}) {
+      Var v;
+      accumulate_grad(v, a, pool);
+      accumulate_grad(v, b, pool);
+      ASSERT_EQ(v.grad.exponent(), one.grad.exponent()) << pool->threads() << " threads, bound " << bound;
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        ASSERT_EQ(v.grad.data<int32_t>()[i], one.grad.data<int32_t>()[i]) << "element " << i << ", bound " << bound;
+      }
+    }
+    if (bound > 1000) {
+      EXPECT_GT(one.grad.exponent(), -9) << "the large sums were narrowed";
+    }
+  }
 }
 
 }  // namespace
