@@ -70,7 +70,7 @@ struct TrainOptions {
   int act_groups = 0;
   int edge_bits = 0;
   uint64_t seed = 0;
-  long long threads = 1;
+  long long threads = 0;  // all processors this process may use
   std::size_t train_limit = 0, test_limit = 0;
   std::string metrics, save, kernel_target;
   std::string checkpoint, resume;
@@ -393,7 +393,7 @@ int main(int argc, char** argv) {
                   "Do not stop a run whose loss diverges or whose gradients stay zero (exit code 3)");
 
   std::string load, edata, edataset = "fashion-mnist", ekt;
-  long long ethreads = 1;
+  long long ethreads = 0;
   std::size_t elimit = 0;
   auto* eval = app.add_subcommand("eval", "Evaluate a saved model on the test set");
   eval->add_option("--load", load, "Model file written by 'qtrain train --save'")->required();
