@@ -5,6 +5,7 @@
 #include <string>
 
 #include "engine/narrow.h"
+#include "kernels/eltwise.h"
 #include "kernels/gemm.h"
 #include "quant/error.h"
 #include "quant/pow2.h"
@@ -36,7 +37,7 @@ Linear::Linear(const LinearSpec& spec, uint32_t layer_id, uint64_t seed)
 std::string Linear::name() const {
   return "Linear(" + std::to_string(spec_.in) + "->" + std::to_string(spec_.out) + ", W" +
          std::to_string(spec_.weight_bits) + "A" + std::to_string(spec_.act_bits) + "G" +
-         std::to_string(spec_.grad_bits) + ")";
+         std::to_string(spec_.grad_bits) + (spec_.relu ? ", ReLU" : "") + ")";
 }
 
 VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
@@ -66,14 +67,15 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   out->value = Tensor::uninitialized(n, m, DType::kI32);  // the GEMM writes every element
   int32_t* y = out->value.data<int32_t>();
   if (fits) {
-    // The usual case: the GEMM adds the bias (saturating) as each output tile is finished.
+    // The usual case: the GEMM adds the bias (saturating), and the ReLU, as each output tile is finished.
     const std::vector<int32_t> b32(b_aligned.begin(), b_aligned.end());
-    wq->forward(xq->data<int8_t>(), y, n, ctx.pool, kernels::GemmEpilogue{b32.data(), false});
+    wq->forward(xq->data<int8_t>(), y, n, ctx.pool, kernels::GemmEpilogue{b32.data(), spec_.relu});
   } else {
     // A bias beyond int32 at the column's exponent (a diverged run or a hostile file): saturate in int64.
     wq->forward(xq->data<int8_t>(), y, n, ctx.pool);
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t c = 0; c < m; ++c) y[r * m + c] = quant::saturate_i32(int64_t{y[r * m + c]} + b_aligned[c]);
+    if (spec_.relu) kernels::relu_i32(y, n * m, y);
   }
   out->value.set_exponents(ScaleAxis::kCol, std::move(e_out));
 
@@ -81,7 +83,15 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
   // Backward keeps X_q and this step's W_q (the optimizer may requantize before a later backward).
   ctx.tape->record([this, ctx, x, out, xq, wq, n, m] {
     if (!out->has_grad) return;
-    const Tensor& dy = out->grad;
+    // The fused ReLU's backward: dY·[y > 0] (y > 0 exactly where the pre-activation was), masked in place in the
+    // gradient this op consumes.
+    Tensor masked;
+    if (spec_.relu) {
+      masked = take_grad(*out);
+      kernels::relu_backward_i32(masked.data<int32_t>(), out->value.data<int32_t>(), masked.size(),
+                                 masked.data<int32_t>());
+    }
+    const Tensor& dy = spec_.relu ? masked : out->grad;
     const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_ * 4 + 1, dy);
 
     // dX = dY_shifted · W_aligned (reduction over m ≤ kMaxReduction channels).

@@ -9,6 +9,8 @@
 //                                                 exponent e0 − k_c + e_x per row)
 //           db[c]   = Σ_n dY[n,c]                (exact int64 sum of the unquantized int32 gradient)
 // Float formula it implements: y = Q(x)·Q(W)ᵀ + b, dx = Q_g(dy)·Q(W), dW = Q_g(dy)ᵀ·Q(x), db = Σ dy.
+// With `relu` the layer is Linear followed by ReLU as one op: y = max(X_q·W_qᵀ + b, 0) in the GEMM's epilogue (no
+// pass of its own), and backward first masks dY by [y > 0] — the same values and gradients as the two ops.
 // The quantizers, the weight cache and the dX/dW GEMMs are the shared QGemmOp (qgemm_op.h), as in Conv2d.
 #pragma once
 
@@ -29,6 +31,7 @@ struct LinearSpec {
   bool needs_input_grad = true;
   quant::ScaleRule scale = quant::ScaleRule::kCover;  // how X_q's power of two is chosen
   int act_groups = 1;  // power-of-two channel groups of the quantized input (QGemmConfig::act_groups)
+  bool relu = false;   // a ReLU fused after the bias (see above)
 };
 
 class Linear : public Layer {

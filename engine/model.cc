@@ -8,7 +8,6 @@
 #include "engine/linear.h"
 #include "engine/norm.h"
 #include "engine/pool.h"
-#include "engine/relu.h"
 #include "engine/residual.h"
 #include "quant/error.h"
 #include "quant/shiftquant.h"
@@ -197,7 +196,7 @@ class ConvBuilder {
     }
     return std::make_unique<Residual>(std::move(body), std::move(shortcut));
   }
-  std::unique_ptr<Layer> linear(std::size_t in, std::size_t out, bool last) {
+  std::unique_ptr<Layer> linear(std::size_t in, std::size_t out, bool last, bool relu = false) {
     LinearSpec ls;
     ls.in = in;
     ls.out = out;
@@ -207,6 +206,7 @@ class ConvBuilder {
     ls.groups = last ? spec_.resolved_edge_groups() : spec_.resolved_groups();
     ls.scale = spec_.scale_rule();
     ls.act_groups = last ? 1 : spec_.resolved_act_groups();
+    ls.relu = relu;
     return std::make_unique<Linear>(ls, next_id_++, seed_);
   }
   std::size_t h() const { return h_; }
@@ -228,8 +228,7 @@ std::vector<std::unique_ptr<Layer>> build_cnn(const ModelSpec& spec, uint64_t se
   b.conv_norm(layers, 64, 3, 1, true);
   b.max_pool(layers);
   layers.push_back(std::make_unique<Flatten>(b.h(), b.w(), b.c()));
-  layers.push_back(b.linear(b.h() * b.w() * b.c(), 128, false));
-  layers.push_back(std::make_unique<Relu>());
+  layers.push_back(b.linear(b.h() * b.w() * b.c(), 128, false, true));  // Linear + ReLU, one op
   layers.push_back(b.linear(128, spec.classes, true));
   return layers;
 }
@@ -261,8 +260,8 @@ std::vector<std::unique_ptr<Layer>> build_mlp(const ModelSpec& spec, uint64_t se
     ls.scale = spec.scale_rule();
     ls.act_groups = i == 0 ? 1 : spec.resolved_act_groups();
     ls.needs_input_grad = i != 0;   // nothing consumes the gradient of the pixels
+    ls.relu = i + 1 < n;            // hidden layers: Linear + ReLU as one op
     layers.push_back(std::make_unique<Linear>(ls, static_cast<uint32_t>(i), seed));
-    if (i + 1 < n) layers.push_back(std::make_unique<Relu>());
   }
   return layers;
 }
