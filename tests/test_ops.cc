@@ -17,6 +17,7 @@
 #include "engine/relu.h"
 #include "engine/schedule.h"
 #include "engine/softmax_ce.h"
+#include "kernels/sgd_update.h"
 #include "kernels/thread_pool.h"
 #include "quant/pow2.h"
 #include "quant/rng.h"
@@ -381,6 +382,139 @@ TEST(Sgd, TinyUpdatesAreNotLostOnAverage) {
   double moved = 0;
   for (std::size_t i = 0; i < w0.size(); ++i) moved += (w0[i] - w1[i]) / ulp;
   EXPECT_NEAR(moved / 4096, 0.125, 6 * std::sqrt(0.125 * 0.875 / 4096));
+}
+
+// The two-pass update Sgd::step ran before the passes were fused (kept verbatim as the specification): pass 1
+// accumulates the whole tensor into int64, pass 2 stores v at the shift the whole tensor's maximum needs and
+// applies η·v, then the master narrows if a weight reached 2^30.
+void two_pass_sgd_step(const SgdConfig& cfg, Param* p, double lr, uint64_t step, uint64_t seed) {
+  const quant::Dyadic mu = quant::to_dyadic(cfg.momentum);
+  const quant::Dyadic lambda = quant::to_dyadic(cfg.weight_decay);
+  const quant::Dyadic eta = quant::to_dyadic(lr);
+  constexpr std::size_t kBlock = 1024;
+  uint32_t draws[kBlock];
+  const std::size_t n = p->master.size();
+  const std::size_t cols = p->master.cols();
+  int32_t* w = p->master.data<int32_t>();
+  int32_t* v = p->momentum.data<int32_t>();
+  const int32_t* g = p->grad.data<int32_t>();
+  const int e = p->master.exponent(), ev = p->momentum.exponent();
+  auto stream = [&](uint32_t k) {
+    return quant::CounterRng(seed, quant::stream_id(quant::Purpose::kRounding, step, 0x80000u | (p->id << 2) | k));
+  };
+  const quant::CounterRng rng_g = stream(0), rng_u = stream(2);
+  std::vector<int64_t> scratch(n);
+  int64_t* acc = scratch.data();
+  uint64_t vmax = 0;
+  const std::size_t rows = p->master.rows();
+  for (std::size_t r = 0; r < rows; ++r) {
+    const int eg = p->grad.exponent_at(r, 0);
+    for (std::size_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const std::size_t len = std::min(kBlock, cols - c0), i0 = r * cols + c0;
+      if (eg < e) rng_g.fill_u32(i0, len, draws);
+      vmax =
+          std::max(vmax, kernels::sgd_accumulate(v + i0, g + i0, p->decay ? w + i0 : nullptr, draws, len, mu.mantissa,
+                                                 mu.shift, ev - e, eg - e, lambda.mantissa, lambda.shift, acc + i0));
+    }
+  }
+  const int sv = std::max(0, quant::bit_length(vmax) - 30);
+  p->momentum.set_exponent(e + sv);
+  uint64_t wmax = 0;
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t len = std::min(kBlock, n - i0);
+    if (eta.shift - sv >= 0) rng_u.fill_u32(i0, len, draws);
+    wmax = std::max(
+        wmax, kernels::sgd_apply(acc + i0, w + i0, draws, len, eta.mantissa, eta.shift, sv, v + i0, acc + i0, w + i0));
+  }
+  const int sw = std::max(0, quant::bit_length(wmax) - 30);
+  if (sw > 0) kernels::sgd_narrow(acc, n, sw, w);
+  p->master.set_exponent(e + sw);
+  p->has_grad = false;
+  ++p->version;
+}
+
+// A parameter for the fused-versus-two-pass comparison. `big_at` ≥ 0 plants a large gradient there (the
+// momentum needs a store shift from that element's block on); `edge_at` ≥ 0 plants weights at 2^30 − 3 from
+// there on (the master must narrow).
+Param sgd_case_param(std::size_t rows, std::size_t cols, bool per_row, int eg_off, bool decay, long big_at,
+                     long edge_at, uint64_t seed) {
+  Param p;
+  p.id = 7;
+  p.decay = decay;
+  const int e = -20;
+  p.master = random_i32(rows, cols, 1 << 24, e, seed);
+  p.momentum = random_i32(rows, cols, 1 << 22, e + 1, seed + 1);
+  p.grad = random_i32(rows, cols, 1 << 20, e + eg_off, seed + 2);
+  if (per_row) {
+    std::vector<int> eg(rows);
+    for (std::size_t r = 0; r < rows; ++r) eg[r] = e + eg_off + static_cast<int>(r % 3) - (r % 5 == 4 ? 1 : 0);
+    p.grad.set_exponents(ScaleAxis::kRow, eg);
+  }
+  const std::size_t n = rows * cols;
+  if (big_at >= 0) {
+    for (std::size_t i = static_cast<std::size_t>(big_at); i < n; i += 997)
+      p.grad.data<int32_t>()[i] = (i % 2 ? 1 : -1) * ((1 << 30) + static_cast<int32_t>(i));
+  }
+  if (edge_at >= 0) {
+    for (std::size_t i = static_cast<std::size_t>(edge_at); i < n; i += 13) {
+      const int32_t s = p.grad.data<int32_t>()[i] < 0 ? 1 : -1;  // the update moves the weight outward
+      p.master.data<int32_t>()[i] = s * ((1 << 30) - 3);
+      p.momentum.data<int32_t>()[i] = -s * (1 << 22);
+    }
+  }
+  p.has_grad = true;
+  return p;
+}
+
+TEST(Sgd, FusedPassesMatchTheTwoPassUpdateBitForBit) {
+  struct Shape {
+    std::size_t rows, cols;
+    bool per_row;
+  };
+  const Shape shapes[] = {{1, 5000, false}, {40, 130, true}, {3, 2100, true}, {7, 1024, false}, {1, 3, false}};
+  int cases = 0, fallbacks = 0, narrowed = 0;
+  for (const Shape& sh : shapes) {
+    const long n = static_cast<long>(sh.rows * sh.cols);
+    for (int eg_off : {-3, 0, 2}) {
+      for (bool decay : {false, true}) {
+        for (long big_at : {-1L, 0L, n / 2, n - 1}) {
+          for (long edge_at : {-1L, 0L, n / 3, n - 1}) {
+            for (double lr : {0.05, 1.0, 3e5, 1e10}) {
+              const uint64_t seed = static_cast<uint64_t>(cases) * 11 + 1;
+              Param a = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              Param b = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              const SgdConfig cfg{0.9, decay ? 5e-4 : 0.0};
+              Sgd sgd(cfg);
+              for (uint64_t step = 0; step < 2; ++step) {
+                const int e0 = a.master.exponent();
+                sgd.step({&a}, lr, step, 5);
+                two_pass_sgd_step(cfg, &b, lr, step, 5);
+                const std::string what = "shape " + std::to_string(sh.rows) + "x" + std::to_string(sh.cols) +
+                                         " eg_off " + std::to_string(eg_off) + " decay " + std::to_string(decay) +
+                                         " big_at " + std::to_string(big_at) + " edge_at " + std::to_string(edge_at) +
+                                         " lr " + std::to_string(lr) + " step " + std::to_string(step);
+                ASSERT_EQ(a.master.exponent(), b.master.exponent()) << what;
+                ASSERT_EQ(a.momentum.exponent(), b.momentum.exponent()) << what;
+                ASSERT_EQ(a.version, b.version) << what;
+                ASSERT_FALSE(a.has_grad);
+                for (long i = 0; i < n; ++i) {
+                  ASSERT_EQ(a.master.data<int32_t>()[i], b.master.data<int32_t>()[i]) << what << " w[" << i << "]";
+                  ASSERT_EQ(a.momentum.data<int32_t>()[i], b.momentum.data<int32_t>()[i]) << what << " v[" << i << "]";
+                }
+                fallbacks += a.momentum.exponent() > e0;
+                narrowed += a.master.exponent() > e0;
+                // The second step: the same gradient again, now with a momentum at the exponent the first left.
+                a.has_grad = b.has_grad = true;
+              }
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(fallbacks, 0);
+  EXPECT_GT(narrowed, 0);
 }
 
 TEST(Sgd, MasterExponentGrowsInsteadOfOverflowing) {
