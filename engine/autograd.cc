@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "engine/profile.h"
 #include "engine/split_eltwise.h"
 #include "kernels/eltwise.h"
 #include "quant/pow2.h"
@@ -76,8 +77,21 @@ Tensor take_grad(Var& out) {
   return g;
 }
 
-void Tape::backward() {
-  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) (*it)();
+void Tape::backward(StepProfile* profile) {
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
+    if (profile == nullptr) {
+      it->backward();
+      continue;
+    }
+    const int64_t t0 = StepProfile::now_ns();
+    it->backward();
+    const int64_t ns = StepProfile::now_ns() - t0;
+    if (it->tag < profile->layers()) {
+      profile->add_backward(it->tag, ns);
+    } else {
+      profile->add(StepProfile::Phase::kLoss, ns);  // recorded after the last layer: the loss's gradient
+    }
+  }
   nodes_.clear();
 }
 

@@ -44,16 +44,26 @@ void accumulate_grad(Var& v, const Tensor& g, kernels::ThreadPool* pool = nullpt
 // case a copy (the Var's gradient is left as it was).
 Tensor take_grad(Var& out);
 
+class StepProfile;
+
 class Tape {
  public:
-  void record(std::function<void()> backward) { nodes_.push_back(std::move(backward)); }
-  // Runs every recorded backward in reverse order, then forgets them.
-  void backward();
+  void record(std::function<void()> backward) { nodes_.push_back({tag_, std::move(backward)}); }
+  // Runs every recorded backward in reverse order, then forgets them. With a profile, each closure's time goes to
+  // the layer whose tag it was recorded under (see set_tag).
+  void backward(StepProfile* profile = nullptr);
   void clear() { nodes_.clear(); }
   std::size_t size() const { return nodes_.size(); }
+  // The top-level layer that closures recorded from now on belong to (Model::forward sets it when profiling).
+  void set_tag(std::size_t layer) { tag_ = layer; }
 
  private:
-  std::vector<std::function<void()>> nodes_;
+  struct Node {
+    std::size_t tag;
+    std::function<void()> backward;
+  };
+  std::vector<Node> nodes_;
+  std::size_t tag_ = 0;
 };
 
 // Everything an op needs to know about the step it runs in.
@@ -62,6 +72,7 @@ struct StepContext {
   Tape* tape = nullptr;                 // null: inference, nothing recorded
   uint64_t seed = 0;
   uint64_t step = 0;  // global training step: keys the stochastic-rounding streams
+  StepProfile* profile = nullptr;  // non-null: Model::forward times its layers (qtrain train --profile)
   bool training() const { return tape != nullptr; }
   // The random stream for stochastic rounding of one tensor (identified by a stable id) in this step.
   quant::CounterRng rounding_rng(uint32_t tensor_id) const {

@@ -8,6 +8,7 @@
 #include "engine/linear.h"
 #include "engine/norm.h"
 #include "engine/pool.h"
+#include "engine/profile.h"
 #include "engine/residual.h"
 #include "quant/error.h"
 #include "quant/shiftquant.h"
@@ -108,7 +109,17 @@ Model::Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers)
 
 VarPtr Model::forward(const StepContext& ctx, const VarPtr& x) {
   VarPtr h = x;
-  for (auto& l : layers_) h = l->forward(ctx, h);
+  if (ctx.profile == nullptr) {
+    for (auto& l : layers_) h = l->forward(ctx, h);
+  } else {
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      if (ctx.tape != nullptr) ctx.tape->set_tag(i);
+      const int64_t t0 = StepProfile::now_ns();
+      h = layers_[i]->forward(ctx, h);
+      ctx.profile->add_forward(i, StepProfile::now_ns() - t0);
+    }
+    if (ctx.tape != nullptr) ctx.tape->set_tag(layers_.size());  // the loss's closure: not a layer's
+  }
   return h;
 }
 

@@ -62,6 +62,11 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
   if (batcher_.batches() == 0)
     throw UsageError("--batch " + std::to_string(cfg.batch) + " is larger than the training set (" +
                      std::to_string(train.count) + " images)");
+  if (cfg.profile) {
+    std::vector<std::string> names;
+    for (const auto& layer : model_->layers()) names.push_back(layer->name());
+    profile_ = std::make_unique<StepProfile>(std::move(names));
+  }
   schedule_.kind = cfg.schedule;
   schedule_.peak = cfg.lr;
   schedule_.total_steps = static_cast<uint64_t>(cfg.epochs) * batcher_.batches();
@@ -104,14 +109,31 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
   const double t0 = now_seconds();
   std::size_t seen_now = 0;
   const double total = static_cast<double>(cfg_.epochs) * static_cast<double>(steps);
+  StepProfile* const prof = profile_.get();
+  using Phase = StepProfile::Phase;
+  // Adds the time since *t to `phase` when profiling, and restarts *t.
+  auto lap = [prof](Phase phase, int64_t* t) {
+    if (prof == nullptr) return;
+    const int64_t now = StepProfile::now_ns();
+    prof->add(phase, now - *t);
+    *t = now;
+  };
   for (std::size_t b = st.step_in_epoch; b < steps; ++b) {
+    int64_t lap_t = prof != nullptr ? StepProfile::now_ns() : 0;
     const std::size_t n = batcher_.fill(b, images.data(), labels.data());
-    StepContext ctx{&pool_, &tape, cfg_.seed, st.global_step};
-    VarPtr logits = model_->forward(ctx, batch_input(model_->spec(), images.data(), n, isz, norm_.exponent));
+    StepContext ctx{&pool_, &tape, cfg_.seed, st.global_step, prof};
+    VarPtr input = batch_input(model_->spec(), images.data(), n, isz, norm_.exponent);
+    lap(Phase::kGather, &lap_t);
+    VarPtr logits = model_->forward(ctx, input);
+    if (prof != nullptr) lap_t = StepProfile::now_ns();
     const LossResult r = softmax_cross_entropy(ctx, logits, labels.data());
-    tape.backward();
+    lap(Phase::kLoss, &lap_t);
+    tape.backward(prof);
     const bool grads_zero = weight_grads_zero(params);
+    if (prof != nullptr) lap_t = StepProfile::now_ns();
     sgd_.step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed);
+    lap(Phase::kOptimizer, &lap_t);
+    if (prof != nullptr) prof->add_step();
     ++st.global_step;
     st.step_in_epoch = b + 1;
     st.loss_sum += r.loss * static_cast<double>(n);

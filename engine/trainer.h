@@ -13,6 +13,7 @@
 #include "engine/data/normalize.h"
 #include "engine/health.h"
 #include "engine/model.h"
+#include "engine/profile.h"
 #include "engine/optimizer.h"
 #include "engine/schedule.h"
 #include "kernels/thread_pool.h"
@@ -30,6 +31,7 @@ struct TrainConfig {
   std::size_t threads = 1;  // 0: every processor available to the process
   data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)
   HealthConfig health;      // stop a diverging or dead run (engine/health.h)
+  bool profile = false;     // time every step's layers and phases (Trainer::profile(), engine/profile.h)
   void validate() const;    // throws UsageError naming the flag and its valid range
 };
 
@@ -93,6 +95,8 @@ class Trainer {
   const TrainConfig& config() const { return cfg_; }
   kernels::ThreadPool& pool() { return pool_; }
   uint64_t global_step() const { return state_.global_step; }
+  // The step profile summed over this process's training steps; null unless cfg.profile.
+  const StepProfile* profile() const { return profile_.get(); }
 
  private:
   TrainConfig cfg_;
@@ -105,6 +109,7 @@ class Trainer {
   LrSchedule schedule_;
   TrainState state_;
   HealthMonitor health_;
+  std::unique_ptr<StepProfile> profile_;
   double started_ = -1;  // wall-clock start of this process's part of the run, for the ETA
   uint64_t started_step_ = 0;
   mutable uint32_t data_crc_ = 0;

@@ -633,6 +633,27 @@ TEST(CliTrain, SameResultForOneAndFourThreads) {
   EXPECT_EQ(ja["test_accuracy"], jb["test_accuracy"]);
 }
 
+// --profile prints one row per top-level layer and phase, in ms per step, and changes nothing the run computes.
+TEST(CliTrain, ProfilePrintsEveryLayerAndLeavesTheRunUnchanged) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Result a = run(tiny_train({"--model", "cnn", "--bits", "4", "--save", dir / "a.qtm"}));
+  const Result b = run(tiny_train({"--model", "cnn", "--bits", "4", "--save", dir / "b.qtm", "--profile"}));
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(read_bytes(dir / "a.qtm") == read_bytes(dir / "b.qtm")) << "profiling changed the trained weights";
+  EXPECT_EQ(a.out.find("step profile"), std::string::npos);
+  ASSERT_NE(b.out.find("step profile"), std::string::npos) << b.out;
+  // The CNN's top-level layers: conv, norm, pool, conv, norm, pool, flatten, linear+ReLU, linear.
+  for (const char* row : {"0 Conv2d(1->32", "1 L1BatchNorm(32)+ReLU", "7 Linear(3136->128", "ReLU)", "8 Linear(128->10",
+                          "batch gather", "loss", "optimizer"})
+    EXPECT_NE(b.out.find(row), std::string::npos) << "no row " << row << " in\n" << b.out;
+  const std::regex total(R"(total +([0-9.]+) ms per step over 10 steps)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(b.out, m, total)) << b.out;
+  EXPECT_GT(std::stod(m[1].str()), 0.0);
+}
+
 // Every lower kernel target this machine supports — forced with --kernel-target, or with QTRAIN_KERNEL_TARGET,
 // as on a CPU without VNNI or without AVX-512 — runs and trains to the same bits as the best target.
 TEST(CliTrain, EveryLowerKernelTargetGivesTheSameResult) {

@@ -13,6 +13,7 @@
 #include "engine/autograd.h"
 #include "engine/linear.h"
 #include "engine/optimizer.h"
+#include "engine/profile.h"
 #include "engine/qgemm_op.h"
 #include "engine/relu.h"
 #include "engine/schedule.h"
@@ -599,6 +600,24 @@ TEST(Autograd, AccumulateOnThePoolIsBitIdentical) {
       EXPECT_GT(one.grad.exponent(), -9) << "the large sums were narrowed";
     }
   }
+}
+
+TEST(StepProfile, TableShowsMillisecondsPerStepAndShares) {
+  StepProfile p({"Linear(4->3)", "a layer whose name is far longer than the sixty characters the column allows"});
+  p.add_forward(0, 3'000'000);
+  p.add_backward(0, 1'000'000);
+  p.add_forward(1, 2'000'000);
+  p.add(StepProfile::Phase::kOptimizer, 4'000'000);
+  p.add_step();
+  p.add_step();
+  EXPECT_EQ(p.total_ns(), 10'000'000);
+  const std::string t = p.table();
+  EXPECT_NE(t.find("0 Linear(4->3)"), std::string::npos) << t;
+  EXPECT_NE(t.find("1.500      0.500    40.0%"), std::string::npos) << t;  // (3 + 1) ms over 2 steps, 4 of 10 ms
+  EXPECT_NE(t.find("optimizer"), std::string::npos) << t;
+  EXPECT_NE(t.find("5.000 ms per step over 2 steps"), std::string::npos) << t;
+  EXPECT_NE(t.find("..."), std::string::npos) << "the long name is cut\n" << t;
+  EXPECT_THROW(p.add_forward(2, 1), std::out_of_range);
 }
 
 }  // namespace

@@ -77,6 +77,7 @@ struct TrainOptions {
   long long checkpoint_every = 0;
   unsigned long long stop_after = 0;
   bool no_health_check = false;
+  bool profile = false;
   std::set<std::string> given;  // flags given on the command line
 };
 
@@ -199,6 +200,7 @@ int run_train(const TrainOptions& o) {
   if (o.threads < 0) throw UsageError("--threads " + std::to_string(o.threads) + " is out of range: 0 (all processors) or more");
   cfg.threads = static_cast<std::size_t>(o.threads);
   cfg.health.enabled = !o.no_health_check;
+  cfg.profile = o.profile;
   if (o.augment < 0 || o.augment > 16)
     throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
   cfg.augment = {o.augment, o.augment > 0};
@@ -229,6 +231,7 @@ int run_train(const TrainOptions& o) {
     }
     ck.config.threads = cfg.threads;
     ck.config.health = cfg.health;
+    ck.config.profile = cfg.profile;
     train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, ck.train_count);
     const qtrain::TrainState& st = ck.state;
     resumed = "resuming " + o.resume + " at epoch " + std::to_string(std::min(st.epoch, ck.config.epochs)) +
@@ -319,6 +322,7 @@ int run_train(const TrainOptions& o) {
     std::cout << "saved model to " << o.save << "\n";
   }
   const double acc = t.state().history.empty() ? 0.0 : t.state().history.back().test_accuracy;
+  if (t.profile() != nullptr) std::cout << "step profile (" << t.pool().threads() << " thread(s)):\n" << t.profile()->table();
   std::cout << "test accuracy: " << percent(acc) << "\n";
   return 0;
 }
@@ -391,6 +395,9 @@ int main(int argc, char** argv) {
                     "Stop after global step N with a checkpoint, to continue later with --resume (0 = off)");
   train->add_flag("--no-health-check", t.no_health_check,
                   "Do not stop a run whose loss diverges or whose gradients stay zero (exit code 3)");
+  train->add_flag("--profile", t.profile,
+                  "Print where the training steps' time went: each layer's forward and backward, batch gather, loss, "
+                  "optimizer (ms per step)");
 
   std::string load, edata, edataset = "fashion-mnist", ekt;
   long long ethreads = 0;
