@@ -16,6 +16,10 @@
 
 namespace qtrain {
 
+namespace kernels {
+class ThreadPool;
+}  // namespace kernels
+
 struct SgdConfig {
   double momentum = 0.9;
   double weight_decay = 5e-4;
@@ -25,8 +29,10 @@ class Sgd {
  public:
   explicit Sgd(const SgdConfig& cfg);
   // One update of every parameter that has a gradient; clears the gradients. `step` and `seed` key the
-  // stochastic rounding.
-  void step(const std::vector<Param*>& params, double lr, uint64_t step, uint64_t seed);
+  // stochastic rounding. A large tensor's update is split over `pool` (when given) in ranges of whole blocks;
+  // the result does not depend on the number of threads.
+  void step(const std::vector<Param*>& params, double lr, uint64_t step, uint64_t seed,
+            kernels::ThreadPool* pool = nullptr);
   const SgdConfig& config() const { return cfg_; }
 
  private:

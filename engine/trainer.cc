@@ -131,7 +131,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
     tape.backward(prof);
     const bool grads_zero = weight_grads_zero(params);
     if (prof != nullptr) lap_t = StepProfile::now_ns();
-    sgd_.step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed);
+    sgd_.step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed, &pool_);
     lap(Phase::kOptimizer, &lap_t);
     if (prof != nullptr) prof->add_step();
     ++st.global_step;

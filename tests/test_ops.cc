@@ -518,6 +518,67 @@ TEST(Sgd, FusedPassesMatchTheTwoPassUpdateBitForBit) {
   EXPECT_GT(narrowed, 0);
 }
 
+// A tensor of many blocks is split over the pool in ranges of whole blocks: the same bits, exponents and version
+// as one thread (and the two-pass specification) with 2 and 3 threads, whether every range keeps the fused bet,
+// a late block needs sv > 0 (the fallback undoes every range), or a weight reaches 2^30 in one range only.
+TEST(Sgd, SplitOverAPoolIsBitIdentical) {
+  struct Shape {
+    std::size_t rows, cols;
+    bool per_row;
+  };
+  kernels::ThreadPool two(2, kernels::ThreadPool::Split::kAlways), three(3, kernels::ThreadPool::Split::kAlways);
+  const Shape shapes[] = {{1, 40000, false}, {300, 130, true}, {9, 2100, true}};
+  int cases = 0, fallbacks = 0, narrowed = 0;
+  for (const Shape& sh : shapes) {
+    const long n = static_cast<long>(sh.rows * sh.cols);
+    for (int eg_off : {-3, 2}) {
+      for (bool decay : {false, true}) {
+        for (long big_at : {-1L, n / 2, n - 1}) {
+          for (long edge_at : {-1L, n / 3, n - 1}) {
+            for (double lr : {0.05, 3e5, 1e10}) {
+              const uint64_t seed = static_cast<uint64_t>(cases) * 11 + 1;
+              const SgdConfig cfg{0.9, decay ? 5e-4 : 0.0};
+              Param one = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              Param spec = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              Param a2 = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              Param a3 = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              Sgd sgd1(cfg), sgd2(cfg), sgd3(cfg);
+              for (uint64_t step = 0; step < 2; ++step) {
+                const int e0 = one.master.exponent();
+                sgd1.step({&one}, lr, step, 5);
+                two_pass_sgd_step(cfg, &spec, lr, step, 5);
+                sgd2.step({&a2}, lr, step, 5, &two);
+                sgd3.step({&a3}, lr, step, 5, &three);
+                const std::string what = "shape " + std::to_string(sh.rows) + "x" + std::to_string(sh.cols) +
+                                         " eg_off " + std::to_string(eg_off) + " decay " + std::to_string(decay) +
+                                         " big_at " + std::to_string(big_at) + " edge_at " + std::to_string(edge_at) +
+                                         " lr " + std::to_string(lr) + " step " + std::to_string(step);
+                for (const Param* b : {&spec, &a2, &a3}) {
+                  ASSERT_EQ(one.master.exponent(), b->master.exponent()) << what;
+                  ASSERT_EQ(one.momentum.exponent(), b->momentum.exponent()) << what;
+                  ASSERT_EQ(one.version, b->version) << what;
+                  ASSERT_FALSE(b->has_grad);
+                  for (long i = 0; i < n; ++i) {
+                    ASSERT_EQ(one.master.data<int32_t>()[i], b->master.data<int32_t>()[i]) << what << " w[" << i << "]";
+                    ASSERT_EQ(one.momentum.data<int32_t>()[i], b->momentum.data<int32_t>()[i])
+                        << what << " v[" << i << "]";
+                  }
+                }
+                fallbacks += one.momentum.exponent() > e0;
+                narrowed += one.master.exponent() > e0;
+                one.has_grad = spec.has_grad = a2.has_grad = a3.has_grad = true;
+              }
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(fallbacks, 0);
+  EXPECT_GT(narrowed, 0);
+}
+
 TEST(Sgd, MasterExponentGrowsInsteadOfOverflowing) {
   Param p;
   p.id = 3;
