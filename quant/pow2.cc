@@ -60,7 +60,7 @@ namespace {
 inline uint64_t range_magnitude_of(const IntRange& r) { return static_cast<uint64_t>(std::max(r.hi, -r.lo)); }
 
 // Splitting a pass over the step's pool: tiles of rows (or of elements, in multiples of `align`), about four per
-// thread, when the pool has threads and the pass, `bytes` read and written in all (~0.1 ns a byte on one thread),
+// thread, when the pool has threads and the pass, `bytes` read and written in all (kernels::kNsPerByte each),
 // is worth a parallel call (the pool's SplitAdvisor); one tile of all n on this thread otherwise. Every pass split
 // this way writes disjoint outputs or merges by max, so results do not depend on the pool.
 struct Tiles {
@@ -78,7 +78,7 @@ struct Tiles {
   }
 };
 Tiles tiles_for(kernels::ThreadPool* pool, std::size_t n, std::size_t align, double bytes) {
-  if (pool == nullptr || pool->threads() <= 1 || n <= align || !pool->worth_splitting(0.1 * bytes))
+  if (pool == nullptr || pool->threads() <= 1 || n <= align || !pool->worth_splitting(kernels::kNsPerByte * bytes))
     return {nullptr, n, std::max<std::size_t>(n, 1)};
   const std::size_t tile = (n / (4 * pool->threads()) + align - 1) / align * align;
   return {pool, n, std::max(tile, align)};

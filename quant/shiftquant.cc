@@ -13,22 +13,6 @@
 
 namespace qtrain::quant {
 
-namespace {
-// Rows [0, rows) split over the pool (about four tiles per thread) when work of about `work_ns` on one thread is
-// worth a parallel call, else one call fn(0, rows): engine/parallel.h's for_tiles, which quant/ cannot include.
-// Tasks write disjoint rows; reductions are merged by the caller with integer max, so results never depend on it.
-constexpr double kNsPerByte = 0.1;  // engine/parallel.h's estimate of a memory-bound pass (~10 GB/s)
-
-void for_rows(kernels::ThreadPool* pool, std::size_t rows, double work_ns,
-              const std::function<void(std::size_t, std::size_t)>& fn) {
-  if (rows == 0) return;
-  if (pool == nullptr || pool->threads() <= 1 || !pool->worth_splitting(work_ns)) {
-    fn(0, rows);
-    return;
-  }
-  pool->parallel_for(rows, std::max<std::size_t>(1, rows / (4 * pool->threads())), fn);
-}
-}  // namespace
 
 int max_groups(int bits) {
   const uint32_t q = static_cast<uint32_t>(signed_range(bits).hi);
@@ -61,7 +45,7 @@ void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, c
   std::vector<uint64_t> range(cols, 0);
   std::mutex merge;
   const double elements = static_cast<double>(rows * cols);
-  for_rows(pool, rows, kNsPerByte * elements * sizeof(int32_t), [&](std::size_t r0, std::size_t r1) {
+  kernels::for_tiles(pool, rows, kernels::kNsPerByte * elements * sizeof(int32_t), [&](std::size_t r0, std::size_t r1) {
     std::vector<uint64_t> part(cols);
     kernels::col_max_abs_i32(g + r0 * cols, r1 - r0, cols, /*positive_only=*/false, part.data());
     const std::lock_guard<std::mutex> lock(merge);
@@ -90,9 +74,9 @@ void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, c
   // (kernels::shiftquant_round). The draw of element i = n·cols + c is rng.u32(i) whatever the blocking or the
   // thread (a counter-based stream); blocks are whole rows of about 4096 draws, which stay in L1, inside row tiles.
   // Work: 14 bytes an element (g read, the draw written and read, q and shifted written); Philox's arithmetic is
-  // about as much again, which kNsPerByte's ~10 GB/s leaves room for.
+  // about as much again, which kernels::kNsPerByte's ~10 GB/s leaves room for.
   const std::size_t block_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(cols, 1));
-  for_rows(pool, rows, kNsPerByte * elements * 14, [&](std::size_t t0, std::size_t t1) {
+  kernels::for_tiles(pool, rows, kernels::kNsPerByte * elements * 14, [&](std::size_t t0, std::size_t t1) {
     std::vector<uint32_t> draws(std::min(block_rows, t1 - t0) * cols);
     for (std::size_t r0 = t0; r0 < t1; r0 += block_rows) {
       const std::size_t r1 = std::min(t1, r0 + block_rows), i0 = r0 * cols, len = (r1 - r0) * cols;
