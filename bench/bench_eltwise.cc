@@ -1,9 +1,9 @@
-// Throughput of the element-wise passes of a training step (kernels/eltwise.h, Philox draws) at the size of one
+// Throughput of the element-wise passes of a training step (qtrain/kernels/eltwise.h, Philox draws) at the size of one
 // ResNet-8 activation (batch 64 × 28 × 28 pixels × 16 channels = 802816 values), single thread, against their
 // scalar references.
 //
 //   ./bench_eltwise                                  best kernel target
-//   QTRAIN_KERNEL_TARGET=AVX2 ./bench_eltwise        a lower target (see kernels/dispatch.h)
+//   QTRAIN_KERNEL_TARGET=AVX2 ./bench_eltwise        a lower target (see qtrain/kernels/dispatch.h)
 //
 // "B/s" counts the bytes each pass must move (inputs read + outputs written).
 #include <benchmark/benchmark.h>
@@ -12,8 +12,8 @@
 #include <random>
 #include <vector>
 
-#include "kernels/eltwise.h"
-#include "kernels/philox.h"
+#include "qtrain/kernels/eltwise.h"
+#include "qtrain/kernels/philox.h"
 
 namespace {
 

@@ -3,9 +3,9 @@
 // matmul, all single thread unless a name says threads; plus the machine's int8 peak.
 //
 //   ./bench_gemm                                   best kernel target
-//   QTRAIN_KERNEL_TARGET=AVX2 ./bench_gemm          a lower target (see kernels/dispatch.h)
+//   QTRAIN_KERNEL_TARGET=AVX2 ./bench_gemm          a lower target (see qtrain/kernels/dispatch.h)
 //
-// Shapes are (n, m, k) as in kernels/gemm.h: batch (or im2col rows) n, m outputs, k inputs. Every case reports
+// Shapes are (n, m, k) as in qtrain/kernels/gemm.h: batch (or im2col rows) n, m outputs, k inputs. Every case reports
 // GOP/s counting 2·n·m·k operations (one multiply and one add per product), whatever the layout and type, and
 // "peak%": that rate as a share of BM_peak, the best int8 dot-product instruction of the active target in a
 // register-only loop (bench/peak.h), measured at startup (times the thread count for threaded cases).
@@ -41,10 +41,10 @@
 #endif
 
 #include "bench/peak.h"
-#include "kernels/dispatch.h"
-#include "kernels/gemm.h"
-#include "kernels/int4.h"
-#include "kernels/thread_pool.h"
+#include "qtrain/kernels/dispatch.h"
+#include "qtrain/kernels/gemm.h"
+#include "qtrain/kernels/int4.h"
+#include "qtrain/kernels/thread_pool.h"
 
 namespace {
 
@@ -220,7 +220,7 @@ void BM_qtrain_s4_packed(benchmark::State& state) {
 
 // Threads: (n, m, k, threads), wall-clock time. threads = 1 runs without a pool, as a caller would. kAlways: the
 // pool splits every product (the kernels' scaling); kMeasured: it splits when its advisor says it pays (what a
-// user gets, kernels/thread_pool.h).
+// user gets, qtrain/kernels/thread_pool.h).
 template <Layout L, bool kPacked, qk::ThreadPool::Split kSplit = qk::ThreadPool::Split::kAlways>
 void BM_qtrain_s8_threads(benchmark::State& state) {
   const Dims d = dims_of(state);

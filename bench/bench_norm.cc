@@ -1,11 +1,11 @@
-// Integer L1 batch norm against integer L2 batch norm (engine/norm.h) at ResNet shapes, single thread: the
+// Integer L1 batch norm against integer L2 batch norm (qtrain/engine/layers/norm.h) at ResNet shapes, single thread: the
 // comparison the paper makes ("L1 ≥ 1.35× the throughput of L2 on CPU"). Both layers share every pass but the
 // statistic (L1: Σ|d| and Σsign(d) by abs/clamp and adds; L2: Σd² by one vpmaddwd per row pair, a split at bit 15
 // and two adds) and the backward's per-element term (sign(d)·b by selects vs d·b by a multiply), and both run the
-// same Highway kernels (kernels/norm.h).
+// same Highway kernels (qtrain/kernels/norm.h).
 //
 //   ./bench_norm                                  best kernel target
-//   QTRAIN_KERNEL_TARGET=AVX2 ./bench_norm         a lower target (see kernels/dispatch.h)
+//   QTRAIN_KERNEL_TARGET=AVX2 ./bench_norm         a lower target (see qtrain/kernels/dispatch.h)
 //
 // Cases (rows × C, rows = N·H·W): 64·28·28 × 16, 64·14·14 × 32, 64·7·7 × 64, CIFAR 64·32·32 × 16, 128·16·16 × 32.
 //   step    forward (training: batch statistics, running statistics, stored working values) + backward (dx, dγ, dβ)
@@ -28,10 +28,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/autograd.h"
-#include "engine/norm.h"
-#include "kernels/dispatch.h"
-#include "kernels/norm.h"
+#include "qtrain/engine/core/autograd.h"
+#include "qtrain/engine/layers/norm.h"
+#include "qtrain/kernels/dispatch.h"
+#include "qtrain/kernels/norm.h"
 
 namespace {
 

@@ -1,8 +1,8 @@
-// Checkpoint parser (engine/checkpoint.h). Every section CRC is recomputed so mutations reach the header,
+// Checkpoint parser (qtrain/engine/io/checkpoint.h). Every section CRC is recomputed so mutations reach the header,
 // position and tensor checks; anything but qtrain::InputError is a finding.
-#include "engine/checkpoint.h"
+#include "qtrain/engine/io/checkpoint.h"
 #include "fuzz/fuzz_util.h"
-#include "quant/error.h"
+#include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);

@@ -1,8 +1,8 @@
-// CIFAR-10 binary reader (engine/data/cifar.h): the input as one batch file of 3073-byte records. Anything but
+// CIFAR-10 binary reader (qtrain/engine/data/cifar.h): the input as one batch file of 3073-byte records. Anything but
 // qtrain::InputError, any crash or sanitizer report is a finding.
-#include "engine/data/cifar.h"
+#include "qtrain/engine/data/cifar.h"
 #include "fuzz/fuzz_util.h"
-#include "quant/error.h"
+#include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   static qtrain::fuzz::MemFile batch("cifar");

@@ -1,9 +1,9 @@
 // IDX parsing through zlib: the input is gzip-compressed, then read as an images file and as a labels file, so
 // the fuzzer explores the IDX structure behind a valid gzip stream (corrupt streams reach fuzz_idx_images through
 // its .gz seeds).
-#include "engine/data/idx.h"
+#include "qtrain/engine/data/idx.h"
 #include "fuzz/fuzz_util.h"
-#include "quant/error.h"
+#include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   static qtrain::fuzz::MemFile gz("gz"), images("images"), labels("labels");

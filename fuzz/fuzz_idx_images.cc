@@ -1,8 +1,8 @@
 // IDX images parser (raw, and gzip when the input is a gzip stream: detection is by content), paired with a
 // valid labels file. Any exception other than qtrain::InputError, any crash or sanitizer report is a finding.
-#include "engine/data/idx.h"
+#include "qtrain/engine/data/idx.h"
 #include "fuzz/fuzz_util.h"
-#include "quant/error.h"
+#include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   static qtrain::fuzz::MemFile images("images"), labels("labels");

@@ -1,8 +1,8 @@
 // IDX labels parser (raw or gzip), paired with a valid images file whose count matches the declared label count
 // (when small), so the fuzzer reaches the label checks.
-#include "engine/data/idx.h"
+#include "qtrain/engine/data/idx.h"
 #include "fuzz/fuzz_util.h"
-#include "quant/error.h"
+#include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   static qtrain::fuzz::MemFile images("images"), labels("labels");

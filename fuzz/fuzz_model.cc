@@ -1,12 +1,12 @@
-// Model file parser (engine/serialize.h). The trailing CRC is recomputed so mutations reach the header and
+// Model file parser (qtrain/engine/io/serialize.h). The trailing CRC is recomputed so mutations reach the header and
 // parameter checks; anything but qtrain::InputError is a finding. A model that loads must evaluate a batch.
 #include <algorithm>
 #include <memory>
 
-#include "engine/serialize.h"
-#include "engine/trainer.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/train/trainer.h"
 #include "fuzz/fuzz_util.h"
-#include "quant/error.h"
+#include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);

@@ -5,9 +5,9 @@
 #include <fstream>
 #include <string>
 
-#include "engine/checkpoint.h"
-#include "engine/serialize.h"
-#include "engine/trainer.h"
+#include "qtrain/engine/io/checkpoint.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/train/trainer.h"
 #include "fuzz/fuzz_util.h"
 
 namespace {

@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <memory>
 
-#include "engine/autograd.h"
-#include "quant/rng.h"
+#include "qtrain/engine/core/autograd.h"
+#include "qtrain/quant/rng.h"
 
 namespace qtrain {
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/dispatch.h"
+#include "qtrain/kernels/dispatch.h"
 
 namespace qtrain::kernels {
 

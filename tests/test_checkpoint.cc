@@ -19,12 +19,12 @@
 #include <thread>
 #include <tuple>
 
-#include "engine/checkpoint.h"
-#include "engine/data/cifar.h"
-#include "engine/data/idx.h"
-#include "engine/serialize.h"
-#include "engine/trainer.h"
-#include "quant/error.h"
+#include "qtrain/engine/io/checkpoint.h"
+#include "qtrain/engine/data/cifar.h"
+#include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/train/trainer.h"
+#include "qtrain/quant/error.h"
 
 namespace qtrain {
 namespace {

@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/dispatch.h"
+#include "qtrain/kernels/dispatch.h"
 
 #ifndef QTRAIN_BINARY
 #error "QTRAIN_BINARY (path of the qtrain executable) must be defined by the build"

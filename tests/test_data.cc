@@ -18,14 +18,14 @@
 #include <type_traits>
 #include <vector>
 
-#include "engine/data/batcher.h"
-#include "engine/data/cifar.h"
-#include "engine/data/idx.h"
-#include "engine/data/normalize.h"
-#include "engine/model.h"
-#include "engine/serialize.h"
-#include "quant/error.h"
-#include "quant/rng.h"
+#include "qtrain/engine/data/batcher.h"
+#include "qtrain/engine/data/cifar.h"
+#include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/data/normalize.h"
+#include "qtrain/engine/models/model.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/quant/error.h"
+#include "qtrain/quant/rng.h"
 
 namespace qtrain::data {
 namespace {

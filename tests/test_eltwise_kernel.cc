@@ -1,6 +1,6 @@
-// The element-wise kernels (kernels/eltwise.h) against their scalar references on every Highway target this
+// The element-wise kernels (qtrain/kernels/eltwise.h) against their scalar references on every Highway target this
 // machine can run, over odd sizes, every shift range and the int32 limits; and the references against the
-// original formulas of quant/pow2.h they replace.
+// original formulas of qtrain/quant/pow2.h they replace.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/eltwise.h"
-#include "quant/pow2.h"
+#include "qtrain/kernels/eltwise.h"
+#include "qtrain/quant/pow2.h"
 #include "tests/target_test_util.h"
 
 namespace qtrain::kernels {
@@ -466,7 +466,7 @@ TEST_P(EltwiseKernelTarget, MaxPoolMatchesReference) {
 INSTANTIATE_TEST_SUITE_P(AllTargets, EltwiseKernelTarget, ::testing::ValuesIn(target_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
-// ---- The references against the formulas of quant/pow2.h, wherever those are defined behaviour.
+// ---- The references against the formulas of qtrain/quant/pow2.h, wherever those are defined behaviour.
 
 TEST(EltwiseKernelReference, MatchesThePow2Formulas) {
   std::mt19937_64 rng(9);

@@ -15,10 +15,10 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/dispatch.h"
-#include "kernels/gemm.h"
-#include "kernels/int4.h"
-#include "kernels/thread_pool.h"
+#include "qtrain/kernels/dispatch.h"
+#include "qtrain/kernels/gemm.h"
+#include "qtrain/kernels/int4.h"
+#include "qtrain/kernels/thread_pool.h"
 #include "tests/target_test_util.h"
 
 namespace qtrain::kernels {

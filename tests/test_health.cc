@@ -6,9 +6,9 @@
 #include <limits>
 #include <string>
 
-#include "engine/data/idx.h"
-#include "engine/health.h"
-#include "engine/trainer.h"
+#include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/train/health.h"
+#include "qtrain/engine/train/trainer.h"
 
 namespace qtrain {
 namespace {

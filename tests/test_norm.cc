@@ -1,5 +1,5 @@
-// Integer normalization layers (engine/norm.h) against their float formulas, computed in double from the same
-// integer inputs; and their element kernels (kernels/norm.h) against the scalar references on every Highway target.
+// Integer normalization layers (qtrain/engine/layers/norm.h) against their float formulas, computed in double from the same
+// integer inputs; and their element kernels (qtrain/kernels/norm.h) against the scalar references on every Highway target.
 //
 // Tolerances follow the fixed-point formats (see norm.h). With k the working shift of a column (d = R(x, k) − μ',
 // one unit of d = 2^k input units) and ρ_int = x̂ per input unit:
@@ -23,14 +23,14 @@
 #include <utility>
 #include <vector>
 
-#include "engine/autograd.h"
-#include "engine/norm.h"
-#include "engine/optimizer.h"
-#include "engine/relu.h"
-#include "kernels/dispatch.h"
-#include "kernels/norm.h"
-#include "kernels/thread_pool.h"
-#include "quant/error.h"
+#include "qtrain/engine/core/autograd.h"
+#include "qtrain/engine/layers/norm.h"
+#include "qtrain/engine/optim/optimizer.h"
+#include "qtrain/engine/ops/relu.h"
+#include "qtrain/kernels/dispatch.h"
+#include "qtrain/kernels/norm.h"
+#include "qtrain/kernels/thread_pool.h"
+#include "qtrain/quant/error.h"
 
 namespace qtrain {
 namespace {

@@ -10,19 +10,19 @@
 #include <string>
 #include <vector>
 
-#include "engine/autograd.h"
-#include "engine/linear.h"
-#include "engine/optimizer.h"
-#include "engine/profile.h"
-#include "engine/qgemm_op.h"
-#include "engine/relu.h"
-#include "engine/schedule.h"
-#include "engine/softmax_ce.h"
-#include "kernels/sgd_update.h"
-#include "kernels/thread_pool.h"
-#include "quant/pow2.h"
-#include "quant/rng.h"
-#include "quant/shiftquant.h"
+#include "qtrain/engine/core/autograd.h"
+#include "qtrain/engine/layers/linear.h"
+#include "qtrain/engine/optim/optimizer.h"
+#include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/ops/qgemm_op.h"
+#include "qtrain/engine/ops/relu.h"
+#include "qtrain/engine/optim/schedule.h"
+#include "qtrain/engine/ops/softmax_ce.h"
+#include "qtrain/kernels/sgd_update.h"
+#include "qtrain/kernels/thread_pool.h"
+#include "qtrain/quant/pow2.h"
+#include "qtrain/quant/rng.h"
+#include "qtrain/quant/shiftquant.h"
 #include "tests/op_test_util.h"
 
 namespace qtrain {

@@ -7,14 +7,14 @@
 #include <cstdint>
 #include <limits>
 
-#include "engine/autograd.h"
-#include "engine/linear.h"
-#include "engine/optimizer.h"
-#include "engine/softmax_ce.h"
-#include "kernels/gemm.h"
-#include "quant/error.h"
-#include "quant/pow2.h"
-#include "quant/shiftquant.h"
+#include "qtrain/engine/core/autograd.h"
+#include "qtrain/engine/layers/linear.h"
+#include "qtrain/engine/optim/optimizer.h"
+#include "qtrain/engine/ops/softmax_ce.h"
+#include "qtrain/kernels/gemm.h"
+#include "qtrain/quant/error.h"
+#include "qtrain/quant/pow2.h"
+#include "qtrain/quant/shiftquant.h"
 
 namespace qtrain {
 namespace {

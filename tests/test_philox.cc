@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/philox.h"
-#include "quant/rng.h"
+#include "qtrain/kernels/philox.h"
+#include "qtrain/quant/rng.h"
 #include "tests/target_test_util.h"
 
 namespace qtrain::kernels {

@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "kernels/gemm.h"
-#include "kernels/thread_pool.h"
-#include "quant/error.h"
-#include "quant/pow2.h"
-#include "quant/rng.h"
-#include "quant/shiftquant.h"
+#include "qtrain/kernels/gemm.h"
+#include "qtrain/kernels/thread_pool.h"
+#include "qtrain/quant/error.h"
+#include "qtrain/quant/pow2.h"
+#include "qtrain/quant/rng.h"
+#include "qtrain/quant/shiftquant.h"
 #include "tests/target_test_util.h"
 
 namespace qtrain::quant {

@@ -1,5 +1,5 @@
-// The SGD update kernels (kernels/sgd_update.h) against their scalar references, on every Highway target this
-// machine can run; and the references against the optimizer's original formulas (quant/pow2.h).
+// The SGD update kernels (qtrain/kernels/sgd_update.h) against their scalar references, on every Highway target this
+// machine can run; and the references against the optimizer's original formulas (qtrain/quant/pow2.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels/dispatch.h"
+#include "qtrain/kernels/dispatch.h"
 #include "tests/target_test_util.h"
-#include "kernels/sgd_update.h"
-#include "quant/pow2.h"
+#include "qtrain/kernels/sgd_update.h"
+#include "qtrain/quant/pow2.h"
 
 namespace qtrain::kernels {
 namespace {
@@ -241,7 +241,7 @@ TEST_P(SgdKernelTarget, TiesRoundToEvenAndSaturationIsExact) {
 INSTANTIATE_TEST_SUITE_P(AllTargets, SgdKernelTarget, ::testing::ValuesIn(target_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
-// ---- The references against the optimizer's original per-element formulas (quant/pow2.h), as they were
+// ---- The references against the optimizer's original per-element formulas (qtrain/quant/pow2.h), as they were
 // written before the kernels existed: same results wherever the original is defined behaviour.
 int64_t old_shl_sat(int64_t x, int s) {
   if (x == 0) return 0;
@@ -274,7 +274,7 @@ TEST(SgdKernelReference, MatchesTheOriginalOptimizerFormulas) {
     auto w = fill<int32_t>(n, [&] { return random_i32(rng) / 2; });
     const auto draws_g = fill<uint32_t>(n, [&] { return random_draw(rng); });
     const auto draws_u = fill<uint32_t>(n, [&] { return random_draw(rng); });
-    // The original loop (engine/optimizer.cc before the kernels).
+    // The original loop (qtrain/engine/optim/optimizer.cc before the kernels).
     std::vector<int64_t> old_acc(n);
     uint64_t old_vmax = 0;
     for (std::size_t i = 0; i < n; ++i) {

@@ -6,9 +6,9 @@
 #include <filesystem>
 #include <memory>
 
-#include "engine/data/idx.h"
-#include "engine/serialize.h"
-#include "engine/trainer.h"
+#include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/train/trainer.h"
 
 namespace qtrain {
 namespace {

@@ -4,9 +4,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "kernels/gemm.h"
-#include "kernels/thread_pool.h"
-#include "quant/rng.h"
+#include <qtrain/qtrain.h>
 
 int main() {
   namespace k = qtrain::kernels;

@@ -5,7 +5,7 @@
 #include <chrono>
 #include <cstdio>
 
-#include "engine/trainer.h"
+#include "qtrain/engine/train/trainer.h"
 
 namespace qtrain::tools {
 

@@ -1,0 +1,350 @@
+#include "qtrain/engine/io/checkpoint.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <vector>
+
+#include "qtrain/engine/io/binary_io.h"
+#include "qtrain/engine/io/json_io.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/quant/error.h"
+
+namespace qtrain {
+
+namespace {
+
+constexpr char kMagic[8] = {'Q', 'T', 'R', 'N', 'C', 'K', 'P', 'T'};
+constexpr const char* kFormat = "qtrain checkpoint";
+constexpr uint32_t kSections = 4;
+constexpr const char* kTags[kSections] = {"HEAD", "WGHT", "MOMT", "BUFS"};
+constexpr std::size_t kMaxFileBytes = std::size_t{1} << 32;
+constexpr int kMaxExponent = 200;
+constexpr int kMaxMomentumOffset = 62;  // |exponent(momentum) − exponent(master)|: the optimizer's shift bound
+constexpr int64_t kMaxEpochs = 1000000;
+
+using binary_io::put;
+using binary_io::Reader;
+using json_io::Fields;
+
+void put_section(std::string& out, const char* tag, const std::string& payload) {
+  const std::size_t start = out.size();
+  out.append(tag, 4);
+  put<uint64_t>(out, payload.size());
+  out += payload;
+  put<uint32_t>(out, binary_io::crc32_of(out.data() + start, out.size() - start));
+}
+
+nlohmann::json metrics_to_json(const EpochMetrics& m) {
+  return {{"epoch", m.epoch},
+          {"loss", m.loss},
+          {"train_accuracy", m.train_accuracy},
+          {"test_accuracy", m.test_accuracy},
+          {"images_per_second", m.images_per_second},
+          {"seconds", m.seconds},
+          {"lr", m.lr}};
+}
+
+EpochMetrics metrics_from_json(const Fields& f) {
+  EpochMetrics m;
+  m.epoch = static_cast<int>(f.integer("epoch", 1, kMaxEpochs));
+  m.loss = f.number("loss", 0, 1e9);
+  m.train_accuracy = f.number("train_accuracy", 0, 1);
+  m.test_accuracy = f.number("test_accuracy", 0, 1);
+  m.images_per_second = f.number("images_per_second", 0, 1e15);
+  m.seconds = f.number("seconds", 0, 1e15);
+  m.lr = f.number("lr", 0, 100);
+  return m;
+}
+
+// The header's contents, checked field by field (std::runtime_error naming the field).
+void header_from_json(const nlohmann::json& h, Checkpoint& c, nlohmann::json& tensors) {
+  const Fields root(h, "");
+  if (root.string("format") != kFormat) throw std::runtime_error("format is not \"" + std::string(kFormat) + "\"");
+  c.config.model = json_io::spec_from_json(root.object("model"));
+  c.norm = json_io::norm_from_json(root.object("pixel_norm"));
+
+  const Fields cfg = root.object("config");
+  c.config.seed = cfg.unsigned_integer("seed", UINT64_MAX);
+  c.config.batch = static_cast<std::size_t>(cfg.integer("batch", 1, 65536));
+  c.config.lr = cfg.number("lr", 0, 100);
+  try {
+    c.config.schedule = parse_schedule(cfg.string("schedule"));
+  } catch (const UsageError& e) {
+    throw std::runtime_error(cfg.path("schedule") + ": " + e.what());
+  }
+  c.config.epochs = static_cast<int>(cfg.integer("epochs", 1, kMaxEpochs));
+  c.config.sgd.momentum = cfg.number("momentum", 0, 1);
+  c.config.sgd.weight_decay = cfg.number("weight_decay", 0, 1);
+  c.config.augment.pad = static_cast<int>(cfg.integer("augment_pad", 0, 16));
+  const nlohmann::json& flip = cfg.at("augment_flip");
+  if (!flip.is_boolean()) throw std::runtime_error(cfg.path("augment_flip") + " must be true or false");
+  c.config.augment.flip = flip.get<bool>();
+  c.config.threads = 1;
+  try {
+    c.config.validate();
+  } catch (const UsageError& e) {
+    throw std::runtime_error(std::string("config is not a valid training configuration: ") + e.what());
+  }
+
+  const Fields data = root.object("data");
+  c.train_count = static_cast<std::size_t>(data.integer("count", 1, UINT32_MAX));
+  c.image_rows = static_cast<std::size_t>(data.integer("rows", 1, 1 << 16));
+  c.image_cols = static_cast<std::size_t>(data.integer("cols", 1, 1 << 16));
+  c.image_channels = static_cast<std::size_t>(data.integer("channels", 1, json_io::kMaxImageChannels));
+  c.train_crc = static_cast<uint32_t>(data.integer("crc32", 0, UINT32_MAX));
+  const ModelSpec& ms = c.config.model;
+  const bool fits = ms.convolutional()
+                        ? ms.in_h == c.image_rows && ms.in_w == c.image_cols && ms.in_c == c.image_channels
+                        : ms.sizes.front() == c.image_rows * c.image_cols * c.image_channels;
+  if (!fits)
+    throw std::runtime_error("data.rows x data.cols x data.channels (" + std::to_string(c.image_rows) + "x" +
+                             std::to_string(c.image_cols) + "x" + std::to_string(c.image_channels) +
+                             ") does not match the model's input (" + ms.describe() + ")");
+  if (c.norm.channels.size() != c.image_channels)
+    throw std::runtime_error("pixel_norm has " + std::to_string(c.norm.channels.size()) + " channels, the data " +
+                             std::to_string(c.image_channels));
+
+  const Fields pos = root.object("position");
+  c.steps_per_epoch = static_cast<std::size_t>(pos.integer("steps_per_epoch", 1, UINT32_MAX));
+  if (c.steps_per_epoch != c.train_count / c.config.batch)
+    throw std::runtime_error("position.steps_per_epoch " + std::to_string(c.steps_per_epoch) + " does not match " +
+                             std::to_string(c.train_count) + " images in batches of " +
+                             std::to_string(c.config.batch));
+  TrainState& st = c.state;
+  st.epoch = static_cast<int>(pos.integer("epoch", 1, c.config.epochs + 1));
+  st.step_in_epoch = static_cast<std::size_t>(
+      pos.integer("step_in_epoch", 0, st.epoch == c.config.epochs + 1 ? 0 : static_cast<int64_t>(c.steps_per_epoch)));
+  st.global_step = pos.unsigned_integer("global_step", UINT64_MAX);
+  const uint64_t expect = static_cast<uint64_t>(st.epoch - 1) * c.steps_per_epoch + st.step_in_epoch;
+  if (st.global_step != expect)
+    throw std::runtime_error("position.global_step " + std::to_string(st.global_step) + " does not match epoch " +
+                             std::to_string(st.epoch) + ", step " + std::to_string(st.step_in_epoch) + " (expected " +
+                             std::to_string(expect) + ")");
+  st.loss_sum = pos.number("loss_sum", 0, 1e18);
+  st.seen = static_cast<std::size_t>(pos.integer("seen", 0, INT64_MAX));
+  if (st.seen != st.step_in_epoch * c.config.batch)
+    throw std::runtime_error("position.seen " + std::to_string(st.seen) + " does not match " +
+                             std::to_string(st.step_in_epoch) + " steps of " + std::to_string(c.config.batch));
+  st.correct = static_cast<std::size_t>(pos.integer("correct", 0, static_cast<int64_t>(st.seen)));
+
+  const Fields health = root.object("health");
+  st.health.reference = health.number("reference", 0, 1e9);
+  st.health.diverge_streak = static_cast<int>(health.integer("diverge_streak", 0, 1 << 30));
+  st.health.zero_grad_history = health.unsigned_integer("zero_grad_history", UINT64_MAX);
+  st.health.steps_seen = static_cast<int>(health.integer("steps_seen", 0, 64));
+
+  const nlohmann::json& history = root.array("history");
+  if (history.size() != static_cast<std::size_t>(st.epoch - 1))
+    throw std::runtime_error("history has " + std::to_string(history.size()) + " entries, epoch " +
+                             std::to_string(st.epoch) + " needs " + std::to_string(st.epoch - 1));
+  for (std::size_t i = 0; i < history.size(); ++i) {
+    st.history.push_back(metrics_from_json(Fields(history[i], "history[" + std::to_string(i) + "]")));
+    if (st.history.back().epoch != static_cast<int>(i + 1))
+      throw std::runtime_error("history[" + std::to_string(i) + "].epoch must be " + std::to_string(i + 1));
+  }
+
+  tensors = root.array("tensors");
+}
+
+// The header's tensor list against the built model: same names, shapes and dtype, in order.
+void check_tensors(const nlohmann::json& tensors, Model& model) {
+  const std::vector<Param*> params = model.params();
+  if (tensors.size() != params.size())
+    throw std::runtime_error("tensors lists " + std::to_string(tensors.size()) + " tensors, the model has " +
+                             std::to_string(params.size()));
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const Fields t(tensors[i], "tensors[" + std::to_string(i) + "]");
+    const std::string name = t.string("name"), dtype = t.string("dtype");
+    const auto rows = t.integer("rows", 0, INT64_MAX), cols = t.integer("cols", 0, INT64_MAX);
+    const Tensor& m = params[i]->master;
+    if (name != params[i]->name || static_cast<std::size_t>(rows) != m.rows() ||
+        static_cast<std::size_t>(cols) != m.cols())
+      throw std::runtime_error("tensors[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
+                               std::to_string(cols) + ", the model has " + params[i]->name + " " +
+                               std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
+    if (dtype != "i32") throw std::runtime_error("tensors[" + std::to_string(i) + "].dtype must be \"i32\"");
+  }
+}
+
+struct Section {
+  std::size_t begin = 0, end = 0;  // payload
+};
+
+}  // namespace
+
+std::string encode_checkpoint(Trainer& trainer) {
+  const TrainConfig& cfg = trainer.config();
+  const TrainState& st = trainer.state();
+  const data::ImageSet& train = trainer.train_set();
+  Model& model = trainer.model();
+  nlohmann::json h;
+  h["format"] = kFormat;
+  h["model"] = json_io::spec_to_json(model.spec());
+  h["pixel_norm"] = json_io::norm_to_json(trainer.norm());
+  h["config"] = {{"seed", cfg.seed},
+                 {"batch", cfg.batch},
+                 {"lr", cfg.lr},
+                 {"schedule", schedule_name(cfg.schedule)},
+                 {"epochs", cfg.epochs},
+                 {"momentum", cfg.sgd.momentum},
+                 {"weight_decay", cfg.sgd.weight_decay},
+                 {"augment_pad", cfg.augment.pad},
+                 {"augment_flip", cfg.augment.flip}};
+  h["data"] = {{"count", train.count},
+               {"rows", train.rows},
+               {"cols", train.cols},
+               {"channels", train.channels},
+               {"crc32", trainer.training_data_crc()}};
+  h["position"] = {{"global_step", st.global_step}, {"epoch", st.epoch},       {"step_in_epoch", st.step_in_epoch},
+                   {"steps_per_epoch", trainer.steps_per_epoch()},            {"loss_sum", st.loss_sum},
+                   {"correct", st.correct},          {"seen", st.seen}};
+  h["health"] = {{"reference", st.health.reference},
+                 {"diverge_streak", st.health.diverge_streak},
+                 {"zero_grad_history", st.health.zero_grad_history},
+                 {"steps_seen", st.health.steps_seen}};
+  nlohmann::json history = nlohmann::json::array();
+  for (const EpochMetrics& m : st.history) history.push_back(metrics_to_json(m));
+  h["history"] = history;
+  nlohmann::json tensors = nlohmann::json::array();
+  std::string weights, momentum;
+  for (Param* p : model.params()) {
+    tensors.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}, {"dtype", "i32"}});
+    put<int32_t>(weights, p->master.exponent());
+    binary_io::put_i32_values(weights, p->master);
+    put<int32_t>(momentum, p->momentum.exponent());
+    binary_io::put_i32_values(momentum, p->momentum);
+  }
+  h["tensors"] = tensors;
+
+  std::string out(kMagic, sizeof kMagic);
+  put<uint32_t>(out, kCheckpointVersion);
+  put<uint32_t>(out, kSections);
+  put_section(out, kTags[0], h.dump());
+  put_section(out, kTags[1], weights);
+  put_section(out, kTags[2], momentum);
+  std::string buffers;
+  binary_io::put_buffers(buffers, model);
+  put_section(out, kTags[3], buffers);
+  return out;
+}
+
+void save_checkpoint(const std::string& path, Trainer& trainer) { write_file_atomic(path, encode_checkpoint(trainer)); }
+
+Checkpoint load_checkpoint(const std::string& path) {
+  return parse_checkpoint(path, binary_io::read_file_bounded(path, "checkpoint", kMaxFileBytes));
+}
+
+Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
+  Reader r(path, bytes);
+  if (bytes.size() < sizeof kMagic || bytes.compare(0, sizeof kMagic, kMagic, sizeof kMagic) != 0)
+    r.fail("not a qtrain checkpoint (bad magic)");
+  r.take(sizeof kMagic, "magic");
+  const uint32_t version = r.get<uint32_t>("version");
+  if (version != kCheckpointVersion)
+    r.fail_at(8, "checkpoint format version " + std::to_string(version) + ", this build reads version " +
+                     std::to_string(kCheckpointVersion) +
+                     (version > kCheckpointVersion ? " (written by a newer qtrain?)" : ""));
+  const uint32_t count = r.get<uint32_t>("section count");
+  if (count != kSections)
+    r.fail_at(12, "section count " + std::to_string(count) + ", version 1 has " + std::to_string(kSections));
+
+  // Frame every section and check its CRC before interpreting any of it.
+  Section sec[kSections];
+  for (uint32_t i = 0; i < kSections; ++i) {
+    const std::size_t start = r.pos();
+    const std::string tag = r.take(4, "section tag");
+    if (tag != kTags[i]) {
+      std::string shown;
+      for (char ch : tag) shown += (ch >= 32 && ch < 127) ? ch : '?';
+      r.fail_at(start, "expected section " + std::string(kTags[i]) + ", found '" + shown + "'");
+    }
+    const uint64_t len = r.get<uint64_t>("section length");
+    if (len > r.remaining() || r.remaining() - len < 4)
+      r.fail_at(start + 4, "section " + tag + " declares " + std::to_string(len) + " bytes, the file holds " +
+                               std::to_string(r.remaining()) + " after its header (truncated)");
+    sec[i].begin = r.pos();
+    sec[i].end = sec[i].begin + static_cast<std::size_t>(len);
+    r.take(static_cast<std::size_t>(len), "section");
+    const std::size_t crc_at = r.pos();
+    const auto stored = r.get<uint32_t>("section checksum");
+    if (stored != binary_io::crc32_of(bytes.data() + start, crc_at - start))
+      r.fail_at(crc_at, "section " + tag + ": checksum mismatch (the file is corrupt)");
+  }
+  if (r.remaining() != 0)
+    r.fail(std::to_string(r.remaining()) + " unexpected bytes after the last section (the file should end here)");
+
+  Checkpoint c;
+  nlohmann::json tensors;
+  try {
+    const nlohmann::json h = nlohmann::json::parse(bytes.begin() + static_cast<std::ptrdiff_t>(sec[0].begin),
+                                                   bytes.begin() + static_cast<std::ptrdiff_t>(sec[0].end));
+    header_from_json(h, c, tensors);
+    binary_io::check_size_bound(c.config.model, bytes.size());
+  } catch (const nlohmann::json::parse_error& e) {
+    r.fail_at(sec[0].begin, std::string("section HEAD is not valid JSON (") + e.what() + ")");
+  } catch (const std::exception& e) {
+    r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
+  }
+  c.model = build_model(c.config.model, 0);
+  try {
+    check_tensors(tensors, *c.model);
+  } catch (const std::exception& e) {
+    r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
+  }
+  // Section sizes against the model.
+  const uint64_t pbytes = binary_io::param_bytes(*c.model), bbytes = binary_io::buffer_bytes(*c.model);
+  for (uint32_t i = 1; i < kSections; ++i) {
+    const uint64_t have = sec[i].end - sec[i].begin, need = i == 3 ? bbytes : pbytes;
+    if (have != need)
+      r.fail_at(sec[i].begin, std::string("section ") + kTags[i] + " holds " + std::to_string(have) +
+                                  " bytes, the model needs " + std::to_string(need));
+  }
+  const std::vector<Param*> params = c.model->params();
+  Reader w(path, bytes, sec[1].begin, sec[1].end), m(path, bytes, sec[2].begin, sec[2].end);
+  for (Param* p : params) {
+    const std::size_t at_w = w.pos();
+    const int32_t ew = w.get<int32_t>("exponent");
+    if (ew < -kMaxExponent || ew > kMaxExponent)
+      w.fail_at(at_w, p->name + " exponent " + std::to_string(ew) + " is out of range " +
+                          std::to_string(-kMaxExponent) + ".." + std::to_string(kMaxExponent));
+    w.read_i32_values(p->master, p->name);
+    p->master.set_exponent(ew);
+    const std::size_t at_m = m.pos();
+    const int32_t em = m.get<int32_t>("exponent");
+    if (em < ew - kMaxMomentumOffset || em > ew + kMaxMomentumOffset)
+      m.fail_at(at_m, p->name + " momentum exponent " + std::to_string(em) + " is more than " +
+                          std::to_string(kMaxMomentumOffset) + " away from its weights' exponent " +
+                          std::to_string(ew));
+    p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, em);
+    m.read_i32_values(p->momentum, p->name + " momentum");
+    ++p->version;
+  }
+  Reader b(path, bytes, sec[3].begin, sec[3].end);
+  binary_io::read_buffers(b, *c.model);
+  return c;
+}
+
+std::unique_ptr<Trainer> resume_trainer(Checkpoint& c, const data::ImageSet& train, const std::string& path) {
+  if (!c.model) throw std::logic_error("resume_trainer: the checkpoint's model was already used");
+  if (train.count != c.train_count || train.rows != c.image_rows || train.cols != c.image_cols ||
+      train.channels != c.image_channels)
+    throw InputError(path + ": the run was trained on " + std::to_string(c.train_count) + " images of " +
+                     std::to_string(c.image_rows) + "x" + std::to_string(c.image_cols) + "x" +
+                     std::to_string(c.image_channels) + ", the training data now has " + std::to_string(train.count) +
+                     " of " + std::to_string(train.rows) + "x" + std::to_string(train.cols) + "x" +
+                     std::to_string(train.channels) + " (same --dataset, --data and --train-limit as the run?)");
+  TrainConfig cfg = c.config;
+  auto trainer = std::make_unique<Trainer>(cfg, train, std::move(c.model), c.norm);
+  if (trainer->training_data_crc() != c.train_crc)
+    throw InputError(path + ": the training data differs from the run's (CRC-32 of the images and labels does not "
+                            "match; same --data as the original run?)");
+  try {
+    trainer->restore(c.state);
+  } catch (const std::invalid_argument& e) {
+    throw InputError(path + ": " + e.what());
+  }
+  return trainer;
+}
+
+}  // namespace qtrain

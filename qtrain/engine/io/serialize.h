@@ -1,0 +1,38 @@
+// Saved models: the spec, the pixel normalization and every parameter's int32 master weights, in one file.
+//
+// Layout (little-endian):  "QTRNMDL1" | u32 version | u32 header bytes | JSON header | per parameter:
+// i32 exponent, rows·cols × i32 | u32 CRC-32 of everything before it.
+// The header's pixel_norm holds exponent, mean, stddev and table: numbers and one 256-entry table for single-channel
+// data (the form of the first files), arrays with one entry per channel otherwise; both are read.
+// Writing goes to a temporary file in the same directory, which is fsynced and renamed over the target, so a
+// crash never leaves a half-written model behind.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "qtrain/engine/data/normalize.h"
+#include "qtrain/engine/models/model.h"
+
+namespace qtrain {
+
+struct LoadedModel {
+  std::unique_ptr<Model> model;
+  data::PixelNorm norm;
+};
+
+// Throws std::runtime_error naming the file when it cannot be written.
+void save_model(const std::string& path, Model& model, const data::PixelNorm& norm);
+// Throws InputError naming the file and byte offset when it is missing, truncated, corrupt or of another version,
+// or when its header is invalid (unknown model kind, bit-widths out of range, non-numbers, sizes that do not
+// match the file). Nothing is allocated beyond the file's own size before the sizes are checked.
+LoadedModel load_model(const std::string& path);
+// The same for a file already in memory; `path` is only used in messages (the fuzz target calls this).
+LoadedModel parse_model(const std::string& path, const std::string& bytes);
+
+// Writes `bytes` to `path` atomically: a temporary file `path.tmp.<pid>` in the same directory, fsync, rename over
+// `path`, fsync of the directory. A crash at any moment leaves either the old file or the new one, never a mix
+// (at worst a stray temporary file). Shared by every writer of result files and checkpoints.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace qtrain

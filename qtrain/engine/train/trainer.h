@@ -1,0 +1,122 @@
+// The training loop: batches → forward → integer softmax cross-entropy → backward → integer SGD, with the
+// learning-rate schedule, evaluation and progress reporting. The CLI and the benches drive it; so can a user.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "qtrain/engine/data/batcher.h"
+#include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/data/normalize.h"
+#include "qtrain/engine/train/health.h"
+#include "qtrain/engine/models/model.h"
+#include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/optim/optimizer.h"
+#include "qtrain/engine/optim/schedule.h"
+#include "qtrain/kernels/thread_pool.h"
+
+namespace qtrain {
+
+struct TrainConfig {
+  ModelSpec model;
+  int epochs = 5;
+  std::size_t batch = 64;
+  double lr = 0.05;  // peak of the schedule
+  ScheduleKind schedule = ScheduleKind::kOneCycle;
+  SgdConfig sgd;
+  uint64_t seed = 0;
+  std::size_t threads = 1;  // 0: every processor available to the process
+  data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)
+  HealthConfig health;      // stop a diverging or dead run (qtrain/engine/train/health.h)
+  bool profile = false;     // time every step's layers and phases (Trainer::profile(), qtrain/engine/core/profile.h)
+  void validate() const;    // throws UsageError naming the flag and its valid range
+};
+
+struct EpochMetrics {
+  int epoch = 0;  // 1-based
+  double loss = 0, train_accuracy = 0, test_accuracy = 0;
+  double images_per_second = 0, seconds = 0, lr = 0;
+};
+
+// Where a run is, and everything besides the weights and momentum buffers it needs to continue bit-exactly. The
+// data order is a pure function of (seed, epoch) and every stochastic rounding of (seed, global step, tensor), so
+// (seed, global_step) is the whole random-generator state; the learning rate is a function of global_step too.
+struct TrainState {
+  uint64_t global_step = 0;       // steps done in the whole run
+  int epoch = 1;                  // the epoch in progress (1-based), or the next one when step_in_epoch is 0
+  std::size_t step_in_epoch = 0;  // steps of `epoch` already done
+  double loss_sum = 0;            // Σ loss·images over those steps (the epoch's metrics continue from them)
+  std::size_t correct = 0, seen = 0;
+  HealthState health;
+  std::vector<EpochMetrics> history;  // the finished epochs, in order
+};
+
+struct Progress {
+  int epoch = 0, epochs = 0;  // epoch is 1-based
+  std::size_t step = 0, steps = 0;
+  double loss = 0;             // running mean over the epoch so far
+  double images_per_second = 0;
+  double eta_seconds = 0;      // for the whole run
+};
+
+class Trainer {
+ public:
+  // `train` must outlive the trainer. The pixel normalization is fitted on `train`.
+  Trainer(const TrainConfig& cfg, const data::ImageSet& train);
+  // Continue training a loaded model (its spec replaces cfg.model).
+  Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::unique_ptr<Model> model,
+          const data::PixelNorm& norm);
+
+  // One epoch over the training set (epoch is 1-based). `test` may be null: test accuracy is then 0. If the state
+  // is inside `epoch` (restore() of a mid-epoch checkpoint), the epoch continues from there. `progress` runs after
+  // every step with state() consistent (it may save a checkpoint). Throws TrainingHealthError when the health
+  // monitor (cfg.health) stops the run.
+  EpochMetrics train_epoch(int epoch, const data::ImageSet* test,
+                           const std::function<void(const Progress&)>& progress = {});
+  // Continue from a saved position (the model's weights and momentum must already be the saved ones). Throws
+  // std::invalid_argument when the state does not fit this run (epochs, steps per epoch, batch).
+  void restore(const TrainState& state);
+  const TrainState& state() const { return state_; }
+  // No streak of anomalous steps in progress (see HealthMonitor::clean): a good moment for a checkpoint.
+  bool healthy() const { return health_.clean(); }
+  std::size_t steps_per_epoch() const { return batcher_.batches(); }
+  const data::ImageSet& train_set() const { return train_; }
+  // CRC-32 of the training set (count, image size, pixels, labels), computed once: checkpoints record it so a run
+  // cannot resume on other data by mistake.
+  uint32_t training_data_crc() const;
+  // Accuracy (fraction) on `set` with the current weights.
+  double evaluate(const data::ImageSet& set);
+
+  Model& model() { return *model_; }
+  const data::PixelNorm& norm() const { return norm_; }
+  const TrainConfig& config() const { return cfg_; }
+  kernels::ThreadPool& pool() { return pool_; }
+  uint64_t global_step() const { return state_.global_step; }
+  // The step profile summed over this process's training steps; null unless cfg.profile.
+  const StepProfile* profile() const { return profile_.get(); }
+
+ private:
+  TrainConfig cfg_;
+  const data::ImageSet& train_;
+  data::PixelNorm norm_;
+  std::unique_ptr<Model> model_;
+  kernels::ThreadPool pool_;
+  data::Batcher batcher_;
+  Sgd sgd_;
+  LrSchedule schedule_;
+  TrainState state_;
+  HealthMonitor health_;
+  std::unique_ptr<StepProfile> profile_;
+  double started_ = -1;  // wall-clock start of this process's part of the run, for the ETA
+  uint64_t started_step_ = 0;
+  mutable uint32_t data_crc_ = 0;
+  mutable bool data_crc_known_ = false;
+};
+
+// Accuracy of `model` on `set` (batches of 500, no tape).
+double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool);
+
+}  // namespace qtrain
