@@ -19,6 +19,7 @@
 #include "qtrain/quant/shiftquant.h"
 #include "qtrain/quant/uninit_vector.h"
 
+#include "qtrain/engine/core/aligned_sum.h"
 #include "qtrain/engine/core/autograd.h"
 #include "qtrain/engine/core/layer.h"
 #include "qtrain/engine/core/narrow.h"

@@ -181,10 +181,11 @@ TEST_P(ConvGrad, ForwardAndBackwardMatchFloatFormula) {
   });
   for (std::size_t i = 0; i < y.size(); ++i) ASSERT_EQ(deq(run.y->value, i), y[i]) << "y " << i;
 
-  // Backward: the ShiftQuant of dY that Conv2d drew (same stream: layer id 3 → 3·4 + 1).
+  // Backward: the ShiftQuant of dY that Conv2d drew (same stream: layer id 3, its output-gradient slot).
   quant::ShiftQuantized gs;
   const StepContext ctx{nullptr, nullptr, 5, 7};
-  quant::shiftquant(dy.data<int32_t>(), rows, g.co, dy.exponent(), {cc.bits, spec.groups}, ctx.rounding_rng(13), &gs);
+  quant::shiftquant(dy.data<int32_t>(), rows, g.co, dy.exponent(), {cc.bits, spec.groups},
+                    ctx.rounding_rng(3, kOutputGradSlot), &gs);
   std::vector<double> gq(rows * g.co);
   for (std::size_t i = 0; i < gq.size(); ++i) gq[i] = std::ldexp(double(gs.q[i]), gs.channel_exponent(i % g.co));
 
@@ -282,7 +283,7 @@ TEST(Conv2d, WeightGradientSplitsReductionsBeyondKMaxReduction) {
                                              {quant::signed_range(8)}, xq8.data());
     quant::ShiftQuantized gs;
     const StepContext ctx{nullptr, nullptr, 5, 7};
-    quant::shiftquant(dy.data<int32_t>(), rows, g.co, dy.exponent(), {8, 1}, ctx.rounding_rng(13), &gs);
+    quant::shiftquant(dy.data<int32_t>(), rows, g.co, dy.exponent(), {8, 1}, ctx.rounding_rng(3, kOutputGradSlot), &gs);
     std::vector<int64_t> dw(g.co * g.k, 0);  // exact integer reference: Σ q_g·q_x
     g.for_taps([&](std::size_t o, std::size_t in, std::size_t kb) {
       for (std::size_t co = 0; co < g.co; ++co)
@@ -379,7 +380,8 @@ TEST_P(DepthwiseGrad, ForwardAndBackwardMatchFloatFormula) {
                           wq8.data(), ew.data());
   quant::ShiftQuantized gs;
   const StepContext ctx{nullptr, nullptr, 5, 7};
-  quant::shiftquant(dy.data<int32_t>(), rows, c, dy.exponent(), {cc.bits, spec.groups}, ctx.rounding_rng(17), &gs);
+  quant::shiftquant(dy.data<int32_t>(), rows, c, dy.exponent(), {cc.bits, spec.groups},
+                    ctx.rounding_rng(4, kOutputGradSlot), &gs);
   auto xq = [&](std::size_t i) { return std::ldexp(double(xq8[i]), ex); };
   auto wq = [&](std::size_t ch, std::size_t tap) { return std::ldexp(double(wq8[ch * kk + tap]), ew[ch]); };
   auto gq = [&](std::size_t i) { return std::ldexp(double(gs.q[i]), gs.channel_exponent(i % c)); };
@@ -786,7 +788,7 @@ Step train_step(Layer& layer, const Tensor& xt, const Tensor& dy, const QGemmCon
   s.y->has_grad = true;
   tape.backward();
   quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg.grad_bits, cfg.groups},
-                    ctx.rounding_rng(13), &s.g);
+                    ctx.rounding_rng(3, kOutputGradSlot), &s.g);
   return s;
 }
 
@@ -839,8 +841,7 @@ void check_conv(Conv2d& conv, const Tensor& xt, const Tensor& dy, kernels::Threa
 
 // A new version of the weights, as an optimizer step leaves them.
 void update(Param& p, uint64_t seed) {
-  p.master = random_i32(p.master.rows(), p.master.cols(), 1 << 24, p.master.exponent(), seed);
-  ++p.version;
+  p.master = random_i32(p.master.rows(), p.master.cols(), 1 << 24, p.master.exponent(), seed);  // a new version
 }
 
 // Linear and Conv2d run their forward and dgrad products through WeightProducts (QuantizedWeights, Conv2d's

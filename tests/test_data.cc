@@ -402,7 +402,7 @@ static_assert(!std::is_constructible_v<Batcher, ImageSet&&, const PixelNorm&, st
 std::vector<uint32_t> reference_order(std::size_t n, uint64_t seed, uint64_t epoch) {
   std::vector<uint32_t> o(n);
   std::iota(o.begin(), o.end(), 0u);
-  const quant::CounterRng rng(seed, quant::stream_id(quant::Purpose::kShuffle, epoch, 0));
+  const quant::CounterRng rng(seed, quant::StreamKey{.purpose = quant::Purpose::kShuffle, .step = epoch});
   for (std::size_t i = n; i-- > 1;) std::swap(o[i], o[rng.below(i, static_cast<uint32_t>(i + 1))]);
   return o;
 }
@@ -722,7 +722,7 @@ TEST(Augment, DrawsArePureFunctionsOfSeedEpochAndImage) {
   for (uint64_t e : {0, 3, 1}) {
     a.start_epoch(e);
     b.start_epoch(e);
-    const quant::CounterRng rng(77, quant::stream_id(quant::Purpose::kAugment, e, 0));
+    const quant::CounterRng rng(77, quant::StreamKey{.purpose = quant::Purpose::kAugment, .step = e});
     for (uint32_t i = 0; i < s.count; ++i) {
       const AugmentDraw d = a.augment_draw(i), db = b.augment_draw(i);
       EXPECT_EQ(d.dy, static_cast<int>(rng.below(4 * i, 5)) - 2);

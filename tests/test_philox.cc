@@ -27,7 +27,8 @@ TEST_P(PhiloxTarget, BlocksMatchScalarDefinition) {
 }
 
 TEST_P(PhiloxTarget, CounterRngFillMatchesSingleDraws) {
-  const quant::CounterRng rng(7, quant::stream_id(quant::Purpose::kRounding, 3, 11));
+  const quant::CounterRng rng(7,
+                              quant::StreamKey{.purpose = quant::Purpose::kRounding, .owner = 2, .slot = 3, .step = 3});
   for (uint64_t first : {0, 1, 2, 3, 4, 1001})
     for (std::size_t n : {0, 1, 3, 4, 5, 31, 32, 33, 257}) {
       std::vector<uint32_t> out(n);

@@ -32,12 +32,12 @@ TEST(Rng, PhiloxKnownAnswers) {
 }
 
 TEST(Rng, FillMatchesSingleDraws) {
-  const CounterRng rng(42, stream_id(Purpose::kRounding, 7, 3));
+  const CounterRng rng(42, StreamKey{.purpose = Purpose::kRounding, .owner = 0, .slot = 3, .step = 7});
   std::vector<uint32_t> out(37);
   rng.fill_u32(5, out.size(), out.data());
   for (std::size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], rng.u32(5 + i)) << i;
-  EXPECT_NE(rng.u32(0), CounterRng(43, stream_id(Purpose::kRounding, 7, 3)).u32(0));
-  EXPECT_NE(rng.u32(0), CounterRng(42, stream_id(Purpose::kRounding, 8, 3)).u32(0));
+  EXPECT_NE(rng.u32(0), CounterRng(43, StreamKey{.purpose = Purpose::kRounding, .slot = 3, .step = 7}).u32(0));
+  EXPECT_NE(rng.u32(0), CounterRng(42, StreamKey{.purpose = Purpose::kRounding, .slot = 3, .step = 8}).u32(0));
 }
 
 TEST(Rounding, NearestEvenTies) {
@@ -58,7 +58,7 @@ TEST(Rounding, NearestEvenTies) {
 }
 
 TEST(Rounding, StochasticIsFloorOrCeilAndUnbiased) {
-  const CounterRng rng(1, stream_id(Purpose::kRounding, 0, 0));
+  const CounterRng rng(1, StreamKey{.purpose = Purpose::kRounding});
   for (int64_t x : {int64_t{-1000}, int64_t{-37}, int64_t{-1}, int64_t{1}, int64_t{5}, int64_t{37}, int64_t{1001}}) {
     for (int s : {1, 3, 4, 7}) {
       const double exact = std::ldexp(static_cast<double>(x), -s);
@@ -533,7 +533,7 @@ TEST(ShiftQuant, ThreadedPassesAreBitIdentical) {
       auto g = spread_gradient(s.rows, s.cols, 20 + bits);
       for (std::size_t r = 0; r < s.rows; ++r) g[r * s.cols + 3] = 0;  // a zero channel
       const ShiftQuantConfig cfg{bits, max_groups(bits)};
-      const CounterRng rng(5, stream_id(Purpose::kRounding, 11, 2));
+      const CounterRng rng(5, StreamKey{.purpose = Purpose::kRounding, .slot = 2, .step = 11});
       ShiftQuantized one;
       shiftquant(g.data(), s.rows, s.cols, -25, cfg, rng, &one);
       for (kernels::ThreadPool* pool : {&two, &three}) {

@@ -9,7 +9,7 @@
 int main() {
   namespace k = qtrain::kernels;
   constexpr std::size_t n = 2, m = 3, kk = 4;
-  const qtrain::quant::CounterRng rng(/*seed=*/42, qtrain::quant::stream_id(qtrain::quant::Purpose::kInit, 0, 0));
+  const qtrain::quant::CounterRng rng(/*seed=*/42, qtrain::quant::StreamKey{.purpose = qtrain::quant::Purpose::kInit});
   std::vector<int8_t> x(n * kk), w(m * kk);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int8_t>(static_cast<int>(rng.below(i, 256)) - 128);
   for (std::size_t i = 0; i < w.size(); ++i) {

@@ -1,12 +1,9 @@
 #include "qtrain/engine/core/autograd.h"
 
-#include <algorithm>
 #include <stdexcept>
 
+#include "qtrain/engine/core/aligned_sum.h"
 #include "qtrain/engine/core/profile.h"
-#include "qtrain/engine/core/split_eltwise.h"
-#include "qtrain/kernels/eltwise.h"
-#include "qtrain/quant/pow2.h"
 
 namespace qtrain {
 
@@ -17,47 +14,13 @@ VarPtr make_input(Tensor value) {
   return v;
 }
 
-namespace {
-// v.grad ← v.grad + g at the finer exponent, then narrowed (see autograd.h).
-void add_into(Var& v, const Tensor& g, kernels::ThreadPool* pool) {
-  if (g.size() != v.grad.size()) throw std::logic_error("accumulate_grad: shape mismatch " + g.describe());
-  const int ea = v.grad.exponent(), eb = g.exponent(), e = std::min(ea, eb);
-  const int la = ea - e, lb = eb - e;
-  const int32_t* a = v.grad.data<int32_t>();
-  const int32_t* b = g.data<int32_t>();
-  if (la <= 31 && lb <= 31) {
-    // a·2^la + b·2^lb < 2^63: the kernels' int64 lanes hold every sum exactly. One pass writes the sums at shift 0
-    // into a new tensor (a and b stay intact); a second one only if some sum needs a coarser exponent.
-    Tensor sum = Tensor::uninitialized(v.grad.rows(), v.grad.cols(), DType::kI32);
-    int32_t* out = sum.data<int32_t>();
-    const uint64_t maxabs = aligned_sum_range(pool, a, b, g.size(), la, lb, out, false).max_abs();
-    const int s = std::max(0, quant::bit_length(maxabs) - 31);
-    if (s != 0) aligned_sum_narrow(pool, a, b, g.size(), la, lb, s, out, false);
-    sum.set_exponent(e + s);
-    v.grad = std::move(sum);
-    return;
-  }
-  int32_t* out = v.grad.data<int32_t>();
-  // Exponents more than 31 octaves apart (not met in practice): the plain int64 loop.
-  std::vector<int64_t> sum(g.size());
-  int64_t maxabs = 0;
-  for (std::size_t i = 0; i < sum.size(); ++i) {
-    sum[i] = quant::shift_round_even(a[i], e - ea) + quant::shift_round_even(b[i], e - eb);
-    maxabs = std::max(maxabs, sum[i] < 0 ? -sum[i] : sum[i]);
-  }
-  const int s = std::max(0, quant::bit_length(static_cast<uint64_t>(maxabs)) - 31);
-  for (std::size_t i = 0; i < sum.size(); ++i) out[i] = quant::saturate_i32(quant::shift_round_even(sum[i], s));
-  v.grad.set_exponent(e + s);
-}
-}  // namespace
-
 void accumulate_grad(Var& v, Tensor&& g, kernels::ThreadPool* pool) {
   if (!v.has_grad) {
     v.grad = std::move(g);
     v.has_grad = true;
     return;
   }
-  add_into(v, g, pool);
+  v.grad = aligned_sum(pool, v.grad, g);
 }
 
 void accumulate_grad(Var& v, const Tensor& g, kernels::ThreadPool* pool) {
@@ -66,7 +29,26 @@ void accumulate_grad(Var& v, const Tensor& g, kernels::ThreadPool* pool) {
     v.has_grad = true;
     return;
   }
-  add_into(v, g, pool);
+  v.grad = aligned_sum(pool, v.grad, g);
+}
+
+namespace {
+void check_param_grad(const Param& p, const Tensor& g) {
+  if (g.rows() != p.master.rows() || g.cols() != p.master.cols() || g.dtype() != DType::kI32 ||
+      g.axis() == ScaleAxis::kCol)
+    throw std::logic_error("accumulate_grad: gradient " + g.describe() + " for parameter " + p.name + " " +
+                           p.master.describe() + " (int32, one exponent or one per row)");
+}
+}  // namespace
+
+void accumulate_grad(Param& p, Tensor&& g, kernels::ThreadPool* pool) {
+  check_param_grad(p, g);
+  if (!p.has_grad) {
+    p.grad = std::move(g);
+    p.has_grad = true;
+    return;
+  }
+  p.grad = aligned_sum(pool, p.grad, g);
 }
 
 Tensor take_grad(Var& out) {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "qtrain/engine/core/param.h"
 #include "qtrain/engine/core/tensor.h"
 #include "qtrain/kernels/thread_pool.h"
 #include "qtrain/quant/rng.h"
@@ -34,12 +35,17 @@ using VarPtr = std::shared_ptr<Var>;
 
 VarPtr make_input(Tensor value);
 
-// Adds g (int32, one exponent) into v's gradient, aligning exponents exactly when both exist: the sum at the finer
-// exponent (exact in int64), then the finest exponent ≥ it whose int32 holds the sum (nearest-even; saturating).
-// The sum's passes split over `pool` when it pays (a residual block's input gathers two large gradients).
+// Adds g (int32) into v's gradient. The first gradient is moved in (no copy, no pass); a second one is summed with
+// aligned_sum (aligned_sum.h): exact at the finer exponent, then the finest exponent whose int32 holds the sum
+// (nearest-even). The sum's passes split over `pool` when it pays (a residual block's input gathers two large
+// gradients).
 void accumulate_grad(Var& v, Tensor&& g, kernels::ThreadPool* pool = nullptr);
 // The same for a gradient the caller keeps (copied only when v has no gradient yet).
 void accumulate_grad(Var& v, const Tensor& g, kernels::ThreadPool* pool = nullptr);
+// The same for a parameter used more than once in a step (tied weights, micro-batches, sub-networks sharing
+// weights): g (int32, the master's shape, one exponent or one per row as a weight gradient has) is moved in when
+// p has no gradient yet, else summed per row. Throws std::logic_error for another shape or per-column exponents.
+void accumulate_grad(Param& p, Tensor&& g, kernels::ThreadPool* pool = nullptr);
 // The gradient of an op output for its op's backward to consume: moved out unless the Var retains it, in which
 // case a copy (the Var's gradient is left as it was).
 Tensor take_grad(Var& out);
@@ -66,6 +72,9 @@ class Tape {
   std::size_t tag_ = 0;
 };
 
+// The rounding-stream slots of a layer (StepContext::rounding_rng): which of its tensors a stream rounds.
+inline constexpr uint32_t kOutputGradSlot = 1;  // ShiftQuant of the layer's output gradient
+
 // Everything an op needs to know about the step it runs in.
 struct StepContext {
   kernels::ThreadPool* pool = nullptr;  // null: single thread
@@ -73,10 +82,16 @@ struct StepContext {
   uint64_t seed = 0;
   uint64_t step = 0;  // global training step: keys the stochastic-rounding streams
   StepProfile* profile = nullptr;  // non-null: Model::forward times its layers (qtrain train --profile)
+  // Which forward/backward pass of this optimizer step (several per update: sandwich sub-networks, micro-batches).
+  // Each pass draws its own rounding; pass 0 draws what a single-pass step does.
+  uint32_t pass = 0;
   bool training() const { return tape != nullptr; }
-  // The random stream for stochastic rounding of one tensor (identified by a stable id) in this step.
-  quant::CounterRng rounding_rng(uint32_t tensor_id) const {
-    return quant::CounterRng(seed, quant::stream_id(quant::Purpose::kRounding, step, tensor_id));
+  // The random stream for stochastic rounding of tensor `slot` of layer `layer` in this step and pass (throws
+  // UsageError when an id is beyond the stream layout's range, quant/rng.h).
+  quant::CounterRng rounding_rng(uint32_t layer, uint32_t slot) const {
+    return quant::CounterRng(
+        seed, quant::StreamKey{
+                  .purpose = quant::Purpose::kRounding, .owner = layer, .slot = slot, .pass = pass, .step = step});
   }
 };
 

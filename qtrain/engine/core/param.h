@@ -17,7 +17,9 @@ struct Param {
   Tensor grad;            // int32, one exponent per row or per tensor; valid while has_grad
   bool has_grad = false;
   bool decay = true;      // weight decay applies
-  uint64_t version = 0;   // bumped by every update: lets layers cache the quantized weights of a step
+  // Changes whenever the master weights may have changed (an optimizer step, a load, any mutable access to
+  // `master`; Tensor::generation): lets layers cache the quantized weights of one version.
+  uint64_t version() const { return master.generation(); }
 };
 
 // Fill `p.master` (rows×cols) with the integer uniform distribution U(−bound, bound), bound = 1/√fan_in

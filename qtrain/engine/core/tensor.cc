@@ -1,5 +1,6 @@
 #include "qtrain/engine/core/tensor.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdlib>
@@ -85,6 +86,11 @@ void AlignedBuffer::Free::operator()(std::byte* p) const {
   }
 }
 
+uint64_t Generation::next() noexcept {
+  static std::atomic<uint64_t> counter{0};
+  return counter.fetch_add(1, std::memory_order_relaxed) + 1;  // 0 is never a generation
+}
+
 Tensor::Tensor(std::size_t rows, std::size_t cols, DType dtype, int exponent)
     : rows_(rows), cols_(cols), dtype_(dtype), exps_{exponent}, buf_(rows * cols * dtype_size(dtype)) {}
 
@@ -102,6 +108,7 @@ template <>
 int8_t* Tensor::data<int8_t>() {
   if (dtype_ != DType::kI8) throw std::logic_error("Tensor::data<int8_t> on " + describe());
   nonnegative_max_.reset();  // the caller may write
+  generation_.renew();
   return reinterpret_cast<int8_t*>(buf_.data());
 }
 template <>
@@ -113,6 +120,7 @@ template <>
 int32_t* Tensor::data<int32_t>() {
   if (dtype_ != DType::kI32) throw std::logic_error("Tensor::data<int32_t> on " + describe());
   nonnegative_max_.reset();  // the caller may write
+  generation_.renew();
   return reinterpret_cast<int32_t*>(buf_.data());
 }
 template <>
@@ -127,6 +135,7 @@ int Tensor::exponent() const {
 }
 
 void Tensor::set_exponent(int e) {
+  generation_.renew();
   axis_ = ScaleAxis::kTensor;
   exps_.assign(1, e);
 }
@@ -135,6 +144,7 @@ void Tensor::set_exponents(ScaleAxis axis, std::vector<int> exps) {
   const std::size_t want = axis == ScaleAxis::kTensor ? 1 : axis == ScaleAxis::kRow ? rows_ : cols_;
   if (exps.size() != want)
     throw std::logic_error("Tensor::set_exponents: " + std::to_string(exps.size()) + " exponents for " + describe());
+  generation_.renew();
   axis_ = axis;
   exps_ = std::move(exps);
 }
@@ -143,6 +153,7 @@ void Tensor::reshape(std::size_t rows, std::size_t cols) {
   if (rows * cols != size() || axis_ != ScaleAxis::kTensor)
     throw std::logic_error("Tensor::reshape of " + describe() + " to " + std::to_string(rows) + "x" +
                            std::to_string(cols));
+  generation_.renew();
   rows_ = rows;
   cols_ = cols;
 }

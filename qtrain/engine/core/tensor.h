@@ -48,6 +48,24 @@ class AlignedBuffer {
   std::size_t bytes_ = 0;
 };
 
+// A process-unique number naming one state of a tensor's values and exponents: every construction, copy, move and
+// assignment draws a fresh one, and so does every access that may change the tensor (see Tensor::generation).
+class Generation {
+ public:
+  Generation() noexcept : value_(next()) {}
+  Generation(const Generation&) noexcept : value_(next()) {}
+  Generation& operator=(const Generation&) noexcept {
+    value_ = next();
+    return *this;
+  }
+  void renew() noexcept { value_ = next(); }
+  uint64_t value() const noexcept { return value_; }
+
+ private:
+  static uint64_t next() noexcept;
+  uint64_t value_;
+};
+
 class Tensor {
  public:
   Tensor() = default;
@@ -86,6 +104,12 @@ class Tensor {
   // The same bytes seen as rows×cols (rows·cols must equal size()); only for a single exponent, which is kept.
   void reshape(std::size_t rows, std::size_t cols);
 
+  // Changes whenever the tensor may have changed: a mutable data<T>() access, set_exponent(s), reshape, an
+  // assignment (and differs between any two tensors alive at once). Equal generations mean equal contents, so a
+  // consumer can cache what it derives from a tensor (the quantized weights of a parameter's master). Writes
+  // through a pointer taken before the last generation was read are not seen: take the pointer, write, then read.
+  uint64_t generation() const { return generation_.value(); }
+
   // The real value of element i (control plane: tests, metrics, export).
   double value(std::size_t i) const;
   std::vector<double> to_double() const;
@@ -98,6 +122,7 @@ class Tensor {
   std::vector<int> exps_{0};
   AlignedBuffer buf_;
   std::optional<uint64_t> nonnegative_max_;
+  Generation generation_;
 };
 
 }  // namespace qtrain

@@ -77,7 +77,7 @@ void Batcher::start_epoch(uint64_t epoch) {
   epoch_ = epoch;
   std::iota(order_.begin(), order_.end(), uint32_t{0});
   if (!shuffle_) return;
-  const quant::CounterRng rng(seed_, quant::stream_id(quant::Purpose::kShuffle, epoch, 0));
+  const quant::CounterRng rng(seed_, quant::StreamKey{.purpose = quant::Purpose::kShuffle, .step = epoch});
   for (std::size_t i = order_.size(); i-- > 1;) {
     const uint32_t j = rng.below(i, static_cast<uint32_t>(i + 1));
     std::swap(order_[i], order_[j]);
@@ -123,7 +123,7 @@ void Batcher::gather(std::span<const uint32_t> indices, int8_t* images, uint8_t*
 
 AugmentDraw Batcher::augment_draw(uint32_t index) const {
   AugmentDraw d;
-  const quant::CounterRng rng(seed_, quant::stream_id(quant::Purpose::kAugment, epoch_, 0));
+  const quant::CounterRng rng(seed_, quant::StreamKey{.purpose = quant::Purpose::kAugment, .step = epoch_});
   const uint64_t base = uint64_t{4} * index;
   if (augment_.pad > 0) {
     const auto span = static_cast<uint32_t>(2 * augment_.pad + 1);

@@ -318,7 +318,6 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
                           std::to_string(ew));
     p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, em);
     m.read_i32_values(p->momentum, p->name + " momentum");
-    ++p->version;
   }
   Reader b(path, bytes, sec[3].begin, sec[3].end);
   binary_io::read_buffers(b, *c.model);

@@ -370,12 +370,11 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
   ctx.tape->record([this, ctx, x, out, xq, wq, lines, m] {
     if (!out->has_grad) return;
     const Geometry geo(spec_);
-    const quant::ShiftQuantized gq = op_.quantize_grad(ctx, id_ * 4 + 1, out->grad);
+    const quant::ShiftQuantized gq = op_.quantize_grad(ctx, id_, out->grad);
     const bool need_dx = x->requires_grad && spec_.needs_input_grad;
     if (spec_.pointwise()) {
       if (need_dx) accumulate_grad(*x, qgemm_dgrad(gq, *wq, ctx.pool), ctx.pool);
-      weight_.grad = qgemm_wgrad(gq, *xq, ctx.pool);
-      weight_.has_grad = true;
+      accumulate_grad(weight_, qgemm_wgrad(gq, *xq, ctx.pool), ctx.pool);
       return;
     }
     const std::size_t bl = std::min(block_lines(), lines);
@@ -409,8 +408,7 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
         }
       }
     }
-    weight_.grad = acc.finish(gq, xq->exponent());
-    weight_.has_grad = true;
+    accumulate_grad(weight_, acc.finish(gq, xq->exponent()), ctx.pool);
     if (!need_dx) return;
     if (as_conv) {
       if (flipped_of_ != wq) {

@@ -110,7 +110,7 @@ VarPtr DepthwiseConv2d::forward(const StepContext& ctx, const VarPtr& x) {
     if (!out->has_grad) return;
     const Conv2dSpec sp = spec_;
     const std::size_t kk = sp.kernel_h * sp.kernel_w, ho = sp.out_h();
-    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_ * 4 + 1, out->grad);
+    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_, out->grad);
     const int8_t* q = g.q.data();
     const int8_t* xd2 = xq->data<int8_t>();
 
@@ -149,8 +149,7 @@ VarPtr DepthwiseConv2d::forward(const StepContext& ctx, const VarPtr& x) {
     });
     std::vector<int> e_dw(c);
     for (std::size_t ch = 0; ch < c; ++ch) e_dw[ch] = g.channel_exponent(ch) + xq->exponent();
-    weight_.grad = narrow_per_row(dw.data(), c, kk, e_dw);
-    weight_.has_grad = true;
+    accumulate_grad(weight_, narrow_per_row(dw.data(), c, kk, e_dw), ctx.pool);
   });
   return out;
 }

@@ -92,22 +92,20 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
                                  masked.data<int32_t>());
     }
     const Tensor& dy = spec_.relu ? masked : out->grad;
-    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_ * 4 + 1, dy);
+    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_, dy);
 
     // dX = dY_shifted · W_aligned (reduction over m ≤ kMaxReduction channels).
     if (x->requires_grad && spec_.needs_input_grad) accumulate_grad(*x, qgemm_dgrad(g, *wq, ctx.pool));
 
     // dW = dY_qᵀ · X_q (reduction over the batch, in chunks of ≤ kMaxReduction rows).
-    weight_.grad = qgemm_wgrad(g, *xq, ctx.pool);
-    weight_.has_grad = true;
+    accumulate_grad(weight_, qgemm_wgrad(g, *xq, ctx.pool), ctx.pool);
 
     // db = Σ_n dY: exact in int64 (n·2^31 < 2^63), then the finest exponent that fits int32.
     std::vector<int64_t> db(m, 0);
     const int32_t* d = dy.data<int32_t>();
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t c = 0; c < m; ++c) db[c] += d[r * m + c];
-    bias_.grad = narrow_tensor(db.data(), 1, m, dy.exponent());
-    bias_.has_grad = true;
+    accumulate_grad(bias_, narrow_tensor(db.data(), 1, m, dy.exponent()), ctx.pool);
   });
   return out;
 }

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <sstream>
+#include <string>
+#include <utility>
 
 #include "qtrain/engine/layers/conv2d.h"
 #include "qtrain/engine/layers/linear.h"
@@ -105,7 +108,26 @@ std::size_t ModelSpec::size_bound() const {
 }
 
 Model::Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers)
-    : spec_(std::move(spec)), layers_(std::move(layers)) {}
+    : spec_(std::move(spec)), layers_(std::move(layers)) {
+  // Names key the model file and checkpoints, ids the random streams: two parameters sharing either would read
+  // each other's weights or draw the same rounding.
+  std::map<std::string, std::pair<std::size_t, const Param*>> by_name;
+  std::map<uint32_t, std::pair<std::size_t, const Param*>> by_id;
+  auto where = [&](std::size_t layer, const Param* p) {
+    return "layer " + std::to_string(layer) + " (" + layers_[layer]->name() + ") parameter '" + p->name + "'";
+  };
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    for (const Param* p : layers_[i]->params()) {
+      const auto [n, new_name] = by_name.try_emplace(p->name, i, p);
+      if (!new_name)
+        throw UsageError("model: " + where(n->second.first, n->second.second) + " and " + where(i, p) +
+                         " have the same name");
+      const auto [d, new_id] = by_id.try_emplace(p->id, i, p);
+      if (!new_id)
+        throw UsageError("model: " + where(d->second.first, d->second.second) + " and " + where(i, p) +
+                         " have the same stream id " + std::to_string(p->id));
+    }
+}
 
 VarPtr Model::forward(const StepContext& ctx, const VarPtr& x) {
   VarPtr h = x;

@@ -67,6 +67,7 @@ const std::vector<std::string>& model_names();
 
 class Model {
  public:
+  // Throws UsageError when two parameters share a name or an id (the id keys their random streams).
   Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers);
   VarPtr forward(const StepContext& ctx, const VarPtr& x);
   std::vector<Param*> params();

@@ -66,7 +66,7 @@ std::shared_ptr<const Tensor> QGemmOp::quantize_input(Var& x, kernels::ThreadPoo
 }
 
 std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
-  if (cache_ && cache_->version == w.version) return cache_;
+  if (cache_ && cache_->version == w.version()) return cache_;
   const std::size_t m = w.master.rows(), k = w.master.cols();
   // Weights always take the covering step: at 4 bits they cost no accuracy on ResNet-8 (W4A8G8 ≈ W8A8G8), and an
   // error search over every weight each step would cost the MLP a third of its speed.
@@ -79,7 +79,7 @@ std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
   qw->aligned_exponent = quant::align_rows(qw->q.data<int8_t>(), m, k, e_row.data(),
                                            static_cast<uint32_t>(opt.range.hi), qw->aligned.data());
   qw->q.set_exponents(ScaleAxis::kRow, std::move(e_row));
-  qw->version = w.version;
+  qw->version = w.version();
   cache_ = std::move(qw);
   return cache_;
 }
@@ -105,10 +105,10 @@ void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, s
   }
 }
 
-quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const {
+quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t layer, const Tensor& dy) const {
   quant::ShiftQuantized g;
   quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg_.grad_bits, cfg_.groups},
-                    ctx.rounding_rng(stream), &g, ctx.pool);
+                    ctx.rounding_rng(layer, kOutputGradSlot), &g, ctx.pool);
   return g;
 }
 

@@ -70,7 +70,7 @@ struct QuantizedWeights {
   Tensor q;                     // out × in int8, one exponent per row (output channel): the forward operand
   std::vector<int8_t> aligned;  // the rows brought to one exponent (quant::align_rows): the dgrad operand
   int aligned_exponent = 0;
-  uint64_t version = 0;
+  uint64_t version = 0;  // the Param::version it was quantized from
 
   // Y[n × out] = X_q · W_qᵀ (int32, exponent e_x + e_w[c]), then the epilogue (bias at those exponents, ReLU).
   void forward(const int8_t* x, int32_t* y, std::size_t n, kernels::ThreadPool* pool,
@@ -108,8 +108,9 @@ class QGemmOp {
   // W_q of the parameter's current version (quantized on the first call after each update). Backward closures
   // hold the returned pointer, so a later requantization never changes what an earlier step's backward sees.
   std::shared_ptr<const QuantizedWeights> weights(const Param& w);
-  // ShiftQuant of dY (rows × out, one exponent) with this step's random stream `stream`.
-  quant::ShiftQuantized quantize_grad(const StepContext& ctx, uint32_t stream, const Tensor& dy) const;
+  // ShiftQuant of dY (rows × out, one exponent) with the rounding stream of layer `layer`'s output gradient in
+  // this step and pass.
+  quant::ShiftQuantized quantize_grad(const StepContext& ctx, uint32_t layer, const Tensor& dy) const;
 
  private:
   QGemmConfig cfg_;

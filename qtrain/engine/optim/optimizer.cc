@@ -85,7 +85,8 @@ void Sgd::step(const std::vector<Param*>& params, double lr, uint64_t step, uint
     // Independent streams for the two stochastic roundings: gradient alignment and weight update. (The momentum
     // buffer keeps 30 significant bits; nearest-even is plenty there.)
     auto stream = [&](uint32_t k) {
-      return quant::CounterRng(seed, quant::stream_id(quant::Purpose::kRounding, step, 0x80000u | (p->id << 2) | k));
+      return quant::CounterRng(
+          seed, quant::StreamKey{.purpose = quant::Purpose::kUpdate, .owner = p->id, .slot = k, .step = step});
     };
     const quant::CounterRng rng_g = stream(0), rng_u = stream(2);
     if (p->grad.axis() == ScaleAxis::kCol) throw std::logic_error(p->name + ": per-column gradient exponents");
@@ -203,7 +204,6 @@ void Sgd::step(const std::vector<Param*>& params, double lr, uint64_t step, uint
     }
     p->master.set_exponent(e + sw);
     p->has_grad = false;
-    ++p->version;
   }
 }
 
