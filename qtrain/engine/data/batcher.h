@@ -1,7 +1,7 @@
 // Seeded shuffling, mini-batching and optional augmentation of an ImageSet into int8 input batches.
 //
 // The order of an epoch is a pure function of (seed, epoch): Fisher–Yates from the last position down, position i
-// swapping with j = CounterRng(seed, stream_id(Purpose::kShuffle, epoch, 0)).below(i, i + 1). Nothing depends on
+// swapping with j = CounterRng(seed, StreamKey{kShuffle, step = epoch}).below(i, i + 1). Nothing depends on
 // earlier epochs, threads or call order, so a run can resume at any epoch and stay bit-exact.
 //
 // Augmentation (off by default), on the int8 values: a random crop with zero padding P — the image is padded by
@@ -9,7 +9,7 @@
 // back to rows×cols at a uniform shift (dy, dx) ∈ [−P, P]², then mirrored left–right with probability 1/2:
 //   out(r, c) = in(r + dy, c' + dx), c' = flip ? cols−1−c : c, and 0 where (r + dy, c' + dx) is outside the image.
 // The draw of data-set image i in epoch e is a pure function of (seed, e, i): with rng = CounterRng(seed,
-// stream_id(Purpose::kAugment, e, 0)), dy = rng.below(4i, 2P+1) − P, dx = rng.below(4i+1, 2P+1) − P,
+// StreamKey{kAugment, step = e}), dy = rng.below(4i, 2P+1) − P, dx = rng.below(4i+1, 2P+1) − P,
 // flip = rng.u32(4i+2) >> 31 (if enabled). So fill(b) equals gather(batch_indices(b)), and a run stays a pure
 // function of the seed for any batch split and thread count.
 //
