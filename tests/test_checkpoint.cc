@@ -374,8 +374,9 @@ TEST(CheckpointHostile, MagicVersionAndSectionCount) {
   expect_error("QTRNMDL1xxxxxxxx", "bad magic");
   std::string b = good_checkpoint();
   b[8] = 3;
-  expect_error(b, "byte 8: checkpoint format version 3; this build reads versions 1 and 2 (written by a newer qtrain? "
-                  "resume it with that qtrain, or start the run again)");
+  expect_error(b,
+               "byte 8: checkpoint format version 3; this build reads versions 1 and 2 (written by a newer qtrain? "
+               "resume it with that qtrain, or start the run again)");
   b[8] = 0;
   expect_error(b, "checkpoint format version 0; this build reads versions 1 and 2 (not a file qtrain wrote");
   b = good_checkpoint();
@@ -589,7 +590,8 @@ TEST(CheckpointOptimizerState, EntriesAreCheckedAgainstTheModelAndTheOptimizer) 
   expect_error(with_optm(optm("adamw", good, n)), "section OPTM: unknown optimizer 'adamw': valid optimizers are sgd");
   std::vector<Entry> e = good;
   e[1].param = "linear9.bias";
-  expect_error(with_optm(optm("sgd", e, n)), "entry 1 (linear9.bias momentum): the model has no parameter linear9.bias");
+  expect_error(with_optm(optm("sgd", e, n)),
+               "entry 1 (linear9.bias momentum): the model has no parameter linear9.bias");
   e = good;
   e[2].slot = "m";
   expect_error(with_optm(optm("sgd", e, n)), "linear1.weight m: SGD keeps only a \"momentum\" slot");

@@ -133,7 +133,9 @@ TEST(Optimizer, SgdRefusesStateThatDoesNotFit) {
   set_grad(p, 1);
   sgd.step({&p}, 0.05, 0, 1);
   const Tensor before = *sgd.momentum("fc.weight");
-  auto load = [&](std::vector<NamedState> s) { return invalid_argument_of([&] { sgd.load_state(std::move(s), {&p}); }); };
+  auto load = [&](std::vector<NamedState> s) {
+    return invalid_argument_of([&] { sgd.load_state(std::move(s), {&p}); });
+  };
   const Tensor ok(4, 6, DType::kI32, e);
   EXPECT_NE(load({{"fc.bias", "momentum", ok}}).find("fc.bias momentum: no such parameter"), std::string::npos);
   EXPECT_NE(load({{"fc.weight", "m", ok}}).find("fc.weight m: SGD keeps only a \"momentum\" slot"), std::string::npos);

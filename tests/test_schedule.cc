@@ -101,8 +101,8 @@ TEST(Schedule, CosineAndOneCycleGiveTheGlibcDyadicRatesOnEveryStep) {
           ASSERT_EQ(a.mantissa, b.mantissa) << schedule_name(kind) << " total " << total << " step " << step;
           ASSERT_EQ(a.shift, b.shift) << schedule_name(kind) << " total " << total << " step " << step;
           if (ours != ref) {  // the cos's one ulp (≤ 2^-53), times (a − b)/2 ≤ peak/2, plus the roundings after it
-            ASSERT_LE(std::abs(ours - ref), peak * 0x1p-52) << schedule_name(kind) << " total " << total << " step "
-                                                            << step;
+            ASSERT_LE(std::abs(ours - ref), peak * 0x1p-52)
+                << schedule_name(kind) << " total " << total << " step " << step;
             ++ulp_apart;
           }
           ++steps;

@@ -41,8 +41,8 @@ std::string get_string(Reader& r, const char* what) {
   const std::size_t at = r.pos();
   const auto n = r.get<uint32_t>(what);
   if (n > kMaxNameBytes)
-    r.fail_at(at, std::string(what) + " of " + std::to_string(n) + " bytes (at most " + std::to_string(kMaxNameBytes) +
-                      ")");
+    r.fail_at(
+        at, std::string(what) + " of " + std::to_string(n) + " bytes (at most " + std::to_string(kMaxNameBytes) + ")");
   return r.take(n, what);
 }
 

@@ -49,7 +49,7 @@ struct Checkpoint {
   uint32_t train_crc = 0;  // Trainer::training_data_crc of the run's training set
   std::size_t steps_per_epoch = 0;
   TrainState state;
-  std::unique_ptr<Model> model;            // master weights and running statistics as saved
+  std::unique_ptr<Model> model;             // master weights and running statistics as saved
   std::vector<NamedState> optimizer_state;  // config.optimizer's state as saved (checked against the model)
 };
 

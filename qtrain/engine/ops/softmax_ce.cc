@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "qtrain/engine/ops/exp2_q30.h"
+#include "qtrain/engine/ops/exp_table.h"
 #include "qtrain/quant/pow2.h"
 
 namespace qtrain {

@@ -100,7 +100,7 @@ class Sgd final : public Optimizer {
   Tensor& momentum_of(const Param& p);
 
   SgdConfig cfg_;
-  std::vector<Slot> slots_;                            // in the order of first updates (or of load_state)
+  std::vector<Slot> slots_;                             // in the order of first updates (or of load_state)
   std::unordered_map<std::string, std::size_t> index_;  // parameter name → slot
   uint64_t calls_ = 0;
   UninitVector<int64_t> scratch_;  // the int64 accumulators, every element written before it is read

@@ -40,8 +40,8 @@ U128 mul_q124(U128 a, U128 b) {
   const uint64_t b0 = static_cast<uint64_t>(b), b1 = static_cast<uint64_t>(b >> 64);
   const U128 p00 = U128{a0} * b0, p01 = U128{a0} * b1, p10 = U128{a1} * b0, p11 = U128{a1} * b1;
   const U128 mid = (p00 >> 64) + static_cast<uint64_t>(p01) + static_cast<uint64_t>(p10);  // bits 64..
-  const U128 hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);                            // bits 128..255
-  const U128 lo = (mid << 64) | static_cast<uint64_t>(p00);                                  // bits 0..127
+  const U128 hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);                           // bits 128..255
+  const U128 lo = (mid << 64) | static_cast<uint64_t>(p00);                                // bits 0..127
   return (hi << (128 - kFrac)) | (lo >> kFrac);
 }
 
@@ -52,7 +52,9 @@ int bit_length(U128 v) {
 }
 
 // Cosine interpolation from a (t = 0) to b (t = 1).
-double cos_anneal(double a, double b, double t) { return b + (a - b) * 0.5 * (1.0 + cos_rounded(std::numbers::pi * t)); }
+double cos_anneal(double a, double b, double t) {
+  return b + (a - b) * 0.5 * (1.0 + cos_rounded(std::numbers::pi * t));
+}
 
 }  // namespace
 
@@ -67,9 +69,9 @@ double cos_rounded(double x) {
   // cos x = 1 − x²/2 + … rounds to 1 when x²/2 < 2^−54, i.e. x < 2^−27.
   if (x < 0x1p-27) return 1.0;
   int e = 0;
-  const double f = std::frexp(x, &e);                                  // x = f·2^e, f in [0.5, 1): exact
-  const auto m = static_cast<uint64_t>(std::ldexp(f, 53));            // x = m·2^(e−53), m < 2^53: exact
-  const U128 xq = U128{m} << (kFrac + e - 53);                        // shift ≥ 124 − 26 − 53 > 0
+  const double f = std::frexp(x, &e);                       // x = f·2^e, f in [0.5, 1): exact
+  const auto m = static_cast<uint64_t>(std::ldexp(f, 53));  // x = m·2^(e−53), m < 2^53: exact
+  const U128 xq = U128{m} << (kFrac + e - 53);              // shift ≥ 124 − 26 − 53 > 0
   const U128 x2 = mul_q124(xq, xq);
   U128 even = U128{1} << kFrac, odd = 0, term = even;
   for (uint64_t n = 1; term != 0; ++n) {

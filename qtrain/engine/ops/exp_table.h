@@ -1,6 +1,6 @@
 // 2^(j/256) for j = 0..256 as Q30 (2^30 to 2^31), each entry round(2^(30 + j/256)) correctly rounded: the table the
 // integer softmax interpolates 2^x in (softmax_ce.cc). Constants in the source, so the bits do not depend on the C
-// library's exp2; tests/test_exp2_table.cc proves every entry with integer arithmetic. (int64: the last is 2^31.)
+// library's exp2; tests/test_exp_table.cc proves every entry with integer arithmetic. (int64: the last is 2^31.)
 #pragma once
 
 #include <array>
@@ -8,7 +8,8 @@
 
 namespace qtrain {
 
-// clang-format off: eight entries a row (row r holds j = 8r..8r+7)
+// Eight entries a row: row r holds j = 8r..8r+7.
+// clang-format off
 inline constexpr std::array<int64_t, 257> kExp2Q30 = {
     1073741824, 1076653033, 1079572136, 1082499153, 1085434106, 1088377016, 1091327906, 1094286796,
     1097253708, 1100228665, 1103211687, 1106202798, 1109202018, 1112209370, 1115224875, 1118248556,
