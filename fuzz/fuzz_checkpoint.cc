@@ -1,5 +1,5 @@
-// Checkpoint parser (qtrain/engine/io/checkpoint.h). Every section CRC is recomputed so mutations reach the header,
-// position and tensor checks; anything but qtrain::InputError is a finding.
+// Checkpoint parser (qtrain/engine/io/checkpoint.h), versions 1 and 2. Every section CRC is recomputed so mutations
+// reach the header, position, tensor and optimizer-state checks; anything but qtrain::InputError is a finding.
 #include "qtrain/engine/io/checkpoint.h"
 #include "fuzz/fuzz_util.h"
 #include "qtrain/quant/error.h"

@@ -70,7 +70,10 @@ int main(int argc, char** argv) {
   bad[0] = 10;
   write(dir / "cifar10/bad_label", bad);
 
-  // A tiny model (4-3-10) on 8 synthetic 2×2 images, and checkpoints of it mid-epoch and at an epoch's end.
+  // A tiny model (4-3-10) on 8 synthetic 2×2 images, and checkpoints of it mid-epoch and at an epoch's end. These
+  // are format version 2; checkpoint/v1_* are the same checkpoints in format version 1, written by this program at
+  // 3f2aa51, the last commit before format 2 (this build reads version 1 but no longer writes it: they are kept,
+  // not regenerated).
   qtrain::data::ImageSet set;
   set.count = 8;
   set.rows = set.cols = 2;

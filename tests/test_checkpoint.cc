@@ -1,6 +1,6 @@
-// Checkpoints: bit-exact resume (epoch boundary, mid-epoch, other thread counts), crash safety (a child process
-// SIGKILLed while writing), and every kind of hostile checkpoint and model file: a clear InputError naming the
-// file, never a crash or a huge allocation.
+// Checkpoints: bit-exact resume (epoch boundary, mid-epoch, other thread counts, from format version 1), crash
+// safety (a child process SIGKILLed while writing), and every kind of hostile checkpoint and model file: a clear
+// InputError naming the file, never a crash or a huge allocation.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -50,18 +50,31 @@ TrainConfig config(int bits, int epochs, std::size_t threads = 1) {
   return cfg;
 }
 
-// Master weights, momentum buffers and their exponents.
-std::string snapshot(Model& m) {
+void append_tensor(std::string& s, const Tensor& t) {
+  const int e = t.exponent();
+  s.append(reinterpret_cast<const char*>(&e), sizeof e);
+  s.append(reinterpret_cast<const char*>(t.data<int32_t>()), t.size() * sizeof(int32_t));
+}
+
+// Master weights and their exponents.
+std::string weights_of(Model& m) {
   std::string s;
-  for (Param* p : m.params()) {
-    for (const Tensor* t : {&p->master, &p->momentum}) {
-      const int e = t->exponent();
-      s.append(reinterpret_cast<const char*>(&e), sizeof e);
-      s.append(reinterpret_cast<const char*>(t->data<int32_t>()), t->size() * sizeof(int32_t));
-    }
+  for (Param* p : m.params()) append_tensor(s, p->master);
+  return s;
+}
+
+// An optimizer's state: names, slots, exponents and values.
+std::string state_bytes(const std::vector<NamedState>& state) {
+  std::string s;
+  for (const NamedState& e : state) {
+    s += e.param + "/" + e.slot + ":";
+    append_tensor(s, e.value);
   }
   return s;
 }
+
+// Master weights, the optimizer's state (the momentum buffers) and their exponents.
+std::string snapshot(Trainer& t) { return weights_of(t.model()) + state_bytes(t.optimizer().state()); }
 
 std::string temp_path(const std::string& name) {
   return (fs::temp_directory_path() / ("qtrain_ckpt_" + std::to_string(::getpid()) + "_" + name)).string();
@@ -81,7 +94,7 @@ RunResult straight(const TrainConfig& cfg, const data::ImageSet& train) {
   Trainer t(cfg, train);
   RunResult r;
   for (int e = 1; e <= cfg.epochs; ++e) r.metrics.push_back(t.train_epoch(e, nullptr));
-  r.weights = snapshot(t.model());
+  r.weights = snapshot(t);
   return r;
 }
 
@@ -96,7 +109,7 @@ RunResult finish_from(const std::string& bytes, const data::ImageSet& train, std
   RunResult r;
   r.metrics = t->state().history;
   for (int e = t->state().epoch; e <= t->config().epochs; ++e) r.metrics.push_back(t->train_epoch(e, nullptr));
-  r.weights = snapshot(t->model());
+  r.weights = snapshot(*t);
   return r;
 }
 
@@ -164,9 +177,9 @@ TEST(CheckpointResume, ConvolutionalModelWithRunningStatisticsAndAugmentation) {
   cfg.model.set_input(28, 28, 1);
   cfg.batch = 32;
   cfg.augment = {2, true};
-  auto with_buffers = [](Model& m) {
-    std::string s = snapshot(m);
-    for (Tensor* t : m.buffers()) {
+  auto with_buffers = [](Trainer& tr) {
+    std::string s = snapshot(tr);
+    for (Tensor* t : tr.model().buffers()) {
       for (std::size_t c = 0; c < t->cols(); ++c) {
         const int e = t->exponent_at(0, c);
         s.append(reinterpret_cast<const char*>(&e), sizeof e);
@@ -188,7 +201,7 @@ TEST(CheckpointResume, ConvolutionalModelWithRunningStatisticsAndAugmentation) {
   EXPECT_TRUE(ck.config.augment.flip);
   std::unique_ptr<Trainer> r = resume_trainer(ck, train, "cnn.qtc");
   for (int e = 1; e <= 2; ++e) r->train_epoch(e, nullptr);
-  EXPECT_TRUE(with_buffers(a.model()) == with_buffers(r->model())) << "weights, momentum or running statistics differ";
+  EXPECT_TRUE(with_buffers(a) == with_buffers(*r)) << "weights, momentum or running statistics differ";
   EXPECT_EQ(a.state().history[1].loss, r->state().history[1].loss);
 }
 
@@ -227,7 +240,10 @@ TEST(CheckpointResume, StateFieldsSurviveTheFile) {
   EXPECT_EQ(c.train_count, 1280u);
   EXPECT_EQ(c.train_crc, t.training_data_crc());
   EXPECT_TRUE(c.norm == t.norm());
-  EXPECT_EQ(snapshot(*c.model), snapshot(t.model()));
+  EXPECT_EQ(c.config.optimizer, "sgd");
+  EXPECT_EQ(weights_of(*c.model), weights_of(t.model()));
+  EXPECT_EQ(c.optimizer_state.size(), t.model().params().size());
+  EXPECT_EQ(state_bytes(c.optimizer_state), state_bytes(t.optimizer().state()));
 }
 
 TEST(CheckpointResume, OtherTrainingDataIsRefused) {
@@ -357,8 +373,12 @@ TEST(CheckpointHostile, MagicVersionAndSectionCount) {
   expect_error("", "bad magic");
   expect_error("QTRNMDL1xxxxxxxx", "bad magic");
   std::string b = good_checkpoint();
-  b[8] = 2;
-  expect_error(b, "version 2, this build reads version 1 (written by a newer qtrain?)");
+  b[8] = 3;
+  expect_error(b,
+               "byte 8: checkpoint format version 3; this build reads versions 1 and 2 (written by a newer qtrain? "
+               "resume it with that qtrain, or start the run again)");
+  b[8] = 0;
+  expect_error(b, "checkpoint format version 0; this build reads versions 1 and 2 (not a file qtrain wrote");
   b = good_checkpoint();
   b[12] = 5;
   expect_error(b, "section count 5");
@@ -382,7 +402,7 @@ TEST(CheckpointHostile, FlippedByteInEachSectionFailsItsChecksum) {
   const std::pair<std::size_t, const char*> flips[] = {
       {28 + hlen / 2, "section HEAD: checksum mismatch"},
       {wght + 12 + 1000, "section WGHT: checksum mismatch"},
-      {momt + 12 + 1000, "section MOMT: checksum mismatch"},
+      {momt + 12 + 1000, "section OPTM: checksum mismatch"},
       {b.size() - 1, "section BUFS: checksum mismatch"}};  // the MLP's BUFS section is empty: its CRC ends the file
   for (const auto& [at, detail] : flips) {
     std::string c = b;
@@ -426,6 +446,9 @@ TEST(CheckpointHostile, HeaderFieldsAreCheckedByNameAndRange) {
       {[](J& h) { h["position"]["steps_per_epoch"] = 21; }, "position.steps_per_epoch 21 does not match"},
       {[](J& h) { h["data"]["rows"] = 27; }, "(27x28x1) does not match the model's input"},
       {[](J& h) { h["config"]["augment_flip"] = 1; }, "config.augment_flip must be true or false"},
+      {[](J& h) { h["config"]["momentum"] = 1; }, "section HEAD: config.momentum must be a number in [0, 1) (found 1)"},
+      {[](J& h) { h["config"]["weight_decay"] = 1; }, "config.weight_decay must be a number in [0, 1) (found 1)"},
+      {[](J& h) { h["config"]["momentum"] = 1.5; }, "config.momentum must be a finite number in [0.000000, 1.000000]"},
       {[](J& h) { h["model"]["kind"] = "cnn"; }, "tensors lists 6 tensors, the model has 10"},
       {[](J& h) { h["history"] = J::array({1}); }, "history has 1 entries"},
       {[](J& h) { h["tensors"][0]["dtype"] = "f32"; }, "tensors[0].dtype must be \"i32\""},
@@ -472,8 +495,216 @@ TEST(CheckpointHostile, TensorValuesAndExponentsAreRangeChecked) {
   EXPECT_NO_THROW(parse_checkpoint("edge.qtc", with_tensor_word(1, 8, -(int32_t{1} << 30))));
   expect_error(with_tensor_word(1, 8, (int32_t{1} << 30) + 1), "linear0.weight element 1 = 1073741825 is out of range");
   expect_error(with_tensor_word(1, 8, INT32_MIN), "out of range");
-  expect_error(with_tensor_word(2, 0, 150), "linear0.weight momentum exponent 150 is more than 62 away");
-  expect_error(with_tensor_word(2, 4, -(int32_t{1} << 30) - 1), "linear0.weight momentum element 0");
+  // OPTM: "sgd" (4 + 3 bytes), the entry count (4), then linear0.weight's entry: its name (4 + 14), "momentum"
+  // (4 + 8), rows and cols (8), the exponent at 49 and the values from 53.
+  expect_error(with_tensor_word(2, 49, 150), "linear0.weight momentum exponent 150 is more than 62 away");
+  expect_error(with_tensor_word(2, 49, -5000), "(linear0.weight momentum) exponent -5000 is out of range -200..200");
+  expect_error(with_tensor_word(2, 53, -(int32_t{1} << 30) - 1), "linear0.weight momentum element 0");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The optimizer-state section (OPTM) and format version 1
+
+void put32(std::string& out, uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
+void put_string(std::string& out, const std::string& s) {
+  put32(out, static_cast<uint32_t>(s.size()));
+  out += s;
+}
+void put_values(std::string& out, const Tensor& t) {
+  out.append(reinterpret_cast<const char*>(t.data<int32_t>()), t.size() * sizeof(int32_t));
+}
+
+// A checkpoint's sections (tag, payload), without checking anything.
+std::vector<std::pair<std::string, std::string>> sections_of(const std::string& b) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::size_t pos = 16; pos < b.size();) {
+    const uint64_t len = le64(b, pos + 4);
+    out.emplace_back(b.substr(pos, 4), b.substr(pos + 12, len));
+    pos += 12 + len + 4;
+  }
+  return out;
+}
+
+// A checkpoint file of `version` with these sections, every CRC valid.
+std::string assemble(uint32_t version, const std::vector<std::pair<std::string, std::string>>& sections) {
+  std::string out = "QTRNCKPT";
+  put32(out, version);
+  put32(out, static_cast<uint32_t>(sections.size()));
+  for (const auto& [tag, payload] : sections) {
+    const std::size_t start = out.size();
+    out += tag;
+    const uint64_t n = payload.size();
+    out.append(reinterpret_cast<const char*>(&n), 8);
+    out += payload;
+    put32(out, crc_of(out, start, out.size() - start));
+  }
+  return out;
+}
+
+// An OPTM payload: the optimizer's name and these entries (rows/cols as given, the values of each tensor).
+struct Entry {
+  std::string param, slot;
+  uint32_t rows, cols;
+  int32_t exponent;
+  Tensor values;
+};
+std::string optm(const std::string& name, const std::vector<Entry>& entries, uint32_t count) {
+  std::string out;
+  put_string(out, name);
+  put32(out, count);
+  for (const Entry& e : entries) {
+    put_string(out, e.param);
+    put_string(out, e.slot);
+    put32(out, e.rows);
+    put32(out, e.cols);
+    put32(out, static_cast<uint32_t>(e.exponent));
+    put_values(out, e.values);
+  }
+  return out;
+}
+
+// good_checkpoint() with its OPTM payload replaced.
+std::string with_optm(const std::string& payload) {
+  auto secs = sections_of(good_checkpoint());
+  secs[2].second = payload;
+  return assemble(2, secs);
+}
+
+// The state of good_checkpoint() as entries.
+std::vector<Entry> good_entries() {
+  std::vector<Entry> out;
+  for (NamedState& s : parse_checkpoint("good.qtc", good_checkpoint()).optimizer_state)
+    out.push_back({s.param, s.slot, static_cast<uint32_t>(s.value.rows()), static_cast<uint32_t>(s.value.cols()),
+                   s.value.exponent(), std::move(s.value)});
+  return out;
+}
+
+TEST(CheckpointOptimizerState, EntriesAreCheckedAgainstTheModelAndTheOptimizer) {
+  const std::vector<Entry> good = good_entries();
+  ASSERT_EQ(good.size(), 6u);  // every parameter of the MLP has been updated
+  ASSERT_EQ(good[0].param, "linear0.weight");
+  const auto n = static_cast<uint32_t>(good.size());
+  EXPECT_NO_THROW(parse_checkpoint("same.qtc", with_optm(optm("sgd", good, n))));
+  // A parameter without state (never updated) is allowed; it starts from zero momentum.
+  EXPECT_NO_THROW(parse_checkpoint("fewer.qtc", with_optm(optm("sgd", {good[1]}, 1))));
+  expect_error(with_optm(optm("adamw", good, n)), "section OPTM: unknown optimizer 'adamw': valid optimizers are sgd");
+  std::vector<Entry> e = good;
+  e[1].param = "linear9.bias";
+  expect_error(with_optm(optm("sgd", e, n)),
+               "entry 1 (linear9.bias momentum): the model has no parameter linear9.bias");
+  e = good;
+  e[2].slot = "m";
+  expect_error(with_optm(optm("sgd", e, n)), "linear1.weight m: SGD keeps only a \"momentum\" slot");
+  e = good;
+  e.push_back(good[3]);
+  expect_error(with_optm(optm("sgd", e, n + 1)), "entry 6 (linear1.bias momentum): given twice");
+  e = good;
+  e[0].rows = 7;
+  expect_error(with_optm(optm("sgd", e, n)), "entry 0 (linear0.weight momentum) is 7x784, the parameter 256x784");
+  e = good;
+  e[0].rows = e[0].cols = 0xFFFFFFFF;
+  expect_error(with_optm(optm("sgd", e, n)), "is 4294967295x4294967295, the parameter 256x784");
+  // Counts, lengths and sizes beyond the section are refused before anything is allocated.
+  expect_error(with_optm(optm("sgd", good, 0xFFFFFFFF)), "section OPTM declares 4294967295 state entries");
+  expect_error(with_optm(optm("sgd", good, n + 1)), "file ends inside the parameter name");
+  expect_error(with_optm(optm("sgd", good, n - 1)), "unexpected bytes after the last state entry of section OPTM");
+  std::string huge_name;
+  put32(huge_name, 4000000000u);
+  expect_error(with_optm(huge_name), "optimizer name of 4000000000 bytes (at most 4096)");
+  e = good;
+  e[5].values = Tensor(1, 3, DType::kI32);  // fewer values than 1x10
+  expect_error(with_optm(optm("sgd", e, n)), "the section ends inside its 10 values (truncated)");
+  expect_error(with_optm(""), "file ends inside the optimizer name");
+  // The section is framed as every other: a wrong tag is named.
+  auto secs = sections_of(good_checkpoint());
+  secs[2].first = "MOMT";
+  expect_error(assemble(2, secs), "expected section OPTM, found 'MOMT'");
+}
+
+// The trainer's checkpoint in format version 1, as qtrain wrote it before version 2: the same HEAD, WGHT and BUFS,
+// and MOMT with every parameter's momentum (zeros at the master exponent before its first update).
+std::string encode_v1(Trainer& t) {
+  auto secs = sections_of(encode_checkpoint(t));
+  const auto& sgd = dynamic_cast<const Sgd&>(t.optimizer());
+  std::string momt;
+  for (Param* p : t.model().params()) {
+    const Tensor* v = sgd.momentum(p->name);
+    append_tensor(momt, v ? *v : Tensor(p->master.rows(), p->master.cols(), DType::kI32, p->master.exponent()));
+  }
+  secs[2] = {"MOMT", momt};
+  return assemble(1, secs);
+}
+
+TEST(CheckpointVersion1, ResumesBitExactly) {
+  const TrainConfig cfg = config(4, 2);
+  const RunResult a = straight(cfg, small_train());
+  for (std::size_t at : {0u, 7u}) {  // before the first step (all momentum zero) and mid-epoch
+    SCOPED_TRACE("version 1 checkpoint after step " + std::to_string(at));
+    Trainer t(cfg, small_train());
+    std::string bytes = at == 0 ? encode_v1(t) : "";
+    t.train_epoch(1, nullptr, [&](const Progress& p) {
+      if (p.step == at) bytes = encode_v1(t);
+    });
+    ASSERT_FALSE(bytes.empty());
+    ASSERT_EQ(bytes[8], 1);
+    const Checkpoint c = parse_checkpoint("v1.qtc", bytes);
+    EXPECT_EQ(c.config.optimizer, "sgd");
+    EXPECT_EQ(c.optimizer_state.size(), 6u);
+    expect_same_run(a, finish_from(bytes, small_train(), 2));
+  }
+}
+
+TEST(CheckpointVersion1, MomentumIsRangeCheckedAndTheSectionsNamed) {
+  Trainer t(config(4, 2), small_train());
+  std::string v1;
+  t.train_epoch(1, nullptr, [&](const Progress& p) {
+    if (p.step == 3) v1 = encode_v1(t);
+  });
+  EXPECT_NO_THROW(parse_checkpoint("v1.qtc", v1));
+  auto with_momt_word = [&](std::size_t offset, int32_t value) {
+    auto secs = sections_of(v1);
+    std::memcpy(secs[2].second.data() + offset, &value, 4);
+    return assemble(1, secs);
+  };
+  expect_error(with_momt_word(0, 150), "linear0.weight momentum exponent 150 is more than 62 away");
+  expect_error(with_momt_word(4, -(int32_t{1} << 30) - 1), "linear0.weight momentum element 0");
+  auto secs = sections_of(v1);
+  secs[2].first = "OPTM";
+  expect_error(assemble(1, secs), "expected section MOMT, found 'OPTM'");
+  secs = sections_of(v1);
+  secs[2].second.resize(secs[2].second.size() - 4);
+  expect_error(assemble(1, secs), "section MOMT holds");
+}
+
+// The genuine version-1 seeds of the fuzz corpus (written by qtrain before version 2): their MOMT becomes the SGD
+// state, entry by entry, and a checkpoint of the resumed trainer (version 2) holds the same state.
+TEST(CheckpointVersion1, GenuineFilesLoadTheirMomentumAsSgdState) {
+  const std::string dir = QTRAIN_FUZZ_CORPUS;
+  for (const char* f : {"checkpoint/v1_start", "checkpoint/v1_mid_epoch", "checkpoint/v1_epoch_end"}) {
+    SCOPED_TRACE(f);
+    const std::string bytes = read_all(dir + "/" + f);
+    ASSERT_EQ(bytes[8], 1);
+    Checkpoint c = load_checkpoint(dir + "/" + f);
+    const auto secs = sections_of(bytes);
+    ASSERT_EQ(secs[2].first, "MOMT");
+    std::string momt;
+    for (const NamedState& s : c.optimizer_state) {
+      EXPECT_EQ(s.slot, "momentum");
+      append_tensor(momt, s.value);
+    }
+    EXPECT_EQ(c.optimizer_state.size(), c.model->params().size());
+    EXPECT_TRUE(momt == secs[2].second) << "the momentum differs from the file's MOMT";
+    // The same state travels on through a resumed trainer into a version-2 checkpoint.
+    data::ImageSet set;  // the 8 synthetic 2x2 images fuzz/make_seeds.cc trains on
+    set.count = 8;
+    set.rows = set.cols = 2;
+    for (int i = 0; i < 32; ++i) set.pixels.push_back(static_cast<uint8_t>(i * 29));
+    for (int i = 0; i < 8; ++i) set.labels.push_back(static_cast<uint8_t>(i % 10));
+    const std::vector<NamedState> loaded = c.optimizer_state;
+    std::unique_ptr<Trainer> t = resume_trainer(c, set, f);
+    const Checkpoint v2 = parse_checkpoint("v2.qtc", encode_checkpoint(*t));
+    EXPECT_EQ(state_bytes(v2.optimizer_state), state_bytes(loaded));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -598,7 +829,8 @@ TEST(ModelSpec, SizeBoundCoversTheBuiltModel) {
 // The seed corpus of the fuzz targets holds valid files of the current formats.
 TEST(FuzzCorpus, ValidSeedsLoad) {
   const std::string dir = QTRAIN_FUZZ_CORPUS;
-  for (const char* f : {"checkpoint/start", "checkpoint/mid_epoch", "checkpoint/epoch_end"})
+  for (const char* f : {"checkpoint/start", "checkpoint/mid_epoch", "checkpoint/epoch_end", "checkpoint/v1_start",
+                        "checkpoint/v1_mid_epoch", "checkpoint/v1_epoch_end"})
     EXPECT_NO_THROW(load_checkpoint(dir + "/" + f)) << f;
   EXPECT_NO_THROW(load_model(dir + "/model/tiny"));
   EXPECT_NO_THROW(data::read_cifar10({dir + "/cifar10/two_records"}));

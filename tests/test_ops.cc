@@ -348,7 +348,7 @@ TEST(Sgd, UpdateMatchesFloatFormula) {
   const std::vector<double> w0 = p.master.to_double(), g = p.grad.to_double();
   Sgd sgd({0.9, 5e-4});
   sgd.step({&p}, 0.05, 0, 0);
-  const std::vector<double> v1 = p.momentum.to_double(), w1 = p.master.to_double();
+  const std::vector<double> v1 = sgd.momentum(p.name)->to_double(), w1 = p.master.to_double();
   const double ulp = std::ldexp(1.0, p.master.exponent());
   for (std::size_t i = 0; i < w0.size(); ++i) {
     const double v = g[i] + 5e-4 * w0[i];
@@ -360,7 +360,7 @@ TEST(Sgd, UpdateMatchesFloatFormula) {
   p.has_grad = true;
   const std::vector<double> g2 = p.grad.to_double();
   sgd.step({&p}, 0.05, 1, 0);
-  const std::vector<double> v2 = p.momentum.to_double();
+  const std::vector<double> v2 = sgd.momentum(p.name)->to_double();
   for (std::size_t i = 0; i < w0.size(); ++i) {
     const double v = 0.9 * v1[i] + g2[i] + 5e-4 * w1[i];
     EXPECT_NEAR(v2[i], v, std::abs(v) * 1e-4 + 2 * ulp) << i;
@@ -385,10 +385,23 @@ TEST(Sgd, TinyUpdatesAreNotLostOnAverage) {
   EXPECT_NEAR(moved / 4096, 0.125, 6 * std::sqrt(0.125 * 0.875 / 4096));
 }
 
+// A parameter with the momentum buffer it starts from: Sgd keeps its own buffer, the two-pass specification below
+// works on this one.
+struct SgdParam : Param {
+  Tensor momentum;
+};
+
+// Sgd::step on `a`, starting from a.momentum; a.momentum is then the buffer the step left.
+void sgd_step(Sgd& sgd, SgdParam& a, double lr, uint64_t step, uint64_t seed, kernels::ThreadPool* pool = nullptr) {
+  sgd.load_state({{a.name, "momentum", a.momentum}}, {&a});
+  sgd.step({&a}, lr, step, seed, pool);
+  a.momentum = *sgd.momentum(a.name);
+}
+
 // The two-pass update Sgd::step ran before the passes were fused (kept verbatim as the specification): pass 1
 // accumulates the whole tensor into int64, pass 2 stores v at the shift the whole tensor's maximum needs and
 // applies η·v, then the master narrows if a weight reached 2^30.
-void two_pass_sgd_step(const SgdConfig& cfg, Param* p, double lr, uint64_t step, uint64_t seed) {
+void two_pass_sgd_step(const SgdConfig& cfg, SgdParam* p, double lr, uint64_t step, uint64_t seed) {
   const quant::Dyadic mu = quant::to_dyadic(cfg.momentum);
   const quant::Dyadic lambda = quant::to_dyadic(cfg.weight_decay);
   const quant::Dyadic eta = quant::to_dyadic(lr);
@@ -437,9 +450,9 @@ void two_pass_sgd_step(const SgdConfig& cfg, Param* p, double lr, uint64_t step,
 // A parameter for the fused-versus-two-pass comparison. `big_at` ≥ 0 plants a large gradient there (the
 // momentum needs a store shift from that element's block on); `edge_at` ≥ 0 plants weights at 2^30 − 3 from
 // there on (the master must narrow).
-Param sgd_case_param(std::size_t rows, std::size_t cols, bool per_row, int eg_off, bool decay, long big_at,
-                     long edge_at, uint64_t seed) {
-  Param p;
+SgdParam sgd_case_param(std::size_t rows, std::size_t cols, bool per_row, int eg_off, bool decay, long big_at,
+                        long edge_at, uint64_t seed) {
+  SgdParam p;
   p.id = 7;
   p.decay = decay;
   const int e = -20;
@@ -482,15 +495,15 @@ TEST(Sgd, FusedPassesMatchTheTwoPassUpdateBitForBit) {
           for (long edge_at : {-1L, 0L, n / 3, n - 1}) {
             for (double lr : {0.05, 1.0, 3e5, 1e10}) {
               const uint64_t seed = static_cast<uint64_t>(cases) * 11 + 1;
-              Param a = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
-              Param b = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              SgdParam a = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              SgdParam b = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
               const SgdConfig cfg{0.9, decay ? 5e-4 : 0.0};
               Sgd sgd(cfg);
               for (uint64_t step = 0; step < 2; ++step) {
                 const int e0 = a.master.exponent();
                 const bool updates = a.has_grad;
                 const uint64_t v0 = a.version();
-                sgd.step({&a}, lr, step, 5);
+                sgd_step(sgd, a, lr, step, 5);
                 two_pass_sgd_step(cfg, &b, lr, step, 5);
                 const std::string what = "shape " + std::to_string(sh.rows) + "x" + std::to_string(sh.cols) +
                                          " eg_off " + std::to_string(eg_off) + " decay " + std::to_string(decay) +
@@ -540,24 +553,24 @@ TEST(Sgd, SplitOverAPoolIsBitIdentical) {
             for (double lr : {0.05, 3e5, 1e10}) {
               const uint64_t seed = static_cast<uint64_t>(cases) * 11 + 1;
               const SgdConfig cfg{0.9, decay ? 5e-4 : 0.0};
-              Param one = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
-              Param spec = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
-              Param a2 = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
-              Param a3 = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              SgdParam one = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              SgdParam spec = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              SgdParam a2 = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
+              SgdParam a3 = sgd_case_param(sh.rows, sh.cols, sh.per_row, eg_off, decay, big_at, edge_at, seed);
               Sgd sgd1(cfg), sgd2(cfg), sgd3(cfg);
               for (uint64_t step = 0; step < 2; ++step) {
                 const int e0 = one.master.exponent();
                 const bool updates = one.has_grad;
                 const uint64_t v0 = one.version();
-                sgd1.step({&one}, lr, step, 5);
+                sgd_step(sgd1, one, lr, step, 5);
                 two_pass_sgd_step(cfg, &spec, lr, step, 5);
-                sgd2.step({&a2}, lr, step, 5, &two);
-                sgd3.step({&a3}, lr, step, 5, &three);
+                sgd_step(sgd2, a2, lr, step, 5, &two);
+                sgd_step(sgd3, a3, lr, step, 5, &three);
                 const std::string what = "shape " + std::to_string(sh.rows) + "x" + std::to_string(sh.cols) +
                                          " eg_off " + std::to_string(eg_off) + " decay " + std::to_string(decay) +
                                          " big_at " + std::to_string(big_at) + " edge_at " + std::to_string(edge_at) +
                                          " lr " + std::to_string(lr) + " step " + std::to_string(step);
-                for (const Param* b : {&spec, &a2, &a3}) {
+                for (const SgdParam* b : {&spec, &a2, &a3}) {
                   ASSERT_EQ(one.master.exponent(), b->master.exponent()) << what;
                   ASSERT_EQ(one.momentum.exponent(), b->momentum.exponent()) << what;
                   ASSERT_EQ(one.version() != v0, updates) << what;
@@ -587,7 +600,6 @@ TEST(Sgd, MasterExponentGrowsInsteadOfOverflowing) {
   Param p;
   p.id = 3;
   p.master = Tensor(1, 2, DType::kI32, -10);
-  p.momentum = Tensor(1, 2, DType::kI32, -10);
   p.master.data<int32_t>()[0] = (1 << 30) - 5;
   p.master.data<int32_t>()[1] = -(1 << 30) + 5;
   p.grad = Tensor(1, 2, DType::kI32, -10);

@@ -114,27 +114,29 @@ TEST(Bounds, SgdWithExtremeMomentumAndGradientStaysInRange) {
   Param p;
   p.id = 1;
   p.master = Tensor(1, 4, DType::kI32, -20);
-  p.momentum = Tensor(1, 4, DType::kI32, -20);
+  Tensor momentum(1, 4, DType::kI32, -20);
   const int32_t big = 1 << 30;
   const int32_t w[4] = {big, -big, big, -big}, v[4] = {big, -big, -big, big};
   const int32_t g[4] = {std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min(),
                         std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min()};
   std::copy(w, w + 4, p.master.data<int32_t>());
-  std::copy(v, v + 4, p.momentum.data<int32_t>());
+  std::copy(v, v + 4, momentum.data<int32_t>());
   p.grad = Tensor(1, 4, DType::kI32, -5);
   std::copy(g, g + 4, p.grad.data<int32_t>());
   p.has_grad = true;
   Sgd sgd({0.9, 5e-4});
+  sgd.load_state({{p.name, "momentum", momentum}}, {&p});
   sgd.step({&p}, 50.0, 0, 0);
+  const Tensor& v1 = *sgd.momentum(p.name);
   for (std::size_t i = 0; i < 4; ++i) {
     EXPECT_LE(std::abs(int64_t{p.master.data<int32_t>()[i]}), int64_t{big}) << i;
-    EXPECT_LE(std::abs(int64_t{p.momentum.data<int32_t>()[i]}), int64_t{big}) << i;
+    EXPECT_LE(std::abs(int64_t{v1.data<int32_t>()[i]}), int64_t{big}) << i;
   }
   // The values are what the float formula gives, to the precision the exponents left.
   for (std::size_t i = 0; i < 4; ++i) {
     const double vf = 0.9 * std::ldexp(v[i], -20) + std::ldexp(g[i], -5) + 5e-4 * std::ldexp(w[i], -20);
     const double wf = std::ldexp(w[i], -20) - 50.0 * vf;
-    EXPECT_NEAR(p.momentum.value(i), vf, std::abs(vf) * 1e-6 + std::ldexp(1.0, p.momentum.exponent())) << i;
+    EXPECT_NEAR(v1.value(i), vf, std::abs(vf) * 1e-6 + std::ldexp(1.0, v1.exponent())) << i;
     EXPECT_NEAR(p.master.value(i), wf, std::abs(wf) * 1e-4 + std::ldexp(1.0, p.master.exponent())) << i;
   }
 }

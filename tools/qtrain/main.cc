@@ -64,6 +64,7 @@ struct TrainOptions {
   int epochs = 5;
   long long batch = 64;
   double lr = 0.05, momentum = 0.9, wd = 5e-4;
+  std::string optimizer = "sgd";
   std::string schedule = "onecycle";
   std::string norm = "l1";
   std::string scale = "mse";
@@ -144,6 +145,7 @@ void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags,
           std::to_string(o.augment), std::to_string(c.augment.pad));
   require("--epochs", flags.epochs == c.epochs, std::to_string(flags.epochs), std::to_string(c.epochs));
   require("--batch", flags.batch == c.batch, std::to_string(flags.batch), std::to_string(c.batch));
+  require("--optimizer", flags.optimizer == c.optimizer, flags.optimizer, c.optimizer);
   require("--momentum", flags.sgd.momentum == c.sgd.momentum, num(flags.sgd.momentum), num(c.sgd.momentum));
   require("--wd", flags.sgd.weight_decay == c.sgd.weight_decay, num(flags.sgd.weight_decay), num(c.sgd.weight_decay));
   require("--schedule", flags.schedule == c.schedule, qtrain::schedule_name(flags.schedule),
@@ -193,6 +195,7 @@ int run_train(const TrainOptions& o) {
   if (o.batch < 1) throw UsageError("--batch " + std::to_string(o.batch) + " is out of range 1..65536");
   cfg.batch = static_cast<std::size_t>(o.batch);
   cfg.lr = o.lr;
+  cfg.optimizer = o.optimizer;
   cfg.sgd.momentum = o.momentum;
   cfg.sgd.weight_decay = o.wd;
   cfg.schedule = qtrain::parse_schedule(o.schedule);
@@ -373,6 +376,7 @@ int main(int argc, char** argv) {
   train->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
   train->add_option("--batch", t.batch, "Batch size (1..65536)")->capture_default_str();
   train->add_option("--lr", t.lr, "Peak learning rate")->capture_default_str();
+  train->add_option("--optimizer", t.optimizer, "Optimizer: sgd")->capture_default_str();
   train->add_option("--momentum", t.momentum, "SGD momentum [0, 1)")->capture_default_str();
   train->add_option("--wd", t.wd, "Weight decay [0, 1)")->capture_default_str();
   train->add_option("--schedule", t.schedule, "Learning-rate schedule: constant, step, cosine, onecycle")->capture_default_str();

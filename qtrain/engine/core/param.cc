@@ -14,7 +14,6 @@ void init_uniform(Param& p, std::size_t rows, std::size_t cols, std::size_t fan_
   const int exponent = e2 - 24;
   const auto range = static_cast<uint32_t>(std::llround(std::ldexp(bound, -exponent)));
   p.master = Tensor(rows, cols, DType::kI32, exponent);
-  p.momentum = Tensor(rows, cols, DType::kI32, exponent);
   const quant::CounterRng rng(seed, quant::StreamKey{.purpose = quant::Purpose::kInit, .owner = p.id});
   int32_t* w = p.master.data<int32_t>();
   for (std::size_t i = 0; i < rows * cols; ++i)

@@ -1,5 +1,5 @@
-// A trainable parameter: int32 fixed-point master weights with one exponent, the optimizer's momentum buffer,
-// and the gradient of the current step.
+// A trainable parameter: int32 fixed-point master weights with one exponent and the gradient of the current step.
+// The optimizer keeps its own per-parameter state (qtrain/engine/optim/optimizer.h), keyed by `name`.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,6 @@ struct Param {
   std::string name;
   uint32_t id = 0;        // stable id: keys this parameter's random streams
   Tensor master;          // int32, one exponent; the optimizer keeps |master| ≤ 2^30 by moving the exponent
-  Tensor momentum;        // int32, one exponent (moves with the buffer's magnitude)
   Tensor grad;            // int32, one exponent per row or per tensor; valid while has_grad
   bool has_grad = false;
   bool decay = true;      // weight decay applies

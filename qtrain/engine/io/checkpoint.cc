@@ -2,7 +2,10 @@
 
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <stdexcept>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "qtrain/engine/io/binary_io.h"
@@ -17,15 +20,38 @@ namespace {
 constexpr char kMagic[8] = {'Q', 'T', 'R', 'N', 'C', 'K', 'P', 'T'};
 constexpr const char* kFormat = "qtrain checkpoint";
 constexpr uint32_t kSections = 4;
-constexpr const char* kTags[kSections] = {"HEAD", "WGHT", "MOMT", "BUFS"};
+// The sections of version 2 and of version 1 (whose third held the SGD momentum of every tensor).
+constexpr const char* kTags[kSections] = {"HEAD", "WGHT", "OPTM", "BUFS"};
+constexpr const char* kTagsV1[kSections] = {"HEAD", "WGHT", "MOMT", "BUFS"};
 constexpr std::size_t kMaxFileBytes = std::size_t{1} << 32;
 constexpr int kMaxExponent = 200;
-constexpr int kMaxMomentumOffset = 62;  // |exponent(momentum) − exponent(master)|: the optimizer's shift bound
+constexpr uint32_t kMaxNameBytes = 4096;  // an optimizer, parameter or slot name in OPTM
 constexpr int64_t kMaxEpochs = 1000000;
 
 using binary_io::put;
 using binary_io::Reader;
 using json_io::Fields;
+
+void put_string(std::string& out, const std::string& s) {
+  put<uint32_t>(out, static_cast<uint32_t>(s.size()));
+  out += s;
+}
+
+std::string get_string(Reader& r, const char* what) {
+  const std::size_t at = r.pos();
+  const auto n = r.get<uint32_t>(what);
+  if (n > kMaxNameBytes)
+    r.fail_at(
+        at, std::string(what) + " of " + std::to_string(n) + " bytes (at most " + std::to_string(kMaxNameBytes) + ")");
+  return r.take(n, what);
+}
+
+// A number in [0, 1) (SGD refuses momentum or weight decay 1), named by its key.
+double unit_fraction(const Fields& f, const char* key) {
+  const double v = f.number(key, 0, 1);
+  if (v >= 1) throw std::runtime_error(f.path(key) + " must be a number in [0, 1) (found 1)");
+  return v;
+}
 
 void put_section(std::string& out, const char* tag, const std::string& payload) {
   const std::size_t start = out.size();
@@ -74,8 +100,8 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, nlohmann::json& te
     throw std::runtime_error(cfg.path("schedule") + ": " + e.what());
   }
   c.config.epochs = static_cast<int>(cfg.integer("epochs", 1, kMaxEpochs));
-  c.config.sgd.momentum = cfg.number("momentum", 0, 1);
-  c.config.sgd.weight_decay = cfg.number("weight_decay", 0, 1);
+  c.config.sgd.momentum = unit_fraction(cfg, "momentum");
+  c.config.sgd.weight_decay = unit_fraction(cfg, "weight_decay");
   c.config.augment.pad = static_cast<int>(cfg.integer("augment_pad", 0, 16));
   const nlohmann::json& flip = cfg.at("augment_flip");
   if (!flip.is_boolean()) throw std::runtime_error(cfg.path("augment_flip") + " must be true or false");
@@ -207,22 +233,32 @@ std::string encode_checkpoint(Trainer& trainer) {
   for (const EpochMetrics& m : st.history) history.push_back(metrics_to_json(m));
   h["history"] = history;
   nlohmann::json tensors = nlohmann::json::array();
-  std::string weights, momentum;
+  std::string weights;
   for (Param* p : model.params()) {
     tensors.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}, {"dtype", "i32"}});
     put<int32_t>(weights, p->master.exponent());
     binary_io::put_i32_values(weights, p->master);
-    put<int32_t>(momentum, p->momentum.exponent());
-    binary_io::put_i32_values(momentum, p->momentum);
   }
   h["tensors"] = tensors;
+  std::string optimizer;
+  put_string(optimizer, trainer.optimizer().name());
+  const std::vector<NamedState> state = trainer.optimizer().state();
+  put<uint32_t>(optimizer, static_cast<uint32_t>(state.size()));
+  for (const NamedState& e : state) {
+    put_string(optimizer, e.param);
+    put_string(optimizer, e.slot);
+    put<uint32_t>(optimizer, static_cast<uint32_t>(e.value.rows()));
+    put<uint32_t>(optimizer, static_cast<uint32_t>(e.value.cols()));
+    put<int32_t>(optimizer, e.value.exponent());
+    binary_io::put_i32_values(optimizer, e.value);
+  }
 
   std::string out(kMagic, sizeof kMagic);
   put<uint32_t>(out, kCheckpointVersion);
   put<uint32_t>(out, kSections);
   put_section(out, kTags[0], h.dump());
   put_section(out, kTags[1], weights);
-  put_section(out, kTags[2], momentum);
+  put_section(out, kTags[2], optimizer);
   std::string buffers;
   binary_io::put_buffers(buffers, model);
   put_section(out, kTags[3], buffers);
@@ -235,29 +271,110 @@ Checkpoint load_checkpoint(const std::string& path) {
   return parse_checkpoint(path, binary_io::read_file_bounded(path, "checkpoint", kMaxFileBytes));
 }
 
+namespace {
+
+// Version 1's MOMT section: per tensor of the model, the SGD momentum (i32 exponent, rows·cols i32).
+void read_momentum_v1(Reader& m, const std::vector<Param*>& params, Checkpoint& c) {
+  const std::unique_ptr<Optimizer> sgd = make_optimizer("sgd", {c.config.sgd});
+  c.config.optimizer = sgd->name();
+  for (Param* p : params) {
+    const std::size_t at = m.pos();
+    const int32_t exponent = m.get<int32_t>("exponent");
+    NamedState e{p->name, "momentum", Tensor(p->master.rows(), p->master.cols(), DType::kI32, exponent)};
+    try {
+      sgd->check_state(e, *p);
+    } catch (const std::invalid_argument& err) {
+      m.fail_at(at, err.what());
+    }
+    m.read_i32_values(e.value, p->name + " momentum");
+    c.optimizer_state.push_back(std::move(e));
+  }
+}
+
+// The OPTM section: the optimizer's name and its state entries, each checked against the model (a parameter it
+// has, that parameter's shape: so the allocation is bounded by the model) and by the optimizer (check_state).
+void read_optimizer_state(Reader& o, const std::vector<Param*>& params, Checkpoint& c) {
+  const std::size_t at_name = o.pos();
+  const std::string name = get_string(o, "optimizer name");
+  std::unique_ptr<Optimizer> opt;
+  try {
+    opt = make_optimizer(name, {c.config.sgd});
+  } catch (const UsageError& e) {
+    o.fail_at(at_name, std::string("section OPTM: ") + e.what());
+  }
+  c.config.optimizer = name;
+  const std::size_t at_count = o.pos();
+  const auto count = o.get<uint32_t>("state entry count");
+  constexpr std::size_t kMinEntryBytes = 4 + 4 + 4 + 4 + 4;  // two empty names, rows, cols, exponent
+  if (count > o.remaining() / kMinEntryBytes)
+    o.fail_at(at_count, "section OPTM declares " + std::to_string(count) + " state entries, its " +
+                            std::to_string(o.remaining()) + " remaining bytes hold at most " +
+                            std::to_string(o.remaining() / kMinEntryBytes));
+  std::unordered_map<std::string, Param*> by_name;
+  for (Param* p : params) by_name.emplace(p->name, p);
+  std::set<std::pair<std::string, std::string>> seen;
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::size_t at = o.pos();
+    std::string param = get_string(o, "parameter name"), slot = get_string(o, "slot name");
+    const std::string what = "section OPTM: entry " + std::to_string(i) + " (" + param + " " + slot + ")";
+    const auto found = by_name.find(param);
+    if (found == by_name.end()) o.fail_at(at, what + ": the model has no parameter " + param);
+    if (!seen.emplace(param, slot).second) o.fail_at(at, what + ": given twice");
+    const Param& p = *found->second;
+    const std::size_t at_dims = o.pos();
+    const auto rows = o.get<uint32_t>("rows"), cols = o.get<uint32_t>("cols");
+    if (rows != p.master.rows() || cols != p.master.cols())
+      o.fail_at(at_dims, what + " is " + std::to_string(rows) + "x" + std::to_string(cols) + ", the parameter " +
+                             std::to_string(p.master.rows()) + "x" + std::to_string(p.master.cols()));
+    const std::size_t at_e = o.pos();
+    const auto e = o.get<int32_t>("exponent");
+    if (e < -kMaxExponent || e > kMaxExponent)
+      o.fail_at(at_e, what + " exponent " + std::to_string(e) + " is out of range " + std::to_string(-kMaxExponent) +
+                          ".." + std::to_string(kMaxExponent));
+    if (uint64_t{rows} * cols * sizeof(int32_t) > o.remaining())
+      o.fail(what + ": the section ends inside its " + std::to_string(uint64_t{rows} * cols) + " values (truncated)");
+    NamedState entry{std::move(param), std::move(slot), Tensor(rows, cols, DType::kI32, e)};
+    try {
+      opt->check_state(entry, p);
+    } catch (const std::invalid_argument& err) {
+      o.fail_at(at, std::string("section OPTM: ") + err.what());
+    }
+    o.read_i32_values(entry.value, entry.param + " " + entry.slot);
+    c.optimizer_state.push_back(std::move(entry));
+  }
+  if (o.remaining() != 0)
+    o.fail(std::to_string(o.remaining()) + " unexpected bytes after the last state entry of section OPTM");
+}
+
+}  // namespace
+
 Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
   Reader r(path, bytes);
   if (bytes.size() < sizeof kMagic || bytes.compare(0, sizeof kMagic, kMagic, sizeof kMagic) != 0)
     r.fail("not a qtrain checkpoint (bad magic)");
   r.take(sizeof kMagic, "magic");
   const uint32_t version = r.get<uint32_t>("version");
-  if (version != kCheckpointVersion)
-    r.fail_at(8, "checkpoint format version " + std::to_string(version) + ", this build reads version " +
-                     std::to_string(kCheckpointVersion) +
-                     (version > kCheckpointVersion ? " (written by a newer qtrain?)" : ""));
+  if (version != 1 && version != 2)
+    r.fail_at(8, "checkpoint format version " + std::to_string(version) + "; this build reads versions 1 and 2 (" +
+                     (version > kCheckpointVersion
+                          ? "written by a newer qtrain? resume it with that qtrain, or start the run again"
+                          : "not a file qtrain wrote; start the run again") +
+                     ")");
+  const char* const* tags = version == 1 ? kTagsV1 : kTags;
   const uint32_t count = r.get<uint32_t>("section count");
   if (count != kSections)
-    r.fail_at(12, "section count " + std::to_string(count) + ", version 1 has " + std::to_string(kSections));
+    r.fail_at(12, "section count " + std::to_string(count) + ", version " + std::to_string(version) + " has " +
+                      std::to_string(kSections));
 
   // Frame every section and check its CRC before interpreting any of it.
   Section sec[kSections];
   for (uint32_t i = 0; i < kSections; ++i) {
     const std::size_t start = r.pos();
     const std::string tag = r.take(4, "section tag");
-    if (tag != kTags[i]) {
+    if (tag != tags[i]) {
       std::string shown;
       for (char ch : tag) shown += (ch >= 32 && ch < 127) ? ch : '?';
-      r.fail_at(start, "expected section " + std::string(kTags[i]) + ", found '" + shown + "'");
+      r.fail_at(start, "expected section " + std::string(tags[i]) + ", found '" + shown + "'");
     }
     const uint64_t len = r.get<uint64_t>("section length");
     if (len > r.remaining() || r.remaining() - len < 4)
@@ -292,16 +409,17 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
   } catch (const std::exception& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
   }
-  // Section sizes against the model.
+  // Section sizes against the model (OPTM's entries are checked one by one).
   const uint64_t pbytes = binary_io::param_bytes(*c.model), bbytes = binary_io::buffer_bytes(*c.model);
   for (uint32_t i = 1; i < kSections; ++i) {
+    if (i == 2 && version != 1) continue;
     const uint64_t have = sec[i].end - sec[i].begin, need = i == 3 ? bbytes : pbytes;
     if (have != need)
-      r.fail_at(sec[i].begin, std::string("section ") + kTags[i] + " holds " + std::to_string(have) +
+      r.fail_at(sec[i].begin, std::string("section ") + tags[i] + " holds " + std::to_string(have) +
                                   " bytes, the model needs " + std::to_string(need));
   }
   const std::vector<Param*> params = c.model->params();
-  Reader w(path, bytes, sec[1].begin, sec[1].end), m(path, bytes, sec[2].begin, sec[2].end);
+  Reader w(path, bytes, sec[1].begin, sec[1].end);
   for (Param* p : params) {
     const std::size_t at_w = w.pos();
     const int32_t ew = w.get<int32_t>("exponent");
@@ -310,15 +428,12 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
                           std::to_string(-kMaxExponent) + ".." + std::to_string(kMaxExponent));
     w.read_i32_values(p->master, p->name);
     p->master.set_exponent(ew);
-    const std::size_t at_m = m.pos();
-    const int32_t em = m.get<int32_t>("exponent");
-    if (em < ew - kMaxMomentumOffset || em > ew + kMaxMomentumOffset)
-      m.fail_at(at_m, p->name + " momentum exponent " + std::to_string(em) + " is more than " +
-                          std::to_string(kMaxMomentumOffset) + " away from its weights' exponent " +
-                          std::to_string(ew));
-    p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, em);
-    m.read_i32_values(p->momentum, p->name + " momentum");
   }
+  Reader o(path, bytes, sec[2].begin, sec[2].end);
+  if (version == 1)
+    read_momentum_v1(o, params, c);
+  else
+    read_optimizer_state(o, params, c);
   Reader b(path, bytes, sec[3].begin, sec[3].end);
   binary_io::read_buffers(b, *c.model);
   return c;
@@ -339,6 +454,7 @@ std::unique_ptr<Trainer> resume_trainer(Checkpoint& c, const data::ImageSet& tra
     throw InputError(path + ": the training data differs from the run's (CRC-32 of the images and labels does not "
                             "match; same --data as the original run?)");
   try {
+    trainer->optimizer().load_state(std::move(c.optimizer_state), trainer->model().params());
     trainer->restore(c.state);
   } catch (const std::invalid_argument& e) {
     throw InputError(path + ": " + e.what());

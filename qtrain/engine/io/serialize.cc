@@ -165,7 +165,6 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
                        std::to_string(kMaxExponent));
     r.read_i32_values(p->master, "parameter " + p->name);
     p->master.set_exponent(e);
-    p->momentum = Tensor(p->master.rows(), p->master.cols(), DType::kI32, e);
   }
   binary_io::read_buffers(r, *out.model);
   return out;

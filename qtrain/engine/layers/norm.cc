@@ -414,12 +414,10 @@ void init_affine(Param& gamma, Param& beta, std::size_t n, const std::string& pr
   gamma.id = layer_id * 2;
   gamma.master = Tensor(1, n, DType::kI32, -24);
   for (std::size_t i = 0; i < n; ++i) gamma.master.data<int32_t>()[i] = 1 << 24;
-  gamma.momentum = Tensor(1, n, DType::kI32, -24);
   gamma.decay = false;
   beta.name = prefix + std::to_string(layer_id) + ".beta";
   beta.id = layer_id * 2 + 1;
   beta.master = Tensor(1, n, DType::kI32, -24);
-  beta.momentum = Tensor(1, n, DType::kI32, -24);
   beta.decay = false;
 }
 

@@ -1,11 +1,11 @@
 #include "qtrain/engine/ops/softmax_ce.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
+#include "qtrain/engine/ops/exp_table.h"
 #include "qtrain/quant/pow2.h"
 
 namespace qtrain {
@@ -17,21 +17,11 @@ constexpr int kPFrac = 30;           // exponentials and probabilities as Q30
 constexpr int64_t kLog2eQ16 = 94548; // log2(e)·2^16, rounded
 constexpr int64_t kZLimit = int64_t{1} << 40;
 
-// 2^(j/256) for j = 0..256 as Q30: a constant table (built once; the data plane only reads it).
-const std::array<int64_t, 257>& exp2_table() {
-  static const std::array<int64_t, 257> t = [] {
-    std::array<int64_t, 257> a{};
-    for (int j = 0; j <= 256; ++j) a[j] = std::llround(std::ldexp(std::exp2(j / 256.0), kPFrac));
-    return a;
-  }();
-  return t;
-}
-
 // 2^(u / 2^16) for u ≤ 0 as Q30.
 int64_t exp2_q16(int64_t u) {
   const int64_t ip = u >> kZFrac;  // floor: ≤ 0
   const int64_t frac = u - (ip << kZFrac);
-  const auto& t = exp2_table();
+  const auto& t = kExp2Q30;
   const int64_t j = frac >> 8, lo = frac & 0xFF;
   const int64_t mant = t[j] + (((t[j + 1] - t[j]) * lo) >> 8);  // in [2^30, 2^31)
   return -ip >= 62 ? 0 : quant::shift_round_even(mant, static_cast<int>(-ip));

@@ -1,3 +1,6 @@
+// Optimizers: the interface the trainer drives (one update of every parameter per step, with state the optimizer
+// owns and exposes generically for checkpoints), and the integer SGD.
+//
 // Integer SGD with momentum and weight decay on int32 fixed-point master weights (PyTorch's SGD formula):
 //   v ← μ·v + (g + λ·w)        w ← w − η·v
 // μ, λ and η are control-plane scalars turned into dyadic numbers (m·2^−s) each step; everything else is integer.
@@ -9,9 +12,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "qtrain/engine/core/param.h"
+#include "qtrain/engine/core/tensor.h"
 #include "qtrain/quant/uninit_vector.h"
 
 namespace qtrain {
@@ -20,23 +27,82 @@ namespace kernels {
 class ThreadPool;
 }  // namespace kernels
 
+// One tensor of an optimizer's per-parameter state: the parameter's name, the slot ("momentum"; AdamW would keep
+// "m" and "v") and the values: int32, one exponent, the parameter's shape, |v| ≤ 2^30 (the bound checkpoints
+// check; the optimizers keep every state tensor within it).
+struct NamedState {
+  std::string param;
+  std::string slot;
+  Tensor value;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // The name make_optimizer knows it by ("sgd"); checkpoints record it.
+  virtual std::string name() const = 0;
+  // One update of every parameter that has a gradient, with learning rate `lr` (the control-plane schedule's
+  // value); clears the gradients and bumps each updated parameter's version. `step` and `seed` key the stochastic
+  // rounding. Work may be split over `pool` (when given); the result does not depend on the number of threads.
+  // State is keyed by parameter name: the names in `params` must be distinct (a Model's are).
+  virtual void step(const std::vector<Param*>& params, double lr, uint64_t step, uint64_t seed,
+                    kernels::ThreadPool* pool = nullptr) = 0;
+  // The state, as copies, in a fixed order. A parameter that was never updated has none (its state starts at
+  // zero on its first update).
+  virtual std::vector<NamedState> state() const = 0;
+  // Throws std::invalid_argument naming the parameter and slot unless `s` can be this optimizer's state for `p`
+  // (a slot it keeps, int32 with one exponent, p's shape, an exponent its update handles).
+  virtual void check_state(const NamedState& s, const Param& p) const = 0;
+  // Replaces the whole state (a checkpoint's). Every entry must name one of `params` and pass check_state, and no
+  // (parameter, slot) may appear twice; std::invalid_argument otherwise (the state is then unchanged).
+  virtual void load_state(std::vector<NamedState> state, const std::vector<Param*>& params) = 0;
+};
+
 struct SgdConfig {
   double momentum = 0.9;
   double weight_decay = 5e-4;
 };
 
-class Sgd {
+// The hyperparameters of every optimizer make_optimizer builds (each reads its own).
+struct OptimizerConfig {
+  SgdConfig sgd;
+};
+
+// The optimizer called `name` ("sgd"), validated; UsageError for an unknown name (listing the known ones) or a
+// hyperparameter out of range.
+std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const OptimizerConfig& config);
+
+class Sgd final : public Optimizer {
  public:
+  // UsageError unless 0 ≤ momentum < 1 and 0 ≤ weight decay < 1.
   explicit Sgd(const SgdConfig& cfg);
-  // One update of every parameter that has a gradient; clears the gradients. `step` and `seed` key the
-  // stochastic rounding. A large tensor's update is split over `pool` (when given) in ranges of whole blocks;
-  // the result does not depend on the number of threads.
+  std::string name() const override { return "sgd"; }
+  // A large tensor's update is split over `pool` in ranges of whole blocks. A parameter's momentum buffer is
+  // created on its first update: zeros at the master exponent.
   void step(const std::vector<Param*>& params, double lr, uint64_t step, uint64_t seed,
-            kernels::ThreadPool* pool = nullptr);
+            kernels::ThreadPool* pool = nullptr) override;
+  // One "momentum" entry per parameter updated so far, in the order of their first updates.
+  std::vector<NamedState> state() const override;
+  // The momentum exponent must lie within 62 of the master exponent (the update's shift bound).
+  void check_state(const NamedState& s, const Param& p) const override;
+  void load_state(std::vector<NamedState> state, const std::vector<Param*>& params) override;
   const SgdConfig& config() const { return cfg_; }
+  // The momentum buffer of the parameter called `param`, or null before its first update.
+  const Tensor* momentum(const std::string& param) const;
 
  private:
+  struct Slot {
+    std::string param;
+    Tensor momentum;
+    uint64_t call = 0;  // the step() call that last updated it (catches a name given twice in one call)
+  };
+  // p's momentum buffer, created at p's shape and master exponent on its first update.
+  Tensor& momentum_of(const Param& p);
+
   SgdConfig cfg_;
+  std::vector<Slot> slots_;                             // in the order of first updates (or of load_state)
+  std::unordered_map<std::string, std::size_t> index_;  // parameter name → slot
+  uint64_t calls_ = 0;
   UninitVector<int64_t> scratch_;  // the int64 accumulators, every element written before it is read
 };
 

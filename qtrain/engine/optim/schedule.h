@@ -25,4 +25,9 @@ struct LrSchedule {
   double at(uint64_t step) const;
 };
 
+// cos(x) for 0 ≤ x < 4, correctly rounded to the nearest double (see schedule.cc for the error bound): computed
+// with integers only, so the schedule gives the same bits with any C library (glibc's cos agrees on every
+// argument the tests try). std::logic_error outside the domain.
+double cos_rounded(double x);
+
 }  // namespace qtrain

@@ -33,8 +33,7 @@ void TrainConfig::validate() const {
   if (batch < 1 || batch > 65536)
     throw UsageError("--batch " + std::to_string(batch) + " is out of range 1..65536");
   if (!(lr > 0 && lr < 100)) throw UsageError("--lr " + std::to_string(lr) + " is out of range (0, 100)");
-  Sgd check(sgd);  // validates momentum and weight decay
-  (void)check;
+  make_optimizer(optimizer, {sgd});  // validates the name and the hyperparameters
 }
 
 Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train)
@@ -48,7 +47,7 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       model_(model ? std::move(model) : (cfg.validate(), build_model(cfg.model, cfg.seed))),
       pool_(cfg.threads),
       batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true, cfg.augment),
-      sgd_(cfg.sgd),
+      optimizer_(make_optimizer(cfg.optimizer, {cfg.sgd})),
       health_(cfg.health) {
   cfg_.model = model_->spec();
   const ModelSpec& ms = cfg_.model;
@@ -131,7 +130,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
     tape.backward(prof);
     const bool grads_zero = weight_grads_zero(params);
     if (prof != nullptr) lap_t = StepProfile::now_ns();
-    sgd_.step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed, &pool_);
+    optimizer_->step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed, &pool_);
     lap(Phase::kOptimizer, &lap_t);
     if (prof != nullptr) prof->add_step();
     ++st.global_step;

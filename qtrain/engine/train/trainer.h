@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "qtrain/engine/data/batcher.h"
@@ -26,6 +27,7 @@ struct TrainConfig {
   std::size_t batch = 64;
   double lr = 0.05;  // peak of the schedule
   ScheduleKind schedule = ScheduleKind::kOneCycle;
+  std::string optimizer = "sgd";  // make_optimizer's name (qtrain/engine/optim/optimizer.h)
   SgdConfig sgd;
   uint64_t seed = 0;
   std::size_t threads = 1;  // 0: every processor available to the process
@@ -41,7 +43,7 @@ struct EpochMetrics {
   double images_per_second = 0, seconds = 0, lr = 0;
 };
 
-// Where a run is, and everything besides the weights and momentum buffers it needs to continue bit-exactly. The
+// Where a run is, and everything besides the weights and the optimizer's state it needs to continue bit-exactly. The
 // data order is a pure function of (seed, epoch) and every stochastic rounding of (seed, global step, tensor), so
 // (seed, global_step) is the whole random-generator state; the learning rate is a function of global_step too.
 struct TrainState {
@@ -76,8 +78,8 @@ class Trainer {
   // monitor (cfg.health) stops the run.
   EpochMetrics train_epoch(int epoch, const data::ImageSet* test,
                            const std::function<void(const Progress&)>& progress = {});
-  // Continue from a saved position (the model's weights and momentum must already be the saved ones). Throws
-  // std::invalid_argument when the state does not fit this run (epochs, steps per epoch, batch).
+  // Continue from a saved position (the model's weights and the optimizer's state must already be the saved ones).
+  // Throws std::invalid_argument when the state does not fit this run (epochs, steps per epoch, batch).
   void restore(const TrainState& state);
   const TrainState& state() const { return state_; }
   // No streak of anomalous steps in progress (see HealthMonitor::clean): a good moment for a checkpoint.
@@ -94,6 +96,8 @@ class Trainer {
   const data::PixelNorm& norm() const { return norm_; }
   const TrainConfig& config() const { return cfg_; }
   kernels::ThreadPool& pool() { return pool_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  const Optimizer& optimizer() const { return *optimizer_; }
   uint64_t global_step() const { return state_.global_step; }
   // The step profile summed over this process's training steps; null unless cfg.profile.
   const StepProfile* profile() const { return profile_.get(); }
@@ -105,7 +109,7 @@ class Trainer {
   std::unique_ptr<Model> model_;
   kernels::ThreadPool pool_;
   data::Batcher batcher_;
-  Sgd sgd_;
+  std::unique_ptr<Optimizer> optimizer_;
   LrSchedule schedule_;
   TrainState state_;
   HealthMonitor health_;
