@@ -24,7 +24,7 @@ std::set<std::string> private_headers() {
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const std::smatch m = [&] {
     std::smatch r;
-    std::regex_search(text, r, std::regex(R"(set\(QTRAIN_ENGINE_PRIVATE_HEADERS([^C]*)CACHE)"));
+    std::regex_search(text, r, std::regex(R"(set\(QTRAIN_ENGINE_PRIVATE_HEADERS([\s\S]*?)CACHE INTERNAL)"));
     return r;
   }();
   std::set<std::string> out;
