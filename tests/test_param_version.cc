@@ -126,8 +126,7 @@ TEST(ModelNames, DuplicateNamesAndStreamIdsAreRefused) {
     layers.push_back(linear(0));
     layers.push_back(linear(1));
     layers.push_back(linear(0));
-    expect_refused(std::move(layers),
-                   {"layer 0 (Linear(4->3", "layer 2 (Linear(4->3", "'linear0.weight'", "the same name"});
+    expect_refused(std::move(layers), {"two modules are named 'linear0'", "Linear(4->3"});
   }
   {
     // Different names, one id: a convolution and a linear layer built with the same layer id.
@@ -145,6 +144,30 @@ TEST(ModelNames, DuplicateNamesAndStreamIdsAreRefused) {
   ok.push_back(linear(0));
   ok.push_back(linear(1));
   EXPECT_NO_THROW(Model(ModelSpec{}, std::move(ok)));
+}
+
+TEST(ModelNames, LayerNamesReachEveryModuleOfTheTree) {
+  ModelSpec spec;
+  spec.kind = "resnet8";
+  spec.set_input(16, 16, 3);
+  const std::unique_ptr<Model> m = build_model(spec, 1);
+  std::vector<std::string> names;
+  for (Layer* l : m->named_layers()) names.push_back(l->layer_name());
+  // conv0, l1bn1, then the first block's body (conv2, l1bn3, conv4, l1bn5); blocks 2 and 3 add a projection.
+  ASSERT_GE(names.size(), 6u);
+  EXPECT_EQ(std::vector<std::string>(names.begin(), names.begin() + 6),
+            (std::vector<std::string>{"conv0", "l1bn1", "conv2", "l1bn3", "conv4", "l1bn5"}));
+  EXPECT_EQ(names.back(), "linear" + std::to_string(names.size() - 1));
+  // Every parameter belongs to the named module its name starts with.
+  for (Layer* l : m->named_layers())
+    for (Param* p : l->own_params()) EXPECT_EQ(p->name.substr(0, p->name.find('.')), l->layer_name());
+  ASSERT_NE(m->find_layer("l1bn3"), nullptr);
+  EXPECT_EQ(m->find_layer("l1bn3")->name(), "L1BatchNorm(16)+ReLU");
+  EXPECT_EQ(m->find_layer("conv99"), nullptr);
+  // The children's parameters, collected by the root, are the model's parameters in order.
+  std::size_t count = 0;
+  for_each_module(*m, [&](Layer& l) { count += l.own_params().size(); });
+  EXPECT_EQ(count, m->params().size());
 }
 
 TEST(ModelNames, BuiltInModelsKeepTheirNames) {

@@ -314,7 +314,7 @@ void dgrad_conv(const Conv2dSpec& s, const quant::ShiftQuantized& g, const std::
 
 Conv2d::Conv2d(const Conv2dSpec& spec, uint32_t layer_id, uint64_t seed)
     : spec_(spec), id_(layer_id), op_(gemm_config(spec)) {
-  weight_.name = "conv" + std::to_string(layer_id) + ".weight";
+  weight_.name = layer_name() + ".weight";
   weight_.id = layer_id * 2;
   // PyTorch's Conv2d default, kaiming_uniform_(a=√5), is U(±1/√fan_in) with fan_in = kh·kw·C.
   init_uniform(weight_, spec.out_channels, spec.patch_size(), spec.patch_size(), seed);

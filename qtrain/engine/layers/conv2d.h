@@ -74,8 +74,9 @@ class Conv2d : public Layer {
   // x: N·H·W × C (int8 or int32; per-tensor or per-column exponents). Returns N·Ho·Wo × Cout int32 with
   // per-column exponents.
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
-  std::vector<Param*> params() override { return {&weight_}; }
+  std::vector<Param*> own_params() override { return {&weight_}; }
   std::string name() const override;
+  std::string layer_name() const override { return "conv" + std::to_string(id_); }
   const Conv2dSpec& spec() const { return spec_; }
   Param& weight() { return weight_; }
 

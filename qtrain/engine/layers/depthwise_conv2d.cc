@@ -61,7 +61,7 @@ std::vector<int8_t> taps_by_channel(const Tensor& wq) {
 
 DepthwiseConv2d::DepthwiseConv2d(const Conv2dSpec& spec, uint32_t layer_id, uint64_t seed)
     : spec_(checked(spec)), id_(layer_id), op_(quant_config(spec_)) {
-  weight_.name = "dwconv" + std::to_string(layer_id) + ".weight";
+  weight_.name = layer_name() + ".weight";
   weight_.id = layer_id * 2;
   const std::size_t kk = spec_.kernel_h * spec_.kernel_w;
   init_uniform(weight_, spec_.in_channels, kk, kk, seed);

@@ -34,8 +34,9 @@ class DepthwiseConv2d : public Layer {
   DepthwiseConv2d(const Conv2dSpec& spec, uint32_t layer_id, uint64_t seed);
   // x: N·H·W × C (int8 or int32) → N·Ho·Wo × C int32 with per-column exponents.
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
-  std::vector<Param*> params() override { return {&weight_}; }
+  std::vector<Param*> own_params() override { return {&weight_}; }
   std::string name() const override;
+  std::string layer_name() const override { return "dwconv" + std::to_string(id_); }
   const Conv2dSpec& spec() const { return spec_; }
   Param& weight() { return weight_; }
 

@@ -26,9 +26,9 @@ QGemmConfig gemm_config(const LinearSpec& spec) {
 
 Linear::Linear(const LinearSpec& spec, uint32_t layer_id, uint64_t seed)
     : spec_(spec), id_(layer_id), op_(gemm_config(spec)) {
-  weight_.name = "linear" + std::to_string(layer_id) + ".weight";
+  weight_.name = layer_name() + ".weight";
   weight_.id = layer_id * 2;
-  bias_.name = "linear" + std::to_string(layer_id) + ".bias";
+  bias_.name = layer_name() + ".bias";
   bias_.id = layer_id * 2 + 1;
   init_uniform(weight_, spec.out, spec.in, spec.in, seed);
   init_uniform(bias_, 1, spec.out, spec.in, seed);

@@ -38,8 +38,9 @@ class Linear : public Layer {
  public:
   Linear(const LinearSpec& spec, uint32_t layer_id, uint64_t seed);
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
-  std::vector<Param*> params() override { return {&weight_, &bias_}; }
+  std::vector<Param*> own_params() override { return {&weight_, &bias_}; }
   std::string name() const override;
+  std::string layer_name() const override { return "linear" + std::to_string(id_); }
   const LinearSpec& spec() const { return spec_; }
   Param& weight() { return weight_; }
   Param& bias() { return bias_; }

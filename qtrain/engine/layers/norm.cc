@@ -407,15 +407,15 @@ constexpr int kDefaultExponent = -30;  // an all-zero output
 
 std::string fmt_count(std::size_t n) { return std::to_string(n); }
 
-void init_affine(Param& gamma, Param& beta, std::size_t n, const std::string& prefix, uint32_t layer_id) {
+void init_affine(Param& gamma, Param& beta, std::size_t n, const std::string& layer_name, uint32_t layer_id) {
   // γ = 1 and β = 0 with 2^24 steps per unit (the scale init_uniform gives weights); the optimizer moves the
   // exponents as the values grow.
-  gamma.name = prefix + std::to_string(layer_id) + ".gamma";
+  gamma.name = layer_name + ".gamma";
   gamma.id = layer_id * 2;
   gamma.master = Tensor(1, n, DType::kI32, -24);
   for (std::size_t i = 0; i < n; ++i) gamma.master.data<int32_t>()[i] = 1 << 24;
   gamma.decay = false;
-  beta.name = prefix + std::to_string(layer_id) + ".beta";
+  beta.name = layer_name + ".beta";
   beta.id = layer_id * 2 + 1;
   beta.master = Tensor(1, n, DType::kI32, -24);
   beta.decay = false;
@@ -448,16 +448,18 @@ struct BatchSaved {
 // ============================================================================================================
 
 BatchNorm::BatchNorm(NormKind kind, std::size_t channels, uint32_t layer_id, const NormOptions& opt)
-    : kind_(kind), channels_(channels), opt_(opt) {
+    : kind_(kind), channels_(channels), id_(layer_id), opt_(opt) {
   if (channels == 0) throw UsageError("batch norm needs at least one channel");
   check_options(opt);
-  init_affine(gamma_, beta_, channels, kind == NormKind::kL1 ? "l1bn" : "l2bn", layer_id);
+  init_affine(gamma_, beta_, channels, layer_name(), layer_id);
   running_mean_ = Tensor(1, channels, DType::kI32);
   running_mean_.set_exponents(ScaleAxis::kCol, std::vector<int>(channels, 0));
   running_scale_ = Tensor(1, channels, DType::kI32);
   for (std::size_t c = 0; c < channels; ++c) running_scale_.data<int32_t>()[c] = 1 << 30;
   running_scale_.set_exponents(ScaleAxis::kCol, std::vector<int>(channels, -30));
 }
+
+std::string BatchNorm::layer_name() const { return (kind_ == NormKind::kL1 ? "l1bn" : "l2bn") + std::to_string(id_); }
 
 std::string BatchNorm::name() const {
   return std::string(kind_ == NormKind::kL1 ? "L1BatchNorm(" : "L2BatchNorm(") + fmt_count(channels_) + ")" +
@@ -677,12 +679,12 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
 // ============================================================================================================
 
 L1LayerNorm::L1LayerNorm(std::size_t features, uint32_t layer_id, const NormOptions& opt)
-    : features_(features), opt_(opt) {
+    : features_(features), id_(layer_id), opt_(opt) {
   if (features == 0) throw UsageError("layer norm needs at least one feature");
   if (features > (std::size_t{1} << 16))
     throw UsageError("layer norm over " + fmt_count(features) + " features exceeds 65536 (the int64 row-sum bound)");
   check_options(opt);
-  init_affine(gamma_, beta_, features, "l1ln", layer_id);
+  init_affine(gamma_, beta_, features, layer_name(), layer_id);
 }
 
 std::string L1LayerNorm::name() const { return "L1LayerNorm(" + fmt_count(features_) + ")"; }

@@ -63,9 +63,10 @@ enum class NormKind : uint8_t { kL1, kL2 };
 class BatchNorm : public Layer {
  public:
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
-  std::vector<Param*> params() override { return {&gamma_, &beta_}; }
-  std::vector<Tensor*> buffers() override { return {&running_mean_, &running_scale_}; }
+  std::vector<Param*> own_params() override { return {&gamma_, &beta_}; }
+  std::vector<Tensor*> own_buffers() override { return {&running_mean_, &running_scale_}; }
   std::string name() const override;
+  std::string layer_name() const override;
 
   NormKind kind() const { return kind_; }
   std::size_t channels() const { return channels_; }
@@ -84,6 +85,7 @@ class BatchNorm : public Layer {
  private:
   NormKind kind_;
   std::size_t channels_;
+  uint32_t id_;
   NormOptions opt_;
   Param gamma_, beta_;
   Tensor running_mean_, running_scale_;
@@ -106,8 +108,9 @@ class L1LayerNorm final : public Layer {
  public:
   explicit L1LayerNorm(std::size_t features, uint32_t layer_id = 0, const NormOptions& opt = {});
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
-  std::vector<Param*> params() override { return {&gamma_, &beta_}; }
+  std::vector<Param*> own_params() override { return {&gamma_, &beta_}; }
   std::string name() const override;
+  std::string layer_name() const override { return "l1ln" + std::to_string(id_); }
 
   std::size_t features() const { return features_; }
   Param& gamma() { return gamma_; }  // 1×F, init 1, no weight decay
@@ -115,6 +118,7 @@ class L1LayerNorm final : public Layer {
 
  private:
   std::size_t features_;
+  uint32_t id_;
   NormOptions opt_;
   Param gamma_, beta_;
 };

@@ -15,19 +15,10 @@ VarPtr Residual::forward(const StepContext& ctx, const VarPtr& x) {
   return add_relu(ctx, h, s);  // relu(h + s) in one pass
 }
 
-std::vector<Param*> Residual::params() {
-  std::vector<Param*> out;
+std::vector<Layer*> Residual::children() {
+  std::vector<Layer*> out;
   for (auto* layers : {&body_, &shortcut_})
-    for (auto& l : *layers)
-      for (Param* p : l->params()) out.push_back(p);
-  return out;
-}
-
-std::vector<Tensor*> Residual::buffers() {
-  std::vector<Tensor*> out;
-  for (auto* layers : {&body_, &shortcut_})
-    for (auto& l : *layers)
-      for (Tensor* t : l->buffers()) out.push_back(t);
+    for (auto& l : *layers) out.push_back(l.get());
   return out;
 }
 

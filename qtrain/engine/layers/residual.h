@@ -15,8 +15,7 @@ class Residual : public Layer {
  public:
   Residual(std::vector<std::unique_ptr<Layer>> body, std::vector<std::unique_ptr<Layer>> shortcut);
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
-  std::vector<Param*> params() override;
-  std::vector<Tensor*> buffers() override;
+  std::vector<Layer*> children() override;  // the body's layers, then the shortcut's
   std::string name() const override;
 
  private:

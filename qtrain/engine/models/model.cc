@@ -109,6 +109,12 @@ std::size_t ModelSpec::size_bound() const {
 
 Model::Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers)
     : spec_(std::move(spec)), layers_(std::move(layers)) {
+  std::map<std::string, std::string> by_layer_name;
+  for (Layer* l : named_layers()) {
+    const auto [it, fresh] = by_layer_name.try_emplace(l->layer_name(), l->name());
+    if (!fresh)
+      throw UsageError("model: two modules are named '" + l->layer_name() + "': " + it->second + " and " + l->name());
+  }
   // Names key the model file and checkpoints, ids the random streams: two parameters sharing either would read
   // each other's weights or draw the same rounding.
   std::map<std::string, std::pair<std::size_t, const Param*>> by_name;
@@ -145,11 +151,25 @@ VarPtr Model::forward(const StepContext& ctx, const VarPtr& x) {
   return h;
 }
 
-std::vector<Param*> Model::params() {
-  std::vector<Param*> out;
-  for (auto& l : layers_)
-    for (Param* p : l->params()) out.push_back(p);
+std::vector<Layer*> Model::children() {
+  std::vector<Layer*> out;
+  for (auto& l : layers_) out.push_back(l.get());
   return out;
+}
+
+std::vector<Layer*> Model::named_layers() {
+  std::vector<Layer*> out;
+  for (Layer* c : children())
+    for_each_module(*c, [&](Layer& m) {
+      if (!m.layer_name().empty()) out.push_back(&m);
+    });
+  return out;
+}
+
+Layer* Model::find_layer(const std::string& layer_name) {
+  for (Layer* l : named_layers())
+    if (l->layer_name() == layer_name) return l;
+  return nullptr;
 }
 
 std::size_t Model::parameter_count() {
@@ -313,13 +333,6 @@ std::unique_ptr<Model> build_model(const ModelSpec& spec, uint64_t seed) {
   else
     layers = build_mlp(spec, seed);
   return std::make_unique<Model>(spec, std::move(layers));
-}
-
-std::vector<Tensor*> Model::buffers() {
-  std::vector<Tensor*> out;
-  for (auto& l : layers_)
-    for (Tensor* t : l->buffers()) out.push_back(t);
-  return out;
 }
 
 }  // namespace qtrain

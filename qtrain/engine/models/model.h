@@ -65,13 +65,19 @@ struct ModelSpec {
 // Names the models `build_model` knows, for help texts and errors.
 const std::vector<std::string>& model_names();
 
-class Model {
+// The root module: its children are the top-level layers, run in sequence.
+class Model : public Layer {
  public:
-  // Throws UsageError when two parameters share a name or an id (the id keys their random streams).
+  // Throws UsageError when two modules share a layer name, or two parameters a name or an id (the id keys their
+  // random streams).
   Model(ModelSpec spec, std::vector<std::unique_ptr<Layer>> layers);
-  VarPtr forward(const StepContext& ctx, const VarPtr& x);
-  std::vector<Param*> params();
-  std::vector<Tensor*> buffers();  // running statistics and other non-trained state
+  VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
+  std::vector<Layer*> children() override;
+  std::string name() const override { return spec_.describe(); }
+  // The module named `layer_name` (Layer::layer_name) anywhere in the model, or null.
+  Layer* find_layer(const std::string& layer_name);
+  // Every module with a layer name, in the model's order (depth first).
+  std::vector<Layer*> named_layers();
   const ModelSpec& spec() const { return spec_; }
   const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
   std::size_t parameter_count();
