@@ -689,6 +689,32 @@ TEST(CliTrain, EveryLowerKernelTargetGivesTheSameResult) {
   expect_same_metrics(dir / "env.jsonl", "QTRAIN_KERNEL_TARGET=" + lowest);
 }
 
+// The model file of a two-step 4-bit ResNet-8 run (two batches of 64, so an update runs between two steps' draws)
+// is the same bytes on 1 and 2 threads and every kernel target this machine supports.
+TEST(CliTrain, ResNet8TwoStepsAreByteIdenticalOverThreadsAndTargets) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const auto targets = qtrain::kernels::available_targets();
+  std::string reference, reference_run;
+  for (const auto& target : targets)
+    for (const char* threads : {"1", "2"}) {
+      const std::string what = target.name + " with " + threads + " thread(s)";
+      const std::string file = dir / (target.name + "_" + threads + ".qtm");
+      const Result r = run({"train", "--model", "resnet8", "--bits", "4", "--epochs", "1", "--train-limit", "128",
+                            "--batch", "64", "--test-limit", "64", "--kernel-target", target.name, "--threads",
+                            threads, "--save", file});
+      ASSERT_EQ(r.code, 0) << what << ": " << r.out;
+      const std::string bytes = read_bytes(file);
+      ASSERT_GT(bytes.size(), 100000u) << what;
+      if (reference.empty()) {
+        reference = bytes;
+        reference_run = what;
+      } else {
+        EXPECT_TRUE(bytes == reference) << what << " differs from " << reference_run;
+      }
+    }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
