@@ -201,7 +201,7 @@ void col2im_add(const int32_t* dp, const Geometry& g, std::size_t l0, std::size_
 
 // Whether col2im sums fit int32: every dP value is a reduction of Cout products of int8 values of magnitude
 // ≤ 127 (the shifted ShiftQuant operand and the aligned weights), |dP| ≤ Cout·127², and a dx element receives at
-// most kh·kw of them. When kh·kw·Cout·127² ≤ 2^31 − 1 (Cout ≤ 14794 for 3×3 kernels) the int32 sums are exact,
+// most kh·kw of them. When kh·kw·Cout·127² ≤ 2^31 − 1 (Cout ≤ 14793 for 3×3 kernels) the int32 sums are exact,
 // and they are already the gradient: narrowing them (narrow.h) would shift by 0 and change nothing.
 bool col2im_fits_i32(const Geometry& g, std::size_t cout) {
   constexpr uint64_t kMaxProduct = 127 * 127;
