@@ -18,6 +18,7 @@
 //                             wgrad, whose "weights" are this step's activations, and wgrad's dYᵀ is taken as
 //                             already transposed
 //   onednn_s8_plain           oneDNN with plain row-major weights (it packs them inside each call)
+//   qtrain_attention          per-head activation products: batched in place, or copied per head (see there)
 // XNNPACK qs8 requantizes to int8 output (its only int8 GEMM); qtrain and oneDNN produce int32.
 #include <benchmark/benchmark.h>
 #include <xnnpack.h>
@@ -271,6 +272,63 @@ void BM_qtrain_split(benchmark::State& state) {
   set_counters(state, d.n, d.m, d.k, split);
 }
 
+// ---- Attention's activation products (gemm.h's batched GEMMs) ---------------------------------------------------
+// (batch, heads, seq, d, mode): per-head products of activations [batch·seq × heads·d] as QMatMul runs them.
+//   scores  S_bh[seq×seq] = Q_bh · K_bhᵀ  into a stack [batch·heads·seq × seq]      (the forward layout)
+//   values  O_bh[seq×d]   = P_bh · V_bh   from that stack into [batch·seq × heads·d]  (the dgrad layout)
+// mode 0: one batched call reading the heads in place; mode 1: what a caller without strides would do — copy each
+// head's operands into contiguous matrices, one dense GEMM per head (and copy the values' output back).
+enum class Attention { kScores, kValues };
+
+// Copies matrix rows × cols at src (rows ld apart) to a contiguous dst, or back.
+template <typename T>
+void copy_matrix(const T* src, std::size_t ld_src, T* dst, std::size_t ld_dst, std::size_t rows, std::size_t cols) {
+  for (std::size_t r = 0; r < rows; ++r) std::memcpy(dst + r * ld_dst, src + r * ld_src, cols * sizeof(T));
+}
+
+template <Attention A>
+void BM_qtrain_attention(benchmark::State& state) {
+  const auto batch = static_cast<std::size_t>(state.range(0)), heads = static_cast<std::size_t>(state.range(1));
+  const auto seq = static_cast<std::size_t>(state.range(2)), d = static_cast<std::size_t>(state.range(3));
+  const bool copy = state.range(4) == 1;
+  const std::size_t count = batch * heads, ld = heads * d;
+  // scores: first = Q, second = K (per head); values: first = P (stacked), second = V (per head).
+  const auto first =
+      random_vector<int8_t>(A == Attention::kScores ? batch * seq * ld : count * seq * seq, -128, 127, 1);
+  const auto second = random_vector<int8_t>(batch * seq * ld, -128, 127, 2);
+  std::vector<int32_t> out(A == Attention::kScores ? count * seq * seq : batch * seq * ld);
+  const qk::MatrixStrides per_head{ld, seq * ld, d};
+  const qk::MatrixStrides scores{seq, heads * seq * seq, seq * seq};
+  const qk::MatrixStrides head_out{ld, seq * ld, d};
+  std::vector<int8_t> a(seq * std::max(seq, d)), b(seq * d);
+  std::vector<int32_t> c(seq * d);
+  for (auto _ : state) {
+    if (!copy && A == Attention::kScores) {
+      qk::gemm_forward_batched(first.data(), second.data(), out.data(), seq, seq, d,
+                               qk::GemmBatch{batch, heads, per_head, per_head, scores}, nullptr);
+    } else if (!copy) {
+      qk::gemm_dgrad_batched(first.data(), second.data(), out.data(), seq, seq, d,
+                             qk::GemmBatch{batch, heads, scores, per_head, head_out}, nullptr);
+    } else {
+      for (std::size_t j = 0; j < count; ++j) {
+        const std::size_t head = j / heads * seq * ld + j % heads * d;  // offset of head j in a per-head tensor
+        if constexpr (A == Attention::kScores) {
+          copy_matrix(first.data() + head, ld, a.data(), d, seq, d);
+          copy_matrix(second.data() + head, ld, b.data(), d, seq, d);
+          qk::gemm_forward(a.data(), b.data(), out.data() + j * seq * seq, seq, seq, d, nullptr);
+        } else {
+          copy_matrix(second.data() + head, ld, b.data(), d, seq, d);
+          qk::gemm_dgrad(first.data() + j * seq * seq, b.data(), c.data(), seq, seq, d, nullptr);
+          copy_matrix(c.data(), d, out.data() + head, ld, seq, d);
+        }
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, count * seq, seq, d);
+}
+
 // ---- XNNPACK fully-connected (fp32, qs8) ----------------------------------------------------------------------------
 // Each layout as the fully-connected product XNNPACK would run for it, weights packed once at create time:
 //   forward  Y[n×m]  = X[n×k]·W[m×k]ᵀ   batch n, k → m
@@ -437,6 +495,16 @@ void split_shapes(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMicrosecond);
 }
 
+// (batch, heads, seq, d_head, copy): a small text model (8 × 4 heads of 64 × 32), BERT-base at sequence 128
+// (12 heads of 128 × 64), ViT-B/16 (197 tokens, 12 heads of 64).
+void attention_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "heads", "seq", "d", "copy"});
+  b->ArgsProduct({{8}, {4}, {64}, {32}, {0, 1}});
+  b->ArgsProduct({{2}, {12}, {128}, {64}, {0, 1}});
+  b->ArgsProduct({{1}, {12}, {197}, {64}, {0, 1}});
+  b->Unit(benchmark::kMicrosecond);
+}
+
 BENCHMARK(BM_peak)->Unit(benchmark::kMicrosecond);
 
 BENCHMARK(BM_qtrain_s8<Layout::kForward>)->Apply(shapes);
@@ -482,6 +550,8 @@ BENCHMARK(BM_qtrain_s8_threads<Layout::kForward, false>)
 BENCHMARK(BM_qtrain_s8_threads<Layout::kDgrad, false>)->Name("BM_qtrain_s8_threads<Layout::kDgrad>")->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_s8_threads<Layout::kWgrad, false>)->Name("BM_qtrain_s8_threads<Layout::kWgrad>")->Apply(thread_shapes);
 BENCHMARK(BM_qtrain_split)->Apply(split_shapes);
+BENCHMARK(BM_qtrain_attention<Attention::kScores>)->Apply(attention_shapes);
+BENCHMARK(BM_qtrain_attention<Attention::kValues>)->Apply(attention_shapes);
 BENCHMARK(BM_qtrain_s8_epilogue)
     ->ArgNames({"n", "m", "k", "fused"})
     ->ArgsProduct({{64}, {256}, {784}, {0, 1}})

@@ -15,7 +15,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 #if HWY_TARGET == HWY_AVX3_DL
 // 24 independent accumulators: vpdpbusd has a latency of ~5 cycles and up to two issue ports, so 24 chains keep
-// every port busy; the two inputs stay in registers. Inline asm for the reason given in qtrain/kernels/gemm.cc.
+// every port busy; the two inputs stay in registers. Inline asm for the reason given in
+// qtrain/kernels/gemm_kernel-inl.h.
 #define QTRAIN_VNNI_ATTR __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
 QTRAIN_VNNI_ATTR uint64_t PeakLoop(uint64_t iterations) {
   constexpr int kChains = 24;

@@ -34,6 +34,7 @@
 
 #include "qtrain/engine/ops/add.h"
 #include "qtrain/engine/ops/qgemm_op.h"
+#include "qtrain/engine/ops/qmatmul.h"
 #include "qtrain/engine/ops/relu.h"
 #include "qtrain/engine/ops/softmax_ce.h"
 

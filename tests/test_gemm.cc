@@ -19,6 +19,7 @@
 #include "qtrain/kernels/gemm.h"
 #include "qtrain/kernels/int4.h"
 #include "qtrain/kernels/thread_pool.h"
+#include "tests/gemm_test_util.h"
 #include "tests/target_test_util.h"
 
 namespace qtrain::kernels {
@@ -80,18 +81,6 @@ void run_ref(Layout l, const std::vector<int8_t>& a, const std::vector<int8_t>& 
   }
 }
 
-// Uniform over the full int8 range, with both extremes planted at the start, the end and in the middle.
-std::vector<int8_t> random_int8(std::size_t size, std::mt19937& rng) {
-  std::uniform_int_distribution<int> dist(-128, 127);
-  std::vector<int8_t> v(size);
-  for (auto& x : v) x = static_cast<int8_t>(dist(rng));
-  if (size >= 1) v[0] = -128;
-  if (size >= 2) v[size - 1] = 127;
-  if (size >= 4) v[size / 2] = -128, v[size / 2 + 1] = 127;
-  return v;
-}
-
-constexpr int32_t kSentinel = 0x5A5A5A5A;
 constexpr std::size_t kGuard = 16;  // sentinel cells after the output, to catch writes past its end
 
 // Runs the kernel into a sentinel-filled buffer; checks every output against the reference and that nothing
@@ -178,15 +167,7 @@ TEST_P(GemmTarget, BitIdenticalForAnyThreadCount) {
 }
 
 // Values in [−8, 7] (the int4 range), both extremes planted like random_int8.
-std::vector<int8_t> random_int4(std::size_t size, std::mt19937& rng) {
-  std::uniform_int_distribution<int> dist(-8, 7);
-  std::vector<int8_t> v(size);
-  for (auto& x : v) x = static_cast<int8_t>(dist(rng));
-  if (size >= 1) v[0] = -8;
-  if (size >= 2) v[size - 1] = 7;
-  if (size >= 4) v[size / 2] = -8, v[size / 2 + 1] = 7;
-  return v;
-}
+std::vector<int8_t> random_int4(std::size_t size, std::mt19937& rng) { return random_in_range(size, -8, 7, rng); }
 
 std::vector<uint8_t> to_int4(const std::vector<int8_t>& v, std::size_t rows, std::size_t cols) {
   std::vector<uint8_t> out(rows * int4_row_bytes(cols) + 1);  // +1: a non-null pointer for empty matrices

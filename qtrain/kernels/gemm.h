@@ -1,6 +1,7 @@
 // int8 × int8 → int32 GEMMs in the three layouts a training step needs.
 //
-// All matrices are dense row-major with rows contiguous (leading dimension = row length).
+// The matrices of the functions below are dense row-major (leading dimension = row length); the *_batched
+// functions take a batch of strided matrices (GemmBatch).
 //   forward  Y[N×M]  = X[N×K]  · W[M×K]ᵀ     (reduction over K)
 //   dgrad    dX[N×K] = dY[N×M] · W[M×K]      (reduction over M)
 //   wgrad    dW[M×K] = dY[N×M]ᵀ · X[N×K]     (reduction over N)
@@ -47,6 +48,37 @@ void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, s
 // dW = dYᵀ · X.
 void gemm_wgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
                 ThreadPool* pool);
+
+// ---- Strided and batched products ----------------------------------------------------------------------------
+// The same three layouts over a batch of matrices read where they are: rows of each operand `ld` elements apart
+// (ld ≥ its row length), and matrix j = o·inner + i (o < outer, i < inner) at o·outer_stride + i·inner_stride
+// elements from the operand's base. Two levels let per-head operands be read in place: Q, K and V of attention
+// are [tokens × heads·d_head] activations (tokens = batch·seq), and the seq × d_head matrix of head h of sequence b
+// starts at b·seq·ld + h·d_head with ld = heads·d_head: outer = batch (stride seq·ld), inner = heads (stride
+// d_head). A stacked operand [batch·heads·rows × cols] is outer stride heads·rows·cols, inner stride rows·cols.
+// Output matrices must not overlap. Accumulator bound as above: exact while the reduction ≤ kMaxReduction.
+// Work is split over (matrix × row block) tasks when the batch has enough matrices, else over each matrix's
+// tiles; each output element is the same integer sum either way, so the bits do not depend on the thread count.
+struct MatrixStrides {
+  std::size_t ld = 0;            // elements between consecutive rows of one matrix
+  std::size_t outer_stride = 0;  // elements between matrices o and o + 1 (same i)
+  std::size_t inner_stride = 0;  // elements between matrices i and i + 1 (same o)
+};
+struct GemmBatch {
+  std::size_t outer = 1, inner = 1;  // outer · inner matrices
+  MatrixStrides a, b, c;             // the first operand, the second, the output (names as in each layout)
+  std::size_t count() const { return outer * inner; }
+};
+
+// Y_j[n×m] = X_j[n×k] · W_jᵀ (W_j m × k) for every matrix j of the batch (a = X, b = W, c = Y).
+void gemm_forward_batched(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
+                          const GemmBatch& batch, ThreadPool* pool);
+// dX_j[n×k] = dY_j[n×m] · W_j[m×k]  (a = dY, b = W, c = dX).
+void gemm_dgrad_batched(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
+                        const GemmBatch& batch, ThreadPool* pool);
+// dW_j[m×k] = dY_j[n×m]ᵀ · X_j[n×k]  (a = dY, b = X, c = dW).
+void gemm_wgrad_batched(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
+                        const GemmBatch& batch, ThreadPool* pool);
 
 // ---- Weights packed once, used by many products ---------------------------------------------------------------
 // A layer's weights W[M×K] change once per optimizer step but feed every forward product of the step (and of an
@@ -112,7 +144,7 @@ void gemm_dgrad_packed(const int8_t* dy, const PackedWeights& w, int32_t* dx, st
 inline constexpr std::size_t kMinParallelMacs = std::size_t{1} << 20;
 
 // How a product C[rows×cols] = A[rows×k]·B[k×cols] is split over `threads` threads on the active target (for
-// tests and benchmarks; qtrain/kernels/gemm.cc describes the three ways). forward: (n, m, k); dgrad: (n, k, m);
+// tests and benchmarks; qtrain/kernels/gemm_driver.cc describes the three ways). forward: (n, m, k); dgrad: (n, k, m);
 // wgrad: (m, k, n).
 enum class GemmSplit { kPanels, kRows, kReduction };
 GemmSplit gemm_split(std::size_t rows, std::size_t cols, std::size_t k, std::size_t threads);
@@ -122,6 +154,13 @@ namespace ref {
 void gemm_forward(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k);
 void gemm_dgrad(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k);
 void gemm_wgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k);
+// The batched products, one matrix and one element at a time.
+void gemm_forward_batched(const int8_t* x, const int8_t* w, int32_t* y, std::size_t n, std::size_t m, std::size_t k,
+                          const GemmBatch& batch);
+void gemm_dgrad_batched(const int8_t* dy, const int8_t* w, int32_t* dx, std::size_t n, std::size_t m, std::size_t k,
+                        const GemmBatch& batch);
+void gemm_wgrad_batched(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, std::size_t m, std::size_t k,
+                        const GemmBatch& batch);
 // The epilogue over Y[n×m], one element at a time.
 void gemm_epilogue(int32_t* y, std::size_t n, std::size_t m, const GemmEpilogue& epilogue);
 }  // namespace ref

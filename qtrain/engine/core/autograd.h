@@ -72,8 +72,12 @@ class Tape {
   std::size_t tag_ = 0;
 };
 
-// The rounding-stream slots of a layer (StepContext::rounding_rng): which of its tensors a stream rounds.
-inline constexpr uint32_t kOutputGradSlot = 1;  // ShiftQuant of the layer's output gradient
+// The rounding-stream slots of a layer (StepContext::rounding_rng): which of its tensors a stream rounds. A layer
+// id owns four slots (quant/rng.h), so a layer may hold a quantized GEMM and two activation products (QMatMul) —
+// attention: its projections, then Q·Kᵀ and P·V — each with a stream of its own.
+inline constexpr uint32_t kOutputGradSlot = 1;        // ShiftQuant of the layer's output gradient (QGemmOp)
+inline constexpr uint32_t kMatmulGradSlot = 2;        // ShiftQuant of its first QMatMul's output gradient (Q·Kᵀ)
+inline constexpr uint32_t kSecondMatmulGradSlot = 3;  // ShiftQuant of its second QMatMul's output gradient (P·V)
 
 // Everything an op needs to know about the step it runs in.
 struct StepContext {
