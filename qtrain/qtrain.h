@@ -10,6 +10,7 @@
 #include "qtrain/kernels/int4.h"
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/philox.h"
+#include "qtrain/kernels/rounding.h"
 #include "qtrain/kernels/sgd_update.h"
 #include "qtrain/kernels/thread_pool.h"
 

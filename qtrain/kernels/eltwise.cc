@@ -18,6 +18,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "qtrain/kernels/eltwise.h"
+#include "qtrain/kernels/rounding.h"
 
 // ------------------------------------------------------------------------------------------------------------
 // Scalar element functions: the reference, and the tails of the SIMD loops (seen once per target pass).
@@ -25,38 +26,14 @@
 #define QTRAIN_KERNELS_ELTWISE_SHARED_
 namespace qtrain::kernels::elt_detail {
 
-inline uint64_t mag32(int32_t x) { return x < 0 ? uint64_t{0} - static_cast<uint64_t>(int64_t{x}) : uint64_t(x); }
-inline uint64_t mag64(int64_t x) { return x < 0 ? uint64_t{0} - static_cast<uint64_t>(x) : static_cast<uint64_t>(x); }
-
-// R_even(x, s) for s ≥ 1 and |x| < 2^62.
-inline int64_t round_even(int64_t x, int s) {
-  if (s >= 63) return 0;
-  const int64_t odd = (x >> s) & 1;
-  return (x + ((int64_t{1} << (s - 1)) - 1) + odd) >> s;
-}
-
-// clamp(x·2^k, lo, hi) on the exact product, k ≥ 0, lo ≤ 0 ≤ hi < 2^32.
-inline int64_t shl_clamp(int64_t x, int k, int64_t lo, int64_t hi) {
-  if (x == 0) return 0;
-  if (k >= 32) return x > 0 ? hi : lo;  // |x·2^k| ≥ 2^32 > |bound|
-  return std::clamp(x * (int64_t{1} << k), lo, hi);
-}
-
+// clamp(R_even(x, s), lo, hi) on the exact value: for s < 0 a saturating left shift (saturation lies far beyond
+// any int8 bound, so the clamp sees what the exact product would give it).
 inline int8_t requantize_one(int32_t x, int s, int32_t lo, int32_t hi) {
-  if (s <= 0) return static_cast<int8_t>(shl_clamp(x, s < -62 ? 62 : -s, lo, hi));
-  return static_cast<int8_t>(std::clamp<int64_t>(round_even(x, s), lo, hi));
-}
-
-// R_stoch(x, s, r) for s ≥ 1 (|x| < 2^31).
-inline int64_t round_stochastic(int64_t x, int s, uint32_t r) {
-  s = std::min(s, 62);
-  const int64_t u = s <= 32 ? static_cast<int64_t>(r >> (32 - s)) : static_cast<int64_t>(r) << (s - 32);
-  return (x + u) >> s;
+  return static_cast<int8_t>(std::clamp<int64_t>(shift_round_even_sat(x, s), lo, hi));
 }
 
 inline void shiftquant_one(int32_t g, uint32_t r, int s, int up, int32_t limit, int8_t* q, int8_t* shifted) {
-  const int64_t v = s <= 0 ? shl_clamp(g, s < -62 ? 62 : -s, -limit, limit)
-                           : std::clamp<int64_t>(round_stochastic(g, s, r), -limit, limit);
+  const int64_t v = std::clamp<int64_t>(s <= 0 ? shift_left_sat(g, -s) : shift_round_stochastic(g, s, r), -limit, limit);
   *q = static_cast<int8_t>(v);
   *shifted = static_cast<int8_t>(v * (int64_t{1} << up));
 }
@@ -66,14 +43,14 @@ inline int64_t aligned_sum_one(int32_t a, int32_t b, int la, int lb) {
 }
 
 inline int32_t narrow_one(int64_t s, int t, bool relu = false) {
-  const int64_t v = t == 0 ? s : round_even(s, t);
+  const int64_t v = shift_round_even(s, t);
   return static_cast<int32_t>(
       std::clamp<int64_t>(v, relu ? 0 : std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
 }
 
 // x − clamp(R_even(x, t), lo, hi)·2^t for t ≥ 0, lo ≤ 0 ≤ hi: in [−2^31, 2^31) (eltwise.h).
 inline int64_t quant_error_one(int32_t x, int t, int32_t lo, int32_t hi) {
-  const int64_t q = std::clamp<int64_t>(t == 0 ? x : round_even(x, t), lo, hi);
+  const int64_t q = std::clamp<int64_t>(shift_round_even(x, t), lo, hi);
   return q == 0 ? x : x - q * (int64_t{1} << t);  // q ≠ 0 only for t ≤ 31 (|x| ≤ 2^31)
 }
 
@@ -87,7 +64,7 @@ inline void add128(uint64_t* hi, uint64_t* lo, uint64_t v) {
 inline void add_squared_errors(const int32_t* x, std::size_t n, int t, int32_t lo, int32_t hi, uint64_t* sum_hi,
                                uint64_t* sum_lo) {
   for (std::size_t i = 0; i < n; ++i) {
-    const uint64_t a = mag64(quant_error_one(x[i], t, lo, hi));  // ≤ 2^31
+    const uint64_t a = magnitude(quant_error_one(x[i], t, lo, hi));  // ≤ 2^31
     add128(sum_hi, sum_lo, a * a);
   }
 }
@@ -152,7 +129,7 @@ uint64_t MaxAbsT(const int32_t* HWY_RESTRICT x, std::size_t n) {
   }
   for (; i + lanes <= n; i += lanes) m0 = hn::Max(m0, Magnitude<kPositive>(hn::LoadU(d, x + i)));
   uint64_t m = LaneMax(hn::Max(m0, m1));
-  for (; i < n; ++i) m = std::max(m, kPositive ? ed::mag32(std::max(x[i], 0)) : ed::mag32(x[i]));
+  for (; i < n; ++i) m = std::max(m, kPositive ? magnitude(std::max(x[i], 0)) : magnitude(x[i]));
   return m;
 }
 
@@ -195,7 +172,7 @@ void ColMaxAbsT(const int32_t* HWY_RESTRICT x, std::size_t rows, std::size_t col
     uint64_t m = 0;
     for (std::size_t r = 0; r < rows; ++r) {
       const int32_t v = x[r * cols + c];
-      m = std::max(m, kPositive ? ed::mag32(std::max(v, 0)) : ed::mag32(v));
+      m = std::max(m, kPositive ? magnitude(std::max(v, 0)) : magnitude(v));
     }
     colmax[c] = m;
   }
@@ -228,7 +205,7 @@ struct MinMax64 {
     HWY_ALIGN int64_t b[hn::MaxLanes(d)];
     hn::Store(lo, d, a);
     hn::Store(hi, d, b);
-    for (std::size_t i = 0; i < hn::Lanes(d); ++i) out[i] = std::max(ed::mag64(a[i]), ed::mag64(b[i]));
+    for (std::size_t i = 0; i < hn::Lanes(d); ++i) out[i] = std::max(magnitude(a[i]), magnitude(b[i]));
   }
   // The smallest and largest lane values (with 0, where every lane starts).
   SumRange Range() const {
@@ -265,7 +242,7 @@ uint64_t MaxAbsI64(const int64_t* HWY_RESTRICT x, std::size_t n) {
   for (; i + lanes <= n; i += lanes) m0.Add(hn::LoadU(d, x + i));
   m0.Merge(m1);
   uint64_t m = m0.MaxAbs();
-  for (; i < n; ++i) m = std::max(m, ed::mag64(x[i]));
+  for (; i < n; ++i) m = std::max(m, magnitude(x[i]));
   return m;
 }
 
@@ -690,7 +667,7 @@ void AlignedSumColMax(const int32_t* HWY_RESTRICT a, const int32_t* HWY_RESTRICT
   for (std::size_t c = full; c < cols; ++c) {
     uint64_t m = 0;
     for (std::size_t r = 0; r < rows; ++r)
-      m = std::max(m, ed::mag64(ed::aligned_sum_one(a[r * cols + c], b[r * cols + c], la[c], lb[c])));
+      m = std::max(m, magnitude(ed::aligned_sum_one(a[r * cols + c], b[r * cols + c], la[c], lb[c])));
     colmax[c] = m;
   }
 }
@@ -1073,7 +1050,7 @@ namespace ed = elt_detail;
 
 uint64_t max_abs_i32(const int32_t* x, std::size_t n, bool positive_only) {
   uint64_t m = 0;
-  for (std::size_t i = 0; i < n; ++i) m = std::max(m, ed::mag32(positive_only ? std::max(x[i], 0) : x[i]));
+  for (std::size_t i = 0; i < n; ++i) m = std::max(m, magnitude(positive_only ? std::max(x[i], 0) : x[i]));
   return m;
 }
 
@@ -1082,13 +1059,13 @@ void col_max_abs_i32(const int32_t* x, std::size_t rows, std::size_t cols, bool 
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c) {
       const int32_t v = x[r * cols + c];
-      colmax[c] = std::max(colmax[c], ed::mag32(positive_only ? std::max(v, 0) : v));
+      colmax[c] = std::max(colmax[c], magnitude(positive_only ? std::max(v, 0) : v));
     }
 }
 
 uint64_t max_abs_i64(const int64_t* x, std::size_t n) {
   uint64_t m = 0;
-  for (std::size_t i = 0; i < n; ++i) m = std::max(m, ed::mag64(x[i]));
+  for (std::size_t i = 0; i < n; ++i) m = std::max(m, magnitude(x[i]));
   return m;
 }
 
@@ -1146,7 +1123,7 @@ void aligned_sum_col_max(const int32_t* a, const int32_t* b, std::size_t rows, s
   std::fill(colmax, colmax + cols, uint64_t{0});
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols; ++c)
-      colmax[c] = std::max(colmax[c], ed::mag64(ed::aligned_sum_one(a[r * cols + c], b[r * cols + c], la[c], lb[c])));
+      colmax[c] = std::max(colmax[c], magnitude(ed::aligned_sum_one(a[r * cols + c], b[r * cols + c], la[c], lb[c])));
 }
 
 void aligned_sum_narrow_cols(const int32_t* a, const int32_t* b, std::size_t rows, std::size_t cols, const int* la,

@@ -20,6 +20,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "qtrain/kernels/norm.h"
+#include "qtrain/kernels/rounding.h"
 
 // ------------------------------------------------------------------------------------------------------------
 // Scalar element functions and the references over a column range (the tails of the SIMD passes).
@@ -27,22 +28,15 @@
 #define QTRAIN_KERNELS_NORM_SHARED_
 namespace qtrain::kernels::norm_detail {
 
-// R(v, k) = floor(v/2^k + 1/2), k ≥ 0.
-inline int32_t round_up(int32_t v, int32_t k) {
-  if (k <= 0) return v;
-  const int ks = std::min(k, 31), kr = std::min(k - 1, 31);
-  return (v >> ks) + ((v >> kr) & 1);
-}
-
+// d = R(v, k) − center (R = shift_round_half_up, qtrain/kernels/rounding.h; k ≥ 0).
 inline int32_t working(int32_t v, const NormColumns& col, std::size_t c) {
-  return round_up(v, col.shift[c]) - col.center[c];
+  return static_cast<int32_t>(shift_round_half_up(v, col.shift[c]) - col.center[c]);
 }
 
-// ((u·a + w·b + 2^(t−1)) >> t) + c; the int64 intermediate equals the int32 one under norm.h's bounds.
+// ((u·a + w·b + 2^(t−1)) >> t) + c = R(u·a + w·b, t) + c; the int64 intermediate equals the int32 one under
+// norm.h's bounds.
 inline int32_t affine(int64_t ua, int64_t wb, const NormAffine& aff, std::size_t c) {
-  const int t = aff.t[c];
-  const int64_t half = t > 0 ? int64_t{1} << (t - 1) : 0;
-  return static_cast<int32_t>(((ua + wb + half) >> t) + aff.c[c]);
+  return static_cast<int32_t>(shift_round_half_up(ua + wb, aff.t[c]) + aff.c[c]);
 }
 
 inline int32_t sign(int32_t v) { return (v > 0) - (v < 0); }

@@ -28,9 +28,10 @@ IntRange unsigned_range(int bits) {
 int covering_shift(uint64_t maxabs, uint32_t limit) {
   int s = bit_length(maxabs) - bit_length(limit);
   // maxabs ≤ limit·2^s  ⇔  (s ≥ 0 ? maxabs ≤ limit << s : maxabs << −s ≤ limit); adjust by at most one step.
+  // A shift that would carry past bit 63 decides by itself: limit·2^t ≥ 2^64 > maxabs, maxabs·2^−t ≥ 2^64 > limit.
   auto fits = [&](int t) {
-    if (t >= 0) return t >= 40 || maxabs <= (static_cast<uint64_t>(limit) << t);
-    return -t >= 40 ? false : (maxabs << -t) <= limit;
+    if (t >= 0) return bit_length(limit) + t > 64 || maxabs <= (static_cast<uint64_t>(limit) << t);
+    return bit_length(maxabs) - t <= 64 && (maxabs << -t) <= limit;
   };
   while (!fits(s)) ++s;
   while (fits(s - 1)) --s;

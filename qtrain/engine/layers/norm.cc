@@ -11,14 +11,17 @@
 
 #include "qtrain/engine/core/parallel.h"
 #include "qtrain/kernels/norm.h"
+#include "qtrain/kernels/rounding.h"
 #include "qtrain/quant/error.h"
 #include "qtrain/quant/pow2.h"
 
 namespace qtrain {
 namespace {
 
-using quant::bit_length;
-using quant::shift_round_even;
+using kernels::bit_length;
+using kernels::magnitude;
+using kernels::shift_round_even;
+using kernels::shift_round_half_up;  // R(v, k) = floor(v/2^k + ½) (qtrain/kernels/norm.h)
 
 // ============================================================================================================
 // Per-channel scalars: m·2^e with an int64 mantissa |m| < 2^62. They carry every statistic between the element
@@ -30,7 +33,6 @@ struct Fx {
   int e = 0;
 };
 
-uint64_t magnitude(int64_t v) { return v < 0 ? 0 - static_cast<uint64_t>(v) : static_cast<uint64_t>(v); }
 int fx_bits(const Fx& a) { return bit_length(magnitude(a.m)); }
 // |a| < 2^fx_top(a).
 int fx_top(const Fx& a) { return a.e + fx_bits(a); }
@@ -117,13 +119,7 @@ Fx fx_sqrt(Fx a) {
 }
 
 // round(a / 2^e) to nearest even, saturated at ±2^62.
-int64_t fx_to_int(const Fx& a, int e) {
-  const int s = e - a.e;
-  if (s >= 0) return shift_round_even(a.m, s);
-  if (a.m == 0) return 0;
-  if (fx_bits(a) - s > 62) return a.m < 0 ? -(int64_t{1} << 62) : int64_t{1} << 62;
-  return a.m * (int64_t{1} << -s);
-}
+int64_t fx_to_int(const Fx& a, int e) { return kernels::shift_round_even_sat(a.m, e - a.e); }
 
 // A control-plane constant as a dyadic number (30-bit mantissa).
 Fx fx_const(double x) {
@@ -335,13 +331,6 @@ void split_grad_apply(const RowSplit& split, bool l1, const int32_t* dy, const i
 // Working precision and output stages
 // ============================================================================================================
 
-// R(v, k) = floor(v/2^k + ½) (qtrain/kernels/norm.h), for int64 v, k ≥ 0.
-int64_t round_half_up(int64_t v, int k) {
-  if (k <= 0) return v;
-  if (k >= 63) return 0;  // |v| < 2^62 here
-  return (v >> k) + ((v >> (k - 1)) & 1);
-}
-
 // floor(x / y) for y > 0.
 int64_t floor_div(int64_t x, int64_t y) {
   const int64_t q = x / y;
@@ -521,12 +510,12 @@ VarPtr BatchNorm::forward(const StepContext& ctx, const VarPtr& x) {
       const int64_t r = std::clamp(fx_to_int(fx_of(running_mean_, c), e), -kFar, kFar);
       k = working_shift(static_cast<uint64_t>(std::max<int64_t>({0, hi[c] - r, r - lo[c]})));
       if (k == 0 && (r > std::numeric_limits<int32_t>::max() || r < std::numeric_limits<int32_t>::min())) k = 1;
-      mu = round_half_up(r, k);
+      mu = shift_round_half_up(r, k);
     }
     shift[c] = k;
     center[c] = static_cast<int32_t>(mu);
     saved->unit[c] = e + k;
-    saved->dmax[c] = static_cast<uint64_t>(std::max(round_half_up(hi[c], k) - mu, mu - round_half_up(lo[c], k)));
+    saved->dmax[c] = static_cast<uint64_t>(std::max(shift_round_half_up(hi[c], k) - mu, mu - shift_round_half_up(lo[c], k)));
   }
   const kernels::NormColumns col{shift.data(), center.data()};
 
@@ -790,14 +779,14 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
       int64_t t = 0;
       int16_t* d = saved->d.data() + r * nf;
       for (std::size_t j = 0; j < nf; ++j) {
-        const int64_t v = round_half_up(row[j], k) - mu;
+        const int64_t v = shift_round_half_up(row[j], k) - mu;
         d[j] = static_cast<int16_t>(v);
         t += v < 0 ? -v : v;
       }
       const int unit = src->exponent_at(r, 0) + k;
       saved->unit[r] = unit;
       saved->rho[r] = fx_div({1, 0}, fx_add(fx_mul(kC, fx_div({t, 0}, f_fx)), {eps.m, eps.e - unit}));
-      saved->dmax[r] = static_cast<uint64_t>(std::max(round_half_up(hi, k) - mu, mu - round_half_up(lo, k)));
+      saved->dmax[r] = static_cast<uint64_t>(std::max(shift_round_half_up(hi, k) - mu, mu - shift_round_half_up(lo, k)));
       const Fx xmax = fx_mul(saved->rho[r], {static_cast<int64_t>(saved->dmax[r]), 0});
       if (xmax.m != 0) e_xh = std::max(e_xh, fx_top(xmax) - 15);
     }
@@ -892,7 +881,7 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
         int64_t sum_g = 0, sum_gd = 0, sum_s = 0;
         uint64_t gmax_row = 0;
         for (std::size_t j = 0; j < nf; ++j) {
-          const int64_t gg = saved->gq[j] * round_half_up(gr_row[j], kd[r]);  // |G| < 2^30
+          const int64_t gg = saved->gq[j] * shift_round_half_up(gr_row[j], kd[r]);  // |G| < 2^30
           sum_g += gg;
           sum_gd += gg * d[j];  // |G·d| < 2^45, F ≤ 2^16 terms
           sum_s += (d[j] > 0) - (d[j] < 0);
@@ -931,13 +920,12 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
       split.run(kNsPerByte * dx_bytes, [&](std::size_t, std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
           const Stage s = make_stage(ta[r], tb[r], bias[r], e_dx, 60, 61);
-          const int64_t half = s.t > 0 ? int64_t{1} << (s.t - 1) : 0;
           const int32_t* gr_row = g + r * nf;
           const int16_t* d = saved->d.data() + r * nf;
           for (std::size_t j = 0; j < nf; ++j) {
-            const int64_t gg = saved->gq[j] * round_half_up(gr_row[j], kd[r]);
+            const int64_t gg = saved->gq[j] * shift_round_half_up(gr_row[j], kd[r]);
             const int64_t w = (d[j] > 0) - (d[j] < 0);
-            out_dx[r * nf + j] = static_cast<int32_t>(((gg * s.a + w * s.b + half) >> s.t) + s.c);
+            out_dx[r * nf + j] = static_cast<int32_t>(shift_round_half_up(gg * s.a + w * s.b, s.t) + s.c);
           }
         }
       });
