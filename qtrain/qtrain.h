@@ -15,6 +15,7 @@
 #include "qtrain/kernels/thread_pool.h"
 
 #include "qtrain/quant/error.h"
+#include "qtrain/quant/fixed_point.h"
 #include "qtrain/quant/pow2.h"
 #include "qtrain/quant/rng.h"
 #include "qtrain/quant/shiftquant.h"

@@ -1,7 +1,5 @@
 // The scalar rounding rules (qtrain/kernels/rounding.h) against exact 128-bit arithmetic, over every edge the
 // kernels and quantizers can meet: shifts 0, ±31, ±32, ±63, ±64 and far beyond, INT32/INT64 extremes, exact ties.
-#include "qtrain/kernels/rounding.h"
-
 #include <gtest/gtest.h>
 
 #include <climits>
@@ -10,6 +8,8 @@
 #include <limits>
 #include <random>
 #include <vector>
+
+#include "qtrain/kernels/rounding.h"
 
 namespace qtrain::kernels {
 namespace {
@@ -52,9 +52,33 @@ int64_t want_sat(int64_t x, int k) {
 }
 
 std::vector<int64_t> edge_values() {
-  std::vector<int64_t> v = {0, 1, -1, 2, -2, 3, -3, 5, -5, 6, -6, 7, -7, kI32Min, kI32Max, kI32Min + 1, kI32Max - 1,
-                            kI64Min, kI64Max, kI64Min + 1, kI64Max - 1, kShiftSatLimit, -kShiftSatLimit,
-                            kShiftSatLimit - 1, -kShiftSatLimit + 1, kShiftSatLimit + 1, -kShiftSatLimit - 1};
+  std::vector<int64_t> v = {0,
+                            1,
+                            -1,
+                            2,
+                            -2,
+                            3,
+                            -3,
+                            5,
+                            -5,
+                            6,
+                            -6,
+                            7,
+                            -7,
+                            kI32Min,
+                            kI32Max,
+                            kI32Min + 1,
+                            kI32Max - 1,
+                            kI64Min,
+                            kI64Max,
+                            kI64Min + 1,
+                            kI64Max - 1,
+                            kShiftSatLimit,
+                            -kShiftSatLimit,
+                            kShiftSatLimit - 1,
+                            -kShiftSatLimit + 1,
+                            kShiftSatLimit + 1,
+                            -kShiftSatLimit - 1};
   // Exact ties and their neighbours at several shifts: (2k + 1)·2^(s−1) ± {0, 1}.
   for (int s : {1, 2, 15, 31, 32, 33, 61, 62, 63})
     for (int64_t k : {0, 1, 2, 3}) {
@@ -72,8 +96,9 @@ std::vector<int64_t> edge_values() {
   return v;
 }
 
-const std::vector<int> kShifts = {INT_MIN, -1000, -65, -64, -63, -62, -61, -33, -32, -31, -30, -2, -1, 0, 1,  2,
-                                  3,       15,    16,  29,  30,  31,  32,  33,  61,  62,  63,  64, 65, 96, 1000, INT_MAX};
+const std::vector<int> kShifts = {INT_MIN, -1000, -65, -64, -63, -62, -61, -33, -32,  -31,    -30,
+                                  -2,      -1,    0,   1,   2,   3,   15,  16,  29,   30,     31,
+                                  32,      33,    61,  62,  63,  64,  65,  96,  1000, INT_MAX};
 
 TEST(Rounding, NearestEvenIsExactForEveryValueAndShift) {
   for (int64_t x : edge_values())
@@ -81,10 +106,10 @@ TEST(Rounding, NearestEvenIsExactForEveryValueAndShift) {
 }
 
 TEST(Rounding, NearestEvenTies) {
-  static_assert(shift_round_even(5, 1) == 2 && shift_round_even(7, 1) == 4);    // 2.5 → 2, 3.5 → 4
+  static_assert(shift_round_even(5, 1) == 2 && shift_round_even(7, 1) == 4);  // 2.5 → 2, 3.5 → 4
   static_assert(shift_round_even(-5, 1) == -2 && shift_round_even(-7, 1) == -4);
-  static_assert(shift_round_even(int64_t{3} << 30, 31) == 2);                   // 1.5 → 2
-  static_assert(shift_round_even(int64_t{1} << 31, 32) == 0);                   // 0.5 → 0
+  static_assert(shift_round_even(int64_t{3} << 30, 31) == 2);  // 1.5 → 2
+  static_assert(shift_round_even(int64_t{1} << 31, 32) == 0);  // 0.5 → 0
   static_assert(shift_round_even(kI32Min, 32) == 0 && shift_round_even(kI32Min, 31) == -1);
   static_assert(shift_round_even(kI64Min, 63) == -1 && shift_round_even(kI64Min, 64) == 0);  // −0.5 → 0
   static_assert(shift_round_even(kI64Max, 63) == 1 && shift_round_even(int64_t{1} << 62, 63) == 0);

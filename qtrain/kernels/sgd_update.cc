@@ -385,7 +385,8 @@ uint64_t sgd_accumulate(const int32_t* v, const int32_t* g, const int32_t* w, co
   if (w != nullptr && l == 0) w = nullptr;  // decay term is 0 for every element
   // The SIMD stochastic rounding places the draw for shifts ≤ 62; a gradient more than 62 octaves below E (only
   // after a diverged run) takes the reference.
-  if (!ok || g_shift < -62) return ref::sgd_accumulate(v, g, w, draws, n, mu_m, mu_s, v_shift, g_shift, lambda_m, lambda_s, acc);
+  if (!ok || g_shift < -62)
+    return ref::sgd_accumulate(v, g, w, draws, n, mu_m, mu_s, v_shift, g_shift, lambda_m, lambda_s, acc);
   return HWY_DYNAMIC_DISPATCH(Accumulate)(v, g, w, draws, n, m, ms, vs, g_shift, l, ls, acc);
 }
 
