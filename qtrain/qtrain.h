@@ -10,10 +10,12 @@
 #include "qtrain/kernels/int4.h"
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/philox.h"
+#include "qtrain/kernels/rounding.h"
 #include "qtrain/kernels/sgd_update.h"
 #include "qtrain/kernels/thread_pool.h"
 
 #include "qtrain/quant/error.h"
+#include "qtrain/quant/fixed_point.h"
 #include "qtrain/quant/pow2.h"
 #include "qtrain/quant/rng.h"
 #include "qtrain/quant/shiftquant.h"

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <string>
@@ -16,6 +17,7 @@
 #include "qtrain/engine/layers/conv2d.h"
 #include "qtrain/engine/layers/depthwise_conv2d.h"
 #include "qtrain/engine/layers/linear.h"
+#include "qtrain/engine/layers/norm.h"
 #include "qtrain/kernels/thread_pool.h"
 #include "qtrain/quant/pow2.h"
 
@@ -296,6 +298,21 @@ TEST(AccumulateGrad, ConvolutionsUsedTwiceSumAllGradients) {
   DepthwiseConv2d dw(ds, 4, 2);
   expect_used_twice_sums(dw, {random_i32(25, 6, 1 << 14, -14, 9), random_i32(2 * 25, 6, 1 << 14, -12, 10)},
                          {random_i32(25, 6, 1 << 20, -26, 11), random_i32(2 * 25, 6, 1 << 22, -27, 12)});
+}
+
+// A norm applied twice on one tape (a shared block, sandwich sub-networks): γ and β get the sum of both uses'
+// gradients. Training mode, so each use normalizes with its own batch's statistics.
+TEST(AccumulateGrad, NormsUsedTwiceSumTheirGammaAndBetaGradients) {
+  L1BatchNorm l1(6, 3);
+  L2BatchNorm l2(6, 4);
+  L1LayerNorm ln(6, 5);
+  for (Layer* norm : std::initializer_list<Layer*>{&l1, &l2, &ln}) {
+    // γ away from 1 and β away from 0, so their gradients meet non-trivial values.
+    for (Param* p : norm->params())
+      for (std::size_t c = 0; c < 6; ++c) p->master.data<int32_t>()[c] += static_cast<int32_t>(c * 3000000) - 7000000;
+    expect_used_twice_sums(*norm, {random_i32(40, 6, 1 << 16, -16, 13), random_i32(24, 6, 1 << 12, -10, 14)},
+                           {random_i32(40, 6, 1 << 20, -26, 15), random_i32(24, 6, 1 << 24, -30, 16)});
+  }
 }
 
 }  // namespace

@@ -2,10 +2,10 @@
 // roundings that run over every activation and gradient of a step (max-|x| scans, int32 → int8 requantization,
 // ShiftQuant's stochastic rounding, exponent-aligned sums narrowed back to int32, ReLU and its mask).
 //
-// Notation (as in qtrain/quant/pow2.h, restated here because kernels/ sits below quant/):
-//   R_even(x, s)      x / 2^s rounded to nearest, ties to even, for s > 0; 0 for s ≥ 63; x·2^−s for s ≤ 0.
-//   R_stoch(x, s, r)  floor((x + u) / 2^s), u = the top s bits of the 32-bit draw r (s ≤ 32; above, r << (s − 32)
-//                     with s capped at 62); x·2^−s for s ≤ 0.
+// Notation (qtrain/kernels/rounding.h, the functions the references call):
+//   R_even(x, s)      shift_round_even: x / 2^s to nearest, ties to even; x·2^−s for s ≤ 0.
+//   R_stoch(x, s, r)  shift_round_stochastic: floor((x + u) / 2^s), u = the draw r as the top 32 fraction bits
+//                     (its top s bits for s ≤ 32); x·2^−s for s ≤ 0.
 //   clamp(v, lo, hi)  computed on the exact value: a left shift never wraps (x·2^k for k ≥ 32 is "huge").
 // Matrices are row-major rows×cols; "per column" parameters have one entry per column (an NHWC channel).
 //
@@ -27,8 +27,11 @@
 // the SIMD code handles, the entry point runs the reference instead.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+
+#include "qtrain/kernels/rounding.h"
 
 namespace qtrain::kernels {
 
@@ -71,11 +74,7 @@ void shiftquant_round(const int32_t* g, const uint32_t* draws, std::size_t rows,
 // which a second pass would need).
 struct SumRange {
   int64_t min = 0, max = 0;  // min(0, min s) and max(0, max s) over the elements
-  uint64_t max_abs() const {
-    const uint64_t lo = min < 0 ? uint64_t{0} - static_cast<uint64_t>(min) : static_cast<uint64_t>(min);
-    const uint64_t hi = max < 0 ? uint64_t{0} - static_cast<uint64_t>(max) : static_cast<uint64_t>(max);
-    return lo > hi ? lo : hi;
-  }
+  uint64_t max_abs() const { return std::max(magnitude(min), magnitude(max)); }
 };
 SumRange aligned_sum_range(const int32_t* a, const int32_t* b, std::size_t n, int la, int lb, int32_t* out = nullptr,
                            bool relu = false);

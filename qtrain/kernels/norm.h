@@ -2,10 +2,11 @@
 // rows×cols int32 matrix whose *columns* are the channels (NHWC activations: rows = N·H·W). Every reduction is per
 // column over all rows; SIMD lanes run across columns, so a row of C channels is C/L whole vectors.
 //
-// Notation. R(v, k) = floor(v/2^k + 1/2): round half up (ties toward +∞), computed without overflow as
-// (v >> k) + ((v >> (k−1)) & 1) for k ≥ 1 and v for k = 0 (shift counts above 31 act as 31, which gives the exact
-// result 0 for every int32 v when k ≥ 32). It is the only rounding used here: a tie needs the k low bits to be
-// exactly 100…0, and its +½-unit bias is far below the 16-bit working precision.
+// Notation. R(v, k) = floor(v/2^k + 1/2): round half up (ties toward +∞), qtrain/kernels/rounding.h's
+// shift_round_half_up, computed without overflow as (v >> k) + ((v >> (k−1)) & 1) for k ≥ 1 and v for k = 0 (in
+// int32 lanes shift counts above 31 act as 31, which gives the exact result 0 for every int32 v when k ≥ 32). It is
+// the only rounding used here: a tie needs the k low bits to be exactly 100…0, and its +½-unit bias is far below
+// the 16-bit working precision.
 //
 // The working value of element (i, c) is d = R(x[i,c], k[c]) − center[c]: the caller picks k[c] and center[c] from
 // the column's range so that |d| ≤ 2^15 − 1 (a 16-bit integer). Every product below is then a 32-bit product, and

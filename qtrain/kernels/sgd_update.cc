@@ -7,11 +7,14 @@
 //  * R_even(x, s): odd = bit s of x (a logical shift is enough), floor((x + 2^(s−1) − 1 + odd) / 2^s). Below
 //    AVX3 there is no 64-bit arithmetic right shift, so floor(y / 2^s) is computed as the logical shift of
 //    y + 2^63 (the bias folds into the rounding constant) minus 2^(63−s): exact for every int64 y.
-//  * R_stoch(x, s, r): the draw is zero-extended to 64 bits and moved to its place by two logical shifts
-//    (r >> (32 − s) for s ≤ 32, r << (s − 32) above), then floor((x + u) / 2^s) as above.
+//  * R_stoch(x, s, r), s ≤ 62: the draw is zero-extended to 64 bits and moved to its place by two logical shifts
+//    (r >> (32 − s) for s ≤ 32, r << (s − 32) above), then floor((x + u) / 2^s) as above (|x| ≤ 2^62 here, so
+//    x + u < 2^63 does not wrap). Larger shifts take the reference.
 //  * shl_sat(x, s): clamp x to ±2^(62−s) then shift left: exactly x·2^s below saturation, exactly ±2^62 at
 //    or above it (for s ≥ 62, clamp to ±1 and shift by 62).
-// All additions are modular (as the reference's are), so the results match the scalar reference bit for bit.
+// All additions are modular. On the values the passes meet (|x| ≤ 2^62: int32 × 31-bit products, the ±2^62-clamped
+// accumulators, sgd_narrow's input by its contract) none of them wraps, so the results are the reference's (exact
+// roundings, qtrain/kernels/rounding.h) bit for bit.
 // The ragged tail of each call runs the reference's element functions.
 
 #include <algorithm>
@@ -22,6 +25,7 @@
 #define HWY_TARGET_INCLUDE "qtrain/kernels/sgd_update.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "qtrain/kernels/rounding.h"
 #include "qtrain/kernels/sgd_update.h"
 
 // ------------------------------------------------------------------------------------------------------------
@@ -30,7 +34,7 @@
 #define QTRAIN_KERNELS_SGD_UPDATE_SHARED_
 namespace qtrain::kernels::sgd_detail {
 
-inline constexpr int64_t kSatLimit = int64_t{1} << 62;
+inline constexpr int64_t kSatLimit = kShiftSatLimit;
 
 inline int64_t add_wrap(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
@@ -38,52 +42,24 @@ inline int64_t add_wrap(int64_t a, int64_t b) {
 inline int64_t mul_wrap(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
 }
-// x·2^k modulo 2^64, k ≥ 0.
-inline int64_t shl_wrap(int64_t x, int k) { return k >= 64 ? 0 : static_cast<int64_t>(static_cast<uint64_t>(x) << k); }
-
-inline int64_t round_even(int64_t x, int s) {
-  if (s <= 0) return shl_wrap(x, -s);
-  if (s >= 63) return 0;
-  const int64_t odd = (x >> s) & 1;
-  return add_wrap(add_wrap(x, (int64_t{1} << (s - 1)) - 1), odd) >> s;
-}
-
-inline int64_t round_stochastic(int64_t x, int s, uint32_t r) {
-  if (s <= 0) return shl_wrap(x, -s);
-  s = std::min(s, 62);
-  const int64_t u = s <= 32 ? static_cast<int64_t>(r >> (32 - s)) : static_cast<int64_t>(r) << (s - 32);
-  return add_wrap(x, u) >> s;
-}
-
-inline int bit_length(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
-
-// x·2^s saturated at ±2^62, s ≥ 0.
-inline int64_t shl_sat(int64_t x, int s) {
-  if (x == 0) return 0;
-  const uint64_t mag = x < 0 ? 0 - static_cast<uint64_t>(x) : static_cast<uint64_t>(x);
-  if (s >= 62 || bit_length(mag) + s > 62) return x < 0 ? -kSatLimit : kSatLimit;
-  return shl_wrap(x, s);
-}
-
-inline uint64_t magnitude(int64_t x) { return x < 0 ? 0 - static_cast<uint64_t>(x) : static_cast<uint64_t>(x); }
 
 inline int64_t accumulate_one(int32_t v, int32_t g, const int32_t* w, uint32_t draw, int64_t mu_m, int mu_s,
                               int v_shift, int g_shift, int64_t lambda_m, int lambda_s) {
-  int64_t m = round_even(mul_wrap(v, mu_m), mu_s);
-  m = v_shift >= 0 ? shl_sat(m, v_shift) : round_even(m, -v_shift);
-  int64_t acc = add_wrap(m, g_shift >= 0 ? shl_sat(g, g_shift) : round_stochastic(g, -g_shift, draw));
-  if (w != nullptr) acc = add_wrap(acc, round_even(mul_wrap(*w, lambda_m), lambda_s));
+  int64_t m = shift_round_even(mul_wrap(v, mu_m), mu_s);
+  m = v_shift >= 0 ? shift_left_sat(m, v_shift) : shift_round_even(m, -v_shift);
+  int64_t acc = add_wrap(m, g_shift >= 0 ? shift_left_sat(g, g_shift) : shift_round_stochastic(g, -g_shift, draw));
+  if (w != nullptr) acc = add_wrap(acc, shift_round_even(mul_wrap(*w, lambda_m), lambda_s));
   return std::clamp(acc, -kSatLimit, kSatLimit);
 }
 
 // Returns the new weight at E (int64); writes the stored momentum.
 inline int64_t apply_one(int64_t acc, int32_t w, uint32_t draw, int64_t eta_m, int eta_s, int v_store_shift,
                          int32_t* v_out) {
-  const int32_t v = static_cast<int32_t>(round_even(acc, v_store_shift));
+  const int32_t v = static_cast<int32_t>(shift_round_even(acc, v_store_shift));
   *v_out = v;
   const int64_t prod = mul_wrap(v, eta_m);
   const int su = eta_s - v_store_shift;
-  const int64_t u = su >= 0 ? round_stochastic(prod, su, draw) : shl_sat(prod, -su);
+  const int64_t u = su >= 0 ? shift_round_stochastic(prod, su, draw) : shift_left_sat(prod, -su);
   const int64_t wn = static_cast<int64_t>(static_cast<uint64_t>(int64_t{w}) - static_cast<uint64_t>(u));
   return std::clamp(wn, -kSatLimit, kSatLimit);
 }
@@ -206,7 +182,7 @@ struct MinMax {
     hn::Store(lo, d, a);
     hn::Store(hi, d, b);
     uint64_t m = 0;
-    for (std::size_t i = 0; i < hn::Lanes(d); ++i) m = std::max({m, sd::magnitude(a[i]), sd::magnitude(b[i])});
+    for (std::size_t i = 0; i < hn::Lanes(d); ++i) m = std::max({m, magnitude(a[i]), magnitude(b[i])});
     return m;
   }
 };
@@ -242,7 +218,7 @@ uint64_t AccumulateT(const int32_t* HWY_RESTRICT v, const int32_t* HWY_RESTRICT 
   for (; i < n; ++i) {
     acc[i] = sd::accumulate_one(v[i], g[i], kDecay ? w + i : nullptr, kGStoch ? draws[i] : 0, mu_m, mu_s, v_shift,
                                 g_shift, lambda_m, lambda_s);
-    mx = std::max(mx, sd::magnitude(acc[i]));
+    mx = std::max(mx, magnitude(acc[i]));
   }
   return mx;
 }
@@ -299,7 +275,7 @@ uint64_t ApplyT(const int64_t* acc_in, const int32_t* w_in, const uint32_t* HWY_
     const int64_t wn = sd::apply_one(acc_in[i], w_in[i], kUStoch ? draws[i] : 0, eta_m, eta_s, v_store_shift, v + i);
     acc_out[i] = wn;
     w_out[i] = static_cast<int32_t>(wn);
-    mx = std::max(mx, sd::magnitude(wn));
+    mx = std::max(mx, magnitude(wn));
   }
   return mx;
 }
@@ -323,7 +299,7 @@ void Narrow(const int64_t* HWY_RESTRICT x, std::size_t n, int s, int32_t* HWY_RE
   const RoundEven round(s);
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) StoreI32(round(hn::LoadU(d, x + i)), out + i);
-  for (; i < n; ++i) out[i] = static_cast<int32_t>(sd::round_even(x[i], s));
+  for (; i < n; ++i) out[i] = static_cast<int32_t>(shift_round_even(x[i], s));
 }
 
 #else  // HWY_SCALAR: the reference element functions.
@@ -335,7 +311,7 @@ uint64_t Accumulate(const int32_t* v, const int32_t* g, const int32_t* w, const 
   for (std::size_t i = 0; i < n; ++i) {
     acc[i] = sd::accumulate_one(v[i], g[i], w != nullptr ? w + i : nullptr, g_shift < 0 ? draws[i] : 0, mu_m, mu_s,
                                 v_shift, g_shift, lambda_m, lambda_s);
-    mx = std::max(mx, sd::magnitude(acc[i]));
+    mx = std::max(mx, magnitude(acc[i]));
   }
   return mx;
 }
@@ -348,13 +324,13 @@ uint64_t Apply(const int64_t* acc_in, const int32_t* w_in, const uint32_t* draws
     const int64_t wn = sd::apply_one(acc_in[i], w_in[i], us ? draws[i] : 0, eta_m, eta_s, v_store_shift, v + i);
     acc_out[i] = wn;
     w_out[i] = static_cast<int32_t>(wn);
-    mx = std::max(mx, sd::magnitude(wn));
+    mx = std::max(mx, magnitude(wn));
   }
   return mx;
 }
 
 void Narrow(const int64_t* x, std::size_t n, int s, int32_t* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(sd::round_even(x[i], s));
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(shift_round_even(x[i], s));
 }
 
 #endif  // HWY_TARGET != HWY_SCALAR
@@ -407,15 +383,17 @@ uint64_t sgd_accumulate(const int32_t* v, const int32_t* g, const int32_t* w, co
     vs = 0;
   }
   if (w != nullptr && l == 0) w = nullptr;  // decay term is 0 for every element
-  // g_shift is unrestricted (the kernel caps the stochastic shift at 62, as the reference does).
-  if (!ok) return ref::sgd_accumulate(v, g, w, draws, n, mu_m, mu_s, v_shift, g_shift, lambda_m, lambda_s, acc);
+  // The SIMD stochastic rounding places the draw for shifts ≤ 62; a gradient more than 62 octaves below E (only
+  // after a diverged run) takes the reference.
+  if (!ok || g_shift < -62)
+    return ref::sgd_accumulate(v, g, w, draws, n, mu_m, mu_s, v_shift, g_shift, lambda_m, lambda_s, acc);
   return HWY_DYNAMIC_DISPATCH(Accumulate)(v, g, w, draws, n, m, ms, vs, g_shift, l, ls, acc);
 }
 
 uint64_t sgd_apply(const int64_t* acc_in, const int32_t* w_in, const uint32_t* draws, std::size_t n, int64_t eta_m,
                    int eta_s, int v_store_shift, int32_t* v, int64_t* acc_out, int32_t* w_out) {
   detail::ensure_dispatch_ready();
-  if (!fits_mulpos(eta_m) || v_store_shift < 0 || v_store_shift > 62) {
+  if (!fits_mulpos(eta_m) || v_store_shift < 0 || v_store_shift > 62 || eta_s - v_store_shift > 62) {
     return ref::sgd_apply(acc_in, w_in, draws, n, eta_m, eta_s, v_store_shift, v, acc_out, w_out);
   }
   return HWY_DYNAMIC_DISPATCH(Apply)(acc_in, w_in, draws, n, eta_m, eta_s, v_store_shift, v, acc_out, w_out);
@@ -436,7 +414,7 @@ uint64_t sgd_accumulate(const int32_t* v, const int32_t* g, const int32_t* w, co
   for (std::size_t i = 0; i < n; ++i) {
     acc[i] = sgd_detail::accumulate_one(v[i], g[i], w != nullptr ? w + i : nullptr, g_shift < 0 ? draws[i] : 0,
                                         mu_m, mu_s, v_shift, g_shift, lambda_m, lambda_s);
-    mx = std::max(mx, sgd_detail::magnitude(acc[i]));
+    mx = std::max(mx, magnitude(acc[i]));
   }
   return mx;
 }
@@ -450,13 +428,13 @@ uint64_t sgd_apply(const int64_t* acc_in, const int32_t* w_in, const uint32_t* d
         sgd_detail::apply_one(acc_in[i], w_in[i], stochastic ? draws[i] : 0, eta_m, eta_s, v_store_shift, v + i);
     acc_out[i] = wn;
     w_out[i] = static_cast<int32_t>(wn);
-    mx = std::max(mx, sgd_detail::magnitude(wn));
+    mx = std::max(mx, magnitude(wn));
   }
   return mx;
 }
 
 void sgd_narrow(const int64_t* x, std::size_t n, int s, int32_t* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(sgd_detail::round_even(x[i], s));
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(shift_round_even(x[i], s));
 }
 
 }  // namespace ref

@@ -1,10 +1,9 @@
 // The element-wise passes of the integer SGD update (qtrain/engine/optim/optimizer.h), as SIMD kernels over plain arrays.
 //
-// Notation. R_even(x, s): x / 2^s rounded to nearest, ties to even (s ≤ 0: exact left shift, s ≥ 63: 0).
-// R_stoch(x, s, r): floor((x + top s bits of the draw r) / 2^s) for 0 < s ≤ 32; for s > 32 the draw supplies
-// the top 32 of the fraction bits; s is capped at 62; s ≤ 0 is an exact left shift. shl_sat(x, s), s ≥ 0:
-// x·2^s saturated at ±2^62. These are qtrain/quant/pow2.h's shift_round_even, shift_round_stochastic and the
-// optimizer's saturating shift, restated here because kernels/ sits below quant/.
+// Notation (qtrain/kernels/rounding.h, the functions the reference calls). R_even(x, s) = shift_round_even: x / 2^s
+// to nearest, ties to even (s ≤ 0: a left shift). R_stoch(x, s, r) = shift_round_stochastic: floor((x + u) / 2^s),
+// u = the draw r as the top 32 fraction bits (s ≤ 0: a left shift). shl_sat(x, s) = shift_left_sat, s ≥ 0: x·2^s
+// saturated at ±2^62.
 //
 // Every dyadic constant is a mantissa m (0 ≤ m < 2^31, e.g. quant::Dyadic's 16-bit mantissa) and a shift s
 // (value m·2^−s). Products are int32 × m in int64 (exact). Sums are int64 and wrap on overflow (they cannot
@@ -39,7 +38,7 @@ uint64_t sgd_accumulate(const int32_t* v, const int32_t* g, const int32_t* w, co
 uint64_t sgd_apply(const int64_t* acc_in, const int32_t* w_in, const uint32_t* draws, std::size_t n, int64_t eta_m,
                    int eta_s, int v_store_shift, int32_t* v, int64_t* acc_out, int32_t* w_out);
 
-// out[j] = int32(R_even(x[j], s)) for s ≥ 0.
+// out[j] = int32(R_even(x[j], s)) for s ≥ 0 and |x[j]| ≤ 2^62 (every momentum or master value is).
 void sgd_narrow(const int64_t* x, std::size_t n, int s, int32_t* out);
 
 // Plain scalar references (no SIMD): the specification the tests hold the kernels to.

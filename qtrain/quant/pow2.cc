@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "qtrain/kernels/eltwise.h"
-#include "qtrain/kernels/thread_pool.h"
+#include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain::quant {
@@ -28,9 +27,10 @@ IntRange unsigned_range(int bits) {
 int covering_shift(uint64_t maxabs, uint32_t limit) {
   int s = bit_length(maxabs) - bit_length(limit);
   // maxabs ≤ limit·2^s  ⇔  (s ≥ 0 ? maxabs ≤ limit << s : maxabs << −s ≤ limit); adjust by at most one step.
+  // A shift that would carry past bit 63 decides by itself: limit·2^t ≥ 2^64 > maxabs, maxabs·2^−t ≥ 2^64 > limit.
   auto fits = [&](int t) {
-    if (t >= 0) return t >= 40 || maxabs <= (static_cast<uint64_t>(limit) << t);
-    return -t >= 40 ? false : (maxabs << -t) <= limit;
+    if (t >= 0) return bit_length(limit) + t > 64 || maxabs <= (static_cast<uint64_t>(limit) << t);
+    return bit_length(maxabs) - t <= 64 && (maxabs << -t) <= limit;
   };
   while (!fits(s)) ++s;
   while (fits(s - 1)) --s;
@@ -59,30 +59,10 @@ namespace {
 // The largest magnitude the range can hold.
 inline uint64_t range_magnitude_of(const IntRange& r) { return static_cast<uint64_t>(std::max(r.hi, -r.lo)); }
 
-// Splitting a pass over the step's pool: tiles of rows (or of elements, in multiples of `align`), about four per
-// thread, when the pool has threads and the pass, `bytes` read and written in all (kernels::kNsPerByte each),
-// is worth a parallel call (the pool's SplitAdvisor); one tile of all n on this thread otherwise. Every pass split
-// this way writes disjoint outputs or merges by max, so results do not depend on the pool.
-struct Tiles {
-  kernels::ThreadPool* pool = nullptr;
-  std::size_t n = 0, tile = 1;
-  std::size_t count() const { return n == 0 ? 0 : (n + tile - 1) / tile; }
-  // fn(begin, end) over the tiles, tile t being [t·tile, min(n, (t + 1)·tile)). fn must not throw.
-  void run(const std::function<void(std::size_t, std::size_t)>& fn) const {
-    if (n == 0) return;
-    if (count() == 1) {
-      fn(0, n);
-    } else {
-      pool->parallel_for(n, tile, fn);
-    }
-  }
-};
-Tiles tiles_for(kernels::ThreadPool* pool, std::size_t n, std::size_t align, double bytes) {
-  if (pool == nullptr || pool->threads() <= 1 || n <= align || !pool->worth_splitting(kernels::kNsPerByte * bytes))
-    return {nullptr, n, std::max<std::size_t>(n, 1)};
-  const std::size_t tile = (n / (4 * pool->threads()) + align - 1) / align * align;
-  return {pool, n, std::max(tile, align)};
-}
+// Passes over the step's pool (qtrain/kernels/parallel.h): tiles of rows, or of elements in whole cache lines,
+// split when the pass, `bytes` read and written in all, is worth a parallel call. Every pass split this way writes
+// disjoint outputs or merges by max, so results do not depend on the pool.
+double work_of(double bytes) { return kernels::kNsPerByte * bytes; }
 
 // Element ranges of a per-tensor pass in whole cache lines of int32.
 constexpr std::size_t kSpanAlign = 16;
@@ -90,11 +70,12 @@ constexpr std::size_t kSpanAlign = 16;
 // The magnitude that matters for covering: |x|, or for an unsigned range max(x, 0) (negatives clamp to 0). The
 // spans' maxima merge by max: exact in any order.
 uint64_t max_magnitude(const int32_t* x, std::size_t n, bool is_unsigned, kernels::ThreadPool* pool = nullptr) {
-  const Tiles t = tiles_for(pool, n, kSpanAlign, 4.0 * static_cast<double>(n));
-  if (t.count() <= 1) return kernels::max_abs_i32(x, n, is_unsigned);
-  std::vector<uint64_t> part(t.count());
-  t.run(
-      [&](std::size_t i0, std::size_t i1) { part[i0 / t.tile] = kernels::max_abs_i32(x + i0, i1 - i0, is_unsigned); });
+  const kernels::PassSplit split(pool, n, kSpanAlign);
+  if (split.tiles() <= 1) return kernels::max_abs_i32(x, n, is_unsigned);
+  std::vector<uint64_t> part(split.tiles(), 0);
+  split.run(work_of(4.0 * static_cast<double>(n)), [&](std::size_t t, std::size_t i0, std::size_t i1) {
+    part[t] = kernels::max_abs_i32(x + i0, i1 - i0, is_unsigned);
+  });
   return *std::max_element(part.begin(), part.end());
 }
 
@@ -102,18 +83,12 @@ uint64_t max_magnitude(const int32_t* x, std::size_t n, bool is_unsigned, kernel
 // maxima merge by max: exact in any order.
 void col_max_magnitude(const int32_t* x, std::size_t rows, std::size_t cols, bool is_unsigned, uint64_t* colmax,
                        kernels::ThreadPool* pool) {
-  const Tiles t = tiles_for(pool, rows, 1, 4.0 * static_cast<double>(rows * cols));
-  if (t.count() <= 1) {
-    kernels::col_max_abs_i32(x, rows, cols, is_unsigned, colmax);
-    return;
-  }
-  std::vector<uint64_t> part(t.count() * cols);
-  t.run([&](std::size_t r0, std::size_t r1) {
-    kernels::col_max_abs_i32(x + r0 * cols, r1 - r0, cols, is_unsigned, part.data() + r0 / t.tile * cols);
+  const kernels::PassSplit split(pool, rows);
+  kernels::TilePartials<uint64_t> part(colmax, split, cols);
+  split.run(work_of(4.0 * static_cast<double>(rows * cols)), [&](std::size_t t, std::size_t r0, std::size_t r1) {
+    kernels::col_max_abs_i32(x + r0 * cols, r1 - r0, cols, is_unsigned, part.at(t));
   });
-  std::copy(part.begin(), part.begin() + static_cast<std::ptrdiff_t>(cols), colmax);
-  for (std::size_t b = 1; b < t.count(); ++b)
-    for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], part[b * cols + c]);
+  part.merge([](uint64_t& a, uint64_t b) { a = std::max(a, b); });
 }
 
 // out[i] = clamp(round(x[i] / 2^s)) for i < n, the rounding hoisted out of the loop.
@@ -137,17 +112,19 @@ void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& o
 // round_span over element ranges of x[0..n) on the pool (element i's draw depends only on index0 + i).
 void round_span(const int32_t* x, std::size_t n, int s, const QuantizeOptions& opt, uint64_t index0, int8_t* out,
                 kernels::ThreadPool* pool) {
-  tiles_for(pool, n, kSpanAlign, 5.0 * static_cast<double>(n)).run([&](std::size_t i0, std::size_t i1) {
-    round_span(x + i0, i1 - i0, s, opt, index0 + i0, out + i0);
-  });
+  kernels::PassSplit(pool, n, kSpanAlign)
+      .run(work_of(5.0 * static_cast<double>(n)), [&](std::size_t, std::size_t i0, std::size_t i1) {
+        round_span(x + i0, i1 - i0, s, opt, index0 + i0, out + i0);
+      });
 }
 
 // kernels::requantize_i8_cols over blocks of rows on the pool.
 void requantize_cols(const int32_t* x, std::size_t rows, std::size_t cols, const int* shift, const IntRange& range,
                      int8_t* out, const int* up, kernels::ThreadPool* pool) {
-  tiles_for(pool, rows, 1, 5.0 * static_cast<double>(rows * cols)).run([&](std::size_t r0, std::size_t r1) {
-    kernels::requantize_i8_cols(x + r0 * cols, r1 - r0, cols, shift, range.lo, range.hi, out + r0 * cols, up);
-  });
+  kernels::PassSplit(pool, rows)
+      .run(work_of(5.0 * static_cast<double>(rows * cols)), [&](std::size_t, std::size_t r0, std::size_t r1) {
+        kernels::requantize_i8_cols(x + r0 * cols, r1 - r0, cols, shift, range.lo, range.hi, out + r0 * cols, up);
+      });
 }
 }  // namespace
 
@@ -232,11 +209,12 @@ int quantize_to_tensor(const int32_t* x, std::size_t rows, std::size_t cols, con
     requantize_cols(x, rows, cols, shift.data(), opt.range, out, nullptr, pool);
     return e_out;
   }
-  tiles_for(pool, rows, 1, 5.0 * static_cast<double>(rows * cols)).run([&](std::size_t r0, std::size_t r1) {
-    for (std::size_t r = r0; r < r1; ++r)
-      for (std::size_t c = 0; c < cols; ++c)
-        round_span(x + r * cols + c, 1, shift[c], opt, opt.index0 + r * cols + c, out + r * cols + c);
-  });
+  kernels::PassSplit(pool, rows)
+      .run(work_of(5.0 * static_cast<double>(rows * cols)), [&](std::size_t, std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+          for (std::size_t c = 0; c < cols; ++c)
+            round_span(x + r * cols + c, 1, shift[c], opt, opt.index0 + r * cols + c, out + r * cols + c);
+      });
   return e_out;
 }
 

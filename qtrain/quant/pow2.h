@@ -12,8 +12,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 
+#include "qtrain/kernels/rounding.h"
 #include "qtrain/quant/rng.h"
 
 namespace qtrain::kernels {
@@ -32,44 +32,14 @@ enum class Rounding { kNearestEven, kStochastic };
 enum class ScaleRule { kCover, kMinError };
 inline constexpr int kMinErrorOctaves = 3;
 
-// Round x / 2^s to nearest, ties to even. s ≤ 0 is an exact left shift (caller guarantees no overflow).
-inline int64_t shift_round_even(int64_t x, int s) {
-  if (s <= 0) return x * (int64_t{1} << -s);
-  if (s >= 63) return 0;  // |x| < 2^63 ≤ ½·2^s: rounds to zero
-  // floor((x + half − 1 + odd) / 2^s) where odd = bit s of x: adds exactly half only when the quotient is odd,
-  // which sends ties to the even neighbour. Branch-free, so loops over it vectorize.
-  const int64_t odd = (x >> s) & 1;
-  return (x + ((int64_t{1} << (s - 1)) - 1) + odd) >> s;
-}
-// shift_round_even, except that a left shift (s < 0) saturates at ±2^62 instead of overflowing: for values whose
-// exponents may be arbitrarily far apart (a bias far coarser than a layer's output, after a diverged run or from a
-// hostile model file). |x| < 2^62.
-inline int64_t shift_round_even_sat(int64_t x, int s) {
-  if (x == 0) return 0;
-  if (s >= 0) return shift_round_even(x, s);
-  const uint64_t mag = x < 0 ? 0 - static_cast<uint64_t>(x) : static_cast<uint64_t>(x);
-  const int bits = 64 - __builtin_clzll(mag);
-  if (-s > 62 - bits) return x < 0 ? -(int64_t{1} << 62) : int64_t{1} << 62;
-  return x * (int64_t{1} << -s);
-}
-// floor((x + u) / 2^s) with u the top s bits of the 32-bit draw r (s ≤ 32; for s > 32 the draw supplies the top
-// 32 of the s fraction bits, a bias below 2^-32 ulp). s ≤ 0 is an exact left shift. |x| < 2^62.
-inline int64_t shift_round_stochastic(int64_t x, int s, uint32_t r) {
-  if (s <= 0) return x * (int64_t{1} << -s);
-  s = s < 62 ? s : 62;  // beyond this every draw gives the same answer anyway
-  const int64_t u = s <= 32 ? static_cast<int64_t>(r >> (32 - s)) : static_cast<int64_t>(r) << (s - 32);
-  return (x + u) >> s;
-}
-
-// Saturate to the int32 range.
-inline int32_t saturate_i32(int64_t x) {
-  if (x > std::numeric_limits<int32_t>::max()) return std::numeric_limits<int32_t>::max();
-  if (x < std::numeric_limits<int32_t>::min()) return std::numeric_limits<int32_t>::min();
-  return static_cast<int32_t>(x);
-}
-
-// Number of bits needed to hold |x| (0 for 0).
-inline int bit_length(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+// The rounding shifts (shift_round_even, shift_round_even_sat, shift_round_stochastic, defined for every int64 x
+// and shift) and the integer helpers live in qtrain/kernels/rounding.h, one definition for the kernels' references
+// and the quantizers.
+using kernels::bit_length;
+using kernels::saturate_i32;
+using kernels::shift_round_even;
+using kernels::shift_round_even_sat;
+using kernels::shift_round_stochastic;
 
 // The integer range of a b-bit quantized value held in an int8 carrier.
 struct IntRange {

@@ -2,17 +2,14 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <functional>
-#include <mutex>
 #include <string>
 
 #include "qtrain/kernels/eltwise.h"
-#include "qtrain/kernels/thread_pool.h"
+#include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/error.h"
 #include "qtrain/quant/pow2.h"
 
 namespace qtrain::quant {
-
 
 int max_groups(int bits) {
   const uint32_t q = static_cast<uint32_t>(signed_range(bits).hi);
@@ -43,14 +40,13 @@ void shiftquant(const int32_t* g, std::size_t rows, std::size_t cols, int e_g, c
 
   // Pass 1: channel ranges R_c, the largest of the row tiles' column maxima.
   std::vector<uint64_t> range(cols, 0);
-  std::mutex merge;
   const double elements = static_cast<double>(rows * cols);
-  kernels::for_tiles(pool, rows, kernels::kNsPerByte * elements * sizeof(int32_t), [&](std::size_t r0, std::size_t r1) {
-    std::vector<uint64_t> part(cols);
-    kernels::col_max_abs_i32(g + r0 * cols, r1 - r0, cols, /*positive_only=*/false, part.data());
-    const std::lock_guard<std::mutex> lock(merge);
-    for (std::size_t c = 0; c < cols; ++c) range[c] = std::max(range[c], part[c]);
+  const kernels::PassSplit split(pool, rows);
+  kernels::TilePartials<uint64_t> part(range.data(), split, cols);
+  split.run(kernels::kNsPerByte * elements * sizeof(int32_t), [&](std::size_t t, std::size_t r0, std::size_t r1) {
+    kernels::col_max_abs_i32(g + r0 * cols, r1 - r0, cols, /*positive_only=*/false, part.at(t));
   });
+  part.merge([](uint64_t& a, uint64_t b) { a = std::max(a, b); });
   const uint64_t rmax = rows * cols == 0 ? 0 : *std::max_element(range.begin(), range.end());
   if (rmax == 0) {
     out->e0 = e_g;

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "qtrain/engine/core/narrow.h"
-#include "qtrain/engine/core/parallel.h"
 #include "qtrain/engine/core/split_eltwise.h"
 #include "qtrain/kernels/eltwise.h"
+#include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/pow2.h"
 
 namespace qtrain {
@@ -44,7 +44,8 @@ Tensor sum_rows_fast(kernels::ThreadPool* pool, const Tensor& av, const Tensor& 
   std::vector<int> e(rows);
   int64_t top = 0;  // with the ReLU: the largest narrowed sum
   std::mutex merge;
-  const double work = kNsPerByte * static_cast<double>(rows * cols * 3 * sizeof(int32_t));  // a, b read, out written
+  const double work =
+      kernels::kNsPerByte * static_cast<double>(rows * cols * 3 * sizeof(int32_t));  // a, b read, out written
   for_tiles(pool, rows, work, [&](std::size_t r0, std::size_t r1) {
     int64_t local = 0;
     for (std::size_t r = r0; r < r1; ++r) {

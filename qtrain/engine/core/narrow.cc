@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "qtrain/kernels/eltwise.h"
+#include "qtrain/kernels/rounding.h"
 #include "qtrain/kernels/sgd_update.h"
 #include "qtrain/quant/pow2.h"
 
@@ -29,7 +30,7 @@ Tensor narrow_tensor(const int64_t* v, std::size_t rows, std::size_t cols, int e
 Tensor narrow_per_col(const int64_t* v, std::size_t rows, std::size_t cols, const std::vector<int>& e_col) {
   std::vector<uint64_t> mx(cols, 0);
   for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], magnitude64(v[r * cols + c]));
+    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], kernels::magnitude(v[r * cols + c]));
   std::vector<int> s(cols), e(cols);
   for (std::size_t c = 0; c < cols; ++c) {
     s[c] = narrowing_shift(mx[c]);
@@ -48,7 +49,7 @@ Tensor narrow_cols_to_tensor(const int64_t* v, std::size_t rows, std::size_t col
   if (cols == 0) return Tensor(rows, cols, DType::kI32);
   std::vector<uint64_t> mx(cols, 0);
   for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], magnitude64(v[r * cols + c]));
+    for (std::size_t c = 0; c < cols; ++c) mx[c] = std::max(mx[c], kernels::magnitude(v[r * cols + c]));
   // Column c fits int32 at exponents ≥ e_col[c] + bit_length(M_c) − 31 (one more if rounding carries).
   int t = *std::min_element(e_col.begin(), e_col.end());
   for (std::size_t c = 0; c < cols; ++c)
@@ -73,7 +74,7 @@ Tensor narrow_per_row(const int64_t* v, std::size_t rows, std::size_t cols, cons
   for (std::size_t r = 0; r < rows; ++r) {
     const int64_t* vr = v + r * cols;
     uint64_t mx = 0;
-    for (std::size_t c = 0; c < cols; ++c) mx = std::max(mx, magnitude64(vr[c]));
+    for (std::size_t c = 0; c < cols; ++c) mx = std::max(mx, kernels::magnitude(vr[c]));
     const int s = narrowing_shift(mx);
     e[r] = e_row[r] + s;
     for (std::size_t c = 0; c < cols; ++c) o[r * cols + c] = static_cast<int32_t>(quant::shift_round_even(vr[c], s));

@@ -15,9 +15,6 @@
 
 namespace qtrain {
 
-// |v| as an unsigned magnitude (v > INT64_MIN).
-inline uint64_t magnitude64(int64_t v) { return v < 0 ? static_cast<uint64_t>(-v) : static_cast<uint64_t>(v); }
-
 // The shift s above for a set of values whose largest magnitude is `maxabs`.
 int narrowing_shift(uint64_t maxabs);
 

@@ -1,11 +1,9 @@
 #include "qtrain/engine/core/split_eltwise.h"
 
 #include <algorithm>
-#include <functional>
-#include <mutex>
 #include <vector>
 
-#include "qtrain/engine/core/parallel.h"
+#include "qtrain/kernels/parallel.h"
 
 namespace qtrain {
 
@@ -16,14 +14,10 @@ namespace {
 // the one-pass call, and no short scalar tails inside the tensor.
 constexpr std::size_t kBlock = 1024;
 
-// fn(i0, i1) over element ranges covering [0, n), on the pool when a pass touching `bytes_per_element` bytes per
-// element is worth splitting (parallel.h).
-void for_elements(kernels::ThreadPool* pool, std::size_t n, double bytes_per_element,
-                  const std::function<void(std::size_t, std::size_t)>& fn) {
-  const std::size_t blocks = (n + kBlock - 1) / kBlock;
-  const double work = kNsPerByte * bytes_per_element * static_cast<double>(n);
-  for_tiles(pool, blocks, work,
-            [&](std::size_t b0, std::size_t b1) { fn(b0 * kBlock, std::min(n, b1 * kBlock)); });
+kernels::PassSplit element_split(kernels::ThreadPool* pool, std::size_t n) { return {pool, n, kBlock}; }
+// The single-thread cost of a pass touching `bytes_per_element` bytes per element.
+double work_of(std::size_t n, double bytes_per_element) {
+  return kernels::kNsPerByte * bytes_per_element * static_cast<double>(n);
 }
 }  // namespace
 
@@ -31,20 +25,22 @@ void for_elements(kernels::ThreadPool* pool, std::size_t n, double bytes_per_ele
 // tasks' ranges. out is written at shift 0 (must not alias a or b).
 kernels::SumRange aligned_sum_range(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t n,
                                     int la, int lb, int32_t* out, bool relu) {
+  const kernels::PassSplit split = element_split(pool, n);
+  std::vector<kernels::SumRange> part(std::max<std::size_t>(split.tiles(), 1));  // each {0, 0} until written
+  split.run(work_of(n, 3 * sizeof(int32_t)), [&](std::size_t t, std::size_t i0, std::size_t i1) {
+    part[t] = kernels::aligned_sum_range(a + i0, b + i0, i1 - i0, la, lb, out + i0, relu);
+  });
   kernels::SumRange range;
-  std::mutex merge;
-  for_elements(pool, n, 3 * sizeof(int32_t), [&](std::size_t i0, std::size_t i1) {
-    const kernels::SumRange r = kernels::aligned_sum_range(a + i0, b + i0, i1 - i0, la, lb, out + i0, relu);
-    const std::lock_guard<std::mutex> lock(merge);
+  for (const kernels::SumRange& r : part) {
     range.min = std::min(range.min, r.min);
     range.max = std::max(range.max, r.max);
-  });
+  }
   return range;
 }
 
 void aligned_sum_narrow(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t n, int la, int lb,
                         int t, int32_t* out, bool relu) {
-  for_elements(pool, n, 3 * sizeof(int32_t), [&](std::size_t i0, std::size_t i1) {
+  element_split(pool, n).run(work_of(n, 3 * sizeof(int32_t)), [&](std::size_t, std::size_t i0, std::size_t i1) {
     kernels::aligned_sum_narrow(a + i0, b + i0, i1 - i0, la, lb, t, out + i0, relu);
   });
 }
@@ -53,41 +49,38 @@ void aligned_sum_narrow(kernels::ThreadPool* pool, const int32_t* a, const int32
 void aligned_sum_col_max(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t rows,
                          std::size_t cols, const int* la, const int* lb, uint64_t* colmax) {
   std::fill(colmax, colmax + cols, uint64_t{0});
-  std::mutex merge;
-  const double work = kNsPerByte * static_cast<double>(rows * cols * 2 * sizeof(int32_t));  // a and b read
-  for_tiles(pool, rows, work, [&](std::size_t r0, std::size_t r1) {
-    std::vector<uint64_t> part(cols);
-    kernels::aligned_sum_col_max(a + r0 * cols, b + r0 * cols, r1 - r0, cols, la, lb, part.data());
-    const std::lock_guard<std::mutex> lock(merge);
-    for (std::size_t c = 0; c < cols; ++c) colmax[c] = std::max(colmax[c], part[c]);
+  const kernels::PassSplit split(pool, rows);
+  kernels::TilePartials<uint64_t> part(colmax, split, cols);
+  const double work = work_of(rows * cols, 2 * sizeof(int32_t));  // a and b read
+  split.run(work, [&](std::size_t t, std::size_t r0, std::size_t r1) {
+    kernels::aligned_sum_col_max(a + r0 * cols, b + r0 * cols, r1 - r0, cols, la, lb, part.at(t));
   });
+  part.merge([](uint64_t& m, uint64_t v) { m = std::max(m, v); });
 }
 
 void aligned_sum_narrow_cols(kernels::ThreadPool* pool, const int32_t* a, const int32_t* b, std::size_t rows,
                              std::size_t cols, const int* la, const int* lb, const int* t, int32_t* out) {
-  const double work = kNsPerByte * static_cast<double>(rows * cols * 3 * sizeof(int32_t));  // a, b read, out written
-  for_tiles(pool, rows, work, [&](std::size_t r0, std::size_t r1) {
+  const double work = work_of(rows * cols, 3 * sizeof(int32_t));  // a, b read, out written
+  kernels::for_tiles(pool, rows, work, [&](std::size_t r0, std::size_t r1) {
     kernels::aligned_sum_narrow_cols(a + r0 * cols, b + r0 * cols, r1 - r0, cols, la, lb, t, out + r0 * cols);
   });
 }
 
 // kernels::relu_i32 in place over element ranges; returns the largest of the tasks' maxima.
 uint64_t relu_in_place(kernels::ThreadPool* pool, int32_t* x, std::size_t n) {
-  uint64_t mx = 0;
-  std::mutex merge;
-  for_elements(pool, n, 2 * sizeof(int32_t), [&](std::size_t i0, std::size_t i1) {
-    const uint64_t m = kernels::relu_i32(x + i0, i1 - i0, x + i0);
-    const std::lock_guard<std::mutex> lock(merge);
-    mx = std::max(mx, m);
+  const kernels::PassSplit split = element_split(pool, n);
+  std::vector<uint64_t> part(std::max<std::size_t>(split.tiles(), 1), 0);
+  split.run(work_of(n, 2 * sizeof(int32_t)), [&](std::size_t t, std::size_t i0, std::size_t i1) {
+    part[t] = kernels::relu_i32(x + i0, i1 - i0, x + i0);
   });
-  return mx;
+  return *std::max_element(part.begin(), part.end());
 }
 
 // kernels::relu_backward_i32 over element ranges (dx may alias dy).
 void relu_backward(kernels::ThreadPool* pool, const int32_t* dy, const int32_t* x, std::size_t n, int32_t* dx,
                    int32_t* dx2) {
   const double bytes = dx2 != nullptr ? 4 * sizeof(int32_t) : 3 * sizeof(int32_t);  // dy, x read; dx (dx2) written
-  for_elements(pool, n, bytes, [&](std::size_t i0, std::size_t i1) {
+  element_split(pool, n).run(work_of(n, bytes), [&](std::size_t, std::size_t i0, std::size_t i1) {
     kernels::relu_backward_i32(dy + i0, x + i0, i1 - i0, dx + i0, dx2 != nullptr ? dx2 + i0 : nullptr);
   });
 }

@@ -1,7 +1,7 @@
 // The element-wise kernels of qtrain/kernels/eltwise.h that a training step runs on whole tensors (aligned sums, ReLU),
-// split over the step's thread pool when its SplitAdvisor says it pays (parallel.h). Tasks write disjoint parts of
-// the output; what they reduce (ranges, column maxima) is merged after each task with integer min/max, which no
-// order or split changes, so every result equals the one-pass kernel call's. `pool` may be null.
+// split over the step's thread pool when its SplitAdvisor says it pays (qtrain/kernels/parallel.h). Tasks write
+// disjoint parts of the output; what they reduce (ranges, column maxima) is merged after the join with integer min/max,
+// which no order or split changes, so every result equals the one-pass kernel call's. `pool` may be null.
 #pragma once
 
 #include <cstddef>

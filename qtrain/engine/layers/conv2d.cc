@@ -8,9 +8,9 @@
 #include <stdexcept>
 
 #include "qtrain/engine/core/narrow.h"
-#include "qtrain/engine/core/parallel.h"
 #include "qtrain/kernels/eltwise.h"
 #include "qtrain/kernels/gemm.h"
+#include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain {
@@ -131,7 +131,7 @@ void im2col(const int8_t* x, const Geometry& g, std::size_t l0, std::size_t l1, 
   // Output columns [ow_in0, ow_in1) whose kernel rows lie wholly inside the image: 0 ≤ ow·s − p, ow·s − p + kw ≤ W.
   const std::size_t ow_in0 = (g.p + g.s - 1) / g.s;
   const std::size_t ow_in1 = g.w + g.p < g.kw ? 0 : std::min(g.wo, (g.w + g.p - g.kw) / g.s + 1);
-  const double work = kNsPerByte * static_cast<double>((l1 - l0) * g.wo * g.k);  // patch bytes written
+  const double work = kernels::kNsPerByte * static_cast<double>((l1 - l0) * g.wo * g.k);  // patch bytes written
   for_tiles(pool, l1 - l0, work, [&](std::size_t t0, std::size_t t1) {
     std::vector<const int8_t*> src(g.kh);
     for (std::size_t l = l0 + t0; l < l0 + t1; ++l) {
@@ -172,7 +172,7 @@ void im2col(const int8_t* x, const Geometry& g, std::size_t l0, std::size_t l1, 
 void col2im_add(const int32_t* dp, const Geometry& g, std::size_t l0, std::size_t l1, int64_t* dx,
                 kernels::ThreadPool* pool) {
   const std::size_t n0 = l0 / g.ho, n1 = (l1 - 1) / g.ho + 1;  // images the block touches
-  const double work = kNsPerByte * static_cast<double>((l1 - l0) * g.wo * g.k * 12);  // dP read, dx updated
+  const double work = kernels::kNsPerByte * static_cast<double>((l1 - l0) * g.wo * g.k * 12);  // dP read, dx updated
   for_tiles(pool, (n1 - n0) * g.h, work, [&](std::size_t t0, std::size_t t1) {
     for (std::size_t t = t0; t < t1; ++t) {
       const std::size_t n = n0 + t / g.h, ih = t % g.h;
@@ -239,7 +239,7 @@ struct Col2imTaps {
 void col2im_gather_i32(const int32_t* dp, const Geometry& g, const Col2imTaps& taps, std::size_t l0, std::size_t l1,
                        int32_t* dx, kernels::ThreadPool* pool) {
   const std::size_t n0 = l0 / g.ho, n1 = (l1 - 1) / g.ho + 1;
-  const double work = kNsPerByte * static_cast<double>((l1 - l0) * g.wo * g.k * sizeof(int32_t));  // dP read
+  const double work = kernels::kNsPerByte * static_cast<double>((l1 - l0) * g.wo * g.k * sizeof(int32_t));  // dP read
   for_tiles(pool, (n1 - n0) * g.h, work, [&](std::size_t t0, std::size_t t1) {
     std::vector<const int32_t*> src(g.kh);
     for (std::size_t t = t0; t < t1; ++t) {

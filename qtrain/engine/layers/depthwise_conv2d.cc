@@ -4,8 +4,8 @@
 #include <stdexcept>
 
 #include "qtrain/engine/core/narrow.h"
-#include "qtrain/engine/core/parallel.h"
 #include "qtrain/kernels/gemm.h"
+#include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain {

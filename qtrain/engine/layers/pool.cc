@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "qtrain/engine/core/narrow.h"
-#include "qtrain/engine/core/parallel.h"
 #include "qtrain/kernels/eltwise.h"
+#include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/error.h"
 #include "qtrain/quant/pow2.h"
 
@@ -98,7 +98,7 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
   auto arg = std::make_shared<std::vector<uint16_t>>(out->value.size());
   const int32_t* xd = xv.data<int32_t>();
   int32_t* y = out->value.data<int32_t>();
-  const double work = kNsPerByte * static_cast<double>(xv.size() * sizeof(int32_t));  // the input read
+  const double work = kernels::kNsPerByte * static_cast<double>(xv.size() * sizeof(int32_t));  // the input read
   for_tiles(ctx.pool, batch * ho, work, [&](std::size_t t0, std::size_t t1) {
     std::vector<const int32_t*> src(k * k);
     std::vector<uint16_t> pos(k * k);
@@ -133,7 +133,7 @@ VarPtr MaxPool2d::forward(const StepContext& ctx, const VarPtr& x) {
       // and receives dy or 0 (one term: the int32 value is the exact sum); the pixels beyond it receive nothing.
       Tensor dx = Tensor::uninitialized(x->value.rows(), c, DType::kI32, dy.exponent());
       int32_t* g = dx.data<int32_t>();
-      const double dx_work = kNsPerByte * static_cast<double>(dx.size() * sizeof(int32_t));  // dx written
+      const double dx_work = kernels::kNsPerByte * static_cast<double>(dx.size() * sizeof(int32_t));  // dx written
       for_tiles(pool, batch * ho, dx_work, [&](std::size_t t0, std::size_t t1) {
         std::vector<int32_t*> dst(k * k);
         for (std::size_t t = t0; t < t1; ++t) {

@@ -24,7 +24,7 @@ int64_t exp2_q16(int64_t u) {
   const auto& t = kExp2Q30;
   const int64_t j = frac >> 8, lo = frac & 0xFF;
   const int64_t mant = t[j] + (((t[j + 1] - t[j]) * lo) >> 8);  // in [2^30, 2^31)
-  return -ip >= 62 ? 0 : quant::shift_round_even(mant, static_cast<int>(-ip));
+  return quant::shift_round_even(mant, static_cast<int>(-ip));  // 0 beyond 31 octaves down
 }
 
 // Row r of the logits as Q16 fixed point.
@@ -32,12 +32,7 @@ void row_q16(const Tensor& x, std::size_t r, int64_t* z) {
   for (std::size_t c = 0; c < x.cols(); ++c) {
     const int64_t v = x.dtype() == DType::kI32 ? x.data<int32_t>()[r * x.cols() + c] : x.data<int8_t>()[r * x.cols() + c];
     const int s = -(x.exponent_at(r, c) + kZFrac);  // value·2^16 = v·2^(e+16)
-    int64_t q;
-    if (s < 0 && -s >= 62 - quant::bit_length(static_cast<uint64_t>(v < 0 ? -v : v)))
-      q = v == 0 ? 0 : (v > 0 ? kZLimit : -kZLimit);
-    else
-      q = quant::shift_round_even(v, s);
-    z[c] = std::clamp(q, -kZLimit, kZLimit);
+    z[c] = std::clamp(quant::shift_round_even_sat(v, s), -kZLimit, kZLimit);  // saturation (2^62) clamps too
   }
 }
 

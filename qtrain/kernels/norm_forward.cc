@@ -1,14 +1,6 @@
-// The integer batch-normalization passes (see norm.h), one Highway source compiled for every target.
-//
-// Layout: lanes run across columns (channels). Columns are processed in groups of up to kMaxGroup whole vectors;
-// for each group the loop walks every row (stride = cols) with the group's accumulators held in registers and its
-// per-column constants loaded once. Columns beyond the last whole vector run the scalar reference on that column
-// range. All int32 arithmetic stays in range by the bounds stated in norm.h, so every target computes exactly the
-// reference's integers.
-//
-// The working value d = R(v, k) − center needs two per-lane arithmetic shifts (AVX2/AVX-512 vpsravd): one by
-// min(k, 31), one by the rounding bit's position min(max(k − 1, 0), 31), masked to 0 when k = 0. When a group has
-// k = 0 in every column (the common case: the column's range already fits 15 bits) a specialisation skips them.
+// The forward passes of the integer batch normalizations (norm.h: Σx/min/max, Σ|d| or Σd², the output stage
+// y = R(d·a, t) + c with the stored int16 d), one Highway source compiled for every target.
+// The shared pieces and the layout are in norm-inl.h.
 
 #include <algorithm>
 #include <cstddef>
@@ -16,51 +8,17 @@
 #include <limits>
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "qtrain/kernels/norm.cc"
+#define HWY_TARGET_INCLUDE "qtrain/kernels/norm_forward.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "qtrain/kernels/norm-inl.h"
 #include "qtrain/kernels/norm.h"
 
 // ------------------------------------------------------------------------------------------------------------
 // Scalar element functions and the references over a column range (the tails of the SIMD passes).
-#ifndef QTRAIN_KERNELS_NORM_SHARED_
-#define QTRAIN_KERNELS_NORM_SHARED_
+#ifndef QTRAIN_KERNELS_NORM_FORWARD_CC_SHARED_
+#define QTRAIN_KERNELS_NORM_FORWARD_CC_SHARED_
 namespace qtrain::kernels::norm_detail {
-
-// R(v, k) = floor(v/2^k + 1/2), k ≥ 0.
-inline int32_t round_up(int32_t v, int32_t k) {
-  if (k <= 0) return v;
-  const int ks = std::min(k, 31), kr = std::min(k - 1, 31);
-  return (v >> ks) + ((v >> kr) & 1);
-}
-
-inline int32_t working(int32_t v, const NormColumns& col, std::size_t c) {
-  return round_up(v, col.shift[c]) - col.center[c];
-}
-
-// ((u·a + w·b + 2^(t−1)) >> t) + c; the int64 intermediate equals the int32 one under norm.h's bounds.
-inline int32_t affine(int64_t ua, int64_t wb, const NormAffine& aff, std::size_t c) {
-  const int t = aff.t[c];
-  const int64_t half = t > 0 ? int64_t{1} << (t - 1) : 0;
-  return static_cast<int32_t>(((ua + wb + half) >> t) + aff.c[c]);
-}
-
-inline int32_t sign(int32_t v) { return (v > 0) - (v < 0); }
-
-// The gradient a fused ReLU lets through: dy where the forward output ((d·a + 2^(t−1)) >> t) + c (recomputed from
-// the stored d) is positive, else 0; dy itself without a ReLU (fwd null).
-inline int32_t masked(int32_t dy, int16_t d, const NormAffine* fwd, std::size_t c) {
-  return fwd == nullptr || affine(int64_t{d} * fwd->a[c], 0, *fwd, c) > 0 ? dy : 0;
-}
-
-inline void wide_add(WideSum& w, int64_t v) {
-  w.lo += v & 0xFFFFFFFF;
-  w.hi += v >> 32;
-}
-inline void wide_canonical(WideSum& w) {
-  w.hi += w.lo >> 32;
-  w.lo &= 0xFFFFFFFF;
-}
 
 void stats_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1, int64_t* sum,
                 int32_t* mn, int32_t* mx) {
@@ -107,8 +65,7 @@ void sq_dev_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size
 
 // With relu, y = max(y, 0) and *ymax = max(*ymax, max y).
 void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_t c0, std::size_t c1,
-                const NormColumns& col, const NormAffine& aff, int32_t* y, int16_t* d_out, bool relu,
-                uint64_t* ymax) {
+                const NormColumns& col, const NormAffine& aff, int32_t* y, int16_t* d_out, bool relu, uint64_t* ymax) {
   if (c0 >= c1) return;
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t c = c0; c < c1; ++c) {
@@ -124,46 +81,8 @@ void apply_cols(const int32_t* x, std::size_t rows, std::size_t cols, std::size_
   }
 }
 
-void grad_stats_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
-                     std::size_t c1, int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d,
-                     const NormAffine* relu) {
-  if (c0 >= c1) return;
-  for (std::size_t c = c0; c < c1; ++c) {
-    sum_dy[c] = 0;
-    mn[c] = std::numeric_limits<int32_t>::max();
-    mx[c] = std::numeric_limits<int32_t>::min();
-    sum_dy_d[c] = WideSum{};
-  }
-  for (std::size_t r = 0; r < rows; ++r) {
-    for (std::size_t c = c0; c < c1; ++c) {
-      const std::size_t i = r * cols + c;
-      const int32_t g = masked(dy[i], d[i], relu, c);
-      sum_dy[c] += g;
-      mn[c] = std::min(mn[c], g);
-      mx[c] = std::max(mx[c], g);
-      wide_add(sum_dy_d[c], int64_t{g} * d[i]);
-    }
-  }
-  for (std::size_t c = c0; c < c1; ++c) wide_canonical(sum_dy_d[c]);
-}
-
-template <bool kL1>
-void grad_apply_cols(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, std::size_t c0,
-                     std::size_t c1, const NormColumns& col, const NormAffine& aff, int32_t* dx,
-                     const NormAffine* relu) {
-  if (c0 >= c1) return;
-  for (std::size_t r = 0; r < rows; ++r) {
-    for (std::size_t c = c0; c < c1; ++c) {
-      const std::size_t i = r * cols + c;
-      const int64_t u = working(masked(dy[i], d[i], relu, c), col, c);
-      const int64_t w = kL1 ? sign(d[i]) : d[i];
-      dx[i] = affine(u * aff.a[c], w * aff.b[c], aff, c);
-    }
-  }
-}
-
 }  // namespace qtrain::kernels::norm_detail
-#endif  // QTRAIN_KERNELS_NORM_SHARED_
+#endif  // QTRAIN_KERNELS_NORM_FORWARD_CC_SHARED_
 
 // ------------------------------------------------------------------------------------------------------------
 // Per-target code.
@@ -173,79 +92,6 @@ namespace hn = hwy::HWY_NAMESPACE;
 namespace nd = qtrain::kernels::norm_detail;
 
 #if HWY_TARGET != HWY_SCALAR
-
-using D = hn::ScalableTag<int32_t>;
-using V = hn::Vec<D>;
-using D16 = hn::Rebind<int16_t, D>;  // one int16 per int32 lane: the stored working values
-using D64 = hn::Repartition<int64_t, D>;
-using V64 = hn::Vec<D64>;
-
-constexpr std::size_t kMaxGroup = 4;  // vectors per row processed together (accumulators stay in registers)
-
-// d = R(v, k) − center for one vector of columns.
-struct Working {
-  V ks, kr, km, center;
-  bool any_shift;
-};
-
-HWY_INLINE Working MakeWorking(const NormColumns& col, std::size_t c) {
-  const D d;
-  const V k = hn::LoadU(d, col.shift + c);
-  Working w;
-  w.ks = hn::Min(k, hn::Set(d, 31));
-  w.kr = hn::Min(hn::Max(hn::Sub(k, hn::Set(d, 1)), hn::Zero(d)), hn::Set(d, 31));
-  w.km = hn::IfThenElseZero(hn::Gt(k, hn::Zero(d)), hn::Set(d, 1));
-  w.center = hn::LoadU(d, col.center + c);
-  w.any_shift = !hn::AllFalse(d, hn::Gt(k, hn::Zero(d)));
-  return w;
-}
-
-template <bool kShift>
-HWY_INLINE V ApplyWorking(const Working& w, V v) {
-  if constexpr (kShift) v = hn::Add(v >> w.ks, hn::And(v >> w.kr, w.km));
-  return hn::Sub(v, w.center);
-}
-
-// The output stage ((p + 2^(t−1)) >> t) + c for one vector of columns.
-struct Affine {
-  V a, b, nb, t, half, c;
-};
-
-HWY_INLINE Affine MakeAffine(const NormAffine& aff, std::size_t c, bool with_b) {
-  const D d;
-  Affine o;
-  o.a = hn::LoadU(d, aff.a + c);
-  o.b = with_b ? hn::LoadU(d, aff.b + c) : hn::Zero(d);
-  o.nb = hn::Neg(o.b);
-  o.t = hn::LoadU(d, aff.t + c);
-  o.half = hn::ShiftRight<1>(hn::Set(d, 1) << o.t);
-  o.c = hn::LoadU(d, aff.c + c);
-  return o;
-}
-
-HWY_INLINE V Finish(const Affine& o, V p) { return hn::Add(hn::Add(p, o.half) >> o.t, o.c); }
-
-// Runs Pass<G>::Run(c0, args...) over groups of G ≤ kMaxGroup whole vectors covering the first ⌊cols/L⌋·L
-// columns; returns the first column left for the scalar tail.
-template <template <std::size_t> class Pass, class... Args>
-HWY_INLINE std::size_t ForGroups(std::size_t cols, Args&&... args) {
-  const std::size_t lanes = hn::Lanes(D());
-  std::size_t c0 = 0;
-  for (; c0 + kMaxGroup * lanes <= cols; c0 += kMaxGroup * lanes) Pass<kMaxGroup>::Run(c0, args...);
-  switch ((cols - c0) / lanes) {
-    case 3:
-      Pass<3>::Run(c0, args...);
-      return c0 + 3 * lanes;
-    case 2:
-      Pass<2>::Run(c0, args...);
-      return c0 + 2 * lanes;
-    case 1:
-      Pass<1>::Run(c0, args...);
-      return c0 + lanes;
-    default:
-      return c0;
-  }
-}
 
 // ---- Pass 1: Σx, min, max ------------------------------------------------------------------------------------
 template <std::size_t G>
@@ -504,168 +350,6 @@ uint64_t Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns
   return ymax;
 }
 
-// ---- Backward pass 1: Σdy, min/max dy, Σ dy·d (int64 lanes: MulEven on even and on swapped odd lanes)
-// The gradient a fused ReLU lets through (nd::masked): dy where the forward output recomputed from d is positive.
-HWY_INLINE V Masked(V dy, V dv, const Affine& fwd) {
-  return hn::IfThenElseZero(hn::Gt(Finish(fwd, hn::Mul(dv, fwd.a)), hn::Zero(D())), dy);
-}
-
-template <bool kMask, std::size_t G>
-void GradStatsLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t* HWY_RESTRICT dw, std::size_t rows,
-                   std::size_t cols, int64_t* HWY_RESTRICT sum_dy, int32_t* HWY_RESTRICT mn, int32_t* HWY_RESTRICT mx,
-                   WideSum* HWY_RESTRICT sum_dy_d, const Affine* fm) {
-  const D d;
-  const D16 d16;
-  const D64 d64;
-  const std::size_t lanes = hn::Lanes(d), lanes64 = hn::Lanes(d64);
-  const V m16 = hn::Set(d, 0xFFFF);
-  V vmin[G], vmax[G];
-  for (std::size_t g = 0; g < G; ++g) {
-    vmin[g] = hn::Set(d, std::numeric_limits<int32_t>::max());
-    vmax[g] = hn::Set(d, std::numeric_limits<int32_t>::min());
-  }
-  HWY_ALIGN int32_t bh[kMaxGroup * hn::MaxLanes(d)];
-  HWY_ALIGN int32_t bl[kMaxGroup * hn::MaxLanes(d)];
-  HWY_ALIGN int64_t be[kMaxGroup * hn::MaxLanes(d64)];
-  HWY_ALIGN int64_t bo[kMaxGroup * hn::MaxLanes(d64)];
-  for (std::size_t r0 = 0; r0 < rows; r0 += kNormBlockRows) {
-    const std::size_t r1 = std::min(rows, r0 + kNormBlockRows);
-    V hi[G], lo[G];
-    V64 pe[G], po[G];
-    for (std::size_t g = 0; g < G; ++g) {
-      hi[g] = lo[g] = hn::Zero(d);
-      pe[g] = po[g] = hn::Zero(d64);
-    }
-    for (std::size_t r = r0; r < r1; ++r) {
-      const std::size_t i0 = r * cols + c0;
-      for (std::size_t g = 0; g < G; ++g) {
-        const std::size_t i = i0 + g * lanes;
-        const V dv = hn::PromoteTo(d, hn::LoadU(d16, dw + i));
-        V v = hn::LoadU(d, dy + i);
-        if constexpr (kMask) v = Masked(v, dv, fm[g]);
-        lo[g] = hn::Add(lo[g], hn::And(v, m16));
-        hi[g] = hn::Add(hi[g], hn::ShiftRight<16>(v));
-        vmin[g] = hn::Min(vmin[g], v);
-        vmax[g] = hn::Max(vmax[g], v);
-        pe[g] = hn::Add(pe[g], hn::MulEven(v, dv));
-        po[g] = hn::Add(po[g], hn::MulEven(hn::Shuffle2301(v), hn::Shuffle2301(dv)));
-      }
-    }
-    for (std::size_t g = 0; g < G; ++g) {
-      hn::Store(hi[g], d, bh + g * lanes);
-      hn::Store(lo[g], d, bl + g * lanes);
-      hn::Store(pe[g], d64, be + g * lanes64);
-      hn::Store(po[g], d64, bo + g * lanes64);
-    }
-    for (std::size_t j = 0; j < G * lanes; ++j) {
-      sum_dy[c0 + j] += int64_t{bh[j]} * 65536 + bl[j];
-      // int32 lane j of vector g is int64 lane (j mod L)/2 of that vector's even (j even) or odd product sums.
-      const std::size_t g = j / lanes, l = j % lanes;
-      nd::wide_add(sum_dy_d[c0 + j], (l % 2 == 0 ? be : bo)[g * lanes64 + l / 2]);
-    }
-  }
-  for (std::size_t g = 0; g < G; ++g) {
-    hn::StoreU(vmin[g], d, mn + c0 + g * lanes);
-    hn::StoreU(vmax[g], d, mx + c0 + g * lanes);
-  }
-}
-
-template <std::size_t G>
-struct GradStatsPass {
-  static void Run(std::size_t c0, const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols,
-                  int64_t* sum_dy, int32_t* mn, int32_t* mx, WideSum* sum_dy_d, const NormAffine* relu) {
-    for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) {
-      sum_dy[c0 + j] = 0;
-      sum_dy_d[c0 + j] = WideSum{};
-    }
-    Affine fm[G];
-    if (relu != nullptr) {
-      for (std::size_t g = 0; g < G; ++g) fm[g] = MakeAffine(*relu, c0 + g * hn::Lanes(D()), false);
-      GradStatsLoop<true, G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, fm);
-    } else {
-      GradStatsLoop<false, G>(c0, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, fm);
-    }
-    for (std::size_t j = 0; j < G * hn::Lanes(D()); ++j) nd::wide_canonical(sum_dy_d[c0 + j]);
-  }
-};
-
-void GradStats(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, int64_t* sum_dy, int32_t* mn,
-               int32_t* mx, WideSum* sum_dy_d, const NormAffine* relu) {
-  const std::size_t tail = ForGroups<GradStatsPass>(cols, dy, dw, rows, cols, sum_dy, mn, mx, sum_dy_d, relu);
-  nd::grad_stats_cols(dy, dw, rows, cols, tail, cols, sum_dy, mn, mx, sum_dy_d, relu);
-}
-
-// ---- Backward pass 2: dx = ((u·a + w·b + 2^(t−1)) >> t) + c; L1 w·b = sign(d)·b by selects, L2 a multiply ------
-template <bool kL1, bool kShift, bool kMask, std::size_t G>
-void GradApplyLoop(std::size_t c0, const int32_t* HWY_RESTRICT dy, const int16_t* HWY_RESTRICT dw, std::size_t rows,
-                   std::size_t cols, const Working* w, const Affine* o, int32_t* HWY_RESTRICT dx, const Affine* fm) {
-  const D d;
-  const D16 d16;
-  const std::size_t lanes = hn::Lanes(d);
-  for (std::size_t r = 0; r < rows; ++r) {
-    const std::size_t i0 = r * cols + c0;
-    for (std::size_t g = 0; g < G; ++g) {
-      const std::size_t i = i0 + g * lanes;
-      const V dv = hn::PromoteTo(d, hn::LoadU(d16, dw + i));
-      V v = hn::LoadU(d, dy + i);
-      if constexpr (kMask) v = Masked(v, dv, fm[g]);
-      const V u = ApplyWorking<kShift>(w[g], v);
-      V wb;
-      if constexpr (kL1) {
-        // Compare masks, not IfNegativeThenElse: Highway 1.0.3's 32-bit IfNegativeThenElse is wrong on SSSE3
-        // (no blendv there, and the sign bit alone is not a mask for its and/andnot blend).
-        const V zero = hn::Zero(d);
-        wb = hn::IfThenElse(hn::Lt(dv, zero), o[g].nb, hn::IfThenElseZero(hn::Gt(dv, zero), o[g].b));
-      } else {
-        wb = hn::Mul(dv, o[g].b);
-      }
-      hn::StoreU(Finish(o[g], hn::Add(hn::Mul(u, o[g].a), wb)), d, dx + i);
-    }
-  }
-}
-
-template <bool kL1>
-struct GradApplyPassT {
-  template <std::size_t G>
-  struct Pass {
-    static void Run(std::size_t c0, const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols,
-                    const NormColumns& col, const NormAffine& aff, int32_t* dx, const NormAffine* relu) {
-      Working w[G];
-      Affine o[G], fm[G];
-      bool shift = false;
-      for (std::size_t g = 0; g < G; ++g) {
-        w[g] = MakeWorking(col, c0 + g * hn::Lanes(D()));
-        o[g] = MakeAffine(aff, c0 + g * hn::Lanes(D()), true);
-        if (relu != nullptr) fm[g] = MakeAffine(*relu, c0 + g * hn::Lanes(D()), false);
-        shift = shift || w[g].any_shift;
-      }
-      if (relu != nullptr) {
-        if (shift) {
-          GradApplyLoop<kL1, true, true, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
-        } else {
-          GradApplyLoop<kL1, false, true, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
-        }
-      } else if (shift) {
-        GradApplyLoop<kL1, true, false, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
-      } else {
-        GradApplyLoop<kL1, false, false, G>(c0, dy, dw, rows, cols, w, o, dx, fm);
-      }
-    }
-  };
-};
-
-void GradApplyL1(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  const std::size_t tail = ForGroups<GradApplyPassT<true>::Pass>(cols, dy, dw, rows, cols, col, aff, dx, relu);
-  nd::grad_apply_cols<true>(dy, dw, rows, cols, tail, cols, col, aff, dx, relu);
-}
-
-void GradApplyL2(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  const std::size_t tail = ForGroups<GradApplyPassT<false>::Pass>(cols, dy, dw, rows, cols, col, aff, dx, relu);
-  nd::grad_apply_cols<false>(dy, dw, rows, cols, tail, cols, col, aff, dx, relu);
-}
-
 #else  // HWY_SCALAR: the reference.
 
 void Stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, int32_t* mn, int32_t* mx) {
@@ -683,18 +367,6 @@ uint64_t Apply(const int32_t* x, std::size_t rows, std::size_t cols, NormColumns
   nd::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out, relu, &ymax);
   return ymax;
 }
-void GradStats(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, int64_t* sum_dy, int32_t* mn,
-               int32_t* mx, WideSum* sum_dy_d, const NormAffine* relu) {
-  nd::grad_stats_cols(dy, dw, rows, cols, 0, cols, sum_dy, mn, mx, sum_dy_d, relu);
-}
-void GradApplyL1(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  nd::grad_apply_cols<true>(dy, dw, rows, cols, 0, cols, col, aff, dx, relu);
-}
-void GradApplyL2(const int32_t* dy, const int16_t* dw, std::size_t rows, std::size_t cols, NormColumns col,
-                 NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  nd::grad_apply_cols<false>(dy, dw, rows, cols, 0, cols, col, aff, dx, relu);
-}
 
 #endif  // HWY_TARGET != HWY_SCALAR
 
@@ -709,9 +381,6 @@ HWY_EXPORT(Stats);
 HWY_EXPORT(AbsDev);
 HWY_EXPORT(SqDev);
 HWY_EXPORT(Apply);
-HWY_EXPORT(GradStats);
-HWY_EXPORT(GradApplyL1);
-HWY_EXPORT(GradApplyL2);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -735,21 +404,6 @@ uint64_t norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormCo
   detail::ensure_dispatch_ready();
   return HWY_DYNAMIC_DISPATCH(Apply)(x, rows, cols, col, aff, y, d_out, relu);
 }
-void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, const NormAffine* relu) {
-  detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradStats)(dy, d, rows, cols, sum_dy, min_dy, max_dy, sum_dy_d, relu);
-}
-void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradApplyL1)(dy, d, rows, cols, col, aff, dx, relu);
-}
-void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  detail::ensure_dispatch_ready();
-  HWY_DYNAMIC_DISPATCH(GradApplyL2)(dy, d, rows, cols, col, aff, dx, relu);
-}
 
 namespace ref {
 void norm_stats(const int32_t* x, std::size_t rows, std::size_t cols, int64_t* sum, int32_t* min, int32_t* max) {
@@ -767,18 +421,6 @@ uint64_t norm_apply(const int32_t* x, std::size_t rows, std::size_t cols, NormCo
   uint64_t ymax = 0;
   norm_detail::apply_cols(x, rows, cols, 0, cols, col, aff, y, d_out, relu, &ymax);
   return ymax;
-}
-void norm_grad_stats(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, int64_t* sum_dy,
-                     int32_t* min_dy, int32_t* max_dy, WideSum* sum_dy_d, const NormAffine* relu) {
-  norm_detail::grad_stats_cols(dy, d, rows, cols, 0, cols, sum_dy, min_dy, max_dy, sum_dy_d, relu);
-}
-void norm_grad_apply_l1(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  norm_detail::grad_apply_cols<true>(dy, d, rows, cols, 0, cols, col, aff, dx, relu);
-}
-void norm_grad_apply_l2(const int32_t* dy, const int16_t* d, std::size_t rows, std::size_t cols, NormColumns col,
-                        NormAffine aff, int32_t* dx, const NormAffine* relu) {
-  norm_detail::grad_apply_cols<false>(dy, d, rows, cols, 0, cols, col, aff, dx, relu);
 }
 }  // namespace ref
 
