@@ -56,7 +56,8 @@ void gemm_wgrad(const int8_t* dy, const int8_t* x, int32_t* dw, std::size_t n, s
 // are [tokens × heads·d_head] activations (tokens = batch·seq), and the seq × d_head matrix of head h of sequence b
 // starts at b·seq·ld + h·d_head with ld = heads·d_head: outer = batch (stride seq·ld), inner = heads (stride
 // d_head). A stacked operand [batch·heads·rows × cols] is outer stride heads·rows·cols, inner stride rows·cols.
-// Output matrices must not overlap. Accumulator bound as above: exact while the reduction ≤ kMaxReduction.
+// Output matrices must not overlap. Accumulator bound as above: exact while the reduction ≤ kMaxReduction. The
+// one check made: an ld shorter than its operand's rows throws std::invalid_argument naming the operand.
 // Work is split over (matrix × row block) tasks when the batch has enough matrices, else over each matrix's
 // tiles; each output element is the same integer sum either way, so the bits do not depend on the thread count.
 struct MatrixStrides {
