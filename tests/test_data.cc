@@ -55,6 +55,9 @@ Bytes idx_labels(uint32_t count, const Bytes& labels, uint32_t magic = 0x0000080
   return b;
 }
 
+// IDX label bytes as the int32 labels an ImageSet holds.
+std::vector<int32_t> as_labels(const Bytes& bytes) { return {bytes.begin(), bytes.end()}; }
+
 // A valid 5-image 3×4 set: pixel j of image i is (37·i + 11·j) mod 256; labels 0, 3, 9, 1, 7.
 constexpr uint32_t kCount = 5, kRows = 3, kCols = 4;
 Bytes five_pixels() {
@@ -127,7 +130,7 @@ void expect_five(const ImageSet& s) {
   EXPECT_EQ(s.cols, kCols);
   EXPECT_EQ(s.classes, 10u);
   EXPECT_EQ(s.pixels, five_pixels());
-  EXPECT_EQ(s.labels, kFiveLabels);
+  EXPECT_EQ(s.labels, as_labels(kFiveLabels));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -167,7 +170,7 @@ TEST_F(DataFiles, TakeFirst) {
   EXPECT_EQ(two.rows, kRows);
   EXPECT_EQ(two.cols, kCols);
   EXPECT_EQ(two.pixels, Bytes(all.pixels.begin(), all.pixels.begin() + 2 * kRows * kCols));
-  EXPECT_EQ(two.labels, (Bytes{0, 3}));
+  EXPECT_EQ(two.labels, (std::vector<int32_t>{0, 3}));
   EXPECT_EQ(take_first(all, 100).count, kCount);
   EXPECT_EQ(take_first(all, 0).pixels.size(), 0u);
 }
@@ -319,7 +322,7 @@ ImageSet synthetic_set(std::size_t count, std::size_t rows, std::size_t cols, ui
     const uint32_t u = rng.u32(i);
     s.pixels[i] = (u & 1) ? 0 : static_cast<uint8_t>((u >> 8) % 256);
   }
-  for (std::size_t i = 0; i < count; ++i) s.labels[i] = static_cast<uint8_t>(rng.below(1000000 + i, 10));
+  for (std::size_t i = 0; i < count; ++i) s.labels[i] = static_cast<int32_t>(rng.below(1000000 + i, 10));
   return s;
 }
 
@@ -455,7 +458,7 @@ TEST(Batcher, FillAndLastBatch) {
     EXPECT_EQ(b.image_size(), 6u);
     EXPECT_EQ(b.batches(), drop_last ? 10u : 11u);
     std::vector<int8_t> images(10 * 6, 0x55);
-    std::vector<uint8_t> labels(10, 0xEE);
+    std::vector<int32_t> labels(10, 0xEE);
     std::vector<uint32_t> seen;
     for (std::size_t k = 0; k < b.batches(); ++k) {
       std::fill(labels.begin(), labels.end(), 0xEE);
@@ -542,7 +545,7 @@ TEST_F(DataFiles, CifarRoundTripIsHwc) {
   EXPECT_EQ(train.cols, 32u);
   EXPECT_EQ(train.channels, 3u);
   EXPECT_EQ(train.image_size(), 3072u);
-  EXPECT_EQ(train.labels, train_labels);
+  EXPECT_EQ(train.labels, as_labels(train_labels));
   ASSERT_EQ(train.pixels.size(), 9u * 3072);
   for (std::size_t k = 0; k < 9; ++k)
     for (std::size_t p = 0; p < 1024; ++p)
@@ -554,7 +557,7 @@ TEST_F(DataFiles, CifarRoundTripIsHwc) {
 
   const ImageSet test = load_cifar10_dir(dir_.string(), Split::kTest);
   EXPECT_EQ(test.count, 3u);
-  EXPECT_EQ(test.labels, test_labels);
+  EXPECT_EQ(test.labels, as_labels(test_labels));
   EXPECT_EQ(test.pixels[(2 * 1024 + 1023) * 3 + 2], cifar_value(2, 2, 1023));
   // The directory that holds the extracted cifar-10-batches-bin/ works too; take_first keeps the channels.
   fs::create_directories(dir_ / "parent" / "cifar-10-batches-bin");
