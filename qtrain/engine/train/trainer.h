@@ -144,9 +144,11 @@ class Trainer {
   double evaluate(const data::ImageSet& set);
 
   Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
   const data::PixelNorm& norm() const { return norm_; }
   const TrainConfig& config() const { return cfg_; }
   kernels::ThreadPool& pool() { return pool_; }
+  const kernels::ThreadPool& pool() const { return pool_; }
   Optimizer& optimizer() { return *optimizer_; }
   const Optimizer& optimizer() const { return *optimizer_; }
   uint64_t global_step() const { return state_.global_step; }
