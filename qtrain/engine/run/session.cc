@@ -147,6 +147,7 @@ RunResult run_training(const TrainConfig& config, const DataSource& data, const 
     save_checkpoint(ckpt_path, t);
     res.last_checkpoint = t.global_step();
     due = false;
+    if (ev.checkpointed) ev.checkpointed(t.global_step());
     return true;
   };
   try {

@@ -69,6 +69,7 @@ struct RunEvents {
   std::function<void(const RunStart&)> started;
   std::function<void(const Progress&)> progress;  // after every step
   std::function<void(const EpochMetrics&)> epoch_done;
+  std::function<void(uint64_t global_step)> checkpointed;  // a checkpoint of this global step was written
 };
 
 struct RunResult {
