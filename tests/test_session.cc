@@ -177,6 +177,21 @@ TEST(Session, ResumeRefusesAChangedSettingAndAcceptsANewLearningRate) {
               std::string::npos)
         << e.what();
   }
+  TrainConfig wider = small_config();
+  wider.model.sizes = {kFeatures, 64, kClasses};
+  resume.given = {{"--hidden", "64"}};
+  try {
+    run_training(wider, blob_source(), resume);
+    ADD_FAILURE() << "changed hidden widths were accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--hidden 64 differs from the checkpoint's 32"), std::string::npos)
+        << e.what();
+  }
+  // The same widths with another input width (the input follows the data) are the same model.
+  TrainConfig same = small_config();
+  same.model.sizes.front() = 784;
+  resume.given = {{"--hidden", "32"}};
+  EXPECT_EQ(run_training(same, blob_source(), resume).outcome, RunResult::Outcome::kStopped);
   // Not given: the checkpoint's seed applies whatever the config says.
   resume.given.clear();
   EXPECT_EQ(run_training(changed, blob_source(), resume).outcome, RunResult::Outcome::kStopped);

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "qtrain/engine/data/datasets.h"
 #include "qtrain/engine/io/serialize.h"
@@ -30,6 +31,21 @@ std::string bits_text(const LayerBits& b) {
   return std::to_string(b.weight) + "," + std::to_string(b.act) + "," + std::to_string(b.grad);
 }
 
+// The MLP's widths between its input (which follows the data) and its classes.
+std::vector<std::size_t> hidden_widths(const ModelSpec& m) {
+  return m.sizes.size() < 2 ? std::vector<std::size_t>{}
+                            : std::vector<std::size_t>(m.sizes.begin() + 1, m.sizes.end() - 1);
+}
+
+std::string hidden_text(const ModelSpec& m) {
+  std::string s;
+  for (const std::size_t w : hidden_widths(m)) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(w);
+  }
+  return s.empty() ? "none" : s;
+}
+
 std::string number_text(double v) {
   std::ostringstream s;
   s << v;
@@ -49,7 +65,7 @@ void check_resume_compatible(const TrainConfig& flags, const RunOptions& options
                        path + "); a resumed run keeps the settings it started with (only --lr may change)");
   };
   require("--model", f.kind == m.kind, m.kind);
-  require("--hidden", f.sizes == m.sizes, m.describe());
+  require("--hidden", hidden_widths(f) == hidden_widths(m), hidden_text(m));
   require("--bits", f.bits.weight == m.bits.weight && f.bits.act == m.bits.act && f.bits.grad == m.bits.grad,
           bits_text(m.bits));
   require("--groups", f.resolved_groups() == m.resolved_groups(), std::to_string(m.resolved_groups()));
