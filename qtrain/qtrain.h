@@ -31,7 +31,9 @@
 
 #include "qtrain/engine/data/batcher.h"
 #include "qtrain/engine/data/cifar.h"
+#include "qtrain/engine/data/datasets.h"
 #include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/data/in_memory.h"
 #include "qtrain/engine/data/normalize.h"
 
 #include "qtrain/engine/ops/add.h"
@@ -57,3 +59,5 @@
 
 #include "qtrain/engine/io/checkpoint.h"
 #include "qtrain/engine/io/serialize.h"
+
+#include "qtrain/engine/run/session.h"

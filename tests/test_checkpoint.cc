@@ -699,7 +699,7 @@ TEST(CheckpointVersion1, GenuineFilesLoadTheirMomentumAsSgdState) {
     set.count = 8;
     set.rows = set.cols = 2;
     for (int i = 0; i < 32; ++i) set.pixels.push_back(static_cast<uint8_t>(i * 29));
-    for (int i = 0; i < 8; ++i) set.labels.push_back(static_cast<uint8_t>(i % 10));
+    for (int i = 0; i < 8; ++i) set.labels.push_back(i % 10);
     const std::vector<NamedState> loaded = c.optimizer_state;
     std::unique_ptr<Trainer> t = resume_trainer(c, set, f);
     const Checkpoint v2 = parse_checkpoint("v2.qtc", encode_checkpoint(*t));

@@ -254,6 +254,32 @@ TEST(CliData, ValidSyntheticDirectoryTrains) {
   EXPECT_NE(printed_accuracy(r.out), "") << r.out;
 }
 
+TEST(CliTrain, HiddenSetsTheMlpWidths) {
+  TempDir dir;
+  write_valid_dir(dir);
+  const Result r = run({"train", "--data", dir.str(), "--epochs", "1", "--batch", "32", "--hidden", "48,24,12"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("mlp 784-48-24-12-10"), std::string::npos) << r.out;
+  // (784+1)·48 + (48+1)·24 + (24+1)·12 + (12+1)·10 parameters.
+  EXPECT_NE(r.out.find(", 39286 parameters"), std::string::npos) << r.out;
+}
+
+// A model trained on 28×28 images evaluated on 14×14 ones: a usage error naming both shapes, not an internal one.
+TEST(CliModel, EvalOnDataOfAnotherShapeExitsTwoNamingBothShapes) {
+  TempDir dir, small;
+  write_valid_dir(dir);
+  write_bytes(small / "t10k-images-idx3-ubyte", idx_images(kSynthCount, 14, 14));
+  write_bytes(small / "t10k-labels-idx1-ubyte", idx_labels(kSynthCount));
+  const Result t = run({"train", "--data", dir.str(), "--epochs", "1", "--batch", "32", "--save", dir / "m.qtm"});
+  ASSERT_EQ(t.code, 0) << t.out;
+  const Result e = run({"eval", "--load", dir / "m.qtm", "--data", small.str()});
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_EQ(e.out.rfind("qtrain: error: ", 0), 0u) << e.out;
+  EXPECT_EQ(lines_of(e.out).size(), 1u) << e.out;
+  EXPECT_NE(e.out.find("784 values per image"), std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("the data's 14x14x1 images"), std::string::npos) << e.out;
+}
+
 void expect_idx_error(const Result& r, const std::string& file, const std::string& detail) {
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_EQ(r.out.rfind("qtrain: error: ", 0), 0u) << r.out;
@@ -367,7 +393,11 @@ INSTANTIATE_TEST_SUITE_P(
                       BadFlag{"ScheduleUnknown", {"--schedule", "foo"}, "constant, step, cosine, onecycle"},
                       BadFlag{"ThreadsNegative", {"--threads", "-1"}, "0 (all processors)"},
                       BadFlag{"KernelTargetUnknown", {"--kernel-target", "BOGUS"}, "available"},
-                      BadFlag{"UnknownFlag", {"--frobnicate"}, "--frobnicate"}),
+                      BadFlag{"UnknownFlag", {"--frobnicate"}, "--frobnicate"},
+                      BadFlag{"HiddenZero", {"--hidden", "256,0"}, "width 0 is out of range 1..65536"},
+                      BadFlag{"HiddenNotANumber", {"--hidden", "64,x"}, "'x' is not an integer"},
+                      BadFlag{"HiddenEmpty", {"--hidden", ""}, "--hidden"},
+                      BadFlag{"HiddenOnCnn", {"--model", "cnn", "--hidden", "64"}, "--model cnn has fixed widths"}),
     [](const ::testing::TestParamInfo<BadFlag>& p) { return std::string(p.param.name); });
 
 // Errors the library reports (UsageError) are one line starting with "qtrain: error:".

@@ -929,8 +929,8 @@ TEST(CnnStack, ConvReluPoolConvGapLinearTrainsThroughOneTape) {
   const quant::CounterRng rng(3, 3);
   for (std::size_t i = 0; i < images.size(); ++i)
     images.data<int8_t>()[i] = static_cast<int8_t>(static_cast<int>(rng.below(i, 255)) - 127);
-  std::vector<uint8_t> labels(n);
-  for (std::size_t i = 0; i < n; ++i) labels[i] = static_cast<uint8_t>(i % 10);
+  std::vector<int32_t> labels(n);
+  for (std::size_t i = 0; i < n; ++i) labels[i] = static_cast<int32_t>(i % 10);
 
   auto train = [&](kernels::ThreadPool* pool, std::vector<double>* losses) {
     auto net = std::make_unique<TinyCnn>();

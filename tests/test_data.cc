@@ -21,9 +21,11 @@
 #include "qtrain/engine/data/batcher.h"
 #include "qtrain/engine/data/cifar.h"
 #include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/data/in_memory.h"
 #include "qtrain/engine/data/normalize.h"
-#include "qtrain/engine/models/model.h"
 #include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/models/model.h"
+#include "qtrain/engine/train/trainer.h"
 #include "qtrain/quant/error.h"
 #include "qtrain/quant/rng.h"
 
@@ -54,6 +56,9 @@ Bytes idx_labels(uint32_t count, const Bytes& labels, uint32_t magic = 0x0000080
   b.insert(b.end(), labels.begin(), labels.end());
   return b;
 }
+
+// IDX label bytes as the int32 labels an ImageSet holds.
+std::vector<int32_t> as_labels(const Bytes& bytes) { return {bytes.begin(), bytes.end()}; }
 
 // A valid 5-image 3×4 set: pixel j of image i is (37·i + 11·j) mod 256; labels 0, 3, 9, 1, 7.
 constexpr uint32_t kCount = 5, kRows = 3, kCols = 4;
@@ -127,7 +132,7 @@ void expect_five(const ImageSet& s) {
   EXPECT_EQ(s.cols, kCols);
   EXPECT_EQ(s.classes, 10u);
   EXPECT_EQ(s.pixels, five_pixels());
-  EXPECT_EQ(s.labels, kFiveLabels);
+  EXPECT_EQ(s.labels, as_labels(kFiveLabels));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ TEST_F(DataFiles, TakeFirst) {
   EXPECT_EQ(two.rows, kRows);
   EXPECT_EQ(two.cols, kCols);
   EXPECT_EQ(two.pixels, Bytes(all.pixels.begin(), all.pixels.begin() + 2 * kRows * kCols));
-  EXPECT_EQ(two.labels, (Bytes{0, 3}));
+  EXPECT_EQ(two.labels, (std::vector<int32_t>{0, 3}));
   EXPECT_EQ(take_first(all, 100).count, kCount);
   EXPECT_EQ(take_first(all, 0).pixels.size(), 0u);
 }
@@ -319,7 +324,7 @@ ImageSet synthetic_set(std::size_t count, std::size_t rows, std::size_t cols, ui
     const uint32_t u = rng.u32(i);
     s.pixels[i] = (u & 1) ? 0 : static_cast<uint8_t>((u >> 8) % 256);
   }
-  for (std::size_t i = 0; i < count; ++i) s.labels[i] = static_cast<uint8_t>(rng.below(1000000 + i, 10));
+  for (std::size_t i = 0; i < count; ++i) s.labels[i] = static_cast<int32_t>(rng.below(1000000 + i, 10));
   return s;
 }
 
@@ -455,7 +460,7 @@ TEST(Batcher, FillAndLastBatch) {
     EXPECT_EQ(b.image_size(), 6u);
     EXPECT_EQ(b.batches(), drop_last ? 10u : 11u);
     std::vector<int8_t> images(10 * 6, 0x55);
-    std::vector<uint8_t> labels(10, 0xEE);
+    std::vector<int32_t> labels(10, 0xEE);
     std::vector<uint32_t> seen;
     for (std::size_t k = 0; k < b.batches(); ++k) {
       std::fill(labels.begin(), labels.end(), 0xEE);
@@ -542,7 +547,7 @@ TEST_F(DataFiles, CifarRoundTripIsHwc) {
   EXPECT_EQ(train.cols, 32u);
   EXPECT_EQ(train.channels, 3u);
   EXPECT_EQ(train.image_size(), 3072u);
-  EXPECT_EQ(train.labels, train_labels);
+  EXPECT_EQ(train.labels, as_labels(train_labels));
   ASSERT_EQ(train.pixels.size(), 9u * 3072);
   for (std::size_t k = 0; k < 9; ++k)
     for (std::size_t p = 0; p < 1024; ++p)
@@ -554,7 +559,7 @@ TEST_F(DataFiles, CifarRoundTripIsHwc) {
 
   const ImageSet test = load_cifar10_dir(dir_.string(), Split::kTest);
   EXPECT_EQ(test.count, 3u);
-  EXPECT_EQ(test.labels, test_labels);
+  EXPECT_EQ(test.labels, as_labels(test_labels));
   EXPECT_EQ(test.pixels[(2 * 1024 + 1023) * 3 + 2], cifar_value(2, 2, 1023));
   // The directory that holds the extracted cifar-10-batches-bin/ works too; take_first keeps the channels.
   fs::create_directories(dir_ / "parent" / "cifar-10-batches-bin");
@@ -899,6 +904,125 @@ TEST(FashionMnist, LoadsInstalledDataSet) {
   EXPECT_EQ(n.exponent, -5);
   Batcher b(train, n, 256, 0, true, false);
   EXPECT_EQ(b.batches(), 235u);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// In-memory data sets (data/in_memory.h)
+
+void expect_usage_error(const std::function<void()>& fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "no UsageError thrown";
+  } catch (const UsageError& e) {
+    const std::string msg = e.what();
+    for (const auto& part : parts)
+      EXPECT_NE(msg.find(part), std::string::npos) << "missing '" << part << "' in: " << msg;
+  }
+}
+
+TEST(InMemory, RefusesBadSizesLabelsAndValuesNamingThem) {
+  const std::vector<int8_t> x(12, 5);
+  const std::vector<int32_t> y{0, 1, 2};
+  EXPECT_NO_THROW(make_feature_set(x, y, 4, 3));
+  expect_usage_error([&] { make_feature_set(x, y, 5, 3); }, {"12 feature values", "3 examples of 1x5x1", "3 x 5"});
+  expect_usage_error([&] { make_feature_set(x, y, 0, 3); }, {"example shape 1x0x1", "every dimension >= 1"});
+  expect_usage_error([&] { make_feature_set(x, {}, 4, 3); }, {"0 labels", "1..4294967295"});
+  expect_usage_error([&] { make_feature_set(x, y, 4, 1); }, {"1 classes", "2..2147483647"});
+  expect_usage_error(
+      [&] {
+        make_feature_set(x, std::vector<int32_t>{0, 3, 1}, 4, 3);
+      },
+      {"label 3 of example 1", "0..2"});
+  expect_usage_error([&] { make_feature_set(x, std::vector<int32_t>{0, -1, 1}, 4, 3); }, {"label -1 of example 1"});
+  std::vector<int8_t> bad = x;
+  bad[9] = -128;
+  expect_usage_error([&] { make_feature_set(bad, y, 4, 3); }, {"-128 at index 9 (example 2)", "-127..127"});
+  expect_usage_error([&] { make_feature_set(x, y, 4, 3, 65); }, {"exponent 65", "-64..64"});
+  expect_usage_error([&] { make_in_memory_set(x, y, ExampleShape{2, 2, 2}, 3); }, {"3 examples of 2x2x2"});
+}
+
+TEST(InMemory, FeaturesPassThroughTheIdentityNormalization) {
+  const std::vector<int8_t> x{-127, -1, 0, 1, 127, 64};
+  const std::vector<int32_t> y{1, 0};
+  const ImageSet s = make_in_memory_set(x, y, ExampleShape{1, 1, 3}, 2, -3);
+  EXPECT_TRUE(s.int8_features);
+  EXPECT_EQ(s.image_size(), 3u);
+  const PixelNorm n = fit_pixel_norm(s);
+  EXPECT_TRUE(n.identity);
+  EXPECT_EQ(n.exponent, -3);
+  ASSERT_EQ(n.channels.size(), 3u);
+  Batcher b(s, n, 2, 0, /*shuffle=*/false, /*drop_last=*/false);
+  std::vector<int8_t> got(6);
+  std::vector<int32_t> labels(2);
+  ASSERT_EQ(b.fill(0, got.data(), labels.data()), 2u);
+  EXPECT_EQ(got, x);
+  EXPECT_EQ(labels, y);
+  EXPECT_EQ(take_first(s, 1).int8_features, true);
+}
+
+// n examples of 8 features in 3 classes (class c raises features c, c+3 over noise), as a set.
+ImageSet three_blobs(std::size_t n, uint64_t seed) {
+  const quant::CounterRng rng(seed, 9);
+  std::vector<int8_t> x(n * 8);
+  std::vector<int32_t> y(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    y[i] = static_cast<int32_t>(rng.below(i * 16, 3));
+    for (std::size_t f = 0; f < 8; ++f)
+      x[i * 8 + f] = static_cast<int8_t>(static_cast<int>(rng.below(i * 16 + 1 + f, 61)) - 30 +
+                                         (f % 3 == static_cast<std::size_t>(y[i]) && f < 6 ? 50 : 0));
+  }
+  return make_feature_set(x, y, 8, 3, -6);
+}
+
+TEST(InMemory, TrainsEvaluatesSavesAndLoadsLikeAnIdxSet) {
+  const ImageSet train = three_blobs(600, 1), test = three_blobs(300, 2);
+  TrainConfig cfg;
+  cfg.model.sizes = {8, 32, 3};
+  cfg.model.bits = {4, 4, 4};
+  cfg.epochs = 3;
+  cfg.batch = 32;
+  Trainer t(cfg, train);
+  EXPECT_TRUE(t.norm().identity);
+  double before = t.evaluate(test);
+  for (int e = 1; e <= cfg.epochs; ++e) t.train_epoch(e, &test);
+  const double after = t.state().history.back().test_accuracy;
+  EXPECT_LT(before, 0.6);
+  EXPECT_GE(after, 0.9) << "chance is 1/3";
+  const fs::path file = fs::temp_directory_path() / ("qtrain_inmem_" + std::to_string(::getpid()) + ".qtm");
+  save_model(file.string(), t.model(), t.norm());
+  auto loaded = load_model(file.string());
+  fs::remove(file);
+  EXPECT_EQ(loaded.norm, t.norm());
+  kernels::ThreadPool pool(1);
+  EXPECT_EQ(evaluate_model(*loaded.model, test, loaded.norm, &pool), after);
+  // Another feature count is a usage error naming both shapes.
+  const ImageSet wide = make_feature_set(std::vector<int8_t>(20, 1), std::vector<int32_t>{0, 1}, 10, 3);
+  expect_usage_error([&] { evaluate_model(*loaded.model, wide, loaded.norm, &pool); },
+                     {"8 values per image", "the data's 1x10x1 images"});
+}
+
+TEST(InMemory, LabelsBeyondOneByteTrain) {
+  // 300 classes: labels 0..299 do not fit the old uint8 labels.
+  const std::size_t n = 64;
+  std::vector<int8_t> x(n * 4);
+  std::vector<int32_t> y(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    y[i] = static_cast<int32_t>(200 + i % 100);
+    for (std::size_t f = 0; f < 4; ++f) x[i * 4 + f] = static_cast<int8_t>((i * 7 + f * 13) % 200 - 100);
+  }
+  const ImageSet s = make_feature_set(x, y, 4, 300);
+  TrainConfig cfg;
+  cfg.model.sizes = {4, 16, 300};
+  cfg.epochs = 1;
+  cfg.batch = 16;
+  Trainer t(cfg, s);
+  const EpochMetrics m = t.train_epoch(1, &s);
+  EXPECT_TRUE(std::isfinite(m.loss));
+  EXPECT_GT(m.loss, 0.0);
+  // More classes than the model has outputs is refused up front.
+  TrainConfig small = cfg;
+  small.model.sizes = {4, 16, 250};
+  expect_usage_error([&] { Trainer bad(small, s); }, {"300 classes", "250 outputs"});
 }
 
 }  // namespace

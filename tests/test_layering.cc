@@ -1,6 +1,6 @@
 // The architecture, checked rather than hoped for: dependencies point one way (tools → nas → engine → quant →
-// kernels, and inside engine/ core, data → ops, optim → layers → models → train → io), no installed header includes
-// an internal one, and the umbrella header <qtrain/qtrain.h> includes every installed header.
+// kernels, and inside engine/ core, data → ops, optim → layers → models → train → io → run), no installed header
+// includes an internal one, and the umbrella header <qtrain/qtrain.h> includes every installed header.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -49,8 +49,8 @@ struct Part {
 };
 Part part_of(const std::string& rel) {
   static const std::map<std::string, int> top{{"kernels", 0}, {"quant", 1}, {"engine", 2}, {"nas", 3}};
-  static const std::map<std::string, int> engine{{"core", 0}, {"data", 0}, {"ops", 1},    {"optim", 1},
-                                                 {"layers", 2}, {"models", 3}, {"train", 4}, {"io", 5}};
+  static const std::map<std::string, int> engine{{"core", 0},   {"data", 0},  {"ops", 1}, {"optim", 1}, {"layers", 2},
+                                                 {"models", 3}, {"train", 4}, {"io", 5},  {"run", 6}};
   const fs::path p(rel);
   auto it = p.begin();
   if (it == p.end() || *it != "qtrain") return {"", -1};

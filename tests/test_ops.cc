@@ -298,8 +298,8 @@ TEST(SoftmaxCrossEntropy, MatchesFloatFormula) {
     for (std::size_t c = 0; c < classes; ++c) e_col[c] = -12 + static_cast<int>(c % 3) - 1;
     zt.set_exponents(ScaleAxis::kCol, e_col);
     auto z = var(zt);
-    std::vector<uint8_t> labels(batch);
-    for (std::size_t r = 0; r < batch; ++r) labels[r] = static_cast<uint8_t>((r * 7) % classes);
+    std::vector<int32_t> labels(batch);
+    for (std::size_t r = 0; r < batch; ++r) labels[r] = static_cast<int32_t>((r * 7) % classes);
     Tape tape;
     const LossResult res = softmax_cross_entropy({nullptr, &tape, 0, 0}, z, labels.data());
     double loss = 0;
@@ -314,7 +314,7 @@ TEST(SoftmaxCrossEntropy, MatchesFloatFormula) {
       loss -= std::log(p[labels[r]]);
       if (std::max_element(v.begin(), v.end()) - v.begin() == labels[r]) ++correct;
       for (std::size_t c = 0; c < classes; ++c) {
-        const double want = (p[c] - (c == labels[r] ? 1.0 : 0.0)) / static_cast<double>(batch);
+        const double want = (p[c] - (static_cast<int32_t>(c) == labels[r] ? 1.0 : 0.0)) / static_cast<double>(batch);
         EXPECT_NEAR(deq(z->grad, r, c), want, 2e-5 / static_cast<double>(batch)) << batch << " " << r << " " << c;
       }
     }
@@ -329,7 +329,7 @@ TEST(SoftmaxCrossEntropy, ExtremeLogitsStayFinite) {
   d[0] = 2000000000; d[1] = -2000000000; d[2] = 0;  // enormous spread
   d[3] = 5; d[4] = 5; d[5] = 5;                      // ties
   auto z = var(zt);
-  const std::vector<uint8_t> labels{1, 2};
+  const std::vector<int32_t> labels{1, 2};
   Tape tape;
   const LossResult res = softmax_cross_entropy({nullptr, &tape, 0, 0}, z, labels.data());
   EXPECT_TRUE(std::isfinite(res.loss));

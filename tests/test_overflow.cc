@@ -148,7 +148,7 @@ TEST(Bounds, SoftmaxWithLogitsAtTheInt32ExtremesIsFinite) {
     z->value.data<int32_t>()[i] = i % 2 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min();
   z->requires_grad = true;
   Tape tape;
-  const uint8_t labels[2] = {0, 1};
+  const int32_t labels[2] = {0, 1};
   const LossResult r = softmax_cross_entropy({nullptr, &tape, 0, 0}, z, labels);
   EXPECT_TRUE(std::isfinite(r.loss));
   EXPECT_LE(r.loss, std::log(10.0 * std::ldexp(1.0, 30)) + 1e-9);  // ln(C·2^30): the largest loss possible

@@ -7,17 +7,14 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
-#include <nlohmann/json.hpp>
+#include <map>
 #include <memory>
-#include <set>
 #include <sstream>
 #include <string>
 
-#include "qtrain/engine/io/checkpoint.h"
-#include "qtrain/engine/data/cifar.h"
-#include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/data/datasets.h"
 #include "qtrain/engine/io/serialize.h"
-#include "qtrain/engine/train/trainer.h"
+#include "qtrain/engine/run/session.h"
 #include "qtrain/kernels/dispatch.h"
 #include "qtrain/quant/error.h"
 #include "tools/qtrain/progress.h"
@@ -54,11 +51,37 @@ std::string percent(double x) {
   return b;
 }
 
+// Comma-separated positive integers, e.g. "256,128" for --hidden.
+std::vector<std::size_t> parse_widths(const std::string& flag, const std::string& text) {
+  constexpr std::size_t kMaxWidth = 65536, kMaxLayers = 16;
+  std::vector<std::size_t> v;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    std::size_t used = 0;
+    long long w = -1;
+    try {
+      w = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size())
+      throw UsageError(flag + " '" + text + "': '" + item + "' is not an integer; use e.g. 256,128 (hidden widths)");
+    if (w < 1 || w > static_cast<long long>(kMaxWidth))
+      throw UsageError(flag + " '" + text + "': width " + item + " is out of range 1.." + std::to_string(kMaxWidth));
+    v.push_back(static_cast<std::size_t>(w));
+  }
+  if (v.empty() || v.size() > kMaxLayers)
+    throw UsageError(flag + " '" + text + "': give 1.." + std::to_string(kMaxLayers) + " hidden widths, e.g. 256,128");
+  return v;
+}
+
 struct TrainOptions {
   std::string dataset = "fashion-mnist";
   std::string data;  // empty: the dataset's default directory
   int augment = 0;
   std::string model = "mlp";
+  std::string hidden;  // empty: the MLP's default widths
   std::string bits = "8";
   int groups = 0;
   int epochs = 5;
@@ -79,7 +102,7 @@ struct TrainOptions {
   unsigned long long stop_after = 0;
   bool no_health_check = false;
   bool profile = false;
-  std::set<std::string> given;  // flags given on the command line
+  std::map<std::string, std::string> given;  // flags given on the command line → their text
 };
 
 void apply_kernel_target(const std::string& name) {
@@ -91,100 +114,25 @@ void apply_kernel_target(const std::string& name) {
   }
 }
 
-// Reads one split of the named data set ("fashion-mnist", "mnist": IDX files; "cifar10": the binary version).
-qtrain::data::ImageSet load_split(const std::string& dataset, const std::string& dir, qtrain::data::Split split,
-                                  std::size_t limit) {
-  qtrain::data::ImageSet set;
-  if (dataset == "cifar10") {
-    if (dir.empty())
-      throw UsageError("--dataset cifar10 needs --data DIR: CIFAR-10 is not packaged in Debian; download the binary "
-                       "version (https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz), extract it and pass its "
-                       "directory");
-    set = qtrain::data::load_cifar10_dir(dir, split);
-  } else if (dataset == "fashion-mnist" || dataset == "mnist") {
-    if (dir.empty() && dataset == "mnist")
-      throw UsageError("--dataset mnist needs --data DIR (a directory with the MNIST IDX files)");
-    set = qtrain::data::load_mnist_dir(dir.empty() ? qtrain::data::kDefaultFashionMnistDir : dir, split);
-  } else {
-    throw UsageError("--dataset '" + dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
-  }
-  return limit && limit < set.count ? qtrain::data::take_first(set, limit) : set;
+std::size_t thread_count(long long threads) {
+  if (threads < 0)
+    throw UsageError("--threads " + std::to_string(threads) + " is out of range: 0 (all processors) or more");
+  return static_cast<std::size_t>(threads);
 }
 
-std::string bits_text(const qtrain::LayerBits& b) {
-  return std::to_string(b.weight) + "," + std::to_string(b.act) + "," + std::to_string(b.grad);
-}
-
-// A resumed run keeps the settings it started with: a flag given with --resume must agree with the checkpoint
-// (--lr excepted: see run_train).
-void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags, const qtrain::Checkpoint& ck) {
-  const qtrain::TrainConfig& c = ck.config;
-  auto require = [&](const char* flag, bool same, const std::string& flag_value, const std::string& ck_value) {
-    if (o.given.count(flag) && !same)
-      throw UsageError(std::string(flag) + " " + flag_value + " differs from the checkpoint's " + ck_value + " (" +
-                       o.resume + "); a resumed run keeps the settings it started with (only --lr may change)");
-  };
-  auto num = [](double v) {
-    std::ostringstream s;
-    s << v;
-    return s.str();
-  };
-  require("--model", flags.model.kind == c.model.kind, flags.model.kind, c.model.kind);
-  require("--bits", flags.model.bits.weight == c.model.bits.weight && flags.model.bits.act == c.model.bits.act &&
-                        flags.model.bits.grad == c.model.bits.grad,
-          o.bits, bits_text(c.model.bits));
-  require("--groups", flags.model.resolved_groups() == c.model.resolved_groups(), std::to_string(o.groups),
-          std::to_string(c.model.resolved_groups()));
-  require("--norm", flags.model.norm == c.model.norm, flags.model.norm, c.model.norm);
-  require("--scale", flags.model.scale == c.model.scale, flags.model.scale, c.model.scale);
-  require("--act-groups", flags.model.resolved_act_groups() == c.model.resolved_act_groups(),
-          std::to_string(flags.model.act_groups), std::to_string(c.model.resolved_act_groups()));
-  require("--edge-bits", flags.model.resolved_edge_bits() == c.model.resolved_edge_bits(), std::to_string(o.edge_bits),
-          std::to_string(c.model.resolved_edge_bits()));
-  require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
-          std::to_string(o.augment), std::to_string(c.augment.pad));
-  require("--epochs", flags.epochs == c.epochs, std::to_string(flags.epochs), std::to_string(c.epochs));
-  require("--batch", flags.batch == c.batch, std::to_string(flags.batch), std::to_string(c.batch));
-  require("--optimizer", flags.optimizer == c.optimizer, flags.optimizer, c.optimizer);
-  require("--momentum", flags.sgd.momentum == c.sgd.momentum, num(flags.sgd.momentum), num(c.sgd.momentum));
-  require("--wd", flags.sgd.weight_decay == c.sgd.weight_decay, num(flags.sgd.weight_decay), num(c.sgd.weight_decay));
-  require("--schedule", flags.schedule == c.schedule, qtrain::schedule_name(flags.schedule),
-          qtrain::schedule_name(c.schedule));
-  require("--seed", flags.seed == c.seed, std::to_string(flags.seed), std::to_string(c.seed));
-  require("--train-limit", o.train_limit == 0 || o.train_limit == ck.train_count, std::to_string(o.train_limit),
-          std::to_string(ck.train_count) + " training images");
-}
-
-// One line of the --metrics file.
-std::string metrics_line(const qtrain::EpochMetrics& m, qtrain::Trainer& trainer) {
-  const nlohmann::json j = {{"epoch", m.epoch},
-                            {"loss", m.loss},
-                            {"train_accuracy", m.train_accuracy},
-                            {"test_accuracy", m.test_accuracy},
-                            {"images_per_second", m.images_per_second},
-                            {"seconds", m.seconds},
-                            {"lr", m.lr},
-                            {"model", trainer.model().spec().describe()},
-                            {"threads", trainer.pool().threads()},
-                            {"seed", trainer.config().seed}};
-  return j.dump() + "\n";
-}
-
-void print_epoch(const qtrain::EpochMetrics& m, int epochs) {
-  char line[256];
-  std::snprintf(line, sizeof line, "epoch %d/%d  loss %.4f  train %s  test %s  %.0f img/s  %.1f s\n", m.epoch, epochs,
-                m.loss, percent(m.train_accuracy).c_str(), percent(m.test_accuracy).c_str(), m.images_per_second,
-                m.seconds);
-  std::cout << line << std::flush;
-}
-
-// Thrown from the progress callback when --stop-after-steps is reached.
-struct StopRequested {};
-
-int run_train(const TrainOptions& o) {
-  apply_kernel_target(o.kernel_target);
+// The training configuration the flags ask for (validated: a bad flag is reported before any file is read).
+qtrain::TrainConfig train_config(const TrainOptions& o) {
   qtrain::TrainConfig cfg;
   cfg.model.kind = o.model;
+  if (o.given.count("--hidden")) {
+    if (o.model != "mlp")
+      throw UsageError("--hidden sets the MLP's hidden widths; --model " + o.model + " has fixed widths");
+    const std::vector<std::size_t> hidden = parse_widths("--hidden", o.hidden);
+    std::vector<std::size_t> sizes{cfg.model.sizes.front()};
+    sizes.insert(sizes.end(), hidden.begin(), hidden.end());
+    sizes.push_back(cfg.model.sizes.back());
+    cfg.model.sizes = sizes;
+  }
   cfg.model.bits = parse_bits(o.bits);
   cfg.model.groups = o.groups;
   cfg.model.norm = o.norm;
@@ -200,143 +148,117 @@ int run_train(const TrainOptions& o) {
   cfg.sgd.weight_decay = o.wd;
   cfg.schedule = qtrain::parse_schedule(o.schedule);
   cfg.seed = o.seed;
-  if (o.threads < 0) throw UsageError("--threads " + std::to_string(o.threads) + " is out of range: 0 (all processors) or more");
-  cfg.threads = static_cast<std::size_t>(o.threads);
+  cfg.threads = thread_count(o.threads);
   cfg.health.enabled = !o.no_health_check;
   cfg.profile = o.profile;
   if (o.augment < 0 || o.augment > 16)
     throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
   cfg.augment = {o.augment, o.augment > 0};
-  cfg.validate();  // flags first: a bad flag is reported before the data is read
-  if (o.dataset != "fashion-mnist" && o.dataset != "mnist" && o.dataset != "cifar10")
-    throw UsageError("--dataset '" + o.dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
-  const std::string ckpt_path = !o.checkpoint.empty() ? o.checkpoint : o.resume;
-  if (o.checkpoint_every < 0)
-    throw UsageError("--checkpoint-every " + std::to_string(o.checkpoint_every) +
-                     " is out of range: 0 (only at the end of each epoch) or more steps");
-  if (ckpt_path.empty() && o.given.count("--checkpoint-every"))
-    throw UsageError("--checkpoint-every needs --checkpoint FILE (or --resume FILE) to write to");
-  if (ckpt_path.empty() && o.stop_after > 0)
-    throw UsageError("--stop-after-steps needs --checkpoint FILE (or --resume FILE): the run continues from it");
+  cfg.validate();
+  return cfg;
+}
 
-  std::unique_ptr<qtrain::Trainer> trainer;
-  qtrain::data::ImageSet train;
-  std::string resumed;
-  if (!o.resume.empty()) {
-    qtrain::Checkpoint ck = qtrain::load_checkpoint(o.resume);
-    check_resume_flags(o, cfg, ck);
-    if (o.given.count("--lr") && cfg.lr != ck.config.lr) {
-      std::ostringstream note;
-      note << "note: --lr " << cfg.lr << " replaces the checkpoint's " << ck.config.lr
-           << "; the run is no longer bit-identical to an uninterrupted one\n";
-      std::cout << note.str();
-      ck.config.lr = cfg.lr;
-    }
-    ck.config.threads = cfg.threads;
-    ck.config.health = cfg.health;
-    ck.config.profile = cfg.profile;
-    train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, ck.train_count);
-    const qtrain::TrainState& st = ck.state;
-    resumed = "resuming " + o.resume + " at epoch " + std::to_string(std::min(st.epoch, ck.config.epochs)) +
-              ", step " + std::to_string(st.epoch > ck.config.epochs ? ck.steps_per_epoch : st.step_in_epoch) + "/" +
-              std::to_string(ck.steps_per_epoch) + " (global step " + std::to_string(st.global_step) + ")";
-    trainer = qtrain::resume_trainer(ck, train, o.resume);
-  } else {
-    train = load_split(o.dataset, o.data, qtrain::data::Split::kTrain, o.train_limit);
-    cfg.model.set_input(train.rows, train.cols, train.channels);  // the model's input follows the data
-  }
-  const auto test = load_split(o.dataset, o.data, qtrain::data::Split::kTest, o.test_limit);
-  if (!trainer) trainer = std::make_unique<qtrain::Trainer>(cfg, train);
-  qtrain::Trainer& t = *trainer;
+qtrain::RunOptions run_options(const TrainOptions& o) {
+  qtrain::RunOptions r;
+  r.checkpoint = o.checkpoint;
+  r.checkpoint_every = o.checkpoint_every;
+  r.stop_after = o.stop_after;
+  r.metrics = o.metrics;
+  r.resume = o.resume;
+  r.train_limit = o.train_limit;
+  r.test_limit = o.test_limit;
+  r.given = o.given;
+  return r;
+}
+
+void print_epoch(const qtrain::EpochMetrics& m, int epochs) {
+  char line[256];
+  std::snprintf(line, sizeof line, "epoch %d/%d  loss %.4f  train %s  test %s  %.0f img/s  %.1f s\n", m.epoch, epochs,
+                m.loss, percent(m.train_accuracy).c_str(), percent(m.test_accuracy).c_str(), m.images_per_second,
+                m.seconds);
+  std::cout << line << std::flush;
+}
+
+void print_start(const qtrain::RunStart& s, const std::string& resume) {
+  qtrain::Trainer& t = s.trainer;
   const qtrain::TrainConfig& run = t.config();
   std::cout << "qtrain: " << t.model().spec().describe() << ", " << t.model().parameter_count() << " parameters; "
-            << train.count << " training / " << test.count << " test images; batch " << run.batch << ", "
+            << s.train_count << " training / " << s.test_count << " test images; batch " << run.batch << ", "
             << run.epochs << " epochs, " << qtrain::schedule_name(run.schedule) << " lr " << run.lr << ", "
             << t.pool().threads() << " thread(s), kernels " << qtrain::kernels::active_target().name << "\n";
-  if (!resumed.empty()) std::cout << resumed << "\n";
-  if (!resumed.empty() && t.state().epoch > run.epochs)
-    std::cout << "the run in " << o.resume << " is already complete (" << run.epochs << " epochs)\n";
+  if (!s.resumed.empty()) std::cout << s.resumed << "\n";
+  if (s.already_complete)
+    std::cout << "the run in " << resume << " is already complete (" << run.epochs << " epochs)\n";
   std::cout << std::flush;
+}
 
-  std::string metrics_text;
-  for (const qtrain::EpochMetrics& m : t.state().history) metrics_text += metrics_line(m, t);
-  if (!o.metrics.empty() && !metrics_text.empty()) qtrain::write_file_atomic(o.metrics, metrics_text);
+// The health monitor stopped the run: say where the last good state is and what to try. Exit code 3.
+int report_unhealthy(const qtrain::RunResult& r, const qtrain::RunOptions& o) {
+  const std::string& ckpt = o.checkpoint_path();
+  const double lr = r.trainer->config().lr;
+  std::ostringstream msg;
+  msg << "qtrain: training stopped: " << r.health_error << ". ";
+  if (r.last_checkpoint)
+    msg << "The last good checkpoint is " << ckpt << " (global step " << *r.last_checkpoint << "). ";
+  else if (!o.resume.empty())
+    msg << "No checkpoint was written since resuming; " << o.resume << " is unchanged. ";
+  else if (!ckpt.empty())
+    msg << "No checkpoint was written before the problem began. ";
+  else
+    msg << "(--checkpoint FILE keeps the last good state of a run.) ";
+  msg << "Try a lower learning rate: --lr " << lr / 4 << " instead of " << lr
+      << (r.last_checkpoint ? " (with --resume " + ckpt + ", or from the start)" : "")
+      << "; --no-health-check disables this check.\n";
+  std::cerr << msg.str();
+  return 3;
+}
 
-  // Checkpoints: every --checkpoint-every steps and at the end of each epoch, but only while the health monitor
-  // sees no streak of bad steps (a due checkpoint waits for a clean step), so the file holds the last good state.
-  uint64_t last_ckpt = UINT64_MAX;
-  bool due = false;
-  auto checkpoint_now = [&] {
-    if (ckpt_path.empty() || !t.healthy()) return false;
-    qtrain::save_checkpoint(ckpt_path, t);
-    last_ckpt = t.global_step();
-    due = false;
-    return true;
-  };
+int run_train(const TrainOptions& o) {
+  apply_kernel_target(o.kernel_target);
+  const qtrain::TrainConfig cfg = train_config(o);
+  qtrain::data::check_dataset_name(o.dataset);
+  const qtrain::RunOptions ro = run_options(o);
+  ro.validate();
 
   qtrain::tools::ProgressBar bar(isatty(STDERR_FILENO) != 0);
-  try {
-    for (int e = t.state().epoch; e <= run.epochs; ++e) {
-      const qtrain::EpochMetrics m = t.train_epoch(e, &test, [&](const qtrain::Progress& p) {
-        bar.update(p);
-        const uint64_t g = t.global_step();
-        if (!ckpt_path.empty() && o.checkpoint_every > 0 && g % static_cast<uint64_t>(o.checkpoint_every) == 0)
-          due = true;
-        if (o.stop_after > 0 && g >= o.stop_after) throw StopRequested{};
-        if (due && p.step < p.steps) checkpoint_now();  // the epoch's end writes one anyway
-      });
-      bar.finish();
-      print_epoch(m, run.epochs);
-      if (!o.metrics.empty()) {
-        metrics_text += metrics_line(m, t);
-        qtrain::write_file_atomic(o.metrics, metrics_text);  // complete lines only, even if the run dies
-      }
-      checkpoint_now();
-    }
-  } catch (const StopRequested&) {
+  qtrain::RunEvents events;
+  events.note = [](const std::string& line) { std::cout << line << "\n"; };
+  int epochs = 0;  // the run's (a resumed run's comes from its checkpoint)
+  events.started = [&](const qtrain::RunStart& s) {
+    epochs = s.trainer.config().epochs;
+    print_start(s, o.resume);
+  };
+  events.progress = [&](const qtrain::Progress& p) { bar.update(p); };
+  events.epoch_done = [&](const qtrain::EpochMetrics& m) {
     bar.finish();
-    if (!checkpoint_now() && last_ckpt != t.global_step())
-      throw qtrain::TrainingHealthError("stopped at global step " + std::to_string(t.global_step()) +
-                                        " with a streak of anomalous steps in progress; no checkpoint written there");
+    print_epoch(m, epochs);
+  };
+  const qtrain::RunResult r = qtrain::run_training(cfg, qtrain::dataset_source(o.dataset, o.data), ro, events);
+  bar.finish();
+  const qtrain::Trainer& t = *r.trainer;
+  if (r.outcome == qtrain::RunResult::Outcome::kUnhealthy) return report_unhealthy(r, ro);
+  if (r.outcome == qtrain::RunResult::Outcome::kStopped) {
     std::cout << "stopped after global step " << t.global_step() << " (epoch " << t.state().epoch << ", step "
-              << t.state().step_in_epoch << "/" << t.steps_per_epoch() << "); checkpoint " << ckpt_path
-              << "; continue with: qtrain train --resume " << ckpt_path << "\n";
+              << t.state().step_in_epoch << "/" << t.steps_per_epoch() << "); checkpoint " << ro.checkpoint_path()
+              << "; continue with: qtrain train --resume " << ro.checkpoint_path() << "\n";
     return 0;
-  } catch (const qtrain::TrainingHealthError& e) {
-    bar.finish();
-    std::ostringstream msg;
-    msg << "qtrain: training stopped: " << e.what() << ". ";
-    if (last_ckpt != UINT64_MAX)
-      msg << "The last good checkpoint is " << ckpt_path << " (global step " << last_ckpt << "). ";
-    else if (!o.resume.empty())
-      msg << "No checkpoint was written since resuming; " << o.resume << " is unchanged. ";
-    else if (!ckpt_path.empty())
-      msg << "No checkpoint was written before the problem began. ";
-    else
-      msg << "(--checkpoint FILE keeps the last good state of a run.) ";
-    msg << "Try a lower learning rate: --lr " << run.lr / 4 << " instead of " << run.lr
-        << (last_ckpt != UINT64_MAX ? " (with --resume " + ckpt_path + ", or from the start)" : "")
-        << "; --no-health-check disables this check.\n";
-    std::cerr << msg.str();
-    return 3;
   }
   if (!o.save.empty()) {
-    qtrain::save_model(o.save, t.model(), t.norm());
+    qtrain::save_model(o.save, r.trainer->model(), t.norm());
     std::cout << "saved model to " << o.save << "\n";
   }
-  const double acc = t.state().history.empty() ? 0.0 : t.state().history.back().test_accuracy;
   if (t.profile() != nullptr) std::cout << "step profile (" << t.pool().threads() << " thread(s)):\n" << t.profile()->table();
-  std::cout << "test accuracy: " << percent(acc) << "\n";
+  std::cout << "test accuracy: " << percent(r.test_accuracy()) << "\n";
   return 0;
 }
 
 int run_eval(const std::string& load, const std::string& dataset, const std::string& data, long long threads,
              std::size_t limit, const std::string& kernel_target) {
   apply_kernel_target(kernel_target);
-  if (threads < 0) throw UsageError("--threads " + std::to_string(threads) + " is out of range: 0 (all processors) or more");
+  const std::size_t nthreads = thread_count(threads);
   auto loaded = qtrain::load_model(load);
-  const auto test = load_split(dataset, data, qtrain::data::Split::kTest, limit);
-  qtrain::kernels::ThreadPool pool(static_cast<std::size_t>(threads));
+  const auto test = qtrain::data::load_dataset(dataset, data, qtrain::data::Split::kTest, limit);
+  qtrain::kernels::ThreadPool pool(nthreads);
   const double acc = qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool);
   std::cout << "model: " << loaded.model->spec().describe() << "\n"
             << "test accuracy: " << percent(acc) << " (" << test.count << " images)\n";
@@ -360,6 +282,7 @@ int main(int argc, char** argv) {
   train->add_option("--model", t.model,
                     "Model: mlp (784-256-128-10), cnn (2 conv + 2 FC), resnet8, resnet20 (CIFAR-style ResNets)")
       ->capture_default_str();
+  train->add_option("--hidden", t.hidden, "Hidden widths of the MLP, e.g. 256,128 (default; each 1..65536)");
   train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
       ->capture_default_str();
   train->add_option("--scale", t.scale,
@@ -434,8 +357,12 @@ int main(int argc, char** argv) {
     std::cerr << "qtrain: error: " << e.what() << " (see 'qtrain" << sub << " --help')\n";
     return 2;
   }
-  for (const auto* opt : train->get_options())
-    if (opt->count() > 0) t.given.insert(opt->get_name());
+  for (const auto* opt : train->get_options()) {
+    if (opt->count() == 0) continue;
+    std::string text;
+    for (const std::string& v : opt->results()) text += (text.empty() ? "" : ",") + v;
+    t.given[opt->get_name()] = text;
+  }
   try {
     if (*train) return run_train(t);
     if (*eval) return run_eval(load, edataset, edata, ethreads, elimit, ekt);

@@ -94,13 +94,13 @@ std::span<const uint32_t> Batcher::batch_indices(std::size_t b) const {
   return std::span<const uint32_t>(order_).subspan(first, n);
 }
 
-std::size_t Batcher::fill(std::size_t b, int8_t* images, uint8_t* labels) const {
+std::size_t Batcher::fill(std::size_t b, int8_t* images, int32_t* labels) const {
   const auto idx = batch_indices(b);
   gather(idx, images, labels);
   return idx.size();
 }
 
-void Batcher::gather(std::span<const uint32_t> indices, int8_t* images, uint8_t* labels) const {
+void Batcher::gather(std::span<const uint32_t> indices, int8_t* images, int32_t* labels) const {
   const std::size_t isz = set_->image_size(), npix = set_->rows * set_->cols;
   const bool augmenting = augment_.pad > 0 || augment_.flip;
   const uint8_t* pixels = set_->pixels.data();

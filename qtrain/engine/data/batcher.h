@@ -66,7 +66,7 @@ class Batcher {
   // value of channel c is norm.channels[c].table[p], augmented if enabled) to `images` and n labels to `labels`
   // (skipped if null), where n = the returned image count (batch_size(), or fewer for the last batch unless
   // drop_last). Real value of images[k] is images[k]·2^norm.exponent.
-  std::size_t fill(std::size_t b, int8_t* images, uint8_t* labels) const;
+  std::size_t fill(std::size_t b, int8_t* images, int32_t* labels) const;
 
   // The data-set indices of batch b of the current epoch (what fill(b, …) returns, in the same order).
   std::span<const uint32_t> batch_indices(std::size_t b) const;
@@ -74,7 +74,7 @@ class Batcher {
   std::span<const uint32_t> order() const { return order_; }
 
   // Like fill, for arbitrary data-set indices (e.g. samples drawn by an importance sampler); each index < size().
-  void gather(std::span<const uint32_t> indices, int8_t* images, uint8_t* labels) const;
+  void gather(std::span<const uint32_t> indices, int8_t* images, int32_t* labels) const;
 
   // The augmentation of data-set image `index` in the current epoch (all zero / false when augmentation is off).
   AugmentDraw augment_draw(uint32_t index) const;

@@ -204,9 +204,10 @@ ImageSet read_idx(const std::string& images_path, const std::string& labels_path
     lab.fail(4, "holds " + std::to_string(nlabels) + " labels but " + images_path + " holds " +
                     std::to_string(set.count) + " images (count mismatch)");
   }
-  set.labels = lab.read_section(set.count, "label");
+  const std::vector<uint8_t> label_bytes = lab.read_section(set.count, "label");
+  set.labels.assign(label_bytes.begin(), label_bytes.end());
   for (std::size_t i = 0; i < set.count; ++i) {
-    if (set.labels[i] >= set.classes) {
+    if (static_cast<std::size_t>(set.labels[i]) >= set.classes) {
       lab.fail(8 + i, "label " + std::to_string(set.labels[i]) + " at index " + std::to_string(i) +
                           " is out of range 0.." + std::to_string(set.classes - 1));
     }
@@ -251,6 +252,8 @@ ImageSet take_first(const ImageSet& s, std::size_t n) {
   out.cols = s.cols;
   out.channels = s.channels;
   out.classes = s.classes;
+  out.int8_features = s.int8_features;
+  out.feature_exponent = s.feature_exponent;
   const std::size_t px = out.count * s.image_size();
   out.pixels.assign(s.pixels.begin(), s.pixels.begin() + static_cast<std::ptrdiff_t>(px));
   out.labels.assign(s.labels.begin(), s.labels.begin() + static_cast<std::ptrdiff_t>(out.count));

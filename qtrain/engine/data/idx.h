@@ -18,14 +18,23 @@ namespace qtrain::data {
 
 // A labelled set of 8-bit images with `channels` interleaved channels (NHWC, the layout the layers consume: an
 // image is a rows·cols × channels matrix): value (i, r, c, ch) is pixels[((i·rows + r)·cols + c)·channels + ch].
+// Labels are int32 (classes up to kMaxClasses); the IDX and CIFAR-10 readers hold them to 0..9.
+// With int8_features the bytes are a user's int8 values (two's complement, −127..127, data/in_memory.h) that enter
+// the data plane unchanged: fit_pixel_norm gives them the identity normalization instead of fitted statistics.
 struct ImageSet {
   std::size_t count = 0, rows = 0, cols = 0, channels = 1;
   std::vector<uint8_t> pixels;  // count·rows·cols·channels
-  std::vector<uint8_t> labels;  // count, each < classes
+  std::vector<int32_t> labels;  // count, each in 0..classes−1
   std::size_t classes = 10;
+  bool int8_features = false;
+  int feature_exponent = 0;  // int8_features: real value of byte q is (int8) q · 2^feature_exponent
 
   std::size_t image_size() const { return rows * cols * channels; }
 };
+
+// The most classes a set may have: labels are int32, and softmax_cross_entropy sums one Q30 exponential per class
+// in int64 (cols·2^30 < 2^61), so the loss takes any int32 label.
+inline constexpr std::size_t kMaxClasses = std::size_t{INT32_MAX};
 
 // Largest number of elements (pixels) a file may declare; larger headers are refused before anything is allocated.
 inline constexpr std::size_t kMaxIdxElements = std::size_t{1} << 28;

@@ -8,7 +8,22 @@
 
 namespace qtrain::data {
 
+PixelNorm identity_pixel_norm(std::size_t channels, int exponent) {
+  if (channels < 1 || channels > 4096 || exponent < -64 || exponent > 64)
+    throw InputError("identity normalization: " + std::to_string(channels) + " channels (valid 1..4096), exponent " +
+                     std::to_string(exponent) + " (valid -64..64)");
+  PixelNorm norm;
+  norm.identity = true;
+  norm.exponent = exponent;
+  norm.channels.resize(channels);
+  for (ChannelNorm& ch : norm.channels)
+    for (int p = 0; p < 256; ++p)
+      ch.table[static_cast<std::size_t>(p)] = static_cast<int8_t>(std::max(static_cast<int8_t>(p), int8_t{-127}));
+  return norm;
+}
+
 PixelNorm fit_pixel_norm(const ImageSet& train) {
+  if (train.int8_features) return identity_pixel_norm(train.channels, train.feature_exponent);
   if (train.pixels.empty()) throw InputError("pixel normalization: the training set has no pixels");
   const std::size_t channels = train.channels;
   if (channels == 0 || train.pixels.size() % channels != 0) {

@@ -29,13 +29,21 @@ struct ChannelNorm {
 struct PixelNorm {
   int exponent = 0;                   // e: real value of channels[c].table[p] is table[p] · 2^e
   std::vector<ChannelNorm> channels;  // one per image channel
+  // The bytes are int8 values already (ImageSet::int8_features): table[p] = (int8) p, clamped to ±127, with mean 0
+  // and stddev 1 recorded; no statistics are fitted.
+  bool identity = false;
 
   bool operator==(const PixelNorm&) const = default;
 };
 
 // Per-channel mean and standard deviation of `train`, then make_pixel_norm. Throws InputError if the set has no
-// pixels or a channel's values are all equal (no spread to normalize by).
+// pixels or a channel's values are all equal (no spread to normalize by). A set of int8 features
+// (train.int8_features) gets identity_pixel_norm(train.channels, train.feature_exponent) instead.
 PixelNorm fit_pixel_norm(const ImageSet& train);
+
+// int8 values pass into the data plane unchanged, with real value q · 2^exponent (InputError unless 1 ≤ channels
+// ≤ 4096 and |exponent| ≤ 64).
+PixelNorm identity_pixel_norm(std::size_t channels, int exponent);
 
 // The tables for given per-channel statistics (e.g. read back from a saved model). Throws InputError unless both
 // vectors have the same, non-zero length, every mean is finite and every stddev is finite and positive.

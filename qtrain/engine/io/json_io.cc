@@ -154,6 +154,7 @@ ModelSpec spec_from_json(const Fields& f) {
 // One channel: scalars and one table (the original single-channel form, kept so those files do not change);
 // several: an array entry per channel for mean, stddev and table.
 nlohmann::json norm_to_json(const data::PixelNorm& n) {
+  if (n.identity) return {{"identity", true}, {"channels", n.channels.size()}, {"exponent", n.exponent}};
   nlohmann::json mean = nlohmann::json::array(), stddev = nlohmann::json::array(), table = nlohmann::json::array();
   for (const data::ChannelNorm& c : n.channels) {
     mean.push_back(c.mean);
@@ -166,6 +167,11 @@ nlohmann::json norm_to_json(const data::PixelNorm& n) {
 }
 
 data::PixelNorm norm_from_json(const Fields& f) {
+  if (f.json().contains("identity")) {  // int8 features (data/in_memory.h): no statistics, no table to check
+    if (f.at("identity") != true) throw std::runtime_error(f.path("identity") + " must be true when present");
+    return data::identity_pixel_norm(static_cast<std::size_t>(f.integer("channels", 1, 4096)),
+                                     static_cast<int>(f.integer("exponent", -64, 64)));
+  }
   // Pixels are in [0, 1]: so is each channel's mean, and its standard deviation is at most 1/2.
   constexpr double kMinStddev = 1e-9;
   const bool single = !f.at("mean").is_array();

@@ -62,22 +62,27 @@ std::vector<int32_t> softmax_q30(const Tensor& logits) {
   return p;
 }
 
-LossResult softmax_cross_entropy(const StepContext& ctx, const VarPtr& logits, const uint8_t* labels) {
+LossResult softmax_cross_entropy(const StepContext& ctx, const VarPtr& logits, const int32_t* labels,
+                                 std::size_t mean_over) {
   const Tensor& x = logits->value;
   const std::size_t rows = x.rows(), cols = x.cols();
   if (rows == 0) throw std::invalid_argument("softmax_cross_entropy: empty batch");
+  const std::size_t b = mean_over == 0 ? rows : mean_over;
+  if (b < rows)
+    throw std::invalid_argument("softmax_cross_entropy: mean over " + std::to_string(b) + " rows, fewer than the " +
+                                std::to_string(rows) + " given");
   LossResult res;
   res.predicted.resize(rows);
   const bool grad = ctx.training() && logits->requires_grad;
   // 1/B as 2^−L·f with f = 2^L/B in (½, 1] as a Q15 multiplier (exactly 2^15 when B is a power of two).
-  const int lb = quant::bit_length(rows - 1);
-  const int64_t f_q15 = std::llround(std::ldexp(1.0, lb + 15) / static_cast<double>(rows));
+  const int lb = quant::bit_length(b - 1);
+  const int64_t f_q15 = std::llround(std::ldexp(1.0, lb + 15) / static_cast<double>(b));
   Tensor dz;
   if (grad) dz = Tensor(rows, cols, DType::kI32, -kPFrac - lb);
   std::vector<int64_t> z(cols), e(cols);
   double loss = 0;
   for (std::size_t r = 0; r < rows; ++r) {
-    if (labels[r] >= cols)
+    if (labels[r] < 0 || static_cast<std::size_t>(labels[r]) >= cols)
       throw std::invalid_argument("label " + std::to_string(labels[r]) + " out of range 0.." +
                                   std::to_string(cols - 1));
     row_q16(x, r, z.data());
@@ -90,7 +95,7 @@ LossResult softmax_cross_entropy(const StepContext& ctx, const VarPtr& logits, c
     int32_t* d = dz.data<int32_t>() + r * cols;
     for (std::size_t c = 0; c < cols; ++c) {
       const int64_t p = ((e[c] << kPFrac) + s / 2) / s;  // Q30, rounded to nearest
-      const int64_t g = p - (c == labels[r] ? (int64_t{1} << kPFrac) : 0);
+      const int64_t g = p - (c == static_cast<std::size_t>(labels[r]) ? (int64_t{1} << kPFrac) : 0);
       d[c] = static_cast<int32_t>(quant::shift_round_even(g * f_q15, 15));
     }
   }

@@ -25,8 +25,13 @@ struct LossResult {
   std::vector<int> predicted; // argmax per row
 };
 
-// Records dz on the tape when ctx is training. labels[r] must be < logits.cols().
-LossResult softmax_cross_entropy(const StepContext& ctx, const VarPtr& logits, const uint8_t* labels);
+// Records dz on the tape when ctx is training. labels[r] must be in 0..logits.cols()−1 (std::invalid_argument
+// otherwise); any int32 label is supported (the exponential sum is int64, see data::kMaxClasses).
+// `mean_over` is the B of dz = (p − onehot)/B: 0 means logits.rows(); a micro-batch of a larger update passes the
+// update's row count, so each row's dz equals that row's dz in the whole batch. The reported loss is the mean over
+// this call's rows either way.
+LossResult softmax_cross_entropy(const StepContext& ctx, const VarPtr& logits, const int32_t* labels,
+                                 std::size_t mean_over = 0);
 
 // Row-wise softmax probabilities as Q30 (value = p·2^30), for tests and diagnostics.
 std::vector<int32_t> softmax_q30(const Tensor& logits);

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
@@ -18,14 +19,49 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// A batch of n images as the model's input: n × (H·W·C) for the MLP, N·H·W × C (NHWC) for convolutional models.
-VarPtr batch_input(const ModelSpec& spec, const int8_t* images, std::size_t n, std::size_t image_size, int exponent) {
-  const std::size_t cols = spec.convolutional() ? spec.in_c : image_size;
-  Tensor x(n * image_size / cols, cols, DType::kI8, exponent);
-  std::copy(images, images + n * image_size, x.data<int8_t>());
+// A batch as the model's input: n × (H·W·C) for the MLP, N·H·W × C (NHWC) for convolutional models.
+VarPtr batch_input(const ModelSpec& spec, const Batch& batch) {
+  const std::size_t n = batch.labels.size(), isz = input_size(spec);
+  if (n == 0 || batch.inputs.size() != n * isz)
+    throw std::invalid_argument("batch of " + std::to_string(n) + " labels and " + std::to_string(batch.inputs.size()) +
+                                " input values does not fit the model's " + std::to_string(isz) + " per example");
+  const std::size_t cols = spec.convolutional() ? spec.in_c : isz;
+  Tensor x(n * isz / cols, cols, DType::kI8, batch.exponent);
+  std::copy(batch.inputs.begin(), batch.inputs.end(), x.data<int8_t>());
   return make_input(std::move(x));
 }
+
+std::string shape_text(std::size_t h, std::size_t w, std::size_t c) {
+  return std::to_string(h) + "x" + std::to_string(w) + "x" + std::to_string(c);
+}
 }  // namespace
+
+LossResult softmax_ce_loss(const StepContext& ctx, const VarPtr& logits, const Batch& batch) {
+  if (batch.labels.size() != logits->value.rows())
+    throw std::invalid_argument("softmax_ce_loss: " + std::to_string(batch.labels.size()) + " labels for " +
+                                std::to_string(logits->value.rows()) + " rows of logits");
+  return softmax_cross_entropy(ctx, logits, batch.labels.data(), batch.mean_over);
+}
+
+std::size_t input_size(const ModelSpec& spec) {
+  return spec.convolutional() ? spec.in_h * spec.in_w * spec.in_c : spec.sizes.front();
+}
+
+void check_input_fits(const ModelSpec& spec, const data::ImageSet& set) {
+  const std::string data_shape = shape_text(set.rows, set.cols, set.channels);
+  const bool fits = spec.convolutional() ? spec.in_h == set.rows && spec.in_w == set.cols && spec.in_c == set.channels
+                                         : spec.sizes.front() == set.image_size();
+  if (!fits)
+    throw UsageError("the model's input (" + spec.describe() + ": " +
+                     (spec.convolutional() ? shape_text(spec.in_h, spec.in_w, spec.in_c) + " images"
+                                           : std::to_string(spec.sizes.front()) + " values per image") +
+                     ") does not match the data's " + data_shape + " images (" + std::to_string(set.image_size()) +
+                     " values)");
+  const std::size_t outputs = spec.convolutional() ? spec.classes : spec.sizes.back();
+  if (set.classes > outputs)
+    throw UsageError("the data's " + std::to_string(set.classes) + " classes do not fit the model's " +
+                     std::to_string(outputs) + " outputs (" + spec.describe() + ")");
+}
 
 void TrainConfig::validate() const {
   model.validate();
@@ -50,14 +86,8 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       optimizer_(make_optimizer(cfg.optimizer, {cfg.sgd})),
       health_(cfg.health) {
   cfg_.model = model_->spec();
-  const ModelSpec& ms = cfg_.model;
-  const bool fits = ms.convolutional()
-                        ? ms.in_h == train.rows && ms.in_w == train.cols && ms.in_c == train.channels
-                        : ms.sizes.front() == train.image_size();
-  if (!fits)
-    throw UsageError("the model's input (" + ms.describe() + ") does not match the data's " +
-                     std::to_string(train.rows) + "x" + std::to_string(train.cols) + "x" +
-                     std::to_string(train.channels) + " images");
+  check_input_fits(cfg_.model, train);
+  params_ = model_->params();
   if (batcher_.batches() == 0)
     throw UsageError("--batch " + std::to_string(cfg.batch) + " is larger than the training set (" +
                      std::to_string(train.count) + " images)");
@@ -86,6 +116,40 @@ bool weight_grads_zero(const std::vector<Param*>& params) {
 }
 }  // namespace
 
+LossResult Trainer::accumulate(const Batch& batch, const LossFn& loss, uint32_t pass) {
+  StepProfile* const prof = profile_.get();
+  Tape tape;
+  StepContext ctx{&pool_, &tape, cfg_.seed, state_.global_step, prof};
+  ctx.pass = pass;
+  VarPtr logits = model_->forward(ctx, batch_input(model_->spec(), batch));
+  const int64_t loss_t = prof != nullptr ? StepProfile::now_ns() : 0;
+  const LossResult r = loss ? loss(ctx, logits, batch) : softmax_ce_loss(ctx, logits, batch);
+  if (prof != nullptr) prof->add(StepProfile::Phase::kLoss, StepProfile::now_ns() - loss_t);
+  tape.backward(prof);
+  return r;
+}
+
+UpdateResult Trainer::update() {
+  StepProfile* const prof = profile_.get();
+  UpdateResult u;
+  u.weight_grads_zero = weight_grads_zero(params_);
+  const int64_t opt_t = prof != nullptr ? StepProfile::now_ns() : 0;
+  optimizer_->step(params_, schedule_.at(state_.global_step), state_.global_step, cfg_.seed, &pool_);
+  if (prof != nullptr) {
+    prof->add(StepProfile::Phase::kOptimizer, StepProfile::now_ns() - opt_t);
+    prof->add_step();
+  }
+  ++state_.global_step;
+  return u;
+}
+
+Trainer::StepResult Trainer::step(const Batch& batch, const LossFn& loss) {
+  StepResult r;
+  r.loss = accumulate(batch, loss, 0);
+  r.weight_grads_zero = update().weight_grads_zero;
+  return r;
+}
+
 EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
                                   const std::function<void(const Progress&)>& progress) {
   if (started_ < 0) {
@@ -102,38 +166,18 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
   batcher_.start_epoch(static_cast<uint64_t>(epoch - 1));
   const std::size_t steps = batcher_.batches(), isz = batcher_.image_size();
   std::vector<int8_t> images(cfg_.batch * isz);
-  std::vector<uint8_t> labels(cfg_.batch);
-  Tape tape;
-  const std::vector<Param*> params = model_->params();
+  std::vector<int32_t> labels(cfg_.batch);
   const double t0 = now_seconds();
   std::size_t seen_now = 0;
   const double total = static_cast<double>(cfg_.epochs) * static_cast<double>(steps);
   StepProfile* const prof = profile_.get();
-  using Phase = StepProfile::Phase;
-  // Adds the time since *t to `phase` when profiling, and restarts *t.
-  auto lap = [prof](Phase phase, int64_t* t) {
-    if (prof == nullptr) return;
-    const int64_t now = StepProfile::now_ns();
-    prof->add(phase, now - *t);
-    *t = now;
-  };
   for (std::size_t b = st.step_in_epoch; b < steps; ++b) {
-    int64_t lap_t = prof != nullptr ? StepProfile::now_ns() : 0;
+    const int64_t gather_t = prof != nullptr ? StepProfile::now_ns() : 0;
     const std::size_t n = batcher_.fill(b, images.data(), labels.data());
-    StepContext ctx{&pool_, &tape, cfg_.seed, st.global_step, prof};
-    VarPtr input = batch_input(model_->spec(), images.data(), n, isz, norm_.exponent);
-    lap(Phase::kGather, &lap_t);
-    VarPtr logits = model_->forward(ctx, input);
-    if (prof != nullptr) lap_t = StepProfile::now_ns();
-    const LossResult r = softmax_cross_entropy(ctx, logits, labels.data());
-    lap(Phase::kLoss, &lap_t);
-    tape.backward(prof);
-    const bool grads_zero = weight_grads_zero(params);
-    if (prof != nullptr) lap_t = StepProfile::now_ns();
-    optimizer_->step(params, schedule_.at(st.global_step), st.global_step, cfg_.seed, &pool_);
-    lap(Phase::kOptimizer, &lap_t);
-    if (prof != nullptr) prof->add_step();
-    ++st.global_step;
+    if (prof != nullptr) prof->add(StepProfile::Phase::kGather, StepProfile::now_ns() - gather_t);
+    const Batch batch{.inputs = {images.data(), n * isz}, .exponent = norm_.exponent, .labels = {labels.data(), n}};
+    const LossResult r = accumulate(batch, loss_, 0);
+    const bool grads_zero = update().weight_grads_zero;
     st.step_in_epoch = b + 1;
     st.loss_sum += r.loss * static_cast<double>(n);
     st.correct += r.correct;
@@ -204,7 +248,20 @@ uint32_t Trainer::training_data_crc() const {
     const uint64_t dims[4] = {train_.count, train_.rows, train_.cols, train_.channels};
     crc = crc32(crc, reinterpret_cast<const Bytef*>(dims), sizeof dims);
     crc = crc32_z(crc, train_.pixels.data(), train_.pixels.size());
-    crc = crc32_z(crc, train_.labels.data(), train_.labels.size());
+    // One byte per label while every label fits one (IDX, CIFAR-10: the CRCs of older checkpoints), else four
+    // (little-endian); int8 features add a marker and their exponent.
+    const bool bytes =
+        std::all_of(train_.labels.begin(), train_.labels.end(), [](int32_t l) { return l >= 0 && l < 256; });
+    std::vector<uint8_t> label_bytes;
+    label_bytes.reserve(train_.labels.size() * (bytes ? 1 : 4));
+    for (const int32_t l : train_.labels)
+      for (int k = 0; k < (bytes ? 1 : 4); ++k)
+        label_bytes.push_back(static_cast<uint8_t>(static_cast<uint32_t>(l) >> (8 * k)));
+    crc = crc32_z(crc, label_bytes.data(), label_bytes.size());
+    if (train_.int8_features) {
+      const int32_t marker[2] = {0x38544e49 /* "INT8" */, train_.feature_exponent};
+      crc = crc32(crc, reinterpret_cast<const Bytef*>(marker), sizeof marker);
+    }
     data_crc_ = static_cast<uint32_t>(crc);
     data_crc_known_ = true;
   }
@@ -214,17 +271,19 @@ uint32_t Trainer::training_data_crc() const {
 double Trainer::evaluate(const data::ImageSet& set) { return evaluate_model(*model_, set, norm_, &pool_); }
 
 double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool) {
+  check_input_fits(model.spec(), set);
   constexpr std::size_t kBatch = 500;
   data::Batcher batcher(set, norm, kBatch, 0, /*shuffle=*/false, /*drop_last=*/false);
   const std::size_t isz = batcher.image_size();
   std::vector<int8_t> images(kBatch * isz);
-  std::vector<uint8_t> labels(kBatch);
+  std::vector<int32_t> labels(kBatch);
   std::size_t correct = 0;
   for (std::size_t b = 0; b < batcher.batches(); ++b) {
     const std::size_t n = batcher.fill(b, images.data(), labels.data());
     StepContext ctx{pool, nullptr, 0, 0};
-    VarPtr logits = model.forward(ctx, batch_input(model.spec(), images.data(), n, isz, norm.exponent));
-    correct += softmax_cross_entropy(ctx, logits, labels.data()).correct;
+    const Batch batch{.inputs = {images.data(), n * isz}, .exponent = norm.exponent, .labels = {labels.data(), n}};
+    VarPtr logits = model.forward(ctx, batch_input(model.spec(), batch));
+    correct += softmax_ce_loss(ctx, logits, batch).correct;
   }
   return set.count ? static_cast<double>(correct) / static_cast<double>(set.count) : 0.0;
 }

@@ -1,22 +1,34 @@
-// The training loop: batches → forward → integer softmax cross-entropy → backward → integer SGD, with the
-// learning-rate schedule, evaluation and progress reporting. The CLI and the benches drive it; so can a user.
+// The training loop: batches → forward → loss (by default the integer softmax cross-entropy) → backward → the
+// optimizer, with the learning-rate schedule, evaluation and progress reporting. The run driver (train/session.h),
+// the CLI and the benches drive it; so can a user, one step at a time:
+//   step(batch)                       forward, backward and one optimizer update
+//   accumulate(batch, loss, pass) ×k  then update(): k forward/backward passes per update (micro-batches, sandwich
+//                                     sub-networks); the parameters' gradients are the exact sum of the passes'
+//                                     (Param gradients accumulate, aligned_sum.h), and pass p draws its own
+//                                     stochastic rounding (StepContext::pass), pass 0 the draws of a plain step.
+// Micro-batches versus one batch: with Batch::mean_over set to the whole update's rows, every row's loss gradient
+// dz equals its dz in the one big batch, bit for bit; the weight gradients do not, because each pass quantizes its
+// own dY (ShiftQuant ranges and exponents per tensor, so per micro-batch) and draws its own rounding. They agree in
+// expectation, and the update is the exact sum of what the passes computed (tests/test_training.cc).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "qtrain/engine/core/profile.h"
 #include "qtrain/engine/data/batcher.h"
 #include "qtrain/engine/data/idx.h"
 #include "qtrain/engine/data/normalize.h"
-#include "qtrain/engine/train/health.h"
 #include "qtrain/engine/models/model.h"
-#include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/ops/softmax_ce.h"
 #include "qtrain/engine/optim/optimizer.h"
 #include "qtrain/engine/optim/schedule.h"
+#include "qtrain/engine/train/health.h"
 #include "qtrain/kernels/thread_pool.h"
 
 namespace qtrain {
@@ -64,6 +76,31 @@ struct Progress {
   double eta_seconds = 0;      // for the whole run
 };
 
+// One pass's data as the model's input, already in the data plane: labels.size() examples of the model's input
+// size each (image-major, each image HWC; real value q·2^exponent), and their labels.
+struct Batch {
+  std::span<const int8_t> inputs;
+  int exponent = 0;
+  std::span<const int32_t> labels;
+  std::size_t mean_over = 0;  // the B of the loss's mean (0 = labels.size()); micro-batches pass the update's rows
+};
+
+// A loss: the logits of a batch → its metrics, seeding the logits' gradient on the tape when ctx is training.
+using LossFn = std::function<LossResult(const StepContext& ctx, const VarPtr& logits, const Batch& batch)>;
+
+// The default loss: softmax_cross_entropy(ctx, logits, batch.labels, batch.mean_over).
+LossResult softmax_ce_loss(const StepContext& ctx, const VarPtr& logits, const Batch& batch);
+
+struct UpdateResult {
+  bool weight_grads_zero = false;  // every weight gradient (biases aside) of the update was exactly zero
+};
+
+// The model's int8 input values per example: H·W·C (or the MLP's input width).
+std::size_t input_size(const ModelSpec& spec);
+// Throws UsageError naming both shapes unless `set`'s examples fit the model's input and its classes fit the
+// model's outputs.
+void check_input_fits(const ModelSpec& spec, const data::ImageSet& set);
+
 class Trainer {
  public:
   // `train` must outlive the trainer. The pixel normalization is fitted on `train`.
@@ -78,6 +115,20 @@ class Trainer {
   // monitor (cfg.health) stops the run.
   EpochMetrics train_epoch(int epoch, const data::ImageSet* test,
                            const std::function<void(const Progress&)>& progress = {});
+  // Forward, loss and backward of one pass (0-based `pass` of this update); the gradients add to the parameters'.
+  // An empty `loss` is softmax_ce_loss. Throws std::invalid_argument if the batch's sizes do not fit the model.
+  LossResult accumulate(const Batch& batch, const LossFn& loss = {}, uint32_t pass = 0);
+  // One optimizer step on the accumulated gradients at the schedule's learning rate; the global step advances.
+  UpdateResult update();
+  struct StepResult {
+    LossResult loss;
+    bool weight_grads_zero = false;
+  };
+  // accumulate(batch, loss, 0) then update().
+  StepResult step(const Batch& batch, const LossFn& loss = {});
+  // The loss train_epoch uses (default: softmax_ce_loss).
+  void set_loss(LossFn loss) { loss_ = std::move(loss); }
+
   // Continue from a saved position (the model's weights and the optimizer's state must already be the saved ones).
   // Throws std::invalid_argument when the state does not fit this run (epochs, steps per epoch, batch).
   void restore(const TrainState& state);
@@ -93,9 +144,11 @@ class Trainer {
   double evaluate(const data::ImageSet& set);
 
   Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
   const data::PixelNorm& norm() const { return norm_; }
   const TrainConfig& config() const { return cfg_; }
   kernels::ThreadPool& pool() { return pool_; }
+  const kernels::ThreadPool& pool() const { return pool_; }
   Optimizer& optimizer() { return *optimizer_; }
   const Optimizer& optimizer() const { return *optimizer_; }
   uint64_t global_step() const { return state_.global_step; }
@@ -107,6 +160,7 @@ class Trainer {
   const data::ImageSet& train_;
   data::PixelNorm norm_;
   std::unique_ptr<Model> model_;
+  std::vector<Param*> params_;
   kernels::ThreadPool pool_;
   data::Batcher batcher_;
   std::unique_ptr<Optimizer> optimizer_;
@@ -114,13 +168,15 @@ class Trainer {
   TrainState state_;
   HealthMonitor health_;
   std::unique_ptr<StepProfile> profile_;
+  LossFn loss_;
   double started_ = -1;  // wall-clock start of this process's part of the run, for the ETA
   uint64_t started_step_ = 0;
   mutable uint32_t data_crc_ = 0;
   mutable bool data_crc_known_ = false;
 };
 
-// Accuracy of `model` on `set` (batches of 500, no tape).
+// Accuracy of `model` on `set` (batches of 500, no tape). Throws UsageError (check_input_fits) when the set's
+// shape does not fit the model.
 double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool);
 
 }  // namespace qtrain
