@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <memory>
 
-#include "qtrain/engine/io/serialize.h"
-#include "qtrain/engine/train/trainer.h"
 #include "fuzz/fuzz_models.h"
 #include "fuzz/fuzz_util.h"
+#include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/train/trainer.h"
 #include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {

@@ -5,11 +5,11 @@
 #include <fstream>
 #include <string>
 
+#include "fuzz/fuzz_models.h"
+#include "fuzz/fuzz_util.h"
 #include "qtrain/engine/io/checkpoint.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/engine/train/trainer.h"
-#include "fuzz/fuzz_models.h"
-#include "fuzz/fuzz_util.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -95,8 +95,8 @@ void header_from_json(const nlohmann::json& h, uint32_t version, Checkpoint& c, 
   const Fields root(h, "");
   if (root.string("format") != kFormat) throw std::runtime_error("format is not \"" + std::string(kFormat) + "\"");
   // Versions 1 and 2 recorded a built-in's spec; version 3 the registry name and configuration.
-  c.config.model = version >= 3 ? json_io::model_from_json(root.object("model"))
-                                : json_io::spec_from_json(root.object("model"));
+  c.config.model =
+      version >= 3 ? json_io::model_from_json(root.object("model")) : json_io::spec_from_json(root.object("model"));
   c.norm = json_io::norm_from_json(root.object("pixel_norm"));
 
   const Fields cfg = root.object("config");

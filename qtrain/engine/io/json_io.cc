@@ -164,8 +164,8 @@ ModelSpec model_from_json(const Fields& f) {
   InputShape shape;
   shape.h = static_cast<std::size_t>(integer_value(in[0], f.path("input") + "[0]", 1, kMaxImageSide));
   shape.w = static_cast<std::size_t>(integer_value(in[1], f.path("input") + "[1]", 1, kMaxImageSide));
-  shape.c = static_cast<std::size_t>(
-      integer_value(in[2], f.path("input") + "[2]", 1, static_cast<int64_t>(kMaxLayerWidth)));
+  shape.c =
+      static_cast<std::size_t>(integer_value(in[2], f.path("input") + "[2]", 1, static_cast<int64_t>(kMaxLayerWidth)));
   const auto classes = static_cast<std::size_t>(f.integer("classes", 1, kMaxClasses));
   const ModelConfig config = config_from_json(f.object("config"));
   try {

@@ -114,7 +114,8 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
     const nlohmann::json h = nlohmann::json::parse(htext);
     const json_io::Fields root(h, "");
     // Version 1 recorded a built-in's spec, and its buffers in the model's order without a list.
-    spec = version == 1 ? json_io::spec_from_json(root.object("model")) : json_io::model_from_json(root.object("model"));
+    spec =
+        version == 1 ? json_io::spec_from_json(root.object("model")) : json_io::model_from_json(root.object("model"));
     out.norm = json_io::norm_from_json(root.object("pixel_norm"));
     listed_params = named_tensors::from_json(root.array("params"), "params", false);
     if (version != 1) listed_buffers = named_tensors::from_json(root.array("buffers"), "buffers", false);

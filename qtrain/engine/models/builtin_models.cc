@@ -142,11 +142,11 @@ std::vector<std::unique_ptr<Layer>> build_mlp(const ModelSpec& spec, uint64_t se
     ls.act_bits = i == 0 ? spec.input_bits : spec.bits.act;
     ls.grad_bits = spec.bits.grad;
     ls.groups = spec.resolved_groups();
-    ls.signed_input = i == 0;       // normalized pixels are signed; later inputs follow a ReLU
+    ls.signed_input = i == 0;  // normalized pixels are signed; later inputs follow a ReLU
     ls.scale = spec.scale_rule();
     ls.act_groups = i == 0 ? 1 : spec.resolved_act_groups();
-    ls.needs_input_grad = i != 0;   // nothing consumes the gradient of the pixels
-    ls.relu = i + 1 < n;            // hidden layers: Linear + ReLU as one op
+    ls.needs_input_grad = i != 0;  // nothing consumes the gradient of the pixels
+    ls.relu = i + 1 < n;           // hidden layers: Linear + ReLU as one op
     layers.push_back(std::make_unique<Linear>(ls, static_cast<uint32_t>(i), seed));
   }
   return layers;

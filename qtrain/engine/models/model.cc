@@ -87,7 +87,8 @@ std::vector<std::pair<std::string, Tensor*>> Model::named_buffers() {
   for (Layer* c : children())
     for_each_module(*c, [&](Layer& m) {
       const std::vector<Tensor*> own = m.own_buffers();
-      for (std::size_t i = 0; i < own.size(); ++i) out.emplace_back(m.layer_name() + ".buffer" + std::to_string(i), own[i]);
+      for (std::size_t i = 0; i < own.size(); ++i)
+        out.emplace_back(m.layer_name() + ".buffer" + std::to_string(i), own[i]);
     });
   return out;
 }
