@@ -832,6 +832,11 @@ TEST(ModelFileHostile, HeaderAndSizes) {
        "the header lists 1099512437316 bytes of parameters, statistics and checksum, the file holds 940612 "
        "(truncated)"},
       {[](J& h) { h["buffers"] = 3; }, "buffers must be an array"},
+      {[](J& h) {  // 2^31 x 2^31 values: the byte count saturates at 2^62 instead of wrapping
+         h["params"][0]["rows"] = 1u << 31;
+         h["params"][0]["cols"] = 1u << 31;
+       },
+       "the header lists 4611686018427387908 bytes"},
   };
   for (const auto& [edit, detail] : cases) {
     SCOPED_TRACE(detail);

@@ -13,11 +13,15 @@ constexpr std::size_t kMaxEntries = std::size_t{1} << 20, kMaxNameBytes = 4096;
 constexpr int64_t kMaxSide = int64_t{1} << 31;
 constexpr uint64_t kCap = uint64_t{1} << 62;
 
-// a·b + c, saturating at kCap (every operand is at most 2^31 + 1, so a·b ≤ 2^63 cannot wrap).
-uint64_t mul_add(uint64_t a, uint64_t b, uint64_t c) {
-  const uint64_t p = a * b;
-  return p > kCap || c > kCap - p ? kCap : p + c;
+// 4·(rows·cols + extra) bytes, saturating at kCap: rows and cols are at most 2^31 (from_json), so rows·cols ≤ 2^62
+// and rows·cols + extra (extra ≤ cols) cannot wrap.
+uint64_t words_bytes(uint64_t rows, uint64_t cols, uint64_t extra) {
+  const uint64_t words = rows * cols + extra;
+  return words > kCap / 4 ? kCap : 4 * words;
 }
+
+// a + b for a, b ≤ kCap, saturating at kCap.
+uint64_t add_capped(uint64_t a, uint64_t b) { return a > kCap - b ? kCap : a + b; }
 
 std::string shape(std::size_t rows, std::size_t cols) { return std::to_string(rows) + "x" + std::to_string(cols); }
 }  // namespace
@@ -67,13 +71,13 @@ std::vector<Entry> from_json(const nlohmann::json& list, const std::string& path
 
 uint64_t param_bytes(const std::vector<Entry>& listed) {
   uint64_t n = 0;
-  for (const Entry& e : listed) n = mul_add(4 * uint64_t{e.rows}, e.cols, n > kCap - 4 ? kCap : n + 4);
+  for (const Entry& e : listed) n = add_capped(n, words_bytes(e.rows, e.cols, 1));
   return n;
 }
 
 uint64_t buffer_bytes(const std::vector<Entry>& listed) {
   uint64_t n = 0;
-  for (const Entry& e : listed) n = mul_add(4 * (uint64_t{e.rows} + 1), e.cols, n);
+  for (const Entry& e : listed) n = add_capped(n, words_bytes(e.rows, e.cols, e.cols));
   return n;
 }
 
