@@ -1,14 +1,17 @@
-// Model file parser (qtrain/engine/io/serialize.h). The trailing CRC is recomputed so mutations reach the header and
+// Model file parser (qtrain/engine/io/serialize.h), versions 1 and 2, with a registered user model
+// (fuzz_models.h) beside the built-ins. The trailing CRC is recomputed so mutations reach the header and
 // parameter checks; anything but qtrain::InputError is a finding. A model that loads must evaluate a batch.
 #include <algorithm>
 #include <memory>
 
+#include "fuzz/fuzz_models.h"
+#include "fuzz/fuzz_util.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/engine/train/trainer.h"
-#include "fuzz/fuzz_util.h"
 #include "qtrain/quant/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
+  qtrain::fuzz::register_user_model();
   std::string bytes(reinterpret_cast<const char*>(data), size);
   qtrain::fuzz::fix_model_crc(bytes);
   try {
@@ -16,17 +19,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     if (!m.model) __builtin_trap();
     // Small models also run a forward pass, so hostile weights and exponents meet the data plane.
     const qtrain::ModelSpec& spec = m.model->spec();
+    const qtrain::InputShape in = spec.input();
     qtrain::data::ImageSet set;
     set.count = 2;
-    if (spec.convolutional()) {
-      set.rows = spec.in_h;
-      set.cols = spec.in_w;
-      set.channels = spec.in_c;
-    } else {
-      set.rows = 1;
-      set.cols = spec.sizes.front();
-    }
-    const std::size_t classes = spec.convolutional() ? spec.classes : spec.sizes.back();
+    set.rows = in.h;
+    set.cols = in.w;
+    set.channels = in.c;
+    const std::size_t classes = spec.output_classes();
     if (set.image_size() <= 4096 && m.model->parameter_count() <= 200000 &&
         m.norm.channels.size() == set.channels) {
       set.pixels.resize(2 * set.image_size());

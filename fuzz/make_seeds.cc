@@ -5,10 +5,11 @@
 #include <fstream>
 #include <string>
 
+#include "fuzz/fuzz_models.h"
+#include "fuzz/fuzz_util.h"
 #include "qtrain/engine/io/checkpoint.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/engine/train/trainer.h"
-#include "fuzz/fuzz_util.h"
 
 namespace {
 namespace fs = std::filesystem;
@@ -71,9 +72,10 @@ int main(int argc, char** argv) {
   write(dir / "cifar10/bad_label", bad);
 
   // A tiny model (4-3-10) on 8 synthetic 2×2 images, and checkpoints of it mid-epoch and at an epoch's end. These
-  // are format version 2; checkpoint/v1_* are the same checkpoints in format version 1, written by this program at
-  // 3f2aa51, the last commit before format 2 (this build reads version 1 but no longer writes it: they are kept,
-  // not regenerated).
+  // are checkpoint format version 3 and model file version 2. The older formats this build reads but no longer
+  // writes are kept, not regenerated: checkpoint/v1_* are the same checkpoints in format version 1, written by this
+  // program at 3f2aa51 (the last commit before format 2); checkpoint/v2_* in format 2 and model/v1_tiny in model
+  // file version 1, written at 94da668 (the last commit before the registry).
   qtrain::data::ImageSet set;
   set.count = 8;
   set.rows = set.cols = 2;
@@ -94,6 +96,22 @@ int main(int argc, char** argv) {
   qtrain::save_model(tmp.string(), t.model(), t.norm());
   std::ifstream in(tmp, std::ios::binary);
   write(dir / "model/tiny", std::string((std::istreambuf_iterator<char>(in)), {}));
+  in.close();
+
+  // The registered user model of the fuzz targets (fuzz_models.h) on the same images: a model file and a
+  // mid-epoch checkpoint (with running statistics in BUFS).
+  qtrain::fuzz::register_user_model();
+  qtrain::ModelConfig user;
+  user.set("width", 3).set("bits", 4);
+  qtrain::TrainConfig ucfg = cfg;
+  ucfg.model = qtrain::ModelSpec::from_config(qtrain::fuzz::kUserModel, user, {2, 2, 1}, 10);
+  qtrain::Trainer u(ucfg, set);
+  u.train_epoch(1, nullptr, [&](const qtrain::Progress& p) {
+    if (p.step == 1) write(dir / "checkpoint/user_mid_epoch", qtrain::encode_checkpoint(u));
+  });
+  qtrain::save_model(tmp.string(), u.model(), u.norm());
+  std::ifstream uin(tmp, std::ios::binary);
+  write(dir / "model/user_conv", std::string((std::istreambuf_iterator<char>(uin)), {}));
   fs::remove(tmp);
   std::printf("seeds written to %s\n", dir.c_str());
   return 0;

@@ -53,6 +53,9 @@
 #include "qtrain/engine/layers/residual.h"
 
 #include "qtrain/engine/models/model.h"
+#include "qtrain/engine/models/model_config.h"
+#include "qtrain/engine/models/model_spec.h"
+#include "qtrain/engine/models/registry.h"
 
 #include "qtrain/engine/train/health.h"
 #include "qtrain/engine/train/trainer.h"

@@ -908,7 +908,7 @@ TEST(CliModel, UnknownModelKindInHeader) {
   TempDir dir;
   train_and_save(dir);
   std::string bytes = read_bytes(dir / "model.qtm");
-  const std::size_t at = bytes.find("\"kind\":\"mlp\"");
+  const std::size_t at = bytes.find("\"name\":\"mlp\"");
   ASSERT_NE(at, std::string::npos);
   bytes.replace(at + 8, 3, "vgg");
   // CRC-32 (IEEE, as zlib) of everything before the last 4 bytes.
@@ -921,7 +921,9 @@ TEST(CliModel, UnknownModelKindInHeader) {
   std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
   const std::string f = dir / "vgg.qtm";
   write_bytes(f, bytes);
-  expect_model_error(run({"eval", "--load", f}), f, "unknown model 'vgg'");
+  expect_model_error(run({"eval", "--load", f}), f,
+                     "unknown model 'vgg': not built in and not registered; call qtrain::register_model(\"vgg\", "
+                     "factory) before loading");
 }
 
 }  // namespace

@@ -57,42 +57,6 @@ std::string read_file_bounded(const std::string& path, const char* what, std::si
   return bytes;
 }
 
-void put_buffers(std::string& out, Model& model) {
-  for (Tensor* t : model.buffers()) {
-    for (std::size_t c = 0; c < t->cols(); ++c) put<int32_t>(out, t->exponent_at(0, c));
-    put_i32_values(out, *t);
-  }
-}
-
-uint64_t buffer_bytes(Model& model) {
-  uint64_t n = 0;
-  for (Tensor* t : model.buffers()) n += 4 * (uint64_t{t->cols()} + t->size());
-  return n;
-}
-
-uint64_t param_bytes(Model& model) {
-  uint64_t n = 0;
-  for (Param* p : model.params()) n += 4 + 4 * uint64_t{p->master.size()};
-  return n;
-}
-
-void read_buffers(Reader& r, Model& model) {
-  constexpr int kMaxExponent = 200;
-  for (Tensor* t : model.buffers()) {
-    std::vector<int> exps(t->cols());
-    for (int& e : exps) {
-      const std::size_t at = r.pos();
-      e = r.get<int32_t>("running-statistics exponent");
-      if (e < -kMaxExponent || e > kMaxExponent)
-        r.fail_at(at, "running-statistics exponent " + std::to_string(e) + " is out of range " +
-                          std::to_string(-kMaxExponent) + ".." + std::to_string(kMaxExponent));
-    }
-    const std::string data = r.take(t->size() * sizeof(int32_t), "running statistics");
-    std::memcpy(t->data<int32_t>(), data.data(), data.size());
-    t->set_exponents(t->cols() == 1 ? ScaleAxis::kTensor : ScaleAxis::kCol, std::move(exps));
-  }
-}
-
 void check_size_bound(const ModelSpec& spec, std::size_t file_bytes) {
   const std::size_t bound = spec.size_bound();
   const uint64_t budget = 2 * (uint64_t{file_bytes} / 4) + (uint64_t{1} << 21);

@@ -72,14 +72,6 @@ uint32_t crc32_of(const char* data, std::size_t n);
 // (checked before reading). `what` names the kind of file for messages ("model file", "checkpoint").
 std::string read_file_bounded(const std::string& path, const char* what, std::size_t max_bytes);
 
-// Buffers (running statistics): per buffer, one i32 exponent per column, then rows·cols i32 values.
-void put_buffers(std::string& out, Model& model);
-uint64_t buffer_bytes(Model& model);
-// Reads into the model's buffers (already shaped by build_model); exponents in −200..200.
-void read_buffers(Reader& r, Model& model);
-// Bytes of the parameters as the formats store them: per parameter, i32 exponent and rows·cols i32 values.
-uint64_t param_bytes(Model& model);
-
 // Throws std::runtime_error unless spec.size_bound() fits a file of `file_bytes` (at most twice its int32 values
 // plus 2^21): called before build_model so a small file cannot make it allocate a huge model.
 void check_size_bound(const ModelSpec& spec, std::size_t file_bytes);

@@ -10,6 +10,7 @@
 
 #include "qtrain/engine/io/binary_io.h"
 #include "qtrain/engine/io/json_io.h"
+#include "qtrain/engine/io/named_tensors.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/quant/error.h"
 
@@ -20,7 +21,7 @@ namespace {
 constexpr char kMagic[8] = {'Q', 'T', 'R', 'N', 'C', 'K', 'P', 'T'};
 constexpr const char* kFormat = "qtrain checkpoint";
 constexpr uint32_t kSections = 4;
-// The sections of version 2 and of version 1 (whose third held the SGD momentum of every tensor).
+// The sections of versions 2 and 3 and of version 1 (whose third held the SGD momentum of every tensor).
 constexpr const char* kTags[kSections] = {"HEAD", "WGHT", "OPTM", "BUFS"};
 constexpr const char* kTagsV1[kSections] = {"HEAD", "WGHT", "MOMT", "BUFS"};
 constexpr std::size_t kMaxFileBytes = std::size_t{1} << 32;
@@ -83,11 +84,19 @@ EpochMetrics metrics_from_json(const Fields& f) {
   return m;
 }
 
+// The tensor lists of the header: parameters (all versions) and buffers (from version 3 on; before, the model's
+// order without a list).
+struct Listed {
+  std::vector<named_tensors::Entry> params, buffers;
+};
+
 // The header's contents, checked field by field (std::runtime_error naming the field).
-void header_from_json(const nlohmann::json& h, Checkpoint& c, nlohmann::json& tensors) {
+void header_from_json(const nlohmann::json& h, uint32_t version, Checkpoint& c, Listed& listed) {
   const Fields root(h, "");
   if (root.string("format") != kFormat) throw std::runtime_error("format is not \"" + std::string(kFormat) + "\"");
-  c.config.model = json_io::spec_from_json(root.object("model"));
+  // Versions 1 and 2 recorded a built-in's spec; version 3 the registry name and configuration.
+  c.config.model =
+      version >= 3 ? json_io::model_from_json(root.object("model")) : json_io::spec_from_json(root.object("model"));
   c.norm = json_io::norm_from_json(root.object("pixel_norm"));
 
   const Fields cfg = root.object("config");
@@ -170,27 +179,8 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, nlohmann::json& te
       throw std::runtime_error("history[" + std::to_string(i) + "].epoch must be " + std::to_string(i + 1));
   }
 
-  tensors = root.array("tensors");
-}
-
-// The header's tensor list against the built model: same names, shapes and dtype, in order.
-void check_tensors(const nlohmann::json& tensors, Model& model) {
-  const std::vector<Param*> params = model.params();
-  if (tensors.size() != params.size())
-    throw std::runtime_error("tensors lists " + std::to_string(tensors.size()) + " tensors, the model has " +
-                             std::to_string(params.size()));
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    const Fields t(tensors[i], "tensors[" + std::to_string(i) + "]");
-    const std::string name = t.string("name"), dtype = t.string("dtype");
-    const auto rows = t.integer("rows", 0, INT64_MAX), cols = t.integer("cols", 0, INT64_MAX);
-    const Tensor& m = params[i]->master;
-    if (name != params[i]->name || static_cast<std::size_t>(rows) != m.rows() ||
-        static_cast<std::size_t>(cols) != m.cols())
-      throw std::runtime_error("tensors[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
-                               std::to_string(cols) + ", the model has " + params[i]->name + " " +
-                               std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
-    if (dtype != "i32") throw std::runtime_error("tensors[" + std::to_string(i) + "].dtype must be \"i32\"");
-  }
+  listed.params = named_tensors::from_json(root.array("tensors"), "tensors", true);
+  if (version >= 3) listed.buffers = named_tensors::from_json(root.array("buffers"), "buffers", false);
 }
 
 struct Section {
@@ -206,7 +196,7 @@ std::string encode_checkpoint(Trainer& trainer) {
   Model& model = trainer.model();
   nlohmann::json h;
   h["format"] = kFormat;
-  h["model"] = json_io::spec_to_json(model.spec());
+  h["model"] = json_io::model_to_json(model.spec());
   h["pixel_norm"] = json_io::norm_to_json(trainer.norm());
   h["config"] = {{"seed", cfg.seed},
                  {"batch", cfg.batch},
@@ -232,14 +222,11 @@ std::string encode_checkpoint(Trainer& trainer) {
   nlohmann::json history = nlohmann::json::array();
   for (const EpochMetrics& m : st.history) history.push_back(metrics_to_json(m));
   h["history"] = history;
-  nlohmann::json tensors = nlohmann::json::array();
+  const named_tensors::Named params = named_tensors::params_of(model), buffers = named_tensors::buffers_of(model);
+  h["tensors"] = named_tensors::to_json(params, true);
+  h["buffers"] = named_tensors::to_json(buffers, false);
   std::string weights;
-  for (Param* p : model.params()) {
-    tensors.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}, {"dtype", "i32"}});
-    put<int32_t>(weights, p->master.exponent());
-    binary_io::put_i32_values(weights, p->master);
-  }
-  h["tensors"] = tensors;
+  named_tensors::put_params(weights, params);
   std::string optimizer;
   put_string(optimizer, trainer.optimizer().name());
   const std::vector<NamedState> state = trainer.optimizer().state();
@@ -259,9 +246,9 @@ std::string encode_checkpoint(Trainer& trainer) {
   put_section(out, kTags[0], h.dump());
   put_section(out, kTags[1], weights);
   put_section(out, kTags[2], optimizer);
-  std::string buffers;
-  binary_io::put_buffers(buffers, model);
-  put_section(out, kTags[3], buffers);
+  std::string statistics;
+  named_tensors::put_buffers(statistics, buffers);
+  put_section(out, kTags[3], statistics);
   return out;
 }
 
@@ -354,8 +341,9 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
     r.fail("not a qtrain checkpoint (bad magic)");
   r.take(sizeof kMagic, "magic");
   const uint32_t version = r.get<uint32_t>("version");
-  if (version != 1 && version != 2)
-    r.fail_at(8, "checkpoint format version " + std::to_string(version) + "; this build reads versions 1 and 2 (" +
+  if (version < 1 || version > kCheckpointVersion)
+    r.fail_at(8, "checkpoint format version " + std::to_string(version) + "; this build reads versions 1 to " +
+                     std::to_string(kCheckpointVersion) + " (" +
                      (version > kCheckpointVersion
                           ? "written by a newer qtrain? resume it with that qtrain, or start the run again"
                           : "not a file qtrain wrote; start the run again") +
@@ -392,50 +380,57 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
     r.fail(std::to_string(r.remaining()) + " unexpected bytes after the last section (the file should end here)");
 
   Checkpoint c;
-  nlohmann::json tensors;
+  Listed listed;
   try {
     const nlohmann::json h = nlohmann::json::parse(bytes.begin() + static_cast<std::ptrdiff_t>(sec[0].begin),
                                                    bytes.begin() + static_cast<std::ptrdiff_t>(sec[0].end));
-    header_from_json(h, c, tensors);
+    header_from_json(h, version, c, listed);
     binary_io::check_size_bound(c.config.model, bytes.size());
   } catch (const nlohmann::json::parse_error& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD is not valid JSON (") + e.what() + ")");
   } catch (const std::exception& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
   }
-  c.model = build_model(c.config.model, 0);
+  // The listed tensors' sizes against their sections, before the model is built (a registered model has no size
+  // bound of its own); OPTM's entries are checked one by one.
+  auto check_section = [&](uint32_t i, uint64_t need) {
+    const uint64_t have = sec[i].end - sec[i].begin;
+    if (have != need)
+      r.fail_at(sec[i].begin, std::string("section ") + tags[i] + " holds " + std::to_string(have) +
+                                  " bytes, the listed tensors need " + std::to_string(need));
+  };
+  check_section(1, named_tensors::param_bytes(listed.params));
+  if (version == 1) check_section(2, named_tensors::param_bytes(listed.params));
+  if (version >= 3) check_section(3, named_tensors::buffer_bytes(listed.buffers));
   try {
-    check_tensors(tensors, *c.model);
+    c.model = build_model(c.config.model, 0);
+  } catch (const std::exception& e) {
+    r.fail_at(sec[0].begin, "section HEAD: model '" + c.config.model.kind +
+                                "' cannot be built from the file's configuration: " + e.what());
+  }
+  const named_tensors::Named model_params = named_tensors::params_of(*c.model);
+  const named_tensors::Named model_buffers = named_tensors::buffers_of(*c.model);
+  if (version < 3) listed.buffers = named_tensors::entries_of(model_buffers);
+  std::vector<std::size_t> param_at, buffer_at;
+  try {
+    param_at = named_tensors::bind(listed.params, model_params, "tensors", "parameter");
+    buffer_at = named_tensors::bind(listed.buffers, model_buffers, "buffers", "buffer");
   } catch (const std::exception& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
   }
-  // Section sizes against the model (OPTM's entries are checked one by one).
-  const uint64_t pbytes = binary_io::param_bytes(*c.model), bbytes = binary_io::buffer_bytes(*c.model);
-  for (uint32_t i = 1; i < kSections; ++i) {
-    if (i == 2 && version != 1) continue;
-    const uint64_t have = sec[i].end - sec[i].begin, need = i == 3 ? bbytes : pbytes;
-    if (have != need)
-      r.fail_at(sec[i].begin, std::string("section ") + tags[i] + " holds " + std::to_string(have) +
-                                  " bytes, the model needs " + std::to_string(need));
-  }
-  const std::vector<Param*> params = c.model->params();
+  if (version < 3) check_section(3, named_tensors::buffer_bytes(listed.buffers));
+  const std::vector<Param*> all = c.model->params();
+  std::vector<Param*> params;  // in the list's order
+  for (std::size_t i : param_at) params.push_back(all[i]);
   Reader w(path, bytes, sec[1].begin, sec[1].end);
-  for (Param* p : params) {
-    const std::size_t at_w = w.pos();
-    const int32_t ew = w.get<int32_t>("exponent");
-    if (ew < -kMaxExponent || ew > kMaxExponent)
-      w.fail_at(at_w, p->name + " exponent " + std::to_string(ew) + " is out of range " +
-                          std::to_string(-kMaxExponent) + ".." + std::to_string(kMaxExponent));
-    w.read_i32_values(p->master, p->name);
-    p->master.set_exponent(ew);
-  }
+  named_tensors::read_params(w, named_tensors::tensors_at(model_params, param_at), listed.params);
   Reader o(path, bytes, sec[2].begin, sec[2].end);
   if (version == 1)
     read_momentum_v1(o, params, c);
   else
     read_optimizer_state(o, params, c);
   Reader b(path, bytes, sec[3].begin, sec[3].end);
-  binary_io::read_buffers(b, *c.model);
+  named_tensors::read_buffers(b, named_tensors::tensors_at(model_buffers, buffer_at));
   return c;
 }
 

@@ -1,21 +1,25 @@
 // Checkpoints: everything a training run needs to continue bit-exactly after a crash or a deliberate stop.
 //
-// File layout (little-endian), format version 2:
+// File layout (little-endian), format version 3:
 //   "QTRNCKPT" | u32 version | u32 section count (4)
 //   then each section:  4-byte tag | u64 payload length | payload | u32 CRC-32 of tag, length and payload
-//     "HEAD"  JSON: the model spec, the pixel normalization, the training configuration that matters for
-//             resuming (seed, batch, lr, schedule, epochs, momentum, weight decay, augmentation), a fingerprint of
-//             the training data (image count, rows, cols, channels, CRC-32), the position (epoch, step in the
-//             epoch, global step, steps per epoch, the epoch's running loss/accuracy sums), the health monitor's
-//             state, the finished epochs' metrics, and the list of tensors (name, rows, cols, dtype "i32") WGHT holds
-//     "WGHT"  per tensor: i32 exponent, rows·cols i32 master weights
+//     "HEAD"  JSON: the model (registry name, configuration, input, classes: as in model files), the pixel
+//             normalization, the training configuration that matters for resuming (seed, batch, lr, schedule,
+//             epochs, momentum, weight decay, augmentation), a fingerprint of the training data (image count, rows,
+//             cols, channels, CRC-32), the position (epoch, step in the epoch, global step, steps per epoch, the
+//             epoch's running loss/accuracy sums), the health monitor's state, the finished epochs' metrics, the
+//             parameters WGHT holds ("tensors": name, rows, cols, dtype "i32") and the buffers BUFS holds
+//             ("buffers": name, rows, cols)
+//     "WGHT"  per listed parameter: i32 exponent, rows·cols i32 master weights
 //     "OPTM"  the optimizer's state (Optimizer::state): string name ("sgd"), u32 entry count, then per entry:
 //             string parameter name, string slot name ("momentum"), u32 rows, u32 cols, i32 exponent, rows·cols
 //             i32 values. A string is a u32 byte count and the bytes. A parameter without entries has no state yet.
-//     "BUFS"  per model buffer (running statistics of the norm layers): one i32 exponent per column, rows·cols i32
-//   and nothing after the last section.
-// Version 1 (qtrain before the Optimizer interface) is still read: its third section is "MOMT" (per tensor of the
-// list: i32 exponent, rows·cols i32 momentum buffer), which becomes the SGD momentum state.
+//     "BUFS"  per listed buffer (running statistics of the norm layers): one i32 exponent per column, rows·cols i32
+//   and nothing after the last section. Loading builds the model through the registry (registry.h: a user's model
+//   must be registered first) and binds every listed tensor to the model's tensor of that name.
+// Version 2 is read: its HEAD records a built-in's ModelSpec and no buffer list (BUFS follows the model's order).
+// Version 1 (qtrain before the Optimizer interface) is read as well: like version 2, but its third section is
+// "MOMT" (per tensor of the list: i32 exponent, rows·cols i32 momentum buffer), which becomes the SGD momentum.
 // There is no separate random-generator state: the data order is a pure function of (seed, epoch) and every
 // stochastic rounding of (seed, global step, tensor id, element), so seed + global step are the whole state.
 // The kernels are bit-identical on every SIMD target and thread count, so a checkpoint may be resumed with
@@ -40,7 +44,7 @@
 
 namespace qtrain {
 
-inline constexpr uint32_t kCheckpointVersion = 2;  // the version written; versions 1 and 2 are read
+inline constexpr uint32_t kCheckpointVersion = 3;  // the version written; versions 1 to 3 are read
 
 struct Checkpoint {
   TrainConfig config;  // model spec, seed, batch, lr, schedule, epochs, optimizer, momentum, weight decay, augmentation

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <variant>
 
+#include "qtrain/engine/models/registry.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain::json_io {
@@ -93,21 +95,87 @@ std::string Fields::string(const char* key) const {
   return v.get<std::string>();
 }
 
-nlohmann::json spec_to_json(const ModelSpec& s) {
-  nlohmann::json j = {{"kind", s.kind},
-                      {"sizes", s.sizes},
-                      {"bits", {{"weight", s.bits.weight}, {"act", s.bits.act}, {"grad", s.bits.grad}}},
-                      {"input_bits", s.input_bits},
-                      {"groups", s.groups}};
-  if (s.convolutional()) {  // MLP files stay exactly as they were
-    j["input"] = {s.in_h, s.in_w, s.in_c};
-    j["classes"] = s.classes;
-    j["edge_bits"] = s.edge_bits;
-    j["norm"] = s.norm;
+nlohmann::json config_to_json(const ModelConfig& c) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [key, value] : c.values()) {
+    if (const int64_t* i = std::get_if<int64_t>(&value)) j[key] = *i;
+    if (const double* d = std::get_if<double>(&value)) j[key] = *d;
+    if (const std::string* str = std::get_if<std::string>(&value)) j[key] = *str;
+    if (const ModelConfig::Ints* l = std::get_if<ModelConfig::Ints>(&value)) j[key] = *l;
   }
-  if (s.scale != "max") j["scale"] = s.scale;  // files of the first format's rule stay exactly as they were
-  if (s.act_groups != 1) j["act_groups"] = s.act_groups;
   return j;
+}
+
+ModelConfig config_from_json(const Fields& f) {
+  constexpr std::size_t kMaxKeys = 256, kMaxString = 4096, kMaxList = 65536;
+  const nlohmann::json& j = f.json();
+  if (j.size() > kMaxKeys)
+    throw std::runtime_error(f.where() + " has " + std::to_string(j.size()) + " keys (at most " +
+                             std::to_string(kMaxKeys) + ")");
+  ModelConfig c;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const nlohmann::json& v = it.value();
+    if (!ModelConfig::valid_key(key))
+      throw std::runtime_error(f.where() + ": key '" + key.substr(0, 64) +
+                               "' is not 1..64 characters of letters, digits, '_', '.', '-'");
+    const std::string path = f.path(key.c_str());
+    if (v.is_number_integer()) {
+      c.set(key, integer_value(v, path, INT64_MIN, INT64_MAX));
+    } else if (v.is_number_float()) {
+      const double d = v.get<double>();
+      if (!std::isfinite(d)) bad(path, "a finite number", v);
+      c.set(key, d);
+    } else if (v.is_string()) {
+      if (v.get_ref<const std::string&>().size() > kMaxString)
+        throw std::runtime_error(path + " is longer than " + std::to_string(kMaxString) + " bytes");
+      c.set(key, v.get<std::string>());
+    } else if (v.is_array()) {
+      if (v.size() > kMaxList)
+        throw std::runtime_error(path + " has more than " + std::to_string(kMaxList) + " entries");
+      ModelConfig::Ints list;
+      for (std::size_t i = 0; i < v.size(); ++i)
+        list.push_back(integer_value(v[i], path + "[" + std::to_string(i) + "]", INT64_MIN, INT64_MAX));
+      c.set(key, std::move(list));
+    } else {
+      bad(path, "an integer, a number, a string or an array of integers", v);
+    }
+  }
+  return c;
+}
+
+nlohmann::json model_to_json(const ModelSpec& s) {
+  const InputShape in = s.input();
+  return {{"name", s.kind},
+          {"config", config_to_json(s.to_config())},
+          {"input", {in.h, in.w, in.c}},
+          {"classes", s.output_classes()}};
+}
+
+ModelSpec model_from_json(const Fields& f) {
+  const std::string name = f.string("name");
+  if (!model_known(name))
+    throw std::runtime_error("unknown model '" + name + "': not built in and not registered; call " +
+                             "qtrain::register_model(\"" + name + "\", factory) before loading");
+  const nlohmann::json& in = f.array("input");
+  if (in.size() != 3)
+    throw std::runtime_error(f.path("input") + " must be [height, width, channels] (found " +
+                             std::to_string(in.size()) + " entries)");
+  InputShape shape;
+  shape.h = static_cast<std::size_t>(integer_value(in[0], f.path("input") + "[0]", 1, kMaxImageSide));
+  shape.w = static_cast<std::size_t>(integer_value(in[1], f.path("input") + "[1]", 1, kMaxImageSide));
+  shape.c =
+      static_cast<std::size_t>(integer_value(in[2], f.path("input") + "[2]", 1, static_cast<int64_t>(kMaxLayerWidth)));
+  const auto classes = static_cast<std::size_t>(f.integer("classes", 1, kMaxClasses));
+  const ModelConfig config = config_from_json(f.object("config"));
+  try {
+    ModelSpec s = ModelSpec::from_config(name, config, shape, classes);
+    s.validate();
+    return s;
+  } catch (const UsageError& e) {
+    throw std::runtime_error((f.where().empty() ? std::string("the model") : f.where()) +
+                             " is not a valid model: " + e.what());
+  }
 }
 
 ModelSpec spec_from_json(const Fields& f) {

@@ -43,9 +43,20 @@ int64_t integer_value(const nlohmann::json& j, const std::string& path, int64_t 
 // "integer", "string", "array", … for messages.
 std::string type_of(const nlohmann::json& j);
 
-nlohmann::json spec_to_json(const ModelSpec& s);
-// Reads and validates a spec (known kind, bit-widths, group count, layer sizes in 1..kMaxLayerWidth; for the
-// convolutional models input geometry, classes, edge bits and norm).
+// The model as files record it: {"name": registry name, "config": {key: integer, number, string or array of
+// integers}, "input": [h, w, c], "classes": n}.
+nlohmann::json model_to_json(const ModelSpec& s);
+// Reads and validates it: a known name (else "unknown model 'X': not built in and not registered; call
+// qtrain::register_model(\"X\", factory) before loading"), a configuration the model takes (a built-in's keys
+// and ranges; a registered model's factory checks its own when it builds), input sides in 1..kMaxImageSide and
+// 1..kMaxLayerWidth channels (the MLP reads 1×1×width), 1..kMaxClasses classes.
+ModelSpec model_from_json(const Fields& f);
+nlohmann::json config_to_json(const ModelConfig& c);
+// At most 256 keys; strings of at most 4096 bytes; lists of at most 65536 integers; numbers finite.
+ModelConfig config_from_json(const Fields& f);
+// The model spec of the files written before the registry (model file version 1, checkpoint versions 1 and 2):
+// known kind, bit-widths, group count, layer sizes in 1..kMaxLayerWidth; for the convolutional models input
+// geometry, classes, edge bits and norm.
 ModelSpec spec_from_json(const Fields& f);
 inline constexpr std::size_t kMaxLayerWidth = std::size_t{1} << 24;
 inline constexpr int64_t kMaxImageSide = 4096, kMaxImageChannels = 64, kMaxClasses = 65536;

@@ -14,15 +14,16 @@
 
 #include "qtrain/engine/io/binary_io.h"
 #include "qtrain/engine/io/json_io.h"
+#include "qtrain/engine/io/named_tensors.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain {
 
 namespace {
 constexpr char kMagic[8] = {'Q', 'T', 'R', 'N', 'M', 'D', 'L', '1'};
-constexpr uint32_t kVersion = 1;
+// The version written. Version 1 (before the registry) recorded a built-in's spec and no buffer list; it is read.
+constexpr uint32_t kVersion = 2;
 constexpr std::size_t kMaxFileBytes = std::size_t{1} << 31;
-constexpr int kMaxExponent = 200;
 
 using binary_io::put;
 using binary_io::Reader;
@@ -70,24 +71,20 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 }
 
 void save_model(const std::string& path, Model& model, const data::PixelNorm& norm) {
+  const named_tensors::Named params = named_tensors::params_of(model), buffers = named_tensors::buffers_of(model);
   nlohmann::json header;
-  header["model"] = json_io::spec_to_json(model.spec());
+  header["model"] = json_io::model_to_json(model.spec());
   header["pixel_norm"] = json_io::norm_to_json(norm);
-  nlohmann::json params = nlohmann::json::array();
-  for (Param* p : model.params())
-    params.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}});
-  header["params"] = params;
+  header["params"] = named_tensors::to_json(params, false);
+  header["buffers"] = named_tensors::to_json(buffers, false);
   const std::string h = header.dump();
 
   std::string out(kMagic, sizeof(kMagic));
   put<uint32_t>(out, kVersion);
   put<uint32_t>(out, static_cast<uint32_t>(h.size()));
   out += h;
-  for (Param* p : model.params()) {
-    put<int32_t>(out, p->master.exponent());
-    binary_io::put_i32_values(out, p->master);
-  }
-  binary_io::put_buffers(out, model);
+  named_tensors::put_params(out, params);
+  named_tensors::put_buffers(out, buffers);
   put<uint32_t>(out, binary_io::crc32_of(out.data(), out.size()));
   write_file_atomic(path, out);
 }
@@ -101,50 +98,55 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
   if (bytes.size() < sizeof(kMagic) || r.take(sizeof(kMagic), "magic") != std::string(kMagic, sizeof(kMagic)))
     throw InputError(path + ": byte 0: not a qtrain model file (bad magic)");
   const uint32_t version = r.get<uint32_t>("version");
-  if (version != kVersion)
-    throw InputError(path + ": byte 8: model file version " + std::to_string(version) + ", this build reads version " +
-                     std::to_string(kVersion));
+  if (version != 1 && version != kVersion)
+    throw InputError(path + ": byte 8: model file version " + std::to_string(version) +
+                     ", this build reads versions 1 and " + std::to_string(kVersion));
   const uint32_t hlen = r.get<uint32_t>("header length");
   const std::size_t hpos = r.pos();
   const std::string htext = r.take(hlen, "header");
+  auto bad_header = [&](const std::string& what) {
+    throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + what);
+  };
   LoadedModel out;
   ModelSpec spec;
-  nlohmann::json listed;
+  std::vector<named_tensors::Entry> listed_params, listed_buffers;
   try {
     const nlohmann::json h = nlohmann::json::parse(htext);
     const json_io::Fields root(h, "");
-    spec = json_io::spec_from_json(root.object("model"));
+    // Version 1 recorded a built-in's spec, and its buffers in the model's order without a list.
+    spec =
+        version == 1 ? json_io::spec_from_json(root.object("model")) : json_io::model_from_json(root.object("model"));
     out.norm = json_io::norm_from_json(root.object("pixel_norm"));
-    listed = root.array("params");
+    listed_params = named_tensors::from_json(root.array("params"), "params", false);
+    if (version != 1) listed_buffers = named_tensors::from_json(root.array("buffers"), "buffers", false);
     binary_io::check_size_bound(spec, bytes.size());
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": the header is not valid JSON (" + e.what() + ")");
   } catch (const std::exception& e) {
-    throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());
+    bad_header(e.what());
   }
-  out.model = build_model(spec, 0);
-  const std::vector<Param*> params = out.model->params();
+  // The listed tensors must be in the file before the model is built (a registered model has no size bound).
+  const uint64_t have = bytes.size() - r.pos();
+  const uint64_t listed = named_tensors::param_bytes(listed_params) + named_tensors::buffer_bytes(listed_buffers) + 4;
+  if (listed > have)
+    r.fail("the header lists " + std::to_string(listed) + " bytes of parameters, statistics and checksum, the " +
+           "file holds " + std::to_string(have) + " (truncated)");
   try {
-    if (listed.size() != params.size())
-      throw std::runtime_error("params lists " + std::to_string(listed.size()) + " parameters, the model has " +
-                               std::to_string(params.size()));
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      const json_io::Fields p(listed[i], "params[" + std::to_string(i) + "]");
-      const std::string name = p.string("name");
-      const auto rows = p.integer("rows", 0, INT64_MAX), cols = p.integer("cols", 0, INT64_MAX);
-      const Tensor& m = params[i]->master;
-      if (name != params[i]->name || static_cast<std::size_t>(rows) != m.rows() ||
-          static_cast<std::size_t>(cols) != m.cols())
-        throw std::runtime_error("params[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
-                                 std::to_string(cols) + ", the model has " + params[i]->name + " " +
-                                 std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
-    }
+    out.model = build_model(spec, 0);
   } catch (const std::exception& e) {
-    throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());
+    bad_header("model '" + spec.kind + "' cannot be built from the file's configuration: " + e.what());
+  }
+  if (version == 1) listed_buffers = named_tensors::entries_of(named_tensors::buffers_of(*out.model));
+  std::vector<Tensor*> params, buffers;
+  try {
+    const named_tensors::Named p = named_tensors::params_of(*out.model), b = named_tensors::buffers_of(*out.model);
+    params = named_tensors::tensors_at(p, named_tensors::bind(listed_params, p, "params", "parameter"));
+    buffers = named_tensors::tensors_at(b, named_tensors::bind(listed_buffers, b, "buffers", "buffer"));
+  } catch (const std::exception& e) {
+    bad_header(e.what());
   }
   // The bytes the model needs must be exactly the bytes the file holds.
-  const uint64_t need = binary_io::param_bytes(*out.model) + binary_io::buffer_bytes(*out.model) + 4;
-  const uint64_t have = bytes.size() - r.pos();
+  const uint64_t need = named_tensors::param_bytes(listed_params) + named_tensors::buffer_bytes(listed_buffers) + 4;
   if (have < need)
     r.fail("the model needs " + std::to_string(need) + " bytes of parameters, statistics and checksum, the file " +
            "holds " + std::to_string(have) + " (truncated)");
@@ -156,17 +158,8 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
   std::memcpy(&stored, bytes.data() + crc_pos, 4);
   if (stored != binary_io::crc32_of(bytes.data(), crc_pos))
     throw InputError(path + ": byte " + std::to_string(crc_pos) + ": checksum mismatch (the file is corrupt)");
-  for (Param* p : params) {
-    const std::size_t at = r.pos();
-    const int32_t e = r.get<int32_t>("parameter exponent");
-    if (e < -kMaxExponent || e > kMaxExponent)
-      throw InputError(path + ": byte " + std::to_string(at) + ": parameter " + p->name + " exponent " +
-                       std::to_string(e) + " is out of range " + std::to_string(-kMaxExponent) + ".." +
-                       std::to_string(kMaxExponent));
-    r.read_i32_values(p->master, "parameter " + p->name);
-    p->master.set_exponent(e);
-  }
-  binary_io::read_buffers(r, *out.model);
+  named_tensors::read_params(r, params, listed_params);
+  named_tensors::read_buffers(r, buffers);
   return out;
 }
 
