@@ -25,6 +25,7 @@
 #include "qtrain/engine/core/narrow.h"
 #include "qtrain/engine/core/param.h"
 #include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/core/tensor.h"
 
 #include "qtrain/engine/data/batcher.h"
@@ -47,10 +48,12 @@
 #include "qtrain/engine/layers/pool.h"
 #include "qtrain/engine/layers/residual.h"
 
+#include "qtrain/engine/models/layer_info.h"
 #include "qtrain/engine/models/model.h"
 
 #include "qtrain/engine/train/health.h"
 #include "qtrain/engine/train/trainer.h"
 
 #include "qtrain/engine/io/checkpoint.h"
+#include "qtrain/engine/io/policy_file.h"
 #include "qtrain/engine/io/serialize.h"

@@ -16,7 +16,9 @@
 #include "qtrain/engine/io/checkpoint.h"
 #include "qtrain/engine/data/cifar.h"
 #include "qtrain/engine/data/idx.h"
+#include "qtrain/engine/io/policy_file.h"
 #include "qtrain/engine/io/serialize.h"
+#include "qtrain/engine/models/layer_info.h"
 #include "qtrain/engine/train/trainer.h"
 #include "qtrain/kernels/dispatch.h"
 #include "qtrain/quant/error.h"
@@ -75,6 +77,7 @@ struct TrainOptions {
   std::size_t train_limit = 0, test_limit = 0;
   std::string metrics, save, kernel_target;
   std::string checkpoint, resume;
+  std::string policy;  // --policy FILE
   long long checkpoint_every = 0;
   unsigned long long stop_after = 0;
   bool no_health_check = false;
@@ -150,6 +153,7 @@ void check_resume_flags(const TrainOptions& o, const qtrain::TrainConfig& flags,
   require("--wd", flags.sgd.weight_decay == c.sgd.weight_decay, num(flags.sgd.weight_decay), num(c.sgd.weight_decay));
   require("--schedule", flags.schedule == c.schedule, qtrain::schedule_name(flags.schedule),
           qtrain::schedule_name(c.schedule));
+  require("--policy", flags.policy == c.policy, o.policy, c.policy ? "policy" : "no policy");
   require("--seed", flags.seed == c.seed, std::to_string(flags.seed), std::to_string(c.seed));
   require("--train-limit", o.train_limit == 0 || o.train_limit == ck.train_count, std::to_string(o.train_limit),
           std::to_string(ck.train_count) + " training images");
@@ -208,6 +212,7 @@ int run_train(const TrainOptions& o) {
     throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
   cfg.augment = {o.augment, o.augment > 0};
   cfg.validate();  // flags first: a bad flag is reported before the data is read
+  if (!o.policy.empty()) cfg.policy = qtrain::load_policy(o.policy);  // its layer names: checked by the Trainer
   if (o.dataset != "fashion-mnist" && o.dataset != "mnist" && o.dataset != "cifar10")
     throw UsageError("--dataset '" + o.dataset + "' is unknown; valid data sets: fashion-mnist, mnist, cifar10");
   const std::string ckpt_path = !o.checkpoint.empty() ? o.checkpoint : o.resume;
@@ -321,7 +326,7 @@ int run_train(const TrainOptions& o) {
     return 3;
   }
   if (!o.save.empty()) {
-    qtrain::save_model(o.save, t.model(), t.norm());
+    qtrain::save_model(o.save, t.model(), t.norm(), run.policy ? &*run.policy : nullptr);
     std::cout << "saved model to " << o.save << "\n";
   }
   const double acc = t.state().history.empty() ? 0.0 : t.state().history.back().test_accuracy;
@@ -337,9 +342,24 @@ int run_eval(const std::string& load, const std::string& dataset, const std::str
   auto loaded = qtrain::load_model(load);
   const auto test = load_split(dataset, data, qtrain::data::Split::kTest, limit);
   qtrain::kernels::ThreadPool pool(static_cast<std::size_t>(threads));
-  const double acc = qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool);
+  const double acc =
+      qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool, loaded.policy ? &*loaded.policy : nullptr);
   std::cout << "model: " << loaded.model->spec().describe() << "\n"
             << "test accuracy: " << percent(acc) << " (" << test.count << " images)\n";
+  return 0;
+}
+
+// The model's layers with the bits they use (after the policy it was trained with).
+int run_info(const std::string& load, bool json) {
+  auto loaded = qtrain::load_model(load);
+  const auto layers = qtrain::describe_layers(*loaded.model, loaded.policy ? &*loaded.policy : nullptr);
+  if (json) {
+    std::cout << qtrain::layers_json(layers);
+  } else {
+    std::cout << "model: " << loaded.model->spec().describe() << (loaded.policy ? " (with a policy)" : "") << ", "
+              << loaded.model->parameter_count() << " parameters\n"
+              << qtrain::layers_table(layers);
+  }
   return 0;
 }
 
@@ -397,6 +417,8 @@ int main(int argc, char** argv) {
                     "to FILE unless --checkpoint names another)");
   train->add_option("--stop-after-steps", t.stop_after,
                     "Stop after global step N with a checkpoint, to continue later with --resume (0 = off)");
+  train->add_option("--policy", t.policy,
+                    "Quantization policy FILE (JSON, docs/policy.md): per-layer bits, granularity, groups");
   train->add_flag("--no-health-check", t.no_health_check,
                   "Do not stop a run whose loss diverges or whose gradients stay zero (exit code 3)");
   train->add_flag("--profile", t.profile,
@@ -414,8 +436,16 @@ int main(int argc, char** argv) {
   eval->add_option("--test-limit", elimit, "Use only the first N test images (0 = all)");
   eval->add_option("--kernel-target", ekt, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
 
-  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "train" && std::string(argv[1]) != "eval") {
-    std::cerr << "qtrain: error: unknown command '" << argv[1] << "'; commands: train, eval (see 'qtrain --help')\n";
+  std::string iload;
+  bool ijson = false;
+  auto* info = app.add_subcommand("info", "List a saved model's layers: names, shapes and effective bits");
+  info->add_option("--load", iload, "Model file written by 'qtrain train --save'")->required();
+  info->add_flag("--json", ijson, "Print JSON instead of a table");
+
+  const std::set<std::string> commands{"train", "eval", "info"};
+  if (argc > 1 && argv[1][0] != '-' && commands.count(argv[1]) == 0) {
+    std::cerr << "qtrain: error: unknown command '" << argv[1]
+              << "'; commands: train, eval, info (see 'qtrain --help')\n";
     return 2;
   }
   try {
@@ -429,7 +459,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // One line, like every other usage error, with where to look for the valid flags.
     std::string sub;
-    for (const auto* cmd : {train, eval})
+    for (const auto* cmd : {train, eval, info})
       if (*cmd) sub = " " + cmd->get_name();
     std::cerr << "qtrain: error: " << e.what() << " (see 'qtrain" << sub << " --help')\n";
     return 2;
@@ -439,6 +469,7 @@ int main(int argc, char** argv) {
   try {
     if (*train) return run_train(t);
     if (*eval) return run_eval(load, edataset, edata, ethreads, elimit, ekt);
+    if (*info) return run_info(iload, ijson);
   } catch (const qtrain::UsageError& e) {
     std::cerr << "qtrain: error: " << e.what() << "\n";
     return 2;

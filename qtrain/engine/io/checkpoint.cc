@@ -10,6 +10,7 @@
 
 #include "qtrain/engine/io/binary_io.h"
 #include "qtrain/engine/io/json_io.h"
+#include "qtrain/engine/io/policy_json.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/quant/error.h"
 
@@ -107,6 +108,7 @@ void header_from_json(const nlohmann::json& h, Checkpoint& c, nlohmann::json& te
   if (!flip.is_boolean()) throw std::runtime_error(cfg.path("augment_flip") + " must be true or false");
   c.config.augment.flip = flip.get<bool>();
   c.config.threads = 1;
+  if (h.contains("policy")) c.config.policy = json_io::policy_from_json(h.at("policy"), "policy");
   try {
     c.config.validate();
   } catch (const UsageError& e) {
@@ -217,6 +219,7 @@ std::string encode_checkpoint(Trainer& trainer) {
                  {"weight_decay", cfg.sgd.weight_decay},
                  {"augment_pad", cfg.augment.pad},
                  {"augment_flip", cfg.augment.flip}};
+  if (cfg.policy) h["policy"] = json_io::policy_json(*cfg.policy);
   h["data"] = {{"count", train.count},
                {"rows", train.rows},
                {"cols", train.cols},
@@ -406,6 +409,10 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
   c.model = build_model(c.config.model, 0);
   try {
     check_tensors(tensors, *c.model);
+    if (c.config.policy) {
+      check_policy(*c.config.policy, c.model->named_layers(), "policy");
+      c.config.policy->source = path;
+    }
   } catch (const std::exception& e) {
     r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
   }

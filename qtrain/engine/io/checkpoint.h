@@ -7,7 +7,8 @@
 //             resuming (seed, batch, lr, schedule, epochs, momentum, weight decay, augmentation), a fingerprint of
 //             the training data (image count, rows, cols, channels, CRC-32), the position (epoch, step in the
 //             epoch, global step, steps per epoch, the epoch's running loss/accuracy sums), the health monitor's
-//             state, the finished epochs' metrics, and the list of tensors (name, rows, cols, dtype "i32") WGHT holds
+//             state, the finished epochs' metrics, the quantization policy if the run has one ("policy",
+//             io/policy_file.h; optional), and the list of tensors (name, rows, cols, dtype "i32") WGHT holds
 //     "WGHT"  per tensor: i32 exponent, rows·cols i32 master weights
 //     "OPTM"  the optimizer's state (Optimizer::state): string name ("sgd"), u32 entry count, then per entry:
 //             string parameter name, string slot name ("momentum"), u32 rows, u32 cols, i32 exponent, rows·cols

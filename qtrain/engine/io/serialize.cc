@@ -14,6 +14,7 @@
 
 #include "qtrain/engine/io/binary_io.h"
 #include "qtrain/engine/io/json_io.h"
+#include "qtrain/engine/io/policy_json.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain {
@@ -69,10 +70,11 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-void save_model(const std::string& path, Model& model, const data::PixelNorm& norm) {
+void save_model(const std::string& path, Model& model, const data::PixelNorm& norm, const QuantPolicy* policy) {
   nlohmann::json header;
   header["model"] = json_io::spec_to_json(model.spec());
   header["pixel_norm"] = json_io::norm_to_json(norm);
+  if (policy != nullptr) header["policy"] = json_io::policy_json(*policy);
   nlohmann::json params = nlohmann::json::array();
   for (Param* p : model.params())
     params.push_back({{"name", p->name}, {"rows", p->master.rows()}, {"cols", p->master.cols()}});
@@ -116,6 +118,7 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
     spec = json_io::spec_from_json(root.object("model"));
     out.norm = json_io::norm_from_json(root.object("pixel_norm"));
     listed = root.array("params");
+    if (h.contains("policy")) out.policy = json_io::policy_from_json(h.at("policy"), "policy");
     binary_io::check_size_bound(spec, bytes.size());
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": the header is not valid JSON (" + e.what() + ")");
@@ -138,6 +141,10 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
         throw std::runtime_error("params[" + std::to_string(i) + "] is " + name + " " + std::to_string(rows) + "x" +
                                  std::to_string(cols) + ", the model has " + params[i]->name + " " +
                                  std::to_string(m.rows()) + "x" + std::to_string(m.cols()));
+    }
+    if (out.policy) {
+      check_policy(*out.policy, out.model->named_layers(), "policy");
+      out.policy->source = path;
     }
   } catch (const std::exception& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": bad model header: " + e.what());

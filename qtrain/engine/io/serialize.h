@@ -9,8 +9,10 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/data/normalize.h"
 #include "qtrain/engine/models/model.h"
 
@@ -19,10 +21,13 @@ namespace qtrain {
 struct LoadedModel {
   std::unique_ptr<Model> model;
   data::PixelNorm norm;
+  std::optional<QuantPolicy> policy;  // the quantization policy it was trained with (the header's "policy")
 };
 
-// Throws std::runtime_error naming the file when it cannot be written.
-void save_model(const std::string& path, Model& model, const data::PixelNorm& norm);
+// Throws std::runtime_error naming the file when it cannot be written. A policy (the one the model was trained
+// with) goes into the header's optional "policy" field; files without it load as before.
+void save_model(const std::string& path, Model& model, const data::PixelNorm& norm,
+                const QuantPolicy* policy = nullptr);
 // Throws InputError naming the file and byte offset when it is missing, truncated, corrupt or of another version,
 // or when its header is invalid (unknown model kind, bit-widths out of range, non-numbers, sizes that do not
 // match the file). Nothing is allocated beyond the file's own size before the sizes are checked.

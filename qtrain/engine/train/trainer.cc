@@ -58,6 +58,7 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
     throw UsageError("the model's input (" + ms.describe() + ") does not match the data's " +
                      std::to_string(train.rows) + "x" + std::to_string(train.cols) + "x" +
                      std::to_string(train.channels) + " images");
+  if (cfg_.policy) check_policy(*cfg_.policy, model_->named_layers(), cfg_.policy->source);
   if (batcher_.batches() == 0)
     throw UsageError("--batch " + std::to_string(cfg.batch) + " is larger than the training set (" +
                      std::to_string(train.count) + " images)");
@@ -121,6 +122,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const data::ImageSet* test,
     int64_t lap_t = prof != nullptr ? StepProfile::now_ns() : 0;
     const std::size_t n = batcher_.fill(b, images.data(), labels.data());
     StepContext ctx{&pool_, &tape, cfg_.seed, st.global_step, prof};
+    ctx.policy = cfg_.policy ? &*cfg_.policy : nullptr;
     VarPtr input = batch_input(model_->spec(), images.data(), n, isz, norm_.exponent);
     lap(Phase::kGather, &lap_t);
     VarPtr logits = model_->forward(ctx, input);
@@ -211,9 +213,12 @@ uint32_t Trainer::training_data_crc() const {
   return data_crc_;
 }
 
-double Trainer::evaluate(const data::ImageSet& set) { return evaluate_model(*model_, set, norm_, &pool_); }
+double Trainer::evaluate(const data::ImageSet& set) {
+  return evaluate_model(*model_, set, norm_, &pool_, cfg_.policy ? &*cfg_.policy : nullptr);
+}
 
-double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool) {
+double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool,
+                      const QuantPolicy* policy) {
   constexpr std::size_t kBatch = 500;
   data::Batcher batcher(set, norm, kBatch, 0, /*shuffle=*/false, /*drop_last=*/false);
   const std::size_t isz = batcher.image_size();
@@ -223,6 +228,7 @@ double evaluate_model(Model& model, const data::ImageSet& set, const data::Pixel
   for (std::size_t b = 0; b < batcher.batches(); ++b) {
     const std::size_t n = batcher.fill(b, images.data(), labels.data());
     StepContext ctx{pool, nullptr, 0, 0};
+    ctx.policy = policy;
     VarPtr logits = model.forward(ctx, batch_input(model.spec(), images.data(), n, isz, norm.exponent));
     correct += softmax_cross_entropy(ctx, logits, labels.data()).correct;
   }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "qtrain/engine/train/health.h"
 #include "qtrain/engine/models/model.h"
 #include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/optim/optimizer.h"
 #include "qtrain/engine/optim/schedule.h"
 #include "qtrain/kernels/thread_pool.h"
@@ -34,6 +36,9 @@ struct TrainConfig {
   data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)
   HealthConfig health;      // stop a diverging or dead run (qtrain/engine/train/health.h)
   bool profile = false;     // time every step's layers and phases (Trainer::profile(), qtrain/engine/core/profile.h)
+  // Per-layer quantization overrides for training and evaluation (core/quant_policy.h; checked against the model
+  // when the trainer is made). Part of the model: saved with it and in checkpoints. None: the model's own bits.
+  std::optional<QuantPolicy> policy;
   void validate() const;    // throws UsageError naming the flag and its valid range
 };
 
@@ -120,7 +125,8 @@ class Trainer {
   mutable bool data_crc_known_ = false;
 };
 
-// Accuracy of `model` on `set` (batches of 500, no tape).
-double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool);
+// Accuracy of `model` on `set` (batches of 500, no tape), with `policy`'s bits (null: the model's own).
+double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool,
+                      const QuantPolicy* policy = nullptr);
 
 }  // namespace qtrain
