@@ -102,9 +102,13 @@ void check_policy(const QuantPolicy& policy, const std::vector<Layer*>& layers, 
       valid += (valid.empty() ? "" : ", ") + l->layer_name();
     }
   for (const auto& [name, key] : policy.named_keys())
-    if (quantized.count(name) == 0)
-      throw UsageError(source + ": " + key + ": the model has no quantized layer '" + name +
+    if (quantized.count(name) == 0) {
+      // A hostile file's key may be huge: the message shows its start.
+      const std::string shown = name.size() > 40 ? name.substr(0, 37) + "..." : name;
+      const std::string at = key.substr(0, key.size() - name.size()) + shown;
+      throw UsageError(source + ": " + at + ": the model has no quantized layer '" + shown +
                        "'; valid layer names: " + (valid.empty() ? "(none)" : valid));
+    }
   // Every pass the policy distinguishes (and the passes beyond its list, which use the base alone).
   for (uint32_t pass = 0; pass <= policy.passes.size(); ++pass)
     for (const auto& [name, own] : quantized) {
