@@ -27,6 +27,7 @@
 #include "qtrain/engine/core/narrow.h"
 #include "qtrain/engine/core/param.h"
 #include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/core/tensor.h"
 
 #include "qtrain/engine/data/batcher.h"
@@ -52,6 +53,7 @@
 #include "qtrain/engine/layers/pool.h"
 #include "qtrain/engine/layers/residual.h"
 
+#include "qtrain/engine/models/layer_info.h"
 #include "qtrain/engine/models/model.h"
 #include "qtrain/engine/models/model_config.h"
 #include "qtrain/engine/models/model_spec.h"
@@ -61,6 +63,7 @@
 #include "qtrain/engine/train/trainer.h"
 
 #include "qtrain/engine/io/checkpoint.h"
+#include "qtrain/engine/io/policy_file.h"
 #include "qtrain/engine/io/serialize.h"
 
 #include "qtrain/engine/run/session.h"

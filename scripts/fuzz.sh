@@ -3,7 +3,7 @@
 # for a bounded time, starting from its seed corpus tests/fuzz_corpus/<target>/.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   default: 60 seconds each, every target
-#                                           targets: idx_images idx_labels idx_gzip model checkpoint cifar10
+#                                           targets: idx_images idx_labels idx_gzip model checkpoint cifar10 policy
 #
 # Prints one summary line per target (executions, executions/s, coverage, corpus size, findings) and exits 1 if
 # any target found a crash, a sanitizer report, a timeout, a leak or an allocation over the limit. A finding's
@@ -16,7 +16,7 @@ set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-all_targets=(idx_images idx_labels idx_gzip model checkpoint cifar10)
+all_targets=(idx_images idx_labels idx_gzip model checkpoint cifar10 policy)
 seconds=60
 if (($# > 0)); then
   case "$1" in

@@ -926,4 +926,96 @@ TEST(CliModel, UnknownModelKindInHeader) {
                      "factory) before loading");
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Quantization policies (--policy, qtrain info)
+
+constexpr const char* kMlpPolicy =
+    R"({"format": "qtrain-policy", "version": 1, "layers": {"linear1": {"weight_bits": 4, "act_bits": 4,
+        "grad_bits": 6, "grad_groups": 0, "granularity": "per_tensor"}}})";
+
+// A model trained with --policy: the policy changes the model, is saved with it (eval gives the training run's
+// accuracy, info shows the policy's bits), and a run stopped and resumed from its checkpoint is bit-exact.
+TEST(CliPolicy, TrainedWithAPolicySavesLoadsAndResumes) {
+  REQUIRE_DATA();
+  TempDir dir;
+  write_bytes(dir / "p.json", std::string(kMlpPolicy));
+  const Result plain = run(ckpt_run({"--save", dir / "plain.qtm"}));
+  ASSERT_EQ(plain.code, 0) << plain.out;
+  const Result a = run(ckpt_run({"--policy", dir / "p.json", "--save", dir / "a.qtm"}));
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_NE(read_bytes(dir / "a.qtm"), read_bytes(dir / "plain.qtm")) << "the policy changed nothing";
+  const Result e = run({"eval", "--load", dir / "a.qtm", "--test-limit", "100"});
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(printed_accuracy(e.out), printed_accuracy(a.out)) << a.out << e.out;
+
+  const Result info = run({"info", "--load", dir / "a.qtm"});
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("linear1  Linear(256->128"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("linear1.weight 128x256  linear1.bias 1x128  W4 A4 G6 N_G=3 act-groups 4 per_tensor"),
+            std::string::npos)
+      << info.out;
+  EXPECT_NE(info.out.find("per_tensor"), std::string::npos) << info.out;
+  const Result ij = run({"info", "--load", dir / "a.qtm", "--json"});
+  ASSERT_EQ(ij.code, 0) << ij.out;
+  const auto layers = nlohmann::json::parse(ij.out)["layers"];
+  ASSERT_EQ(layers.size(), 3u) << ij.out;
+  for (const auto& l : layers) {
+    const bool named = l["name"] == "linear1";
+    EXPECT_EQ(l["weight_bits"], 4) << l;  // --bits 4 everywhere; the policy keeps linear1's at 4
+    EXPECT_EQ(l["grad_bits"], named ? 6 : 4) << l;
+    EXPECT_EQ(l["granularity"], named ? "per_tensor" : "per_channel") << l;
+  }
+  EXPECT_EQ(layers[1]["params"][0]["rows"], 128) << ij.out;
+
+  // Stop mid-run and resume: the same model file; --policy with another file is refused.
+  const Result s =
+      run(ckpt_run({"--policy", dir / "p.json", "--checkpoint", dir / "run.qtc", "--stop-after-steps", "27"}));
+  ASSERT_EQ(s.code, 0) << s.out;
+  const Result b = run({"train", "--resume", dir / "run.qtc", "--test-limit", "100", "--save", dir / "b.qtm"});
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(read_bytes(dir / "a.qtm") == read_bytes(dir / "b.qtm")) << "resumed model differs";
+  write_bytes(dir / "other.json", std::string(R"({"format": "qtrain-policy", "version": 1})"));
+  const Result c = run({"train", "--resume", dir / "run.qtc", "--policy", dir / "other.json"});
+  EXPECT_EQ(c.code, 2) << c.out;
+  EXPECT_NE(c.out.find("--policy"), std::string::npos) << c.out;
+}
+
+// Every bad policy: exit 2 with one line naming the file, the key and the valid values.
+TEST(CliPolicy, BadPoliciesExitTwoNamingFileKeyAndValidValues) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"format": "qtrain-policy", "version": 1, "layers": {"conv7": {"weight_bits": 4}}})",
+       "layers.conv7: the model has no quantized layer 'conv7'; valid layer names: linear0, linear1, linear2"},
+      {R"({"format": "qtrain-policy", "version": 1, "layers": {"linear0": {"act_bits": 9}}})",
+       "layers.linear0.act_bits must be an integer in 2..8"},
+      {R"({"format": "qtrain-policy", "version": 1, "layers": {"linear0": {"granularity": "per_row"}}})",
+       "layers.linear0.granularity: unknown granularity 'per_row'; valid granularities: per_channel, per_tensor"},
+      {R"({"format": "qtrain-policy", "version": 3})",
+       "version: policy format version 3 is not supported; this qtrain reads version 1"},
+      {R"({"format": "qtrain-policy", "version": 1, "layers": {"linear1": {"grad_bits": 8, "grad_groups": 2}}})",
+       "layers.linear1.grad_groups: N_G=2 is out of range 1..1 for 8-bit gradients"},
+  };
+  for (const auto& [text, detail] : cases) {
+    const std::string f = dir / "bad.json";
+    write_bytes(f, text);
+    const Result r = run(tiny_train({"--policy", f}));
+    expect_model_error(r, f, detail);
+  }
+  expect_model_error(run(tiny_train({"--policy", dir / "missing.json"})), dir / "missing.json", "missing.json");
+}
+
+TEST(CliPolicy, InfoWithoutPolicyShowsTheModelsOwnBits) {
+  REQUIRE_DATA();
+  TempDir dir;
+  train_and_save(dir);
+  const Result r = run({"info", "--load", dir / "model.qtm"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(lines_of(r.out).size(), 4u) << r.out;  // the model line and three layers
+  EXPECT_NE(r.out.find("linear0.weight 256x784  linear0.bias 1x256  W8 A8 G8 N_G=1 act-groups 1 per_channel"),
+            std::string::npos)
+      << r.out;
+  expect_model_error(run({"info", "--load", dir / "none.qtm"}), dir / "none.qtm", "none.qtm");
+}
+
 }  // namespace

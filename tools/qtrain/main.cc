@@ -15,6 +15,8 @@
 #include "qtrain/engine/data/datasets.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/engine/run/session.h"
+#include "qtrain/engine/io/policy_file.h"
+#include "qtrain/engine/models/layer_info.h"
 #include "qtrain/kernels/dispatch.h"
 #include "qtrain/quant/error.h"
 #include "tools/qtrain/progress.h"
@@ -98,6 +100,7 @@ struct TrainOptions {
   std::size_t train_limit = 0, test_limit = 0;
   std::string metrics, save, kernel_target;
   std::string checkpoint, resume;
+  std::string policy;  // --policy FILE
   long long checkpoint_every = 0;
   unsigned long long stop_after = 0;
   bool no_health_check = false;
@@ -155,6 +158,7 @@ qtrain::TrainConfig train_config(const TrainOptions& o) {
     throw UsageError("--augment " + std::to_string(o.augment) + " is out of range 0..16 (crop padding in pixels; 0 = off)");
   cfg.augment = {o.augment, o.augment > 0};
   cfg.validate();
+  if (!o.policy.empty()) cfg.policy = qtrain::load_policy(o.policy);  // its layer names: checked by the Trainer
   return cfg;
 }
 
@@ -244,7 +248,8 @@ int run_train(const TrainOptions& o) {
     return 0;
   }
   if (!o.save.empty()) {
-    qtrain::save_model(o.save, r.trainer->model(), t.norm());
+    const auto& policy = r.trainer->config().policy;
+    qtrain::save_model(o.save, r.trainer->model(), t.norm(), policy ? &*policy : nullptr);
     std::cout << "saved model to " << o.save << "\n";
   }
   if (t.profile() != nullptr) std::cout << "step profile (" << t.pool().threads() << " thread(s)):\n" << t.profile()->table();
@@ -259,9 +264,24 @@ int run_eval(const std::string& load, const std::string& dataset, const std::str
   auto loaded = qtrain::load_model(load);
   const auto test = qtrain::data::load_dataset(dataset, data, qtrain::data::Split::kTest, limit);
   qtrain::kernels::ThreadPool pool(nthreads);
-  const double acc = qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool);
+  const double acc =
+      qtrain::evaluate_model(*loaded.model, test, loaded.norm, &pool, loaded.policy ? &*loaded.policy : nullptr);
   std::cout << "model: " << loaded.model->spec().describe() << "\n"
             << "test accuracy: " << percent(acc) << " (" << test.count << " images)\n";
+  return 0;
+}
+
+// The model's layers with the bits they use (after the policy it was trained with).
+int run_info(const std::string& load, bool json) {
+  auto loaded = qtrain::load_model(load);
+  const auto layers = qtrain::describe_layers(*loaded.model, loaded.policy ? &*loaded.policy : nullptr);
+  if (json) {
+    std::cout << qtrain::layers_json(layers);
+  } else {
+    std::cout << "model: " << loaded.model->spec().describe() << (loaded.policy ? " (with a policy)" : "") << ", "
+              << loaded.model->parameter_count() << " parameters\n"
+              << qtrain::layers_table(layers);
+  }
   return 0;
 }
 
@@ -320,6 +340,8 @@ int main(int argc, char** argv) {
                     "to FILE unless --checkpoint names another)");
   train->add_option("--stop-after-steps", t.stop_after,
                     "Stop after global step N with a checkpoint, to continue later with --resume (0 = off)");
+  train->add_option("--policy", t.policy,
+                    "Quantization policy FILE (JSON, docs/policy.md): per-layer bits, granularity, groups");
   train->add_flag("--no-health-check", t.no_health_check,
                   "Do not stop a run whose loss diverges or whose gradients stay zero (exit code 3)");
   train->add_flag("--profile", t.profile,
@@ -337,8 +359,16 @@ int main(int argc, char** argv) {
   eval->add_option("--test-limit", elimit, "Use only the first N test images (0 = all)");
   eval->add_option("--kernel-target", ekt, "Force a lower SIMD target (e.g. AVX2, SSE4, EMU128)");
 
-  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "train" && std::string(argv[1]) != "eval") {
-    std::cerr << "qtrain: error: unknown command '" << argv[1] << "'; commands: train, eval (see 'qtrain --help')\n";
+  std::string iload;
+  bool ijson = false;
+  auto* info = app.add_subcommand("info", "List a saved model's layers: names, shapes and effective bits");
+  info->add_option("--load", iload, "Model file written by 'qtrain train --save'")->required();
+  info->add_flag("--json", ijson, "Print JSON instead of a table");
+
+  const std::set<std::string> commands{"train", "eval", "info"};
+  if (argc > 1 && argv[1][0] != '-' && commands.count(argv[1]) == 0) {
+    std::cerr << "qtrain: error: unknown command '" << argv[1]
+              << "'; commands: train, eval, info (see 'qtrain --help')\n";
     return 2;
   }
   try {
@@ -352,7 +382,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // One line, like every other usage error, with where to look for the valid flags.
     std::string sub;
-    for (const auto* cmd : {train, eval})
+    for (const auto* cmd : {train, eval, info})
       if (*cmd) sub = " " + cmd->get_name();
     std::cerr << "qtrain: error: " << e.what() << " (see 'qtrain" << sub << " --help')\n";
     return 2;
@@ -366,6 +396,7 @@ int main(int argc, char** argv) {
   try {
     if (*train) return run_train(t);
     if (*eval) return run_eval(load, edataset, edata, ethreads, elimit, ekt);
+    if (*info) return run_info(iload, ijson);
   } catch (const qtrain::UsageError& e) {
     std::cerr << "qtrain: error: " << e.what() << "\n";
     return 2;

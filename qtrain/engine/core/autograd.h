@@ -79,6 +79,8 @@ inline constexpr uint32_t kOutputGradSlot = 1;        // ShiftQuant of the layer
 inline constexpr uint32_t kMatmulGradSlot = 2;        // ShiftQuant of its first QMatMul's output gradient (Q·Kᵀ)
 inline constexpr uint32_t kSecondMatmulGradSlot = 3;  // ShiftQuant of its second QMatMul's output gradient (P·V)
 
+struct QuantPolicy;
+
 // Everything an op needs to know about the step it runs in.
 struct StepContext {
   kernels::ThreadPool* pool = nullptr;  // null: single thread
@@ -89,6 +91,9 @@ struct StepContext {
   // Which forward/backward pass of this optimizer step (several per update: sandwich sub-networks, micro-batches).
   // Each pass draws its own rounding; pass 0 draws what a single-pass step does.
   uint32_t pass = 0;
+  // Per-layer quantization overrides, looked up by layer name and `pass` (core/quant_policy.h); null: every layer
+  // uses its own settings.
+  const QuantPolicy* policy = nullptr;
   bool training() const { return tape != nullptr; }
   // The random stream for stochastic rounding of tensor `slot` of layer `layer` in this step and pass (throws
   // UsageError when an id is beyond the stream layout's range, quant/rng.h).

@@ -11,6 +11,7 @@
 #include "qtrain/engine/io/binary_io.h"
 #include "qtrain/engine/io/json_io.h"
 #include "qtrain/engine/io/named_tensors.h"
+#include "qtrain/engine/io/policy_json.h"
 #include "qtrain/engine/io/serialize.h"
 #include "qtrain/quant/error.h"
 
@@ -116,6 +117,7 @@ void header_from_json(const nlohmann::json& h, uint32_t version, Checkpoint& c, 
   if (!flip.is_boolean()) throw std::runtime_error(cfg.path("augment_flip") + " must be true or false");
   c.config.augment.flip = flip.get<bool>();
   c.config.threads = 1;
+  if (h.contains("policy")) c.config.policy = json_io::policy_from_json(h.at("policy"), "policy");
   try {
     c.config.validate();
   } catch (const UsageError& e) {
@@ -207,6 +209,7 @@ std::string encode_checkpoint(Trainer& trainer) {
                  {"weight_decay", cfg.sgd.weight_decay},
                  {"augment_pad", cfg.augment.pad},
                  {"augment_flip", cfg.augment.flip}};
+  if (cfg.policy) h["policy"] = json_io::policy_json(*cfg.policy);
   h["data"] = {{"count", train.count},
                {"rows", train.rows},
                {"cols", train.cols},
@@ -407,6 +410,14 @@ Checkpoint parse_checkpoint(const std::string& path, const std::string& bytes) {
   } catch (const std::exception& e) {
     r.fail_at(sec[0].begin, "section HEAD: model '" + c.config.model.kind +
                                 "' cannot be built from the file's configuration: " + e.what());
+  }
+  if (c.config.policy) {
+    try {
+      check_policy(*c.config.policy, c.model->named_layers(), "policy");
+    } catch (const std::exception& e) {
+      r.fail_at(sec[0].begin, std::string("section HEAD: ") + e.what());
+    }
+    c.config.policy->source = path;
   }
   const named_tensors::Named model_params = named_tensors::params_of(*c.model);
   const named_tensors::Named model_buffers = named_tensors::buffers_of(*c.model);

@@ -8,6 +8,7 @@
 //             epochs, momentum, weight decay, augmentation), a fingerprint of the training data (image count, rows,
 //             cols, channels, CRC-32), the position (epoch, step in the epoch, global step, steps per epoch, the
 //             epoch's running loss/accuracy sums), the health monitor's state, the finished epochs' metrics, the
+//             quantization policy if the run has one ("policy", io/policy_file.h; optional), the
 //             parameters WGHT holds ("tensors": name, rows, cols, dtype "i32") and the buffers BUFS holds
 //             ("buffers": name, rows, cols)
 //     "WGHT"  per listed parameter: i32 exponent, rows·cols i32 master weights

@@ -15,6 +15,7 @@
 #include "qtrain/engine/io/binary_io.h"
 #include "qtrain/engine/io/json_io.h"
 #include "qtrain/engine/io/named_tensors.h"
+#include "qtrain/engine/io/policy_json.h"
 #include "qtrain/quant/error.h"
 
 namespace qtrain {
@@ -70,13 +71,14 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-void save_model(const std::string& path, Model& model, const data::PixelNorm& norm) {
+void save_model(const std::string& path, Model& model, const data::PixelNorm& norm, const QuantPolicy* policy) {
   const named_tensors::Named params = named_tensors::params_of(model), buffers = named_tensors::buffers_of(model);
   nlohmann::json header;
   header["model"] = json_io::model_to_json(model.spec());
   header["pixel_norm"] = json_io::norm_to_json(norm);
   header["params"] = named_tensors::to_json(params, false);
   header["buffers"] = named_tensors::to_json(buffers, false);
+  if (policy != nullptr) header["policy"] = json_io::policy_json(*policy);
   const std::string h = header.dump();
 
   std::string out(kMagic, sizeof(kMagic));
@@ -119,6 +121,7 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
     out.norm = json_io::norm_from_json(root.object("pixel_norm"));
     listed_params = named_tensors::from_json(root.array("params"), "params", false);
     if (version != 1) listed_buffers = named_tensors::from_json(root.array("buffers"), "buffers", false);
+    if (h.contains("policy")) out.policy = json_io::policy_from_json(h.at("policy"), "policy");
     binary_io::check_size_bound(spec, bytes.size());
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(path + ": byte " + std::to_string(hpos) + ": the header is not valid JSON (" + e.what() + ")");
@@ -133,6 +136,10 @@ LoadedModel parse_model(const std::string& path, const std::string& bytes) {
            "file holds " + std::to_string(have) + " (truncated)");
   try {
     out.model = build_model(spec, 0);
+    if (out.policy) {
+      check_policy(*out.policy, out.model->named_layers(), "policy");
+      out.policy->source = path;
+    }
   } catch (const std::exception& e) {
     bad_header("model '" + spec.kind + "' cannot be built from the file's configuration: " + e.what());
   }

@@ -15,8 +15,10 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/data/normalize.h"
 #include "qtrain/engine/models/model.h"
 
@@ -25,10 +27,13 @@ namespace qtrain {
 struct LoadedModel {
   std::unique_ptr<Model> model;
   data::PixelNorm norm;
+  std::optional<QuantPolicy> policy;  // the quantization policy it was trained with (the header's "policy")
 };
 
-// Throws std::runtime_error naming the file when it cannot be written.
-void save_model(const std::string& path, Model& model, const data::PixelNorm& norm);
+// Throws std::runtime_error naming the file when it cannot be written. A policy (the one the model was trained
+// with) goes into the header's optional "policy" field; files without it load as before.
+void save_model(const std::string& path, Model& model, const data::PixelNorm& norm,
+                const QuantPolicy* policy = nullptr);
 // Throws InputError naming the file and byte offset when it is missing, truncated, corrupt or of another version,
 // or when its header is invalid (a model neither built in nor registered, a configuration out of range,
 // non-numbers, a parameter or buffer the model does not have or has in another shape, or one it has missing, sizes

@@ -344,8 +344,9 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
                                 std::to_string(spec_.in_channels) + " (NHWC rows × channels)");
   const Geometry g(spec_);
   const std::size_t batch = xv.rows() / hw, lines = batch * g.ho, rows = lines * g.wo, m = spec_.out_channels;
-  const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
-  const std::shared_ptr<const Tensor> xq = op_.quantize_input(*x, ctx.pool);
+  const QGemmConfig qc = op_.resolve(ctx, layer_name());
+  const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_, qc);
+  const std::shared_ptr<const Tensor> xq = op_.quantize_input(*x, qc, ctx.pool);
   const int ex = xq->exponent();
 
   auto out = std::make_shared<Var>();
@@ -367,10 +368,10 @@ VarPtr Conv2d::forward(const StepContext& ctx, const VarPtr& x) {
   out->value.set_exponents(ScaleAxis::kCol, std::move(e_out));
 
   if (!ctx.training()) return out;
-  ctx.tape->record([this, ctx, x, out, xq, wq, lines, m] {
+  ctx.tape->record([this, ctx, qc, x, out, xq, wq, lines, m] {
     if (!out->has_grad) return;
     const Geometry geo(spec_);
-    const quant::ShiftQuantized gq = op_.quantize_grad(ctx, id_, out->grad);
+    const quant::ShiftQuantized gq = op_.quantize_grad(ctx, id_, qc, out->grad);
     const bool need_dx = x->requires_grad && spec_.needs_input_grad;
     if (spec_.pointwise()) {
       if (need_dx) accumulate_grad(*x, qgemm_dgrad(gq, *wq, ctx.pool), ctx.pool);

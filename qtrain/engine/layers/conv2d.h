@@ -25,6 +25,8 @@
 // Patches are built a block of output rows at a time, in forward and again in backward (from the kept X_q), so
 // memory stays bounded by the block whatever the batch. A 1×1, stride-1, unpadded convolution uses X_q itself
 // as P and dP itself as dX (no im2col, no col2im).
+// Bits, N_G, activation groups, scale rule and weight granularity: the spec's unless ctx.policy overrides them for
+// this layer's name and the step's pass (core/quant_policy.h).
 // Float formula: y = conv2d(Q(x), Q(W)), dx = conv_transpose2d(Q_g(dy), Q(W)), dW = Q_g(dy) ⋆ Q(x) (the
 // correlation conv2d's weight gradient is), with Q(W) replaced by the aligned W in dx (exact when the output
 // channels' weight exponents span ≤ int8 headroom: 4 octaves at 4 bits, 0 at 8 bits).
@@ -66,7 +68,7 @@ struct Conv2dSpec {
   bool pointwise() const { return kernel_h == 1 && kernel_w == 1 && stride == 1 && padding == 0; }
 };
 
-class Conv2d : public Layer {
+class Conv2d : public Layer, public QuantizedLayer {
  public:
   // Throws UsageError for an empty geometry, a kernel larger than the padded input, K or Cout above
   // kMaxReduction, or bit-widths out of range. Weights: Kaiming-uniform U(±1/√K) like PyTorch's Conv2d default.
@@ -77,6 +79,7 @@ class Conv2d : public Layer {
   std::vector<Param*> own_params() override { return {&weight_}; }
   std::string name() const override;
   std::string layer_name() const override { return "conv" + std::to_string(id_); }
+  const QGemmConfig& own_quant_config() const override { return op_.config(); }
   const Conv2dSpec& spec() const { return spec_; }
   Param& weight() { return weight_; }
 

@@ -82,8 +82,9 @@ VarPtr DepthwiseConv2d::forward(const StepContext& ctx, const VarPtr& x) {
     throw std::invalid_argument(name() + ": input " + xv.describe() + " is not N·" + std::to_string(hw) + " × " +
                                 std::to_string(c) + " (NHWC rows × channels)");
   const std::size_t lines = xv.rows() / hw * spec_.out_h(), rows = lines * spec_.out_w();
-  const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
-  auto xq = std::make_shared<Tensor>(op_.quantize_input(xv, ctx.pool));
+  const QGemmConfig qc = op_.resolve(ctx, layer_name());
+  const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_, qc);
+  auto xq = std::make_shared<Tensor>(QGemmOp::quantize_input(xv, qc, ctx.pool));
   const std::vector<int8_t> wt = taps_by_channel(wq->q);
 
   // y = Σ_taps x·w per channel: ≤ kh·kw products of |·| ≤ 2^14, exact in int32.
@@ -106,11 +107,11 @@ VarPtr DepthwiseConv2d::forward(const StepContext& ctx, const VarPtr& x) {
   out->value.set_exponents(ScaleAxis::kCol, std::move(e_out));
 
   if (!ctx.training()) return out;
-  ctx.tape->record([this, ctx, x, out, xq, wq, lines, c] {
+  ctx.tape->record([this, ctx, qc, x, out, xq, wq, lines, c] {
     if (!out->has_grad) return;
     const Conv2dSpec sp = spec_;
     const std::size_t kk = sp.kernel_h * sp.kernel_w, ho = sp.out_h();
-    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_, out->grad);
+    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_, qc, out->grad);
     const int8_t* q = g.q.data();
     const int8_t* xd2 = xq->data<int8_t>();
 

@@ -14,6 +14,8 @@
 //                          exact in int64 (N·Ho·Wo·2^14 < 2^63), exponent e0 − k_c + e_x, narrowed per row
 // The work is kh·kw multiply-adds per output and channel, so it runs as direct integer loops (contiguous over
 // channels), not as a GEMM.
+// Bits, N_G, activation groups, scale rule and weight granularity: the spec's unless ctx.policy overrides them for
+// this layer's name and the step's pass (core/quant_policy.h); both granularities apply (per channel is per filter).
 // Float formula: y = depthwise_conv2d(Q(x), Q(W)), dx = depthwise_conv_transpose2d(Q_g(dy), Q(W)),
 //                dW = per-channel correlation of Q_g(dy) and Q(x).
 #pragma once
@@ -28,7 +30,7 @@
 
 namespace qtrain {
 
-class DepthwiseConv2d : public Layer {
+class DepthwiseConv2d : public Layer, public QuantizedLayer {
  public:
   // spec.out_channels must be 0 or in_channels. Weights: U(±1/√(kh·kw)) like PyTorch's Conv2d(groups = C).
   DepthwiseConv2d(const Conv2dSpec& spec, uint32_t layer_id, uint64_t seed);
@@ -37,6 +39,7 @@ class DepthwiseConv2d : public Layer {
   std::vector<Param*> own_params() override { return {&weight_}; }
   std::string name() const override;
   std::string layer_name() const override { return "dwconv" + std::to_string(id_); }
+  const QGemmConfig& own_quant_config() const override { return op_.config(); }
   const Conv2dSpec& spec() const { return spec_; }
   Param& weight() { return weight_; }
 

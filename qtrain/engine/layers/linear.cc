@@ -46,8 +46,9 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
     throw std::invalid_argument(name() + ": input has " + std::to_string(xv.cols()) + " features, expected " +
                                 std::to_string(spec_.in));
   const std::size_t n = xv.rows(), m = spec_.out;
-  const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_);
-  auto xq = std::make_shared<Tensor>(op_.quantize_input(xv, ctx.pool));
+  const QGemmConfig qc = op_.resolve(ctx, layer_name());
+  const std::shared_ptr<const QuantizedWeights> wq = op_.weights(weight_, qc);
+  auto xq = std::make_shared<Tensor>(QGemmOp::quantize_input(xv, qc, ctx.pool));
   const int ex = xq->exponent();
 
   // Y = X_q · W_qᵀ: each output sums `in` ≤ kMaxReduction int8 products, exact in int32; exponent e_x + e_w[c].
@@ -81,7 +82,7 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
 
   if (!ctx.training()) return out;
   // Backward keeps X_q and this step's W_q (the optimizer may requantize before a later backward).
-  ctx.tape->record([this, ctx, x, out, xq, wq, n, m] {
+  ctx.tape->record([this, ctx, qc, x, out, xq, wq, n, m] {
     if (!out->has_grad) return;
     // The fused ReLU's backward: dY·[y > 0] (y > 0 exactly where the pre-activation was), masked in place in the
     // gradient this op consumes.
@@ -92,7 +93,7 @@ VarPtr Linear::forward(const StepContext& ctx, const VarPtr& x) {
                                  masked.data<int32_t>());
     }
     const Tensor& dy = spec_.relu ? masked : out->grad;
-    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_, dy);
+    const quant::ShiftQuantized g = op_.quantize_grad(ctx, id_, qc, dy);
 
     // dX = dY_shifted · W_aligned (reduction over m ≤ kMaxReduction channels).
     if (x->requires_grad && spec_.needs_input_grad) accumulate_grad(*x, qgemm_dgrad(g, *wq, ctx.pool));

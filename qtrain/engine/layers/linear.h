@@ -11,7 +11,9 @@
 // Float formula it implements: y = Q(x)·Q(W)ᵀ + b, dx = Q_g(dy)·Q(W), dW = Q_g(dy)ᵀ·Q(x), db = Σ dy.
 // With `relu` the layer is Linear followed by ReLU as one op: y = max(X_q·W_qᵀ + b, 0) in the GEMM's epilogue (no
 // pass of its own), and backward first masks dY by [y > 0] — the same values and gradients as the two ops.
-// The quantizers, the weight cache and the dX/dW GEMMs are the shared QGemmOp (qgemm_op.h), as in Conv2d.
+// The quantizers, the weight cache and the dX/dW GEMMs are the shared QGemmOp (qgemm_op.h), as in Conv2d. The bits,
+// N_G, activation groups, scale rule and weight granularity are the spec's unless ctx.policy overrides them for
+// this layer's name and the step's pass (core/quant_policy.h).
 #pragma once
 
 #include <cstddef>
@@ -34,13 +36,14 @@ struct LinearSpec {
   bool relu = false;   // a ReLU fused after the bias (see above)
 };
 
-class Linear : public Layer {
+class Linear : public Layer, public QuantizedLayer {
  public:
   Linear(const LinearSpec& spec, uint32_t layer_id, uint64_t seed);
   VarPtr forward(const StepContext& ctx, const VarPtr& x) override;
   std::vector<Param*> own_params() override { return {&weight_, &bias_}; }
   std::string name() const override;
   std::string layer_name() const override { return "linear" + std::to_string(id_); }
+  const QGemmConfig& own_quant_config() const override { return op_.config(); }
   const LinearSpec& spec() const { return spec_; }
   Param& weight() { return weight_; }
   Param& bias() { return bias_; }

@@ -11,17 +11,6 @@
 
 namespace qtrain {
 
-void QGemmConfig::validate() const {
-  quant::signed_range(weight_bits);  // 2..8
-  quant::signed_range(act_bits);
-  quant::validate(quant::ShiftQuantConfig{grad_bits, groups});
-  const quant::IntRange range = signed_input ? quant::signed_range(act_bits) : quant::unsigned_range(act_bits);
-  if (act_groups < 1 || act_groups > quant::max_column_groups(range))
-    throw UsageError("activation groups " + std::to_string(act_groups) + " out of range 1.." +
-                     std::to_string(quant::max_column_groups(range)) + " for " + std::to_string(act_bits) + "-bit " +
-                     (signed_input ? "signed" : "unsigned") + " activations (the int8 carrier's headroom)");
-}
-
 Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::ScaleRule scale, int groups,
                            kernels::ThreadPool* pool) {
   if (x.dtype() == DType::kI8 && x.axis() == ScaleAxis::kTensor && is_signed && bits == 8) return x;
@@ -54,34 +43,60 @@ Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::Sca
 
 QGemmOp::QGemmOp(const QGemmConfig& cfg) : cfg_(cfg) { cfg_.validate(); }
 
-std::shared_ptr<const Tensor> QGemmOp::quantize_input(Var& x, kernels::ThreadPool* pool) const {
+std::shared_ptr<const Tensor> QGemmOp::quantize_input(Var& x, const QGemmConfig& c, kernels::ThreadPool* pool) const {
   // Bits 2..8, groups < 2^16 (validated): a distinct non-zero key per setting.
-  const uint32_t key = static_cast<uint32_t>(cfg_.act_bits) | (cfg_.signed_input ? 16u : 0u) |
-                       (static_cast<uint32_t>(cfg_.scale) << 5) | (static_cast<uint32_t>(cfg_.act_groups) << 8);
+  const uint32_t key = static_cast<uint32_t>(c.act_bits) | (c.signed_input ? 16u : 0u) |
+                       (static_cast<uint32_t>(c.scale) << 5) | (static_cast<uint32_t>(c.act_groups) << 8);
   if (x.quantized == nullptr || x.quantized_key != key) {
-    x.quantized = std::make_shared<const Tensor>(quantize_input(x.value, pool));
+    x.quantized = std::make_shared<const Tensor>(quantize_input(x.value, c, pool));
     x.quantized_key = key;
   }
   return x.quantized;
 }
 
-std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w) {
-  if (cache_ && cache_->version == w.version()) return cache_;
+namespace {
+
+// W_q of `w` at c's bits and granularity. Weights always take the covering step: at 4 bits they cost no accuracy on
+// ResNet-8 (W4A8G8 ≈ W8A8G8), and an error search over every weight each step would cost the MLP a third of its
+// speed.
+std::shared_ptr<QuantizedWeights> quantize_weights(const Param& w, const QGemmConfig& c) {
   const std::size_t m = w.master.rows(), k = w.master.cols();
-  // Weights always take the covering step: at 4 bits they cost no accuracy on ResNet-8 (W4A8G8 ≈ W8A8G8), and an
-  // error search over every weight each step would cost the MLP a third of its speed.
-  const quant::QuantizeOptions opt{quant::signed_range(cfg_.weight_bits)};
+  const quant::QuantizeOptions opt{quant::signed_range(c.weight_bits)};
   auto qw = std::make_shared<QuantizedWeights>();
-  qw->q = Tensor::uninitialized(m, k, DType::kI8);
+  qw->q = Tensor::uninitialized(m, k, DType::kI8);  // both quantizers write every element
   std::vector<int> e_row(m);
-  quant::quantize_per_row(w.master.data<int32_t>(), m, k, w.master.exponent(), opt, qw->q.data<int8_t>(), e_row.data());
+  const int e_master = w.master.exponent();
+  if (c.granularity == WeightGranularity::kPerTensor) {
+    // One exponent covering max|w| over the whole matrix; every row carries it (the GEMM epilogues and the dgrad
+    // alignment read per-row exponents either way; aligned then equals q).
+    const int e = quant::quantize_to_tensor(w.master.data<int32_t>(), m, k, &e_master, 1, opt, qw->q.data<int8_t>());
+    std::fill(e_row.begin(), e_row.end(), e);
+  } else {
+    quant::quantize_per_row(w.master.data<int32_t>(), m, k, e_master, opt, qw->q.data<int8_t>(), e_row.data());
+  }
   qw->aligned.resize(m * k);
   qw->aligned_exponent = quant::align_rows(qw->q.data<int8_t>(), m, k, e_row.data(),
                                            static_cast<uint32_t>(opt.range.hi), qw->aligned.data());
   qw->q.set_exponents(ScaleAxis::kRow, std::move(e_row));
   qw->version = w.version();
-  cache_ = std::move(qw);
-  return cache_;
+  qw->bits = c.weight_bits;
+  qw->granularity = c.granularity;
+  return qw;
+}
+
+}  // namespace
+
+std::shared_ptr<const QuantizedWeights> QGemmOp::weights(const Param& w, const QGemmConfig& c) {
+  // W_q of an older version can never be asked for again (versions only grow): drop them all.
+  if (!cache_.empty() && cache_.front()->version != w.version()) cache_.clear();
+  for (auto it = cache_.begin(); it != cache_.end(); ++it)
+    if ((*it)->bits == c.weight_bits && (*it)->granularity == c.granularity) {
+      std::rotate(cache_.begin(), it, it + 1);  // most recently used first
+      return cache_.front();
+    }
+  cache_.insert(cache_.begin(), quantize_weights(w, c));
+  if (cache_.size() > kWeightCacheEntries) cache_.pop_back();
+  return cache_.front();
 }
 
 void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, std::size_t k, int32_t* c, std::size_t n,
@@ -105,9 +120,10 @@ void WeightProducts::multiply(const int8_t* a, const int8_t* w, std::size_t m, s
   }
 }
 
-quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t layer, const Tensor& dy) const {
+quant::ShiftQuantized QGemmOp::quantize_grad(const StepContext& ctx, uint32_t layer, const QGemmConfig& c,
+                                             const Tensor& dy) const {
   quant::ShiftQuantized g;
-  quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {cfg_.grad_bits, cfg_.groups},
+  quant::shiftquant(dy.data<int32_t>(), dy.rows(), dy.cols(), dy.exponent(), {c.grad_bits, c.groups},
                     ctx.rounding_rng(layer, kOutputGradSlot), &g, ctx.pool);
   return g;
 }

@@ -3,9 +3,10 @@
 //
 // Forward   X (int32 or int8) → X_q: b_a-bit int8, one exponent e_x, the finest power of two covering max|x|
 //                               (nearest-even; the unsigned range [0, 2^b−1] when the input is non-negative)
-//           W (int32 master)  → W_q: b_w-bit int8, one exponent per output channel e_w[c] (nearest-even),
-//                               quantized once per parameter version and shared by every batch of that version
-//                               (packed once for its GEMMs when it feeds more than one: WeightProducts)
+//           W (int32 master)  → W_q: b_w-bit int8, one exponent per output channel e_w[c] (nearest-even), or one
+//                               for the whole matrix (per-tensor granularity: every e_w[c] is that one),
+//                               quantized once per (parameter version, b_w, granularity) and shared by every
+//                               batch of that version (packed once for its GEMMs when it feeds more than one)
 //           Y[n,c] = Σ_k X_q[n,k]·W_q[c,k]   int32 accumulator, exponent e_x + e_w[c]; exact while k ≤ kMaxReduction
 // Backward  dY (int32, one exponent) → ShiftQuant: dY_q (b_g bits, N_G power-of-two channel groups, stochastic)
 //           dX = dY_shifted · W_aligned      one int8 GEMM reducing over the m output channels (m ≤ kMaxReduction),
@@ -23,27 +24,13 @@
 
 #include "qtrain/engine/core/autograd.h"
 #include "qtrain/engine/core/param.h"
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/core/tensor.h"
 #include "qtrain/kernels/gemm.h"
 #include "qtrain/quant/pow2.h"
 #include "qtrain/quant/shiftquant.h"
 
 namespace qtrain {
-
-struct QGemmConfig {
-  int weight_bits = 8;
-  int act_bits = 8;
-  int grad_bits = 8;
-  int groups = 1;             // ShiftQuant N_G of the output gradient
-  bool signed_input = false;  // false: the input is non-negative (after ReLU) and uses the unsigned range
-  // How the power of two of X_q is chosen (quant::ScaleRule): covering max|x|, or least squared error. W_q always
-  // covers each output channel's max|w|.
-  quant::ScaleRule scale = quant::ScaleRule::kCover;
-  // Power-of-two channel groups of X_q (quant::quantize_column_groups); 1 = one step for the whole tensor.
-  int act_groups = 1;
-  // Throws UsageError naming the valid range.
-  void validate() const;
-};
 
 // The products of one weights operand W[m × k] (the same W on every call; its owner keeps it alive): forward
 // C = A · Wᵀ or dgrad C = A · W. The first product packs W inside the call, a cache-sized block at a time while it
@@ -64,13 +51,15 @@ class WeightProducts {
   kernels::PackedWeights packed_;
 };
 
-// W_q of one parameter version and its two GEMMs, whose operands are packed once per version when they feed more
-// than one product (WeightProducts).
+// W_q of one parameter version at one (bit-width, granularity), and its two GEMMs, whose operands are packed once per
+// version when they feed more than one product (WeightProducts).
 struct QuantizedWeights {
   Tensor q;                     // out × in int8, one exponent per row (output channel): the forward operand
   std::vector<int8_t> aligned;  // the rows brought to one exponent (quant::align_rows): the dgrad operand
   int aligned_exponent = 0;
   uint64_t version = 0;  // the Param::version it was quantized from
+  int bits = 0;          // and the weight bits and granularity
+  WeightGranularity granularity = WeightGranularity::kPerChannel;
 
   // Y[n × out] = X_q · W_qᵀ (int32, exponent e_x + e_w[c]), then the epilogue (bias at those exponents, ReLU).
   void forward(const int8_t* x, int32_t* y, std::size_t n, kernels::ThreadPool* pool,
@@ -95,26 +84,51 @@ struct QuantizedWeights {
 Tensor quantize_activation(const Tensor& x, int bits, bool is_signed, quant::ScaleRule scale = quant::ScaleRule::kCover,
                            int groups = 1, kernels::ThreadPool* pool = nullptr);
 
+// The quantizers of one layer. Its own settings (config()) apply unless the step's policy overrides them: a layer
+// resolves its configuration once per call (resolve) and hands it to the quantizers, and its backward closure keeps
+// that configuration and the W_q it used.
 class QGemmOp {
  public:
-  explicit QGemmOp(const QGemmConfig& cfg);
-  const QGemmConfig& config() const { return cfg_; }
+  // At most this many W_q per parameter version stay cached (two arrays of out × in int8 each, plus their packed
+  // forms once used twice): enough for a sandwich step's three bit-widths (highest, random, lowest) to hit the
+  // cache in every pass after the first; a fourth configuration evicts the least recently used.
+  static constexpr std::size_t kWeightCacheEntries = 4;
 
+  explicit QGemmOp(const QGemmConfig& cfg);
+  const QGemmConfig& config() const { return cfg_; }  // the layer's own settings
+  // The configuration of this call: config() with ctx.policy's overrides for (layer, ctx.pass), validated (throws
+  // UsageError naming the layer and the key).
+  QGemmConfig resolve(const StepContext& ctx, const std::string& layer) const {
+    return resolve_checked(ctx.policy, cfg_, layer, ctx.pass);
+  }
+
+  static Tensor quantize_input(const Tensor& x, const QGemmConfig& c, kernels::ThreadPool* pool = nullptr) {
+    return quantize_activation(x, c.act_bits, c.signed_input, c.scale, c.act_groups, pool);
+  }
   Tensor quantize_input(const Tensor& x, kernels::ThreadPool* pool = nullptr) const {
-    return quantize_activation(x, cfg_.act_bits, cfg_.signed_input, cfg_.scale, cfg_.act_groups, pool);
+    return quantize_input(x, cfg_, pool);
   }
   // The same for a Var's value, reusing the Var's quantized copy when it was made with the same settings.
-  std::shared_ptr<const Tensor> quantize_input(Var& x, kernels::ThreadPool* pool = nullptr) const;
-  // W_q of the parameter's current version (quantized on the first call after each update). Backward closures
-  // hold the returned pointer, so a later requantization never changes what an earlier step's backward sees.
-  std::shared_ptr<const QuantizedWeights> weights(const Param& w);
-  // ShiftQuant of dY (rows × out, one exponent) with the rounding stream of layer `layer`'s output gradient in
-  // this step and pass.
-  quant::ShiftQuantized quantize_grad(const StepContext& ctx, uint32_t layer, const Tensor& dy) const;
+  std::shared_ptr<const Tensor> quantize_input(Var& x, const QGemmConfig& c, kernels::ThreadPool* pool = nullptr) const;
+  std::shared_ptr<const Tensor> quantize_input(Var& x, kernels::ThreadPool* pool = nullptr) const {
+    return quantize_input(x, cfg_, pool);
+  }
+  // W_q of the parameter's current version at c's weight bits and granularity (quantized on the first call after
+  // each update, or for a configuration not among the cached ones). Backward closures hold the returned pointer,
+  // so a later requantization never changes what an earlier step's backward sees.
+  std::shared_ptr<const QuantizedWeights> weights(const Param& w, const QGemmConfig& c);
+  std::shared_ptr<const QuantizedWeights> weights(const Param& w) { return weights(w, cfg_); }
+  // ShiftQuant of dY (rows × out, one exponent) at c's gradient bits and N_G, with the rounding stream of layer
+  // `layer`'s output gradient in this step and pass.
+  quant::ShiftQuantized quantize_grad(const StepContext& ctx, uint32_t layer, const QGemmConfig& c,
+                                      const Tensor& dy) const;
+  quant::ShiftQuantized quantize_grad(const StepContext& ctx, uint32_t layer, const Tensor& dy) const {
+    return quantize_grad(ctx, layer, cfg_, dy);
+  }
 
  private:
   QGemmConfig cfg_;
-  std::shared_ptr<const QuantizedWeights> cache_;
+  std::vector<std::shared_ptr<const QuantizedWeights>> cache_;  // one version; most recently used first
 };
 
 // Rows [r0, r1) of dX = dY_shifted · W_aligned into out ((r1 − r0) × in int32, exponent qgemm_dgrad_exponent).

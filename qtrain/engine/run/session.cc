@@ -81,6 +81,7 @@ void check_resume_compatible(const TrainConfig& flags, const RunOptions& options
   require("--momentum", flags.sgd.momentum == c.sgd.momentum, number_text(c.sgd.momentum));
   require("--wd", flags.sgd.weight_decay == c.sgd.weight_decay, number_text(c.sgd.weight_decay));
   require("--schedule", flags.schedule == c.schedule, schedule_name(c.schedule));
+  require("--policy", flags.policy == c.policy, c.policy ? "policy" : "no policy");
   require("--seed", flags.seed == c.seed, std::to_string(c.seed));
   require("--train-limit", options.train_limit == 0 || options.train_limit == ck.train_count,
           std::to_string(ck.train_count) + " training images");

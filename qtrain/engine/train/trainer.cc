@@ -87,6 +87,7 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       health_(cfg.health) {
   cfg_.model = model_->spec();
   check_input_fits(cfg_.model, train);
+  if (cfg_.policy) check_policy(*cfg_.policy, model_->named_layers(), cfg_.policy->source);
   params_ = model_->params();
   if (batcher_.batches() == 0)
     throw UsageError("--batch " + std::to_string(cfg.batch) + " is larger than the training set (" +
@@ -121,6 +122,7 @@ LossResult Trainer::accumulate(const Batch& batch, const LossFn& loss, uint32_t 
   Tape tape;
   StepContext ctx{&pool_, &tape, cfg_.seed, state_.global_step, prof};
   ctx.pass = pass;
+  ctx.policy = cfg_.policy ? &*cfg_.policy : nullptr;
   VarPtr logits = model_->forward(ctx, batch_input(model_->spec(), batch));
   const int64_t loss_t = prof != nullptr ? StepProfile::now_ns() : 0;
   const LossResult r = loss ? loss(ctx, logits, batch) : softmax_ce_loss(ctx, logits, batch);
@@ -268,9 +270,12 @@ uint32_t Trainer::training_data_crc() const {
   return data_crc_;
 }
 
-double Trainer::evaluate(const data::ImageSet& set) { return evaluate_model(*model_, set, norm_, &pool_); }
+double Trainer::evaluate(const data::ImageSet& set) {
+  return evaluate_model(*model_, set, norm_, &pool_, cfg_.policy ? &*cfg_.policy : nullptr);
+}
 
-double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool) {
+double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool,
+                      const QuantPolicy* policy) {
   check_input_fits(model.spec(), set);
   constexpr std::size_t kBatch = 500;
   data::Batcher batcher(set, norm, kBatch, 0, /*shuffle=*/false, /*drop_last=*/false);
@@ -282,6 +287,7 @@ double evaluate_model(Model& model, const data::ImageSet& set, const data::Pixel
     const std::size_t n = batcher.fill(b, images.data(), labels.data());
     StepContext ctx{pool, nullptr, 0, 0};
     const Batch batch{.inputs = {images.data(), n * isz}, .exponent = norm.exponent, .labels = {labels.data(), n}};
+    ctx.policy = policy;
     VarPtr logits = model.forward(ctx, batch_input(model.spec(), batch));
     correct += softmax_ce_loss(ctx, logits, batch).correct;
   }

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@
 #include "qtrain/engine/data/normalize.h"
 #include "qtrain/engine/models/model.h"
 #include "qtrain/engine/ops/softmax_ce.h"
+#include "qtrain/engine/core/profile.h"
+#include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/optim/optimizer.h"
 #include "qtrain/engine/optim/schedule.h"
 #include "qtrain/engine/train/health.h"
@@ -46,6 +49,9 @@ struct TrainConfig {
   data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)
   HealthConfig health;      // stop a diverging or dead run (qtrain/engine/train/health.h)
   bool profile = false;     // time every step's layers and phases (Trainer::profile(), qtrain/engine/core/profile.h)
+  // Per-layer quantization overrides for training and evaluation (core/quant_policy.h; checked against the model
+  // when the trainer is made). Part of the model: saved with it and in checkpoints. None: the model's own bits.
+  std::optional<QuantPolicy> policy;
   void validate() const;    // throws UsageError naming the flag and its valid range
 };
 
@@ -175,8 +181,9 @@ class Trainer {
   mutable bool data_crc_known_ = false;
 };
 
-// Accuracy of `model` on `set` (batches of 500, no tape). Throws UsageError (check_input_fits) when the set's
-// shape does not fit the model.
-double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool);
+// Accuracy of `model` on `set` (batches of 500, no tape), with `policy`'s bits (null: the model's own).
+// Throws UsageError (check_input_fits) when the set's shape does not fit the model.
+double evaluate_model(Model& model, const data::ImageSet& set, const data::PixelNorm& norm, kernels::ThreadPool* pool,
+                      const QuantPolicy* policy = nullptr);
 
 }  // namespace qtrain
