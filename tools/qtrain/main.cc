@@ -288,7 +288,7 @@ int run_info(const std::string& load, bool json) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"qtrain — train neural networks with integer-only arithmetic (int8/int4 data plane, ShiftQuant "
+  CLI::App app{"qtrain — train neural networks with integer-only arithmetic (int8 data plane, ShiftQuant "
                "gradients)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "qtrain 0.1.0");
