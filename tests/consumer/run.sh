@@ -59,6 +59,30 @@ case "$mode" in
     ;;
 esac
 
-step "running the consumer"
 # Shared-library builds install without an RPATH; point the loader at the temporary prefix.
-LD_LIBRARY_PATH=$prefix/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$exe"
+export LD_LIBRARY_PATH=$prefix/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+step "consumer gemm"
+"$exe" gemm
+
+step "consumer train $work/tiny.qtm"
+"$exe" train "$work/tiny.qtm" | tee "$work/train.out"
+
+step "consumer eval $work/tiny.qtm (a second process)"
+"$exe" eval "$work/tiny.qtm" | tee "$work/eval.out"
+
+# The line "test accuracy: CORRECT/COUNT" of each run: the loaded model must get exactly the trained one's, and
+# the training must have learnt (four classes: chance is 25%).
+trained=$(grep '^test accuracy: ' "$work/train.out")
+loaded=$(grep '^test accuracy: ' "$work/eval.out")
+if [[ $trained != "$loaded" ]]; then
+  echo "run.sh: the loaded model's '$loaded' differs from the trained model's '$trained'" >&2
+  exit 1
+fi
+read -r correct count < <(sed 's|^test accuracy: \([0-9]*\)/\([0-9]*\)$|\1 \2|' <<< "$trained")
+min_percent=80
+if (( correct * 100 < min_percent * count )); then
+  echo "run.sh: test accuracy $correct/$count is below $min_percent% (chance: 25%): the model did not learn" >&2
+  exit 1
+fi
+echo "run.sh: trained and loaded models agree ($correct/$count, at least $min_percent% required)"
