@@ -128,11 +128,13 @@ int train(const std::string& path) {
   return 0;
 }
 
-// 4. Loading in another process: the file names the model, and the registry (set up in main) rebuilds it.
+// 4. Loading in another process: the file names the model, and the registry (set up in main) rebuilds it. The
+//    evaluation runs on two threads (training ran on one): integer sums give the same bits whatever the count.
 int eval(const std::string& path) {
   const qtrain::LoadedModel loaded = qtrain::load_model(path);
   std::printf("loaded %s: %s\n", path.c_str(), loaded.model->spec().describe().c_str());
-  print_accuracy(qtrain::evaluate_model(*loaded.model, test_set(), loaded.norm, /*pool=*/nullptr), test_set());
+  qtrain::kernels::ThreadPool pool(2);
+  print_accuracy(qtrain::evaluate_model(*loaded.model, test_set(), loaded.norm, &pool), test_set());
   return 0;
 }
 
@@ -141,15 +143,14 @@ int gemm() {
   namespace k = qtrain::kernels;
   constexpr std::size_t n = 5, m = 7, kk = 9;  // not multiples of any tile
   const qtrain::quant::CounterRng rng(/*seed=*/42, /*stream=*/1);
-  std::vector<int8_t> x(n * kk), w(m * kk);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int8_t>(static_cast<int>(rng.below(i, 255)) - 127);
-  for (std::size_t i = 0; i < w.size(); ++i)
-    w[i] = static_cast<int8_t>(static_cast<int>(rng.below(n * kk + i, 255)) - 127);
+  std::vector<int8_t> xw((n + m) * kk);  // X (n × kk) then W (m × kk), values −127..127
+  for (std::size_t i = 0; i < xw.size(); ++i) xw[i] = static_cast<int8_t>(static_cast<int>(rng.below(i, 255)) - 127);
+  const int8_t *x = xw.data(), *w = xw.data() + n * kk;
   std::vector<int32_t> expect(n * m), single(n * m, -1), pooled(n * m, -1);
-  k::ref::gemm_forward(x.data(), w.data(), expect.data(), n, m, kk);
-  k::gemm_forward(x.data(), w.data(), single.data(), n, m, kk, nullptr);
+  k::ref::gemm_forward(x, w, expect.data(), n, m, kk);
+  k::gemm_forward(x, w, single.data(), n, m, kk, nullptr);
   k::ThreadPool pool(2);
-  k::gemm_forward(x.data(), w.data(), pooled.data(), n, m, kk, &pool);
+  k::gemm_forward(x, w, pooled.data(), n, m, kk, &pool);
   if (single != expect || pooled != expect) {
     std::fprintf(stderr, "consumer: gemm_forward differs from the reference\n");
     return 1;
