@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs a qtrain build tree into a temporary prefix, then builds and runs the consumer program against it,
-# either through find_package(qtrain) or through pkg-config.
+# either through find_package(qtrain) or through pkg-config: the GEMM check, then a model trained and saved by one
+# process and loaded by a second, which must print the same test accuracy (and a high one).
 #   run.sh find_package|pkg_config <qtrain build dir> <install libdir, e.g. lib> [c++ compiler]
 set -euo pipefail
 
@@ -59,6 +60,39 @@ case "$mode" in
     ;;
 esac
 
-step "running the consumer"
 # Shared-library builds install without an RPATH; point the loader at the temporary prefix.
-LD_LIBRARY_PATH=$prefix/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$exe"
+export LD_LIBRARY_PATH=$prefix/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+step "consumer eval of a missing file: a usage error (exit code 2) naming it"
+status=0
+"$exe" eval "$work/missing.qtm" 2> "$work/missing.err" || status=$?
+cat "$work/missing.err"
+if [[ $status != 2 ]] || ! grep -q "missing.qtm" "$work/missing.err"; then
+  echo "run.sh: expected exit code 2 and a message naming missing.qtm, got exit code $status" >&2
+  exit 1
+fi
+
+step "consumer gemm"
+"$exe" gemm
+
+step "consumer train $work/tiny.qtm"
+"$exe" train "$work/tiny.qtm" | tee "$work/train.out"
+
+step "consumer eval $work/tiny.qtm (a second process)"
+"$exe" eval "$work/tiny.qtm" | tee "$work/eval.out"
+
+# The line "test accuracy: CORRECT/COUNT" of each run: the loaded model must get exactly the trained one's, and
+# the training must have learnt (four classes: chance is 25%).
+trained=$(grep '^test accuracy: ' "$work/train.out")
+loaded=$(grep '^test accuracy: ' "$work/eval.out")
+if [[ $trained != "$loaded" ]]; then
+  echo "run.sh: the loaded model's '$loaded' differs from the trained model's '$trained'" >&2
+  exit 1
+fi
+IFS=/ read -r correct count <<< "${trained#test accuracy: }"
+min_percent=80
+if (( correct * 100 < min_percent * count )); then
+  echo "run.sh: test accuracy $correct/$count is below $min_percent% (chance: 25%): the model did not learn" >&2
+  exit 1
+fi
+echo "run.sh: trained and loaded models agree ($correct/$count, at least $min_percent% required)"
