@@ -27,7 +27,6 @@
 #include "qtrain/engine/data/normalize.h"
 #include "qtrain/engine/models/model.h"
 #include "qtrain/engine/ops/softmax_ce.h"
-#include "qtrain/engine/core/profile.h"
 #include "qtrain/engine/core/quant_policy.h"
 #include "qtrain/engine/optim/optimizer.h"
 #include "qtrain/engine/optim/schedule.h"
