@@ -150,6 +150,22 @@ TEST_P(GemmTarget, ExtremesAtMaximalReductionDoNotOverflow) {
   }
 }
 
+// A stride-1 convolution's dX as one GEMM (conv2d.cc, dgrad_as_conv) reduces over k²·Cout terms, up to
+// 9·14793 = 133137 for 3×3 kernels: beyond kMaxReduction, exact only because both operands stay within ±127.
+TEST_P(GemmTarget, SymmetricOperandsBeyondMaxReductionAreExact) {
+  constexpr std::size_t r = 9 * 14793;
+  static_assert(int64_t{r} * 127 * 127 <= INT32_MAX && int64_t{r} > int64_t{kMaxReduction});
+  for (const auto& [va, vb] : {std::pair<int8_t, int8_t>{127, 127}, {-127, 127}}) {
+    const Shape s{3, 2, r};
+    const std::vector<int8_t> x(s.n * s.k, va), w(s.m * s.k, vb);
+    const int64_t expected = static_cast<int64_t>(r) * va * vb;
+    for (int32_t v : check_against_ref(Layout::kForward, s, x, w, nullptr)) ASSERT_EQ(v, expected);
+    std::vector<int32_t> y(s.n * s.m);
+    gemm_forward_packed(x.data(), pack_weights_forward(w.data(), s.m, s.k, nullptr), y.data(), s.n, nullptr);
+    for (int32_t v : y) ASSERT_EQ(v, expected);
+  }
+}
+
 TEST_P(GemmTarget, BitIdenticalForAnyThreadCount) {
   const Shape shapes[] = {{67, 45, 300}, {64, 256, 784}, {3, 130, 77}};
   std::mt19937 rng(99);

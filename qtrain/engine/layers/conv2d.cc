@@ -269,7 +269,10 @@ void col2im_gather_i32(const int32_t* dp, const Geometry& g, const Col2imTaps& t
 //   W'[c, (i', j', co)] = W_aligned[co, (k − 1 − i', k − 1 − j', c)]
 // These are exactly the terms of dP + col2im (each product dYs·W once; zero padding adds zero products), summed
 // by one int8 GEMM per block of input lines, whose reduction k²·Cout obeys the same int32 bound
-// (col2im_fits_i32): no int32 dP is ever materialized and dX is written once.
+// (col2im_fits_i32): no int32 dP is ever materialized and dX is written once. That reduction may exceed the GEMM's
+// general bound kernels::kMaxReduction (131071 terms of magnitude ≤ 128²; 9·14793 = 133137 for a 3×3 kernel): it is
+// exact because both operands here are ≤ 127 in magnitude (ShiftQuant's shifted values and the aligned weights are
+// symmetric), so k²·Cout·127² ≤ 2^31 − 1 is the bound that applies (tested: GemmTarget.SymmetricOperandsBeyondMaxReductionAreExact).
 bool dgrad_as_conv(const Conv2dSpec& s) {
   return s.stride == 1 && s.kernel_h == s.kernel_w && s.padding + 1 <= s.kernel_h;
 }
