@@ -950,9 +950,11 @@ TEST(CliPolicy, TrainedWithAPolicySavesLoadsAndResumes) {
 
   const Result info = run({"info", "--load", dir / "a.qtm"});
   ASSERT_EQ(info.code, 0) << info.out;
-  EXPECT_NE(info.out.find("linear1  Linear(256->128"), std::string::npos) << info.out;
-  EXPECT_NE(info.out.find("linear1.weight 128x256  linear1.bias 1x128  W4 A4 G6 N_G=3 act-groups 4 per_tensor"),
-            std::string::npos)
+  // Columns: layer, module, parameters, bits W/A/G, N_G, act groups, weights, scale.
+  EXPECT_TRUE(std::regex_search(info.out, std::regex(R"((^|\n)layer +module +parameters +bits W/A/G +N_G)"))) << info.out;
+  EXPECT_TRUE(std::regex_search(
+      info.out, std::regex(R"(\nlinear1 +Linear\(256->128.*\) +linear1\.weight 128x256, linear1\.bias 1x128 +4/4/6 +3 +4 )"
+                           R"(+per_tensor +mse\n)")))
       << info.out;
   EXPECT_NE(info.out.find("per_tensor"), std::string::npos) << info.out;
   const Result ij = run({"info", "--load", dir / "a.qtm", "--json"});
@@ -1011,9 +1013,9 @@ TEST(CliPolicy, InfoWithoutPolicyShowsTheModelsOwnBits) {
   train_and_save(dir);
   const Result r = run({"info", "--load", dir / "model.qtm"});
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_EQ(lines_of(r.out).size(), 4u) << r.out;  // the model line and three layers
-  EXPECT_NE(r.out.find("linear0.weight 256x784  linear0.bias 1x256  W8 A8 G8 N_G=1 act-groups 1 per_channel"),
-            std::string::npos)
+  EXPECT_EQ(lines_of(r.out).size(), 5u) << r.out;  // the model line, the column heads and three layers
+  EXPECT_TRUE(std::regex_search(
+      r.out, std::regex(R"(\nlinear0 +Linear.* +linear0\.weight 256x784, linear0\.bias 1x256 +8/8/8 +1 +1 +per_channel )")))
       << r.out;
   expect_model_error(run({"info", "--load", dir / "none.qtm"}), dir / "none.qtm", "none.qtm");
 }

@@ -1,5 +1,6 @@
 #include "qtrain/engine/models/layer_info.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -22,16 +23,35 @@ std::vector<LayerInfo> describe_layers(Model& model, const QuantPolicy* policy, 
 }
 
 std::string layers_table(const std::vector<LayerInfo>& layers) {
-  std::ostringstream o;
+  // One row per layer, columns padded to their widest cell. The module column is the layer as built (its own
+  // bits); the bits columns are what it trains with after the policy.
+  std::vector<std::vector<std::string>> rows{
+      {"layer", "module", "parameters", "bits W/A/G", "N_G", "act groups", "weights", "scale"}};
   for (const LayerInfo& l : layers) {
-    o << l.name << "  " << l.kind;
-    for (const ParamShape& p : l.params) o << "  " << p.name << " " << p.rows << "x" << p.cols;
+    std::string params;
+    for (const ParamShape& p : l.params)
+      params += (params.empty() ? "" : ", ") + p.name + " " + std::to_string(p.rows) + "x" + std::to_string(p.cols);
+    std::vector<std::string> row{l.name, l.kind, params.empty() ? "-" : params};
     if (l.quant) {
       const QGemmConfig& c = *l.quant;
-      o << "  W" << c.weight_bits << " A" << c.act_bits << " G" << c.grad_bits << " N_G=" << c.groups << " act-groups "
-        << c.act_groups << " " << granularity_name(c.granularity) << " " << scale_name(c.scale);
+      row.insert(row.end(), {std::to_string(c.weight_bits) + "/" + std::to_string(c.act_bits) + "/" +
+                                 std::to_string(c.grad_bits),
+                             std::to_string(c.groups), std::to_string(c.act_groups), granularity_name(c.granularity),
+                             scale_name(c.scale)});
+    } else {
+      row.insert(row.end(), 5, "-");
     }
-    o << "\n";
+    rows.push_back(std::move(row));
+  }
+  std::vector<std::size_t> width(rows.front().size(), 0);
+  for (const auto& row : rows)
+    for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  std::ostringstream o;
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i)
+      line += row[i] + (i + 1 < row.size() ? std::string(width[i] - row[i].size() + 2, ' ') : "");
+    o << line << "\n";
   }
   return o.str();
 }
