@@ -34,10 +34,10 @@ std::string layers_table(const std::vector<LayerInfo>& layers) {
     std::vector<std::string> row{l.name, l.kind, params.empty() ? "-" : params};
     if (l.quant) {
       const QGemmConfig& c = *l.quant;
-      row.insert(row.end(), {std::to_string(c.weight_bits) + "/" + std::to_string(c.act_bits) + "/" +
-                                 std::to_string(c.grad_bits),
-                             std::to_string(c.groups), std::to_string(c.act_groups), granularity_name(c.granularity),
-                             scale_name(c.scale)});
+      row.insert(row.end(),
+                 {std::to_string(c.weight_bits) + "/" + std::to_string(c.act_bits) + "/" + std::to_string(c.grad_bits),
+                  std::to_string(c.groups), std::to_string(c.act_groups), granularity_name(c.granularity),
+                  scale_name(c.scale)});
     } else {
       row.insert(row.end(), 5, "-");
     }
