@@ -14,7 +14,9 @@ inline Tensor random_i32(std::size_t rows, std::size_t cols, int32_t range, int 
   Tensor t(rows, cols, DType::kI32, exponent);
   const quant::CounterRng rng(seed, 5);
   for (std::size_t i = 0; i < t.size(); ++i)
-    t.data<int32_t>()[i] = static_cast<int32_t>(rng.below(i, 2 * static_cast<uint32_t>(range) + 1)) - range;
+    // In int64: a draw above 2^31 minus range (up to INT32_MAX) would overflow int32.
+    t.data<int32_t>()[i] =
+        static_cast<int32_t>(static_cast<int64_t>(rng.below(i, 2 * static_cast<uint32_t>(range) + 1)) - range);
   return t;
 }
 
