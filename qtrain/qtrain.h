@@ -52,6 +52,9 @@
 #include "qtrain/engine/layers/norm.h"
 #include "qtrain/engine/layers/pool.h"
 #include "qtrain/engine/layers/residual.h"
+#include "qtrain/engine/layers/pos_embed.h"
+#include "qtrain/engine/layers/attention.h"
+#include "qtrain/engine/layers/transformer_block.h"
 
 #include "qtrain/engine/models/layer_info.h"
 #include "qtrain/engine/models/model.h"

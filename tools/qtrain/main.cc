@@ -92,6 +92,7 @@ struct TrainOptions {
   std::string optimizer = "sgd";
   std::string schedule = "onecycle";
   std::string norm = "l1";
+  qtrain::ModelSpec::ViT vit;  // --patch, --dim, --depth, --heads, --mlp-ratio, --attn-bits, --mlp-act
   std::string scale = "mse";
   int act_groups = 0;
   int edge_bits = 0;
@@ -139,6 +140,10 @@ qtrain::TrainConfig train_config(const TrainOptions& o) {
   cfg.model.bits = parse_bits(o.bits);
   cfg.model.groups = o.groups;
   cfg.model.norm = o.norm;
+  for (const char* flag : {"--patch", "--dim", "--depth", "--heads", "--mlp-ratio", "--attn-bits", "--mlp-act"})
+    if (o.given.count(flag) && o.model != "vit")
+      throw UsageError(std::string(flag) + " sets the vision transformer's shape; --model " + o.model + " has none");
+  cfg.model.vit = o.vit;
   cfg.model.scale = o.scale;
   cfg.model.act_groups = o.act_groups;
   cfg.model.edge_bits = o.edge_bits;
@@ -300,9 +305,18 @@ int main(int argc, char** argv) {
                     std::string(qtrain::data::kDefaultFashionMnistDir) + ", from the dataset-fashion-mnist package)");
   train->add_option("--augment", t.augment, "Augmentation: random crop with this zero padding (pixels) plus horizontal flips; 0 = off")->capture_default_str();
   train->add_option("--model", t.model,
-                    "Model: mlp (784-256-128-10), cnn (2 conv + 2 FC), resnet8, resnet20 (CIFAR-style ResNets)")
+                    "Model: mlp (784-256-128-10), cnn (2 conv + 2 FC), resnet8, resnet20 (CIFAR-style ResNets), vit (Vision Transformer)")
       ->capture_default_str();
   train->add_option("--hidden", t.hidden, "Hidden widths of the MLP, e.g. 256,128 (default; each 1..65536)");
+  train->add_option("--patch", t.vit.patch, "vit: patch side in pixels (must divide the image sides)")->capture_default_str();
+  train->add_option("--dim", t.vit.dim, "vit: token width")->capture_default_str();
+  train->add_option("--depth", t.vit.depth, "vit: transformer blocks (1..256)")->capture_default_str();
+  train->add_option("--heads", t.vit.heads, "vit: attention heads (must divide --dim)")->capture_default_str();
+  train->add_option("--mlp-ratio", t.vit.mlp_ratio, "vit: MLP hidden width / --dim (1..64)")->capture_default_str();
+  train->add_option("--attn-bits", t.vit.attn_bits,
+                    "vit: bits of the attention products' operands Q, K, P, V and of their gradients (2..8)")
+      ->capture_default_str();
+  train->add_option("--mlp-act", t.vit.act, "vit: MLP activation: gelu (integer table) or relu")->capture_default_str();
   train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
       ->capture_default_str();
   train->add_option("--scale", t.scale,

@@ -7,8 +7,11 @@
 namespace qtrain {
 
 void init_uniform(Param& p, std::size_t rows, std::size_t cols, std::size_t fan_in, uint64_t seed) {
+  init_uniform_bound(p, rows, cols, 1.0 / std::sqrt(static_cast<double>(fan_in)), seed);
+}
+
+void init_uniform_bound(Param& p, std::size_t rows, std::size_t cols, double bound, uint64_t seed) {
   // Control plane: the bound is a float; the draws are integers in [−R, R] with R = bound·2^−e ≈ 2^24.
-  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
   int e2 = 0;
   std::frexp(bound, &e2);  // bound in [2^(e2−1), 2^e2)
   const int exponent = e2 - 24;

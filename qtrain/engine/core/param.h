@@ -24,5 +24,7 @@ struct Param {
 // Fill `p.master` (rows×cols) with the integer uniform distribution U(−bound, bound), bound = 1/√fan_in
 // (PyTorch's default for Linear weights and biases), at an exponent that gives 2^24 steps per bound.
 void init_uniform(Param& p, std::size_t rows, std::size_t cols, std::size_t fan_in, uint64_t seed);
+// The same with the bound given (> 0): U(−bound, bound) at 2^24 steps per bound.
+void init_uniform_bound(Param& p, std::size_t rows, std::size_t cols, double bound, uint64_t seed);
 
 }  // namespace qtrain

@@ -1,5 +1,6 @@
 #include "qtrain/engine/models/builtin_models.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -7,7 +8,10 @@
 #include "qtrain/engine/layers/linear.h"
 #include "qtrain/engine/layers/norm.h"
 #include "qtrain/engine/layers/pool.h"
+#include "qtrain/engine/layers/pos_embed.h"
 #include "qtrain/engine/layers/residual.h"
+#include "qtrain/engine/layers/transformer_block.h"
+#include "qtrain/quant/shiftquant.h"
 
 namespace qtrain {
 
@@ -152,12 +156,73 @@ std::vector<std::unique_ptr<Layer>> build_mlp(const ModelSpec& spec, uint64_t se
   return layers;
 }
 
+// The Vision Transformer (model_spec.h): patch embedding as a patch×patch convolution of stride `patch` (its
+// N·(H/p)·(W/p) × dim output rows are the tokens in raster order), positional embedding, blocks, final norm, mean
+// pooling over the tokens, head. Edge layers (patch embedding, head) use the edge bits, as in the CNNs.
+std::vector<std::unique_ptr<Layer>> build_vit(const ModelSpec& spec, uint64_t seed) {
+  const ModelSpec::ViT& v = spec.vit;
+  const std::size_t tokens = spec.tokens();
+  const int edge = spec.resolved_edge_bits();
+  std::vector<std::unique_ptr<Layer>> layers;
+  uint32_t id = 0;
+  Conv2dSpec pe;
+  pe.in_h = spec.in_h;
+  pe.in_w = spec.in_w;
+  pe.in_channels = spec.in_c;
+  pe.out_channels = v.dim;
+  pe.kernel_h = pe.kernel_w = v.patch;
+  pe.stride = v.patch;
+  pe.padding = 0;
+  pe.weight_bits = pe.grad_bits = edge;
+  pe.act_bits = spec.input_bits;
+  pe.groups = spec.resolved_edge_groups();
+  pe.signed_input = true;
+  pe.scale = spec.scale_rule();
+  pe.needs_input_grad = false;
+  layers.push_back(std::make_unique<Conv2d>(pe, id++, seed));
+  layers.push_back(std::make_unique<PositionalEmbedding>(tokens, v.dim, id++, seed));
+
+  TransformerBlockSpec bs;
+  bs.attention.dim = v.dim;
+  bs.attention.heads = v.heads;
+  bs.attention.tokens = tokens;
+  bs.attention.attn_bits = bs.attention.attn_grad_bits = v.attn_bits;
+  bs.attention.attn_grad_groups = std::min(spec.resolved_groups(), quant::max_groups(v.attn_bits));
+  LinearSpec& ls = bs.attention.projection;
+  ls.weight_bits = spec.bits.weight;
+  ls.act_bits = spec.bits.act;
+  ls.grad_bits = spec.bits.grad;
+  ls.groups = spec.resolved_groups();
+  ls.signed_input = true;  // layer-norm outputs
+  ls.scale = spec.scale_rule();
+  ls.act_groups = 1;
+  bs.mlp_ratio = v.mlp_ratio;
+  bs.act = v.act == "relu" ? MlpActivation::kRelu : MlpActivation::kGelu;
+  bs.gelu_bits = spec.bits.act;
+  for (std::size_t i = 0; i < v.depth; ++i) {
+    layers.push_back(std::make_unique<TransformerBlock>(bs, id, seed));
+    id += TransformerBlock::kLayerIds;
+  }
+  layers.push_back(std::make_unique<L1LayerNorm>(v.dim, id++));
+  layers.push_back(std::make_unique<GlobalAvgPool>(tokens, 1, v.dim));
+  LinearSpec head;
+  head.in = v.dim;
+  head.out = spec.classes;
+  head.weight_bits = head.act_bits = head.grad_bits = edge;
+  head.groups = spec.resolved_edge_groups();
+  head.signed_input = true;
+  head.scale = spec.scale_rule();
+  layers.push_back(std::make_unique<Linear>(head, id++, seed));
+  return layers;
+}
+
 }  // namespace
 
 std::vector<std::unique_ptr<Layer>> build_builtin_layers(const ModelSpec& spec, uint64_t seed) {
   if (spec.kind == "cnn") return build_cnn(spec, seed);
   if (spec.kind == "resnet8") return build_resnet(spec, seed, 1);
   if (spec.kind == "resnet20") return build_resnet(spec, seed, 3);
+  if (spec.kind == "vit") return build_vit(spec, seed);
   return build_mlp(spec, seed);
 }
 

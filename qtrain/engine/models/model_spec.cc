@@ -42,7 +42,11 @@ ModelConfig ModelSpec::to_config() const {
   ModelConfig c;
   c.set("weight_bits", bits.weight).set("act_bits", bits.act).set("grad_bits", bits.grad);
   c.set("input_bits", input_bits).set("groups", groups).set("scale", scale).set("act_groups", act_groups);
-  if (convolutional()) {
+  if (transformer()) {
+    c.set("edge_bits", edge_bits).set("patch", static_cast<int64_t>(vit.patch)).set("dim", static_cast<int64_t>(vit.dim));
+    c.set("depth", static_cast<int64_t>(vit.depth)).set("heads", static_cast<int64_t>(vit.heads));
+    c.set("mlp_ratio", static_cast<int64_t>(vit.mlp_ratio)).set("attn_bits", vit.attn_bits).set("act", vit.act);
+  } else if (convolutional()) {
     c.set("edge_bits", edge_bits).set("norm", norm);
   } else {
     ModelConfig::Ints hidden;
@@ -67,14 +71,19 @@ ModelSpec ModelSpec::from_config(const std::string& name, const ModelConfig& con
   // Only the keys a built-in reads: a misspelt one would otherwise be ignored silently.
   const char* const common[] = {"weight_bits", "act_bits", "grad_bits", "input_bits", "groups", "scale", "act_groups"};
   const char* const conv_only[] = {"edge_bits", "norm"};
+  const char* const vit_only[] = {"edge_bits", "patch", "dim", "depth", "heads", "mlp_ratio", "attn_bits", "act"};
   for (const auto& [key, value] : config.values()) {
     bool known = std::find(std::begin(common), std::end(common), key) != std::end(common);
-    if (s.convolutional())
+    if (s.transformer())
+      known |= std::find(std::begin(vit_only), std::end(vit_only), key) != std::end(vit_only);
+    else if (s.convolutional())
       known |= std::find(std::begin(conv_only), std::end(conv_only), key) != std::end(conv_only);
     else
       known |= key == "hidden";
     if (!known) {
-      std::string list = s.convolutional() ? "edge_bits, norm" : "hidden";
+      std::string list = s.transformer()       ? "edge_bits, patch, dim, depth, heads, mlp_ratio, attn_bits, act"
+                         : s.convolutional() ? "edge_bits, norm"
+                                             : "hidden";
       for (const char* k : common) list += std::string(", ") + k;
       throw UsageError("model config '" + key + "': not a key of model '" + name + "' (valid keys: " + list + ")");
     }
@@ -86,7 +95,16 @@ ModelSpec ModelSpec::from_config(const std::string& name, const ModelConfig& con
   s.groups = static_cast<int>(config.get_int("groups", s.groups, 0, 8));
   s.scale = config.get_string("scale", s.scale, {"max", "mse"});
   s.act_groups = static_cast<int>(config.get_int("act_groups", s.act_groups, 0, 8));
-  if (s.convolutional()) {
+  if (s.transformer()) {
+    s.edge_bits = static_cast<int>(config.get_int("edge_bits", s.edge_bits, 0, 8));
+    s.vit.patch = static_cast<std::size_t>(config.get_int("patch", 7, 1, 1024));
+    s.vit.dim = static_cast<std::size_t>(config.get_int("dim", 64, 1, 65536));
+    s.vit.depth = static_cast<std::size_t>(config.get_int("depth", 4, 1, 256));
+    s.vit.heads = static_cast<std::size_t>(config.get_int("heads", 4, 1, 1024));
+    s.vit.mlp_ratio = static_cast<std::size_t>(config.get_int("mlp_ratio", 4, 1, 64));
+    s.vit.attn_bits = static_cast<int>(config.get_int("attn_bits", 8, 2, 8));
+    s.vit.act = config.get_string("act", "gelu", {"gelu", "relu"});
+  } else if (s.convolutional()) {
     s.edge_bits = static_cast<int>(config.get_int("edge_bits", s.edge_bits, 0, 8));
     s.norm = config.get_string("norm", s.norm, {"l1", "l2"});
   } else {
@@ -134,6 +152,28 @@ void ModelSpec::validate() const {
   if (scale != "max" && scale != "mse")
     throw UsageError("--scale: unknown rule '" + scale + "'; valid rules: max, mse");
   check_bits("edge", resolved_edge_bits());
+  if (transformer()) {
+    if (vit.patch < 1 || in_h % vit.patch != 0 || in_w % vit.patch != 0 || in_h < vit.patch || in_w < vit.patch)
+      throw UsageError("--patch " + std::to_string(vit.patch) + " must divide the image sides " + std::to_string(in_h) +
+                       "x" + std::to_string(in_w));
+    if (tokens() > 4096)
+      throw UsageError("--patch " + std::to_string(vit.patch) + " gives " + std::to_string(tokens()) +
+                       " tokens per image; at most 4096 are supported");
+    if (vit.dim < 1 || vit.dim > 65536) throw UsageError("--dim " + std::to_string(vit.dim) + " is out of range 1..65536");
+    if (vit.heads < 1 || vit.dim % vit.heads != 0)
+      throw UsageError("--heads " + std::to_string(vit.heads) + " must divide --dim " + std::to_string(vit.dim));
+    if (vit.depth < 1 || vit.depth > 256) throw UsageError("--depth " + std::to_string(vit.depth) + " is out of range 1..256");
+    if (vit.mlp_ratio < 1 || vit.mlp_ratio > 64)
+      throw UsageError("--mlp-ratio " + std::to_string(vit.mlp_ratio) + " is out of range 1..64");
+    if (vit.dim * vit.mlp_ratio > 131071)
+      throw UsageError("--dim × --mlp-ratio " + std::to_string(vit.dim * vit.mlp_ratio) +
+                       " exceeds 131071 (the int32 accumulator bound)");
+    check_bits("attention", vit.attn_bits);
+    if (vit.act != "gelu" && vit.act != "relu")
+      throw UsageError("--mlp-act: unknown activation '" + vit.act + "'; valid: gelu, relu");
+    if (classes < 2) throw UsageError("vit needs at least 2 classes");
+    return;
+  }
   if (convolutional() && (in_h < 4 || in_w < 4 || in_c == 0 || classes < 2))
     throw UsageError("convolutional models need images of at least 4x4 pixels and 2 classes");
 }
@@ -146,16 +186,20 @@ std::string ModelSpec::describe() const {
     if (!config.values().empty()) o << ' ' << config.describe();
     return o.str();
   }
-  if (convolutional())
+  if (transformer())
+    o << in_h << 'x' << in_w << 'x' << in_c << " patch " << vit.patch << " dim " << vit.dim << " depth " << vit.depth
+      << " heads " << vit.heads << " mlp x" << vit.mlp_ratio << ' ' << vit.act;
+  else if (convolutional())
     o << in_h << 'x' << in_w << 'x' << in_c << ' ' << norm << "-norm";
   else
     for (std::size_t i = 0; i < sizes.size(); ++i) o << (i ? "-" : "") << sizes[i];
   o << " W" << bits.weight << "A" << bits.act << "G" << bits.grad << " N_G=" << resolved_groups();
+  if (transformer()) o << " attention A" << vit.attn_bits << "G" << vit.attn_bits;
   if (convolutional())
     o << " edges W" << resolved_edge_bits() << "A" << resolved_edge_bits() << "G" << resolved_edge_bits();
   if (scale != "mse") o << " scale " << scale;
   // The MLP's hidden activations carry per-column exponents (Linear outputs), which always use the covering rule.
-  if (convolutional() && resolved_act_groups() > 1) o << " act-groups " << resolved_act_groups();
+  if (convolutional() && !transformer() && resolved_act_groups() > 1) o << " act-groups " << resolved_act_groups();
   return o.str();
 }
 
@@ -171,6 +215,12 @@ std::size_t ModelSpec::size_bound() const {
     // conv3x3(in_c→32), conv3x3(32→64) with norms, FC((h/4)(w/4)·64 → 128), FC(128 → classes).
     n = add(mul(9 * 32, in_c), mul(mul(in_h / 4 + 2, in_w / 4 + 2), 64 * 128 + 128));
     n = add(n, add(mul(129, classes), uint64_t{1} << 18));
+  } else if (kind == "vit") {
+    // patch embedding, positional embedding, per block 4·d² + 2·r·d² weights (+ biases, norms), head.
+    const uint64_t d = vit.dim, t = tokens(), r = vit.mlp_ratio;
+    n = add(mul(vit.patch * vit.patch * in_c + 1, d), mul(t, d));
+    n = add(n, mul(vit.depth, add(mul(mul(d, d), 4 + 2 * r), mul(d, 16 + 2 * r))));
+    n = add(n, add(mul(d + 1, classes), uint64_t{1} << 18));
   } else {
     // resnet8/resnet20: the first conv reads in_c channels, the FC writes `classes`; the blocks are fixed (the
     // 64-channel stage of resnet20 is about 0.27 M parameters with its norms).

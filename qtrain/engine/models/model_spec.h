@@ -31,6 +31,9 @@ struct InputShape {
 //   resnet8   CIFAR-style ResNet: conv3x3(16)-norm-ReLU, one basic block per stage (16, 32/2, 64/2; 1x1 projection
 //             shortcuts with norm), global average pool, FC(classes)
 //   resnet20  the same with three basic blocks per stage
+//   vit       Vision Transformer: patch embedding (a patch×patch convolution of stride `patch`), learned positional
+//             embedding, `depth` pre-norm blocks (L1 layer norm, multi-head attention, MLP ×mlp_ratio with GELU or
+//             ReLU), final L1 layer norm, mean pooling over the tokens, FC(classes)
 // A registered model reads in_h × in_w × in_c (as an N·H·W × C tensor, like the convolutional built-ins) and
 // writes `classes` logits.
 struct ModelSpec {
@@ -53,6 +56,17 @@ struct ModelSpec {
   // int8 carrier allows for bits.act unsigned values: 4 at 4 bits, 1 at 8). 0 = that most (+0.2 points on 4-bit
   // ResNet-8). Edge layers use one group.
   int act_groups = 0;
+  // vit: the transformer's shape (see above). Its linear layers use `bits`; the patch embedding and the head use
+  // the edge bits; the attention products Q·Kᵀ and P·V use attn_bits for both operands and their output gradients.
+  struct ViT {
+    std::size_t patch = 7, dim = 64, depth = 4, heads = 4, mlp_ratio = 4;
+    int attn_bits = 8;
+    std::string act = "gelu";  // MLP activation: gelu (integer table) or relu
+    bool operator==(const ViT& o) const {
+      return patch == o.patch && dim == o.dim && depth == o.depth && heads == o.heads && mlp_ratio == o.mlp_ratio &&
+             attn_bits == o.attn_bits && act == o.act;
+    }
+  } vit;
   // A registered model's configuration, handed to its factory. Empty for the built-ins (their fields above).
   ModelConfig config;
 
@@ -68,6 +82,9 @@ struct ModelSpec {
   bool built_in() const;
   // The MLP reads N × (H·W·C) rows; every other model N·H·W × C.
   bool convolutional() const { return kind != "mlp"; }
+  bool transformer() const { return kind == "vit"; }
+  // vit: tokens per image, (in_h/patch)·(in_w/patch).
+  std::size_t tokens() const { return (in_h / vit.patch) * (in_w / vit.patch); }
   // The input geometry and class count, for every kind (the MLP's input is 1×1×sizes.front() unless in_h × in_w ×
   // in_c has that size).
   InputShape input() const;
@@ -76,7 +93,8 @@ struct ModelSpec {
   void set_input(std::size_t h, std::size_t w, std::size_t c);
 
   // The configuration the registry builds this model from: the built-ins' fields as keys (mlp: hidden,
-  // weight_bits, act_bits, grad_bits, input_bits, groups, scale, act_groups; the others also edge_bits and norm),
+  // weight_bits, act_bits, grad_bits, input_bits, groups, scale, act_groups; the convolutional ones also edge_bits
+  // and norm; vit edge_bits, patch, dim, depth, heads, mlp_ratio, attn_bits, act),
   // or `config` for a registered model.
   ModelConfig to_config() const;
   // The spec of model `name` built from `config` (the inverse of to_config). Throws UsageError naming the key

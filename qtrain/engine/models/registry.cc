@@ -10,7 +10,7 @@ namespace qtrain {
 
 namespace {
 
-constexpr const char* kBuiltIns[] = {"mlp", "cnn", "resnet8", "resnet20"};
+constexpr const char* kBuiltIns[] = {"mlp", "cnn", "resnet8", "resnet20", "vit"};
 
 struct Registry {
   std::mutex mutex;

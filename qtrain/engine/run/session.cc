@@ -73,6 +73,13 @@ void check_resume_compatible(const TrainConfig& flags, const RunOptions& options
   require("--scale", f.scale == m.scale, m.scale);
   require("--act-groups", f.resolved_act_groups() == m.resolved_act_groups(), std::to_string(m.resolved_act_groups()));
   require("--edge-bits", f.resolved_edge_bits() == m.resolved_edge_bits(), std::to_string(m.resolved_edge_bits()));
+  require("--patch", f.vit.patch == m.vit.patch, std::to_string(m.vit.patch));
+  require("--dim", f.vit.dim == m.vit.dim, std::to_string(m.vit.dim));
+  require("--depth", f.vit.depth == m.vit.depth, std::to_string(m.vit.depth));
+  require("--heads", f.vit.heads == m.vit.heads, std::to_string(m.vit.heads));
+  require("--mlp-ratio", f.vit.mlp_ratio == m.vit.mlp_ratio, std::to_string(m.vit.mlp_ratio));
+  require("--attn-bits", f.vit.attn_bits == m.vit.attn_bits, std::to_string(m.vit.attn_bits));
+  require("--mlp-act", f.vit.act == m.vit.act, m.vit.act);
   require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
           std::to_string(c.augment.pad));
   require("--epochs", flags.epochs == c.epochs, std::to_string(c.epochs));
