@@ -40,6 +40,7 @@
 #include "qtrain/engine/ops/add.h"
 #include "qtrain/engine/ops/qgemm_op.h"
 #include "qtrain/engine/ops/qmatmul.h"
+#include "qtrain/engine/ops/softmax.h"
 #include "qtrain/engine/ops/gelu.h"
 #include "qtrain/engine/ops/relu.h"
 #include "qtrain/engine/ops/softmax_ce.h"

@@ -1021,3 +1021,75 @@ TEST(CliPolicy, InfoWithoutPolicyShowsTheModelsOwnBits) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// The Vision Transformer (--model vit): learns, is bit-exact over threads, targets and a stop-and-resume, and
+// refuses bad shapes.
+
+namespace {
+
+TEST(CliVit, LearnsFashionMnistInAShortRun) {
+  REQUIRE_DATA();
+  const Result r = run({"train", "--model", "vit", "--train-limit", "2000", "--test-limit", "500", "--epochs", "2",
+                        "--threads", "2"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string acc = printed_accuracy(r.out);
+  ASSERT_FALSE(acc.empty()) << r.out;
+  EXPECT_GT(std::stod(acc), 50.0) << "a ViT on 2000 images, 2 epochs, learns well above chance (10%): " << r.out;
+}
+
+TEST(CliVit, TwoStepsAreByteIdenticalOverThreadsAndTargets) {
+  REQUIRE_DATA();
+  TempDir dir;
+  std::string reference, reference_run;
+  for (const auto& target : qtrain::kernels::available_targets())
+    for (const char* threads : {"1", "2"}) {
+      const std::string what = target.name + " with " + threads + " thread(s)";
+      const std::string file = dir / (target.name + "_" + threads + ".qtm");
+      const Result r = run({"train", "--model", "vit", "--bits", "6", "--depth", "2", "--epochs", "1",
+                            "--train-limit", "128", "--batch", "64", "--test-limit", "64", "--kernel-target",
+                            target.name, "--threads", threads, "--save", file});
+      ASSERT_EQ(r.code, 0) << what << ": " << r.out;
+      const std::string bytes = read_bytes(file);
+      ASSERT_GT(bytes.size(), 100000u) << what;
+      if (reference.empty()) {
+        reference = bytes;
+        reference_run = what;
+      } else {
+        EXPECT_TRUE(bytes == reference) << what << " differs from " << reference_run;
+      }
+    }
+}
+
+TEST(CliVit, StopAndResumeGivesTheSameModel) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Args base = {"train", "--model", "vit", "--depth", "2", "--mlp-act", "relu", "--train-limit", "256",
+                     "--test-limit", "64", "--epochs", "2", "--batch", "32"};
+  Args a = base;
+  a.insert(a.end(), {"--save", dir / "a.qtm"});
+  ASSERT_EQ(run(a).code, 0);
+  Args s = base;
+  s.insert(s.end(), {"--checkpoint", dir / "run.qtc", "--stop-after-steps", "11"});
+  ASSERT_EQ(run(s).code, 0);
+  const Result b = run({"train", "--resume", dir / "run.qtc", "--threads", "2", "--save", dir / "b.qtm"});
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(read_bytes(dir / "a.qtm") == read_bytes(dir / "b.qtm")) << "resumed ViT differs";
+}
+
+TEST(CliVit, BadShapesAreUsageErrors) {
+  const std::pair<Args, std::string> cases[] = {
+      {{"train", "--model", "vit", "--patch", "5"}, "--patch 5 must divide the image sides 28x28"},
+      {{"train", "--model", "vit", "--heads", "3"}, "--heads 3 must divide --dim 64"},
+      {{"train", "--model", "vit", "--attn-bits", "9"}, "attention bit-width 9 is out of range 2..8"},
+      {{"train", "--model", "vit", "--mlp-act", "tanh"}, "--mlp-act: unknown activation 'tanh'"},
+      {{"train", "--model", "mlp", "--depth", "2"}, "--depth sets the vision transformer's shape"},
+  };
+  for (const auto& [args, message] : cases) {
+    const Result r = run(args);
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find(message), std::string::npos) << r.out;
+  }
+}
+
+}  // namespace
