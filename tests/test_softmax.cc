@@ -66,10 +66,10 @@ TEST(Softmax, Int32ExtremesEqualRowsAndOneHotRows) {
   Tensor x(5, cols, DType::kI32, 0);
   int32_t* v = x.data<int32_t>();
   for (std::size_t c = 0; c < cols; ++c) {
-    v[0 * cols + c] = INT32_MIN;                             // all equal at the bottom
-    v[1 * cols + c] = INT32_MAX;                             // all equal at the top
-    v[2 * cols + c] = c % 2 ? INT32_MAX : INT32_MIN;         // mixed: uniform over the maxima
-    v[3 * cols + c] = c == 5 ? 1000 : 0;                     // one-hot
+    v[0 * cols + c] = INT32_MIN;                      // all equal at the bottom
+    v[1 * cols + c] = INT32_MAX;                      // all equal at the top
+    v[2 * cols + c] = c % 2 ? INT32_MAX : INT32_MIN;  // mixed: uniform over the maxima
+    v[3 * cols + c] = c == 5 ? 1000 : 0;              // one-hot
     v[4 * cols + c] = 7;
   }
   for (int e : {-40, -8, 0, 20}) {

@@ -27,9 +27,9 @@ namespace qtrain {
 
 struct AttentionSpec {
   std::size_t dim = 64, heads = 4, tokens = 16;
-  LinearSpec projection;  // bits, groups and scale rule of the four projections (in/out are set to dim)
-  int attn_bits = 8;      // operands of Q·Kᵀ and P·V
-  int attn_grad_bits = 8; // ShiftQuant bits of their output gradients
+  LinearSpec projection;   // bits, groups and scale rule of the four projections (in/out are set to dim)
+  int attn_bits = 8;       // operands of Q·Kᵀ and P·V
+  int attn_grad_bits = 8;  // ShiftQuant bits of their output gradients
   int attn_grad_groups = 1;
   bool causal = false;
   // UsageError naming the field and the valid range.

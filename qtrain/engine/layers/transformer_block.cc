@@ -6,8 +6,7 @@
 
 namespace qtrain {
 
-TransformerBlock::TransformerBlock(const TransformerBlockSpec& spec, uint32_t first_id, uint64_t seed)
-    : spec_(spec) {
+TransformerBlock::TransformerBlock(const TransformerBlockSpec& spec, uint32_t first_id, uint64_t seed) : spec_(spec) {
   const std::size_t dim = spec.attention.dim;
   if (spec.mlp_ratio < 1 || spec.mlp_ratio > 64)
     throw UsageError("--mlp-ratio " + std::to_string(spec.mlp_ratio) + " is out of range 1..64");

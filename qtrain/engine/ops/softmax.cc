@@ -87,18 +87,19 @@ VarPtr softmax(const StepContext& ctx, const SoftmaxConfig& cfg_in, const VarPtr
   out->value = Tensor(rows, cols, DType::kI32, -kPFrac);  // masked entries stay 0
   int32_t* p = out->value.data<int32_t>();
   const kernels::PassSplit split(ctx.pool, rows);
-  split.run(kernels::kNsPerByte * static_cast<double>(rows * cols * 16), [&](std::size_t, std::size_t r0, std::size_t r1) {
-    std::vector<int64_t> z(cols), e(cols), rem;
-    std::vector<uint32_t> order;
-    for (std::size_t r = r0; r < r1; ++r) {
-      softmax_rows::row_q16(xv, r, z.data());
-      const std::size_t n = visible(cfg, r, cols);
-      for (std::size_t j = 0; j < n; ++j)  // |z| ≤ 2^46, m < 2^16: < 2^62
-        z[j] = quant::shift_round_even(std::clamp(z[j], -kZClamp, kZClamp) * c.m, c.s);
-      const int64_t s = softmax_rows::row_exp(z.data(), n, e.data());
-      round_row(e.data(), n, s, p + r * cols, rem, order);
-    }
-  });
+  split.run(kernels::kNsPerByte * static_cast<double>(rows * cols * 16),
+            [&](std::size_t, std::size_t r0, std::size_t r1) {
+              std::vector<int64_t> z(cols), e(cols), rem;
+              std::vector<uint32_t> order;
+              for (std::size_t r = r0; r < r1; ++r) {
+                softmax_rows::row_q16(xv, r, z.data());
+                const std::size_t n = visible(cfg, r, cols);
+                for (std::size_t j = 0; j < n; ++j)  // |z| ≤ 2^46, m < 2^16: < 2^62
+                  z[j] = quant::shift_round_even(std::clamp(z[j], -kZClamp, kZClamp) * c.m, c.s);
+                const int64_t s = softmax_rows::row_exp(z.data(), n, e.data());
+                round_row(e.data(), n, s, p + r * cols, rem, order);
+              }
+            });
   if (!ctx.training() || !x->requires_grad) return out;
   ctx.tape->record([x, out, cfg, c, rows, cols, pool = ctx.pool] {
     if (!out->has_grad) return;
@@ -106,26 +107,28 @@ VarPtr softmax(const StepContext& ctx, const SoftmaxConfig& cfg_in, const VarPtr
     if (g.axis() != ScaleAxis::kTensor) throw std::logic_error("softmax: gradient with several exponents");
     const int32_t* gv = g.data<int32_t>();
     uint64_t gmax = 0;
-    for (std::size_t i = 0; i < g.size(); ++i) gmax = std::max<uint64_t>(gmax, static_cast<uint64_t>(std::abs(int64_t{gv[i]})));
+    for (std::size_t i = 0; i < g.size(); ++i)
+      gmax = std::max<uint64_t>(gmax, static_cast<uint64_t>(std::abs(int64_t{gv[i]})));
     int k = 0;
     while ((gmax >> k) > (uint64_t{1} << 15) - 1) ++k;  // then |R(g, k)| ≤ 2^15
     const int32_t* pv = out->value.data<int32_t>();
     std::vector<int64_t> d(rows * cols, 0);
     const kernels::PassSplit bsplit(pool, rows);
-    bsplit.run(kernels::kNsPerByte * static_cast<double>(rows * cols * 16), [&](std::size_t, std::size_t r0, std::size_t r1) {
-      std::vector<int64_t> u(cols);
-      for (std::size_t r = r0; r < r1; ++r) {
-        const std::size_t n = visible(cfg, r, cols);
-        const int32_t* pr = pv + r * cols;
-        int64_t t = 0;  // Σ P·u: |t| ≤ 2^15·2^15
-        for (std::size_t j = 0; j < n; ++j) {
-          u[j] = quant::shift_round_even(gv[r * cols + j], k);
-          t += pr[j] * u[j];
-        }
-        for (std::size_t j = 0; j < n; ++j)  // P ≤ 2^15, |(u << 15) − t| ≤ 2^31, m < 2^16: < 2^62
-          d[r * cols + j] = pr[j] * ((u[j] << kPFrac) - t) * c.m;
-      }
-    });
+    bsplit.run(kernels::kNsPerByte * static_cast<double>(rows * cols * 16),
+               [&](std::size_t, std::size_t r0, std::size_t r1) {
+                 std::vector<int64_t> u(cols);
+                 for (std::size_t r = r0; r < r1; ++r) {
+                   const std::size_t n = visible(cfg, r, cols);
+                   const int32_t* pr = pv + r * cols;
+                   int64_t t = 0;  // Σ P·u: |t| ≤ 2^15·2^15
+                   for (std::size_t j = 0; j < n; ++j) {
+                     u[j] = quant::shift_round_even(gv[r * cols + j], k);
+                     t += pr[j] * u[j];
+                   }
+                   for (std::size_t j = 0; j < n; ++j)  // P ≤ 2^15, |(u << 15) − t| ≤ 2^31, m < 2^16: < 2^62
+                     d[r * cols + j] = pr[j] * ((u[j] << kPFrac) - t) * c.m;
+                 }
+               });
     accumulate_grad(*x, narrow_tensor(d.data(), rows, cols, g.exponent() + k - 2 * kPFrac - c.s), pool);
   });
   return out;

@@ -23,8 +23,9 @@ int64_t exp2_q16(int64_t u) {
 
 void row_q16(const Tensor& x, std::size_t r, int64_t* z) {
   for (std::size_t c = 0; c < x.cols(); ++c) {
-    const int64_t v = x.dtype() == DType::kI32 ? x.data<int32_t>()[r * x.cols() + c] : x.data<int8_t>()[r * x.cols() + c];
-    const int s = -(x.exponent_at(r, c) + kZFrac);  // value·2^16 = v·2^(e+16)
+    const int64_t v =
+        x.dtype() == DType::kI32 ? x.data<int32_t>()[r * x.cols() + c] : x.data<int8_t>()[r * x.cols() + c];
+    const int s = -(x.exponent_at(r, c) + kZFrac);                            // value·2^16 = v·2^(e+16)
     z[c] = std::clamp(quant::shift_round_even_sat(v, s), -kZLimit, kZLimit);  // saturation (2^62) clamps too
   }
 }
