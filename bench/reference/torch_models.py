@@ -11,6 +11,9 @@ otherwise train.
   resnet8   CIFAR-style ResNet: conv3x3(16)-BN-ReLU, one basic block per stage (16, 32/2, 64/2; 1x1 projection
             shortcuts with BN), global average pool, FC10
   resnet20  the same with three basic blocks per stage
+  vit       Vision Transformer as `qtrain train --model vit`: patch 7 (a stride-7 conv), dim 64, learned positional
+            embedding, 4 pre-norm blocks (LayerNorm where qtrain uses its integer L1 layer norm, 4-head attention,
+            MLP x4 with GELU), final LayerNorm, mean pooling over the tokens, FC10; same SGD + OneCycle recipe
 
 Prints one line per epoch, then a final JSON line:
   {"framework": "pytorch-fp32", "epochs": N, "test_accuracy": 0..1, "train_images_per_second": X, "threads": T}
@@ -90,7 +93,37 @@ def resnet(channels, blocks_per_stage):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
+class Block(nn.Module):
+    def __init__(self, dim, heads, ratio):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, ratio * dim), nn.GELU(), nn.Linear(ratio * dim, dim))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, channels, size, patch=7, dim=64, depth=4, heads=4, ratio=4):
+        super().__init__()
+        self.embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        tokens = (size // patch) ** 2
+        self.pos = nn.Parameter(torch.empty(1, tokens, dim).uniform_(-0.02 * 3 ** 0.5, 0.02 * 3 ** 0.5))
+        self.blocks = nn.Sequential(*[Block(dim, heads, ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
 def build(name, channels, size):
+    if name == "vit":
+        return ViT(channels, size)
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 256), nn.ReLU(), nn.Linear(256, 128),
                              nn.ReLU(), nn.Linear(128, 10))
@@ -117,7 +150,7 @@ def augment(x, pad, gen):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["mlp", "cnn", "resnet8", "resnet20"], default="mlp")
+    ap.add_argument("--model", choices=["mlp", "cnn", "resnet8", "resnet20", "vit"], default="mlp")
     ap.add_argument("--dataset", choices=["fashion-mnist", "cifar10"], default="fashion-mnist")
     ap.add_argument("--augment", type=int, default=0, metavar="PAD",
                     help="random crop with this zero padding plus horizontal flips (0: off)")
