@@ -6,7 +6,8 @@
 #
 # Usage: bench/accuracy.sh [--model M] [--norms LIST] [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
 #                          [--train-limit N] [--test-limit N] [--bits LIST] [--seed S] [-- EXTRA QTRAIN FLAGS]
-#   --model M     mlp (default), cnn, resnet8 or resnet20 (PyTorch uses BatchNorm for the convolutional models)
+#   --model M     mlp (default), cnn, resnet8, resnet20 or vit (PyTorch uses BatchNorm for the convolutional models,
+#                 LayerNorm for the ViT)
 #   --norms LIST  convolutional models: the qtrain norms to run, comma-separated (default l1; e.g. l1,l2)
 #   --epochs N    epochs per run (default 5)
 #   --threads T   threads for every run (default 1)
@@ -21,7 +22,7 @@
 # Exits non-zero if any run fails.
 set -euo pipefail
 
-usage() { sed -n '7,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '7,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "accuracy.sh: error: $*" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,8 +53,8 @@ done
 [[ $bits_list =~ ^[2-8](,[2-8])*$ ]] || die "--bits '$bits_list' must list bit-widths 2..8, e.g. 8,4"
 [[ $seed =~ ^[0-9]+$ ]] || die "--seed '$seed' must be an integer >= 0"
 limits=(--train-limit "$train_limit" --test-limit "$test_limit")
-case "$model" in mlp|cnn|resnet8|resnet20) ;; *) die "--model '$model' must be mlp, cnn, resnet8 or resnet20" ;; esac
-[[ $model == mlp ]] && norms=none
+case "$model" in mlp|cnn|resnet8|resnet20|vit) ;; *) die "--model '$model' must be mlp, cnn, resnet8, resnet20 or vit" ;; esac
+[[ $model == mlp || $model == vit ]] && norms=none
 
 # A relative build directory is taken relative to the current directory if it exists there, else to the repository.
 if [[ $build != /* && ! -d $build ]]; then build=$repo/$build; fi
