@@ -26,24 +26,6 @@ namespace {
 constexpr int kPFrac = 15;
 constexpr int64_t kZClamp = int64_t{1} << 46;  // ±2^30 real units in Q16 (e^−2^30 is 0 anyway)
 
-// c = m·2^−s with m in [2^15, 2^16) (control plane, once per call).
-struct Dyadic {
-  int64_t m = 1;
-  int s = 0;
-};
-Dyadic dyadic_of(double c) {
-  int e = 0;
-  std::frexp(c, &e);  // c in [2^(e−1), 2^e)
-  Dyadic d;
-  d.s = 16 - e;
-  d.m = std::llround(std::ldexp(c, d.s));
-  if (d.m == int64_t{1} << 16) {  // rounded up to the next octave
-    d.m >>= 1;
-    --d.s;
-  }
-  return d;
-}
-
 // The columns row r sees.
 std::size_t visible(const SoftmaxConfig& cfg, std::size_t r, std::size_t cols) {
   return cfg.causal ? r % cfg.rows_per_matrix + 1 : cols;
@@ -82,7 +64,7 @@ VarPtr softmax(const StepContext& ctx, const SoftmaxConfig& cfg_in, const VarPtr
   if (cfg.causal && (cfg.rows_per_matrix != cols || rows % cols != 0))
     throw std::invalid_argument("softmax: a causal mask needs whole square matrices; got " + xv.describe() +
                                 " in matrices of " + std::to_string(cfg.rows_per_matrix) + " rows");
-  const Dyadic c = dyadic_of(cfg.scale);
+  const quant::Dyadic c = quant::to_dyadic(cfg.scale);  // m in [2^15, 2^16]
   auto out = std::make_shared<Var>();
   out->value = Tensor(rows, cols, DType::kI32, -kPFrac);  // masked entries stay 0
   int32_t* p = out->value.data<int32_t>();
@@ -95,7 +77,7 @@ VarPtr softmax(const StepContext& ctx, const SoftmaxConfig& cfg_in, const VarPtr
                 softmax_rows::row_q16(xv, r, z.data());
                 const std::size_t n = visible(cfg, r, cols);
                 for (std::size_t j = 0; j < n; ++j)  // |z| ≤ 2^46, m < 2^16: < 2^62
-                  z[j] = quant::shift_round_even(std::clamp(z[j], -kZClamp, kZClamp) * c.m, c.s);
+                  z[j] = quant::shift_round_even(std::clamp(z[j], -kZClamp, kZClamp) * c.mantissa, c.shift);
                 const int64_t s = softmax_rows::row_exp(z.data(), n, e.data());
                 round_row(e.data(), n, s, p + r * cols, rem, order);
               }
@@ -126,10 +108,10 @@ VarPtr softmax(const StepContext& ctx, const SoftmaxConfig& cfg_in, const VarPtr
                      t += pr[j] * u[j];
                    }
                    for (std::size_t j = 0; j < n; ++j)  // P ≤ 2^15, |(u << 15) − t| ≤ 2^31, m < 2^16: < 2^62
-                     d[r * cols + j] = pr[j] * ((u[j] << kPFrac) - t) * c.m;
+                     d[r * cols + j] = pr[j] * ((u[j] << kPFrac) - t) * c.mantissa;
                  }
                });
-    accumulate_grad(*x, narrow_tensor(d.data(), rows, cols, g.exponent() + k - 2 * kPFrac - c.s), pool);
+    accumulate_grad(*x, narrow_tensor(d.data(), rows, cols, g.exponent() + k - 2 * kPFrac - c.shift), pool);
   });
   return out;
 }

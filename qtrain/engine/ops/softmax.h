@@ -1,7 +1,7 @@
 // Attention's softmax on integers: P = softmax(scale · x) per row, fed from the int32 Q·Kᵀ accumulator.
 //
 // Forward   z = x in Q16 (nearest-even, clamped to ±2^30 real units: e^−2^30 is 0 anyway), times the scale as a
-//           dyadic m·2^−s (m in [2^15, 2^16): exact for any power of two, 1/√d_head = 1/4 for d_head = 16 is a
+//           dyadic m·2^−s (quant::to_dyadic, m in [2^15, 2^16]: exact for any power of two, 1/√d_head = 1/4 for d_head = 16 is a
 //           shift; 1/√8 = 46341·2^−17), then the exponentials of softmax_rows.h (base 2 with log2 e folded into a
 //           Q16 multiplier, max first, Q30 mantissas summed exactly in int64).
 //           P_i = e_i·2^15 / S in Q15 (int32, exponent −15), rounded so that EVERY ROW SUMS TO EXACTLY 2^15:
