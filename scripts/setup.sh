@@ -3,7 +3,7 @@
 #
 #   scripts/setup.sh [--with-bench-extras] [--no-build]
 #
-#   --with-bench-extras   also install the optional benchmark peers (python3-torch, libdnnl-dev)
+#   --with-bench-extras   also install the optional benchmark peers (python3-torch with OpenBLAS, libdnnl-dev)
 #   --no-build            install packages only
 #
 # Environment:
@@ -42,7 +42,10 @@ if ! command -v ninja > /dev/null && ! command -v make > /dev/null; then
   packages+=(make)
 fi
 if [[ $with_extras == 1 ]]; then
-  packages+=(python3-torch libdnnl-dev)
+  # Debian's python3-torch calls whatever libblas.so.3 the alternatives system selects: without OpenBLAS that is
+  # the unoptimized reference BLAS, and every matrix product in the PyTorch baseline runs 5-10x slow (measured:
+  # its ViT 97 images/s against 695 with OpenBLAS). The fair baseline needs an optimized BLAS.
+  packages+=(python3-torch libopenblas0-openmp libdnnl-dev)
 fi
 
 is_installed() {

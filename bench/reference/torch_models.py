@@ -16,7 +16,8 @@ otherwise train.
             MLP x4 with GELU), final LayerNorm, mean pooling over the tokens, FC10; same SGD + OneCycle recipe
 
 Prints one line per epoch, then a final JSON line:
-  {"framework": "pytorch-fp32", "epochs": N, "test_accuracy": 0..1, "train_images_per_second": X, "threads": T}
+  {"framework": "pytorch-fp32", "epochs": N, "test_accuracy": 0..1, "train_images_per_second": X, "threads": T,
+   "blas": "openblas" | "blis" | "mkl" | "reference" | "unknown"}
 train_images_per_second counts training steps only (forward, backward, optimizer), not evaluation.
 
 Run with Debian's python3-torch:  /usr/bin/python3 bench/reference/torch_models.py --model mlp --epochs 5
@@ -93,7 +94,7 @@ def resnet(channels, blocks_per_stage):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
-class Block(nn.Module):
+class ViTBlock(nn.Module):
     def __init__(self, dim, heads, ratio):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -112,13 +113,25 @@ class ViT(nn.Module):
         self.embed = nn.Conv2d(channels, dim, patch, stride=patch)
         tokens = (size // patch) ** 2
         self.pos = nn.Parameter(torch.empty(1, tokens, dim).uniform_(-0.02 * 3 ** 0.5, 0.02 * 3 ** 0.5))
-        self.blocks = nn.Sequential(*[Block(dim, heads, ratio) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 10)
 
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
         return self.head(self.norm(self.blocks(x)).mean(1))
+
+
+def blas_library():
+    """The BLAS this process loaded (Debian's torch uses the libblas.so.3 the alternatives system selects)."""
+    torch.ones(8, 8) @ torch.ones(8, 8)  # make sure the library is mapped
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "blas" in line.lower() or "blis" in line.lower()}
+    for path in sorted(paths):
+        for name in ("openblas", "blis", "mkl"):
+            if name in path:
+                return name
+    return "reference" if paths else "unknown"
 
 
 def build(name, channels, size):
@@ -170,6 +183,11 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    blas = blas_library()
+    if blas == "reference":
+        print("torch_models.py: warning: PyTorch runs on the unoptimized reference BLAS, its matrix products are "
+              "5-10x slow and images/s are not a fair baseline (install libopenblas0-openmp, or run "
+              "scripts/setup.sh --with-bench-extras)", file=sys.stderr, flush=True)
 
     if args.dataset == "cifar10":
         if not args.data:
@@ -228,7 +246,7 @@ def main():
     print(json.dumps({"framework": "pytorch-fp32", "model": args.model, "dataset": args.dataset,
                       "epochs": args.epochs, "test_accuracy": acc,
                       "train_images_per_second": args.epochs * steps_per_epoch * args.batch / train_seconds,
-                      "threads": args.threads}), flush=True)
+                      "threads": args.threads, "blas": blas}), flush=True)
 
 
 if __name__ == "__main__":
