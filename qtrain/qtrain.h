@@ -11,6 +11,7 @@
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/philox.h"
 #include "qtrain/kernels/rounding.h"
+#include "qtrain/kernels/adamw_update.h"
 #include "qtrain/kernels/sgd_update.h"
 #include "qtrain/kernels/thread_pool.h"
 
@@ -45,8 +46,10 @@
 #include "qtrain/engine/ops/relu.h"
 #include "qtrain/engine/ops/softmax_ce.h"
 
+#include "qtrain/engine/optim/adamw.h"
 #include "qtrain/engine/optim/optimizer.h"
 #include "qtrain/engine/optim/schedule.h"
+#include "qtrain/engine/optim/state_table.h"
 
 #include "qtrain/engine/layers/conv2d.h"
 #include "qtrain/engine/layers/depthwise_conv2d.h"

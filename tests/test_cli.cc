@@ -390,7 +390,16 @@ INSTANTIATE_TEST_SUITE_P(
                       BadFlag{"Momentum1_5", {"--momentum", "1.5"}, "[0, 1)"},  //
                       BadFlag{"WeightDecay1", {"--wd", "1"}, "[0, 1)"},         //
                       BadFlag{"Lr0", {"--lr", "0"}, "(0, 100)"},                //
-                      BadFlag{"ScheduleUnknown", {"--schedule", "foo"}, "constant, step, cosine, onecycle"},
+                      BadFlag{"Beta1One", {"--optimizer", "adamw", "--beta1", "1"}, "--beta1 1 is out of range [0, 1 - 1e-6]"},
+                      BadFlag{"Beta2Negative", {"--optimizer", "adamw", "--beta2", "-0.5"}, "--beta2 -0.5 is out of range"},
+                      BadFlag{"AdamEps0", {"--optimizer", "adamw", "--adam-eps", "0"}, "--adam-eps 0 is out of range (0, 1]"},
+                      BadFlag{"AdamWDecay1", {"--optimizer", "adamw", "--wd", "1"}, "[0, 1) (AdamW's decoupled weight decay)"},
+                      BadFlag{"Beta1WithSgd", {"--beta1", "0.8"}, "--beta1 is an AdamW setting; add --optimizer adamw"},
+                      BadFlag{"MomentumWithAdamW", {"--optimizer", "adamw", "--momentum", "0.8"}, "AdamW's first-moment decay is --beta1"},
+                      BadFlag{"OptimizerUnknown", {"--optimizer", "lamb"}, "valid optimizers are sgd, adamw"},
+                      BadFlag{"WarmupWithOnecycle", {"--warmup-epochs", "2"}, "--warmup-epochs sets the warm-up of --schedule warmup-cosine"},
+                      BadFlag{"WarmupBeyondEpochs", {"--schedule", "warmup-cosine", "--epochs", "2", "--warmup-epochs", "3"}, "[0, --epochs = 2]"},
+                      BadFlag{"ScheduleUnknown", {"--schedule", "foo"}, "constant, step, cosine, onecycle, warmup-cosine"},
                       BadFlag{"ThreadsNegative", {"--threads", "-1"}, "0 (all processors)"},
                       BadFlag{"KernelTargetUnknown", {"--kernel-target", "BOGUS"}, "available"},
                       BadFlag{"UnknownFlag", {"--frobnicate"}, "--frobnicate"},
@@ -1064,6 +1073,52 @@ TEST(CliVit, StopAndResumeGivesTheSameModel) {
   const Result b = run({"train", "--resume", dir / "run.qtc", "--threads", "2", "--save", dir / "b.qtm"});
   ASSERT_EQ(b.code, 0) << b.out;
   EXPECT_TRUE(read_bytes(dir / "a.qtm") == read_bytes(dir / "b.qtm")) << "resumed ViT differs";
+}
+
+// --optimizer adamw (integer AdamW) with the warm-up + cosine schedule: learns; a ViT run stopped and resumed on
+// another thread count gives the same model bytes; the same bits over SIMD targets and threads; a resumed run
+// refuses changed AdamW settings.
+TEST(CliAdamW, MlpLearnsWithWarmupCosine) {
+  REQUIRE_DATA();
+  const Result r = run({"train", "--optimizer", "adamw", "--lr", "2e-3", "--schedule", "warmup-cosine",
+                        "--warmup-epochs", "0.5", "--train-limit", "2000", "--test-limit", "500", "--epochs", "2"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string acc = printed_accuracy(r.out);
+  ASSERT_FALSE(acc.empty()) << r.out;
+  EXPECT_GT(std::stod(acc), 70.0) << "AdamW on 2000 images, 2 epochs: " << r.out;
+}
+
+TEST(CliAdamW, VitStopAndResumeGivesTheSameModel) {
+  REQUIRE_DATA();
+  TempDir dir;
+  const Args base = {"train", "--model", "vit", "--depth", "1", "--optimizer", "adamw", "--lr", "1e-3",
+                     "--schedule", "warmup-cosine", "--warmup-epochs", "1", "--wd", "0.1", "--train-limit", "256",
+                     "--test-limit", "64", "--epochs", "2", "--batch", "32"};
+  Args a = base;
+  a.insert(a.end(), {"--save", dir / "a.qtm"});
+  ASSERT_EQ(run(a).code, 0);
+  Args s = base;
+  s.insert(s.end(), {"--checkpoint", dir / "run.qtc", "--stop-after-steps", "5"});
+  ASSERT_EQ(run(s).code, 0);
+  for (const Args& extra : {Args{"--wd", "0.05"}, Args{"--beta2", "0.99"}, Args{"--optimizer", "sgd"},
+                            Args{"--warmup-epochs", "0.5"}}) {
+    Args r = {"train", "--resume", dir / "run.qtc"};
+    r.insert(r.end(), extra.begin(), extra.end());
+    const Result refused = run(r);
+    EXPECT_EQ(refused.code, 2) << join(r) << "\n" << refused.out;
+    EXPECT_NE(refused.out.find(extra[0] + " " + extra[1] + " differs from the checkpoint's"), std::string::npos)
+        << refused.out;
+  }
+  const Result b = run({"train", "--resume", dir / "run.qtc", "--threads", "2", "--save", dir / "b.qtm"});
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(read_bytes(dir / "a.qtm") == read_bytes(dir / "b.qtm")) << "resumed AdamW run differs";
+}
+
+TEST(CliAdamW, TwoStepsAreByteIdenticalOverThreadsAndTargets) {
+  REQUIRE_DATA();
+  expect_identical_over_targets_and_threads({"train", "--optimizer", "adamw", "--lr", "1e-3", "--bits", "4",
+                                             "--epochs", "1", "--train-limit", "128", "--batch", "64",
+                                             "--test-limit", "64"});
 }
 
 TEST(CliVit, BadShapesAreUsageErrors) {

@@ -50,20 +50,22 @@ std::string invalid_argument_of(const std::function<void()>& fn) {
 }
 
 TEST(Optimizer, FactoryBuildsSgdAndRefusesUnknownNamesAndRanges) {
-  const std::unique_ptr<Optimizer> opt = make_optimizer("sgd", {{0.8, 1e-4}});
+  const std::unique_ptr<Optimizer> opt = make_optimizer("sgd", SgdConfig{0.8, 1e-4});
   EXPECT_EQ(opt->name(), "sgd");
   ASSERT_NE(dynamic_cast<Sgd*>(opt.get()), nullptr);
   EXPECT_EQ(dynamic_cast<Sgd*>(opt.get())->config().momentum, 0.8);
+  EXPECT_EQ(make_optimizer("adamw", {})->name(), "adamw");
   try {
-    make_optimizer("adamw", {});
+    make_optimizer("lamb", {});
     FAIL() << "no error";
   } catch (const UsageError& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown optimizer 'adamw': valid optimizers are sgd"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("unknown optimizer 'lamb': valid optimizers are sgd, adamw"),
+              std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(make_optimizer("sgd", {{1.0, 0.0}}), UsageError);
-  EXPECT_THROW(make_optimizer("sgd", {{0.9, 1.0}}), UsageError);
-  EXPECT_THROW(make_optimizer("sgd", {{-0.1, 0.0}}), UsageError);
+  EXPECT_THROW(make_optimizer("sgd", SgdConfig{1.0, 0.0}), UsageError);
+  EXPECT_THROW(make_optimizer("sgd", SgdConfig{0.9, 1.0}), UsageError);
+  EXPECT_THROW(make_optimizer("sgd", SgdConfig{-0.1, 0.0}), UsageError);
 }
 
 // A parameter's momentum appears on its first update, at its shape; a parameter without a gradient gets none.
@@ -109,7 +111,7 @@ TEST(Optimizer, LoadedStateContinuesBitForBit) {
   std::vector<Param> copy = ps;
   std::vector<Param*> copy_params;
   for (Param& p : copy) copy_params.push_back(&p);
-  const std::unique_ptr<Optimizer> b = make_optimizer("sgd", {{0.9, 5e-4}});
+  const std::unique_ptr<Optimizer> b = make_optimizer("sgd", SgdConfig{0.9, 5e-4});
   b->load_state(a.state(), copy_params);
   for (uint64_t step = 3; step < 6; ++step) {
     for (Param& p : ps) set_grad(p, 10 + step);

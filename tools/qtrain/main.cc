@@ -88,7 +88,9 @@ struct TrainOptions {
   int groups = 0;
   int epochs = 5;
   long long batch = 64;
-  double lr = 0.05, momentum = 0.9, wd = 5e-4;
+  double lr = 0.05, momentum = 0.9, wd = 5e-4;  // --wd: SGD's default (AdamW's is AdamWConfig's, unless given)
+  qtrain::AdamWConfig adamw;                     // --beta1, --beta2, --adam-eps
+  double warmup_epochs = 1.0;
   std::string optimizer = "sgd";
   std::string schedule = "onecycle";
   std::string norm = "l1";
@@ -152,9 +154,22 @@ qtrain::TrainConfig train_config(const TrainOptions& o) {
   cfg.batch = static_cast<std::size_t>(o.batch);
   cfg.lr = o.lr;
   cfg.optimizer = o.optimizer;
+  // Each optimizer's own flags; --wd is the weight decay of whichever runs (each has its own default). A resumed
+  // run's optimizer and schedule are the checkpoint's: there the flags are compared with it instead.
+  const bool adamw = o.optimizer == "adamw", fresh = o.resume.empty();
+  for (const char* flag : {"--beta1", "--beta2", "--adam-eps"})
+    if (fresh && o.given.count(flag) && !adamw)
+      throw UsageError(std::string(flag) + " is an AdamW setting; add --optimizer adamw (the run uses " + o.optimizer + ")");
+  if (fresh && o.given.count("--momentum") && adamw)
+    throw UsageError("--momentum is an SGD setting; AdamW's first-moment decay is --beta1");
   cfg.sgd.momentum = o.momentum;
-  cfg.sgd.weight_decay = o.wd;
+  cfg.sgd.weight_decay = adamw ? qtrain::SgdConfig{}.weight_decay : o.wd;
+  cfg.adamw = o.adamw;
+  if (adamw && o.given.count("--wd")) cfg.adamw.weight_decay = o.wd;
   cfg.schedule = qtrain::parse_schedule(o.schedule);
+  if (fresh && o.given.count("--warmup-epochs") && cfg.schedule != qtrain::ScheduleKind::kWarmupCosine)
+    throw UsageError("--warmup-epochs sets the warm-up of --schedule warmup-cosine (the run uses " + o.schedule + ")");
+  cfg.warmup_epochs = o.warmup_epochs;
   cfg.seed = o.seed;
   cfg.threads = thread_count(o.threads);
   cfg.health.enabled = !o.no_health_check;
@@ -333,10 +348,19 @@ int main(int argc, char** argv) {
   train->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
   train->add_option("--batch", t.batch, "Batch size (1..65536)")->capture_default_str();
   train->add_option("--lr", t.lr, "Peak learning rate")->capture_default_str();
-  train->add_option("--optimizer", t.optimizer, "Optimizer: sgd")->capture_default_str();
-  train->add_option("--momentum", t.momentum, "SGD momentum [0, 1)")->capture_default_str();
-  train->add_option("--wd", t.wd, "Weight decay [0, 1)")->capture_default_str();
-  train->add_option("--schedule", t.schedule, "Learning-rate schedule: constant, step, cosine, onecycle")->capture_default_str();
+  train->add_option("--optimizer", t.optimizer, "Optimizer: sgd (with momentum) or adamw (integer AdamW)")
+      ->capture_default_str();
+  train->add_option("--momentum", t.momentum, "sgd: momentum [0, 1)")->capture_default_str();
+  train->add_option("--beta1", t.adamw.beta1, "adamw: first-moment decay [0, 1 - 1e-6]")->capture_default_str();
+  train->add_option("--beta2", t.adamw.beta2, "adamw: second-moment decay [0, 1 - 1e-6]")->capture_default_str();
+  train->add_option("--adam-eps", t.adamw.eps, "adamw: epsilon added to the root of the second moment (0, 1]")
+      ->capture_default_str();
+  train->add_option("--wd", t.wd, "Weight decay [0, 1): sgd's L2 term (default 5e-4) or adamw's decoupled decay (default 0.05)");
+  train->add_option("--schedule", t.schedule,
+                    "Learning-rate schedule: constant, step, cosine, onecycle, warmup-cosine (linear warm-up, then cosine to 0)")
+      ->capture_default_str();
+  train->add_option("--warmup-epochs", t.warmup_epochs, "warmup-cosine: epochs of linear warm-up [0, --epochs]")
+      ->capture_default_str();
   train->add_option("--seed", t.seed, "Random seed (initialisation, shuffling, stochastic rounding)")->capture_default_str();
   train->add_option("--threads", t.threads, "Threads (0 = all processors available); results are bit-identical for any count")->capture_default_str();
   train->add_option("--train-limit", t.train_limit, "Use only the first N training images (0 = all)");

@@ -48,7 +48,7 @@ std::string get_string(Reader& r, const char* what) {
   return r.take(n, what);
 }
 
-// A number in [0, 1) (SGD refuses momentum or weight decay 1), named by its key.
+// A number in [0, 1) (momentum, weight decay and AdamW's betas exclude 1), named by its key.
 double unit_fraction(const Fields& f, const char* key) {
   const double v = f.number(key, 0, 1);
   if (v >= 1) throw std::runtime_error(f.path(key) + " must be a number in [0, 1) (found 1)");
@@ -112,6 +112,16 @@ void header_from_json(const nlohmann::json& h, uint32_t version, Checkpoint& c, 
   c.config.epochs = static_cast<int>(cfg.integer("epochs", 1, kMaxEpochs));
   c.config.sgd.momentum = unit_fraction(cfg, "momentum");
   c.config.sgd.weight_decay = unit_fraction(cfg, "weight_decay");
+  // Absent in files written before AdamW: SGD, with the defaults for the rest.
+  if (cfg.json().contains("optimizer")) c.config.optimizer = cfg.string("optimizer");
+  if (cfg.json().contains("warmup_epochs")) c.config.warmup_epochs = cfg.number("warmup_epochs", 0, kMaxEpochs);
+  if (cfg.json().contains("adamw")) {
+    const Fields a = cfg.object("adamw");
+    c.config.adamw.beta1 = unit_fraction(a, "beta1");
+    c.config.adamw.beta2 = unit_fraction(a, "beta2");
+    c.config.adamw.eps = a.number("eps", 0, 1);
+    c.config.adamw.weight_decay = unit_fraction(a, "weight_decay");
+  }
   c.config.augment.pad = static_cast<int>(cfg.integer("augment_pad", 0, 16));
   const nlohmann::json& flip = cfg.at("augment_flip");
   if (!flip.is_boolean()) throw std::runtime_error(cfg.path("augment_flip") + " must be true or false");
@@ -205,8 +215,15 @@ std::string encode_checkpoint(Trainer& trainer) {
                  {"lr", cfg.lr},
                  {"schedule", schedule_name(cfg.schedule)},
                  {"epochs", cfg.epochs},
+                 {"warmup_epochs", cfg.warmup_epochs},
+                 {"optimizer", cfg.optimizer},
                  {"momentum", cfg.sgd.momentum},
                  {"weight_decay", cfg.sgd.weight_decay},
+                 {"adamw",
+                  {{"beta1", cfg.adamw.beta1},
+                   {"beta2", cfg.adamw.beta2},
+                   {"eps", cfg.adamw.eps},
+                   {"weight_decay", cfg.adamw.weight_decay}}},
                  {"augment_pad", cfg.augment.pad},
                  {"augment_flip", cfg.augment.flip}};
   if (cfg.policy) h["policy"] = json_io::policy_json(*cfg.policy);
@@ -265,7 +282,7 @@ namespace {
 
 // Version 1's MOMT section: per tensor of the model, the SGD momentum (i32 exponent, rows·cols i32).
 void read_momentum_v1(Reader& m, const std::vector<Param*>& params, Checkpoint& c) {
-  const std::unique_ptr<Optimizer> sgd = make_optimizer("sgd", {c.config.sgd});
+  const std::unique_ptr<Optimizer> sgd = make_optimizer("sgd", c.config.optimizer_config());
   c.config.optimizer = sgd->name();
   for (Param* p : params) {
     const std::size_t at = m.pos();
@@ -288,11 +305,13 @@ void read_optimizer_state(Reader& o, const std::vector<Param*>& params, Checkpoi
   const std::string name = get_string(o, "optimizer name");
   std::unique_ptr<Optimizer> opt;
   try {
-    opt = make_optimizer(name, {c.config.sgd});
+    opt = make_optimizer(name, c.config.optimizer_config());
   } catch (const UsageError& e) {
     o.fail_at(at_name, std::string("section OPTM: ") + e.what());
   }
-  c.config.optimizer = name;
+  if (name != c.config.optimizer)
+    o.fail_at(at_name, "section OPTM holds the state of optimizer '" + name + "', section HEAD names '" +
+                           c.config.optimizer + "'");
   const std::size_t at_count = o.pos();
   const auto count = o.get<uint32_t>("state entry count");
   constexpr std::size_t kMinEntryBytes = 4 + 4 + 4 + 4 + 4;  // two empty names, rows, cols, exponent

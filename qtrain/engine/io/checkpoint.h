@@ -5,15 +5,16 @@
 //   then each section:  4-byte tag | u64 payload length | payload | u32 CRC-32 of tag, length and payload
 //     "HEAD"  JSON: the model (registry name, configuration, input, classes: as in model files), the pixel
 //             normalization, the training configuration that matters for resuming (seed, batch, lr, schedule,
-//             epochs, momentum, weight decay, augmentation), a fingerprint of the training data (image count, rows,
+//             epochs, warm-up epochs, optimizer, SGD momentum and weight decay, AdamW's betas, eps and weight decay —
+//             warm-up, optimizer and AdamW absent in older files —, augmentation), a fingerprint of the training data (image count, rows,
 //             cols, channels, CRC-32), the position (epoch, step in the epoch, global step, steps per epoch, the
 //             epoch's running loss/accuracy sums), the health monitor's state, the finished epochs' metrics, the
 //             quantization policy if the run has one ("policy", io/policy_file.h; optional), the
 //             parameters WGHT holds ("tensors": name, rows, cols, dtype "i32") and the buffers BUFS holds
 //             ("buffers": name, rows, cols)
 //     "WGHT"  per listed parameter: i32 exponent, rows·cols i32 master weights
-//     "OPTM"  the optimizer's state (Optimizer::state): string name ("sgd"), u32 entry count, then per entry:
-//             string parameter name, string slot name ("momentum"), u32 rows, u32 cols, i32 exponent, rows·cols
+//     "OPTM"  the optimizer's state (Optimizer::state): string name ("sgd", "adamw"; the one HEAD's config.optimizer names), u32 entry count, then per entry:
+//             string parameter name, string slot name ("momentum"; AdamW's "m", "v"), u32 rows, u32 cols, i32 exponent, rows·cols
 //             i32 values. A string is a u32 byte count and the bytes. A parameter without entries has no state yet.
 //     "BUFS"  per listed buffer (running statistics of the norm layers): one i32 exponent per column, rows·cols i32
 //   and nothing after the last section. Loading builds the model through the registry (registry.h: a user's model

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "qtrain/engine/optim/adamw.h"
 #include "qtrain/kernels/sgd_update.h"
 #include "qtrain/kernels/thread_pool.h"
 #include "qtrain/quant/error.h"
@@ -13,9 +14,12 @@
 
 namespace qtrain {
 
+const char* optimizer_names() { return "sgd, adamw"; }
+
 std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const OptimizerConfig& config) {
   if (name == "sgd") return std::make_unique<Sgd>(config.sgd);
-  throw UsageError("unknown optimizer '" + name + "': valid optimizers are sgd");
+  if (name == "adamw") return std::make_unique<AdamW>(config.adamw);
+  throw UsageError("unknown optimizer '" + name + "': valid optimizers are " + optimizer_names());
 }
 
 Sgd::Sgd(const SgdConfig& cfg) : cfg_(cfg) {
@@ -81,10 +85,12 @@ void Sgd::step(const std::vector<Param*>& params, double lr, uint64_t step, uint
   const quant::Dyadic lambda = quant::to_dyadic(cfg_.weight_decay);
   const quant::Dyadic eta = quant::to_dyadic(lr);
   const bool can_fuse = fusable(eta);
-  ++calls_;
+  table_.begin_step();
   for (Param* p : params) {
     if (!p->has_grad) continue;
-    Tensor& momentum = momentum_of(*p);
+    // A new buffer is zeros at the master exponent: what a fresh parameter's buffer always was (init_uniform), so
+    // the bits of a run do not depend on when the buffer is made.
+    Tensor& momentum = *table_.of(*p, [&](std::size_t) { return p->master.exponent(); });
     const std::size_t n = p->master.size();
     int32_t* w = p->master.data<int32_t>();
     int32_t* v = momentum.data<int32_t>();
@@ -215,68 +221,15 @@ void Sgd::step(const std::vector<Param*>& params, double lr, uint64_t step, uint
   }
 }
 
-Tensor& Sgd::momentum_of(const Param& p) {
-  const auto [it, created] = index_.try_emplace(p.name, slots_.size());
-  if (created) {
-    // Zeros at the master exponent: what a fresh parameter's buffer always was (init_uniform), so the bits of a
-    // run do not depend on when the buffer is made.
-    slots_.push_back({p.name, Tensor(p.master.rows(), p.master.cols(), DType::kI32, p.master.exponent()), 0});
-  }
-  Slot& slot = slots_[it->second];
-  if (slot.call == calls_)
-    throw std::logic_error("Sgd::step: two parameters are called '" + p.name + "' (optimizer state is keyed by name)");
-  slot.call = calls_;
-  if (slot.momentum.rows() != p.master.rows() || slot.momentum.cols() != p.master.cols())
-    throw std::logic_error("Sgd::step: " + p.name + " is " + p.master.describe() + ", its momentum " +
-                           slot.momentum.describe());
-  return slot.momentum;
-}
-
-const Tensor* Sgd::momentum(const std::string& param) const {
-  const auto it = index_.find(param);
-  return it == index_.end() ? nullptr : &slots_[it->second].momentum;
-}
-
-std::vector<NamedState> Sgd::state() const {
-  std::vector<NamedState> out;
-  out.reserve(slots_.size());
-  for (const Slot& s : slots_) out.push_back({s.param, "momentum", s.momentum});
-  return out;
-}
+std::vector<NamedState> Sgd::state() const { return table_.state(); }
 
 void Sgd::check_state(const NamedState& s, const Param& p) const {
   constexpr int kMaxMomentumOffset = 62;  // |exponent(momentum) − exponent(master)|: the update's shift bound
-  const std::string what = s.param + " " + s.slot;
-  if (s.slot != "momentum") throw std::invalid_argument(what + ": SGD keeps only a \"momentum\" slot");
-  if (s.param != p.name) throw std::invalid_argument(what + ": state of another parameter than " + p.name);
-  if (s.value.dtype() != DType::kI32 || s.value.axis() != ScaleAxis::kTensor)
-    throw std::invalid_argument(what + " must be int32 with one exponent, not " + s.value.describe());
-  if (s.value.rows() != p.master.rows() || s.value.cols() != p.master.cols())
-    throw std::invalid_argument(what + " is " + std::to_string(s.value.rows()) + "x" + std::to_string(s.value.cols()) +
-                                ", the parameter " + std::to_string(p.master.rows()) + "x" +
-                                std::to_string(p.master.cols()));
-  const int e = s.value.exponent(), ew = p.master.exponent();
-  if (e < ew - kMaxMomentumOffset || e > ew + kMaxMomentumOffset)
-    throw std::invalid_argument(what + " exponent " + std::to_string(e) + " is more than " +
-                                std::to_string(kMaxMomentumOffset) + " away from its weights' exponent " +
-                                std::to_string(ew));
+  table_.check(s, p, kMaxMomentumOffset);
 }
 
 void Sgd::load_state(std::vector<NamedState> state, const std::vector<Param*>& params) {
-  std::unordered_map<std::string, const Param*> by_name;
-  for (const Param* p : params) by_name.emplace(p->name, p);
-  std::vector<Slot> slots;
-  std::unordered_map<std::string, std::size_t> index;
-  for (NamedState& s : state) {
-    const auto p = by_name.find(s.param);
-    if (p == by_name.end()) throw std::invalid_argument(s.param + " " + s.slot + ": no such parameter");
-    check_state(s, *p->second);
-    if (!index.emplace(s.param, slots.size()).second)
-      throw std::invalid_argument(s.param + " " + s.slot + " is given twice");
-    slots.push_back({std::move(s.param), std::move(s.value), 0});
-  }
-  slots_ = std::move(slots);
-  index_ = std::move(index);
+  table_.load(std::move(state), params, [this](const NamedState& s, const Param& p) { check_state(s, p); });
 }
 
 }  // namespace qtrain

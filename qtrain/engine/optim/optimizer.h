@@ -1,5 +1,5 @@
 // Optimizers: the interface the trainer drives (one update of every parameter per step, with state the optimizer
-// owns and exposes generically for checkpoints), and the integer SGD.
+// owns and exposes generically for checkpoints), and the integer SGD (the integer AdamW is in adamw.h).
 //
 // Integer SGD with momentum and weight decay on int32 fixed-point master weights (PyTorch's SGD formula):
 //   v ← μ·v + (g + λ·w)        w ← w − η·v
@@ -14,11 +14,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "qtrain/engine/core/param.h"
 #include "qtrain/engine/core/tensor.h"
+#include "qtrain/engine/optim/state_table.h"
 #include "qtrain/quant/uninit_vector.h"
 
 namespace qtrain {
@@ -27,19 +27,10 @@ namespace kernels {
 class ThreadPool;
 }  // namespace kernels
 
-// One tensor of an optimizer's per-parameter state: the parameter's name, the slot ("momentum"; AdamW would keep
-// "m" and "v") and the values: int32, one exponent, the parameter's shape, |v| ≤ 2^30 (the bound checkpoints
-// check; the optimizers keep every state tensor within it).
-struct NamedState {
-  std::string param;
-  std::string slot;
-  Tensor value;
-};
-
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
-  // The name make_optimizer knows it by ("sgd"); checkpoints record it.
+  // The name make_optimizer knows it by ("sgd", "adamw"); checkpoints record it.
   virtual std::string name() const = 0;
   // One update of every parameter that has a gradient, with learning rate `lr` (the control-plane schedule's
   // value); clears the gradients and bumps each updated parameter's version. `step` and `seed` key the stochastic
@@ -63,12 +54,27 @@ struct SgdConfig {
   double weight_decay = 5e-4;
 };
 
-// The hyperparameters of every optimizer make_optimizer builds (each reads its own).
-struct OptimizerConfig {
-  SgdConfig sgd;
+// AdamW (PyTorch's torch.optim.AdamW formula, decoupled weight decay; adamw.h has the integer form).
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.999;  // 0 ≤ β < 1 with 1 − β ≥ 10^−6
+  double eps = 1e-8;                  // (0, 1]
+  double weight_decay = 0.05;         // [0, 1)
 };
 
-// The optimizer called `name` ("sgd"), validated; UsageError for an unknown name (listing the known ones) or a
+// The hyperparameters of every optimizer make_optimizer builds (each reads its own).
+struct OptimizerConfig {
+  OptimizerConfig() = default;
+  OptimizerConfig(const SgdConfig& s) : sgd(s) {}     // NOLINT(google-explicit-constructor): make_optimizer("sgd", SgdConfig{…})
+  OptimizerConfig(const AdamWConfig& a) : adamw(a) {}  // NOLINT(google-explicit-constructor)
+  OptimizerConfig(const SgdConfig& s, const AdamWConfig& a) : sgd(s), adamw(a) {}
+  SgdConfig sgd;
+  AdamWConfig adamw;
+};
+
+// The names make_optimizer knows, for messages: "sgd, adamw".
+const char* optimizer_names();
+
+// The optimizer called `name` ("sgd", "adamw"), validated; UsageError for an unknown name (listing the known ones) or a
 // hyperparameter out of range.
 std::unique_ptr<Optimizer> make_optimizer(const std::string& name, const OptimizerConfig& config);
 
@@ -88,21 +94,11 @@ class Sgd final : public Optimizer {
   void load_state(std::vector<NamedState> state, const std::vector<Param*>& params) override;
   const SgdConfig& config() const { return cfg_; }
   // The momentum buffer of the parameter called `param`, or null before its first update.
-  const Tensor* momentum(const std::string& param) const;
+  const Tensor* momentum(const std::string& param) const { return table_.find(param, "momentum"); }
 
  private:
-  struct Slot {
-    std::string param;
-    Tensor momentum;
-    uint64_t call = 0;  // the step() call that last updated it (catches a name given twice in one call)
-  };
-  // p's momentum buffer, created at p's shape and master exponent on its first update.
-  Tensor& momentum_of(const Param& p);
-
   SgdConfig cfg_;
-  std::vector<Slot> slots_;                             // in the order of first updates (or of load_state)
-  std::unordered_map<std::string, std::size_t> index_;  // parameter name → slot
-  uint64_t calls_ = 0;
+  StateTable table_{"SGD", {"momentum"}};
   UninitVector<int64_t> scratch_;  // the int64 accumulators, every element written before it is read
 };
 

@@ -15,7 +15,8 @@ ScheduleKind parse_schedule(const std::string& name) {
   if (name == "step") return ScheduleKind::kStep;
   if (name == "cosine") return ScheduleKind::kCosine;
   if (name == "onecycle" || name == "one-cycle") return ScheduleKind::kOneCycle;
-  throw UsageError("unknown schedule '" + name + "': valid schedules are constant, step, cosine, onecycle");
+  if (name == "warmup-cosine") return ScheduleKind::kWarmupCosine;
+  throw UsageError("unknown schedule '" + name + "': valid schedules are constant, step, cosine, onecycle, warmup-cosine");
 }
 
 const char* schedule_name(ScheduleKind k) {
@@ -24,6 +25,7 @@ const char* schedule_name(ScheduleKind k) {
     case ScheduleKind::kStep: return "step";
     case ScheduleKind::kCosine: return "cosine";
     case ScheduleKind::kOneCycle: return "onecycle";
+    case ScheduleKind::kWarmupCosine: return "warmup-cosine";
   }
   return "?";
 }
@@ -105,6 +107,11 @@ double LrSchedule::at(uint64_t step) const {
       const double up_end = pct_start * total - 1.0, down_end = total - 1.0;
       if (s <= up_end) return cos_anneal(initial, peak, up_end > 0 ? s / up_end : 1.0);
       return cos_anneal(peak, final_lr, std::min(1.0, (s - up_end) / std::max(down_end - up_end, 1.0)));
+    }
+    case ScheduleKind::kWarmupCosine: {
+      const double w = static_cast<double>(warmup_steps);
+      if (s < w) return peak * (s + 1.0) / w;
+      return cos_anneal(peak, 0.0, total > w ? (s - w) / (total - w) : 1.0);
     }
   }
   return peak;

@@ -6,9 +6,9 @@
 
 namespace qtrain {
 
-enum class ScheduleKind { kConstant, kStep, kCosine, kOneCycle };
+enum class ScheduleKind { kConstant, kStep, kCosine, kOneCycle, kWarmupCosine };
 
-// Parses "constant", "step", "cosine", "onecycle"; throws UsageError listing the valid names.
+// Parses "constant", "step", "cosine", "onecycle", "warmup-cosine"; throws UsageError listing the valid names.
 ScheduleKind parse_schedule(const std::string& name);
 const char* schedule_name(ScheduleKind k);
 
@@ -21,6 +21,9 @@ struct LrSchedule {
   // one-cycle (PyTorch OneCycleLR defaults): warm up over pct_start of the steps from peak/div_factor, then cosine
   // anneal to peak/(div_factor·final_div_factor).
   double pct_start = 0.3, div_factor = 25.0, final_div_factor = 1e4;
+  // warmup-cosine (the transformer recipe): linear warm-up peak·(s + 1)/W over the first W = warmup_steps steps
+  // (no step at lr 0), then cosine from peak to 0 over the rest; W ≥ total_steps: warm-up only.
+  uint64_t warmup_steps = 0;
 
   double at(uint64_t step) const;
 };

@@ -86,8 +86,14 @@ void check_resume_compatible(const TrainConfig& flags, const RunOptions& options
   require("--batch", flags.batch == c.batch, std::to_string(c.batch));
   require("--optimizer", flags.optimizer == c.optimizer, c.optimizer);
   require("--momentum", flags.sgd.momentum == c.sgd.momentum, number_text(c.sgd.momentum));
-  require("--wd", flags.sgd.weight_decay == c.sgd.weight_decay, number_text(c.sgd.weight_decay));
+  // --wd is the weight decay of the optimizer that runs (SGD's L2 term or AdamW's decoupled decay).
+  auto decay_of = [](const TrainConfig& t) { return t.optimizer == "adamw" ? t.adamw.weight_decay : t.sgd.weight_decay; };
+  require("--wd", decay_of(flags) == decay_of(c), number_text(decay_of(c)));
+  require("--beta1", flags.adamw.beta1 == c.adamw.beta1, number_text(c.adamw.beta1));
+  require("--beta2", flags.adamw.beta2 == c.adamw.beta2, number_text(c.adamw.beta2));
+  require("--adam-eps", flags.adamw.eps == c.adamw.eps, number_text(c.adamw.eps));
   require("--schedule", flags.schedule == c.schedule, schedule_name(c.schedule));
+  require("--warmup-epochs", flags.warmup_epochs == c.warmup_epochs, number_text(c.warmup_epochs));
   require("--policy", flags.policy == c.policy, c.policy ? "policy" : "no policy");
   require("--seed", flags.seed == c.seed, std::to_string(c.seed));
   require("--train-limit", options.train_limit == 0 || options.train_limit == ck.train_count,

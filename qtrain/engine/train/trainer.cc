@@ -69,7 +69,10 @@ void TrainConfig::validate() const {
   if (batch < 1 || batch > 65536)
     throw UsageError("--batch " + std::to_string(batch) + " is out of range 1..65536");
   if (!(lr > 0 && lr < 100)) throw UsageError("--lr " + std::to_string(lr) + " is out of range (0, 100)");
-  make_optimizer(optimizer, {sgd});  // validates the name and the hyperparameters
+  if (!(warmup_epochs >= 0 && warmup_epochs <= epochs))
+    throw UsageError("--warmup-epochs " + std::to_string(warmup_epochs) + " is out of range [0, --epochs = " +
+                     std::to_string(epochs) + "]");
+  make_optimizer(optimizer, optimizer_config());  // validates the name and the hyperparameters
 }
 
 Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train)
@@ -83,7 +86,7 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
       model_(model ? std::move(model) : (cfg.validate(), build_model(cfg.model, cfg.seed))),
       pool_(cfg.threads),
       batcher_(train, norm_, cfg.batch, cfg.seed, /*shuffle=*/true, /*drop_last=*/true, cfg.augment),
-      optimizer_(make_optimizer(cfg.optimizer, {cfg.sgd})),
+      optimizer_(make_optimizer(cfg.optimizer, cfg.optimizer_config())),
       health_(cfg.health) {
   cfg_.model = model_->spec();
   check_input_fits(cfg_.model, train);
@@ -100,6 +103,7 @@ Trainer::Trainer(const TrainConfig& cfg, const data::ImageSet& train, std::uniqu
   schedule_.kind = cfg.schedule;
   schedule_.peak = cfg.lr;
   schedule_.total_steps = static_cast<uint64_t>(cfg.epochs) * batcher_.batches();
+  schedule_.warmup_steps = static_cast<uint64_t>(std::llround(cfg.warmup_epochs * static_cast<double>(batcher_.batches())));
 }
 
 namespace {

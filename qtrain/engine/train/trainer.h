@@ -41,8 +41,11 @@ struct TrainConfig {
   std::size_t batch = 64;
   double lr = 0.05;  // peak of the schedule
   ScheduleKind schedule = ScheduleKind::kOneCycle;
+  double warmup_epochs = 1.0;     // warmup-cosine: the linear warm-up's length in epochs, [0, epochs]
   std::string optimizer = "sgd";  // make_optimizer's name (qtrain/engine/optim/optimizer.h)
   SgdConfig sgd;
+  AdamWConfig adamw;
+  OptimizerConfig optimizer_config() const { return {sgd, adamw}; }
   uint64_t seed = 0;
   std::size_t threads = 1;  // 0: every processor available to the process
   data::Augment augment;    // random crop with zero padding and horizontal flips (off by default)

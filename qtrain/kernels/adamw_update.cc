@@ -1,0 +1,101 @@
+// The integer AdamW passes (see adamw_update.h).
+#include "qtrain/kernels/adamw_update.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "qtrain/kernels/rounding.h"
+
+namespace qtrain::kernels {
+namespace {
+
+__extension__ using i128 = __int128;  // GCC/Clang extension: the moments' 93-bit products
+__extension__ using u128 = unsigned __int128;
+constexpr int64_t kLimit62 = int64_t{1} << 62;
+constexpr i128 kLimit94 = i128{1} << 94;
+
+// R_even for int128, s ≥ 1: floor plus a remainder above half, or exactly half with an odd quotient.
+i128 round_even(i128 x, int s) {
+  if (s >= 126) return 0;  // |x| < 2^125 here: |x / 2^s| < ½
+  const i128 q = x >> s;
+  const auto r = static_cast<u128>(x) & ((static_cast<u128>(1) << s) - 1);
+  const auto half = static_cast<u128>(1) << (s - 1);
+  return q + ((r > half || (r == half && (q & 1) != 0)) ? 1 : 0);
+}
+
+// T(x, k): x·2^k for k ≥ 0 (the caller's bound keeps it below 2^62 — clamped there as a guard), else R_even(x, −k).
+i128 term(i128 x, int k) {
+  if (k < 0) return round_even(x, -k);
+  if (x == 0) return 0;
+  if (k >= 62) return x < 0 ? -kLimit62 : kLimit62;
+  const i128 y = x * (i128{1} << k);
+  return std::clamp<i128>(y, -kLimit62, kLimit62);
+}
+
+int64_t clamp62(i128 x) { return static_cast<int64_t>(std::clamp<i128>(x, -kLimit62, kLimit62)); }
+
+}  // namespace
+
+uint64_t isqrt(uint64_t x) {
+  // The double square root only seeds the search (within a few units of the answer); the fix-up makes the
+  // result the exact integer floor, whatever the floating-point unit returns.
+  auto r = static_cast<uint64_t>(std::sqrt(static_cast<double>(x)));
+  while (r > 0 && r * r > x) --r;
+  while ((r + 1) * (r + 1) <= x) ++r;
+  return r;
+}
+
+void adamw_moments(const int32_t* m, const int32_t* v, const int32_t* g, std::size_t n, const AdamMoments& k,
+                   int gm_shift, int gv_shift, int64_t* mz, int64_t* vz, uint64_t* max_m, uint64_t* max_v) {
+  uint64_t mm = *max_m, mv = *max_v;
+  for (std::size_t j = 0; j < n; ++j) {
+    const i128 gj = g[j];
+    const int64_t mj = clamp62(term(i128{k.a1} * m[j], k.m_shift) + term(i128{k.c1} * gj, gm_shift));
+    const int64_t vj = clamp62(term(i128{k.a2} * v[j], k.v_shift) + term(i128{k.c2} * (gj * gj), gv_shift));
+    mz[j] = mj;
+    vz[j] = vj;
+    mm = std::max(mm, magnitude(mj));
+    mv = std::max(mv, magnitude(vj));
+  }
+  *max_m = mm;
+  *max_v = mv;
+}
+
+uint64_t adamw_apply(const int64_t* mz, const int64_t* vz, const int32_t* w, const uint32_t* dm, const uint32_t* dv,
+                     const uint32_t* du, std::size_t n, const AdamApply& k, int32_t* m_out, int32_t* v_out,
+                     int64_t* w_wide, int32_t* w_out) {
+  const int t = 32 - k.f_s;
+  uint64_t wmax = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    const auto mj = static_cast<int32_t>(shift_round_stochastic(mz[j], k.m_store, dm[j]));
+    const auto vj = static_cast<int32_t>(shift_round_stochastic(vz[j], k.v_store, dv[j]));
+    const int32_t wj = w[j];
+    m_out[j] = mj;
+    v_out[j] = vj;
+    i128 total = 0;
+    const uint64_t num = magnitude(mj) * static_cast<uint64_t>(k.f_m);
+    if (num != 0) {
+      const uint64_t r = isqrt(static_cast<uint64_t>(std::max(vj, int32_t{1})) << k.sh);
+      const uint64_t den = r + static_cast<uint64_t>(k.eps);
+      const int lz = 63 - bit_length(num);
+      const uint64_t q = (num << lz) / den;
+      const int up = t - lz;
+      i128 x = up >= 0 ? (up >= 64 ? kLimit94 : std::min<i128>(i128{static_cast<int64_t>(q)} << up, kLimit94))
+                       : round_even(i128{static_cast<int64_t>(q)}, -up);
+      total = mj < 0 ? -x : x;
+    }
+    if (k.decay) {  // |w·dl_m| < 2^56 and dl_s ≥ 17 (η·λ < 2^7): the left shift stays below 2^71
+      const i128 x = i128{wj} * k.dl_m;
+      total += k.dl_s <= 32 ? x * (i128{1} << (32 - k.dl_s)) : round_even(x, k.dl_s - 32);
+    }
+    // R_stoch(total, 32, du): floor((total + du) / 2^32); |total| ≤ 2^94 + 2^62.
+    const int64_t u = clamp62((total + du[j]) >> 32);
+    const int64_t wn = clamp62(i128{wj} - u);
+    w_wide[j] = wn;
+    w_out[j] = static_cast<int32_t>(wn);
+    wmax = std::max(wmax, magnitude(wn));
+  }
+  return wmax;
+}
+
+}  // namespace qtrain::kernels
