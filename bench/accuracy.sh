@@ -5,7 +5,8 @@
 # fp32 images/s. Training images/s counts training steps only (no evaluation), over all epochs.
 #
 # Usage: bench/accuracy.sh [--model M] [--norms LIST] [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
-#                          [--train-limit N] [--test-limit N] [--bits LIST] [--seed S] [-- EXTRA QTRAIN FLAGS]
+#                          [--train-limit N] [--test-limit N] [--bits LIST] [--seed S] [--optimizer O] [--lr LR]
+#                          [-- EXTRA QTRAIN FLAGS]
 #   --model M     mlp (default), cnn, resnet8, resnet20 or vit (PyTorch uses BatchNorm for the convolutional models,
 #                 LayerNorm for the ViT)
 #   --norms LIST  convolutional models: the qtrain norms to run, comma-separated (default l1; e.g. l1,l2)
@@ -18,16 +19,19 @@
 #                 accuracies of such runs are not comparable to full ones)
 #   --bits LIST   the qtrain bit-widths to run, comma-separated (default 8,4)
 #   --seed S      seed of every run, qtrain's and PyTorch's (default 0)
+#   --optimizer O sgd (default: the recipe above) or adamw (AdamW betas 0.9/0.999, decoupled weight decay 0.05,
+#                 one epoch of linear warm-up then cosine to 0, peak lr 1e-3: the transformer recipe) in both
+#   --lr LR       peak learning rate of both (default 0.05 for sgd, 1e-3 for adamw)
 #   -- FLAGS      passed to every qtrain run (e.g. -- --scale mse --act-groups 4)
 # Exits non-zero if any run fails.
 set -euo pipefail
 
-usage() { sed -n '7,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '7,26p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "accuracy.sh: error: $*" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out="" model=mlp norms=l1
-train_limit=0 test_limit=0 bits_list=8,4 qflags=() seed=0
+train_limit=0 test_limit=0 bits_list=8,4 qflags=() seed=0 optimizer=sgd lr=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) [[ $# -ge 2 ]] || die "--model needs a value"; model=$2; shift 2 ;;
@@ -41,6 +45,8 @@ while [[ $# -gt 0 ]]; do
     --test-limit) [[ $# -ge 2 ]] || die "--test-limit needs a value"; test_limit=$2; shift 2 ;;
     --bits) [[ $# -ge 2 ]] || die "--bits needs a value"; bits_list=$2; shift 2 ;;
     --seed) [[ $# -ge 2 ]] || die "--seed needs a value"; seed=$2; shift 2 ;;
+    --optimizer) [[ $# -ge 2 ]] || die "--optimizer needs a value"; optimizer=$2; shift 2 ;;
+    --lr) [[ $# -ge 2 ]] || die "--lr needs a value"; lr=$2; shift 2 ;;
     --) shift; qflags=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
@@ -53,6 +59,12 @@ done
 [[ $bits_list =~ ^[2-8](,[2-8])*$ ]] || die "--bits '$bits_list' must list bit-widths 2..8, e.g. 8,4"
 [[ $seed =~ ^[0-9]+$ ]] || die "--seed '$seed' must be an integer >= 0"
 limits=(--train-limit "$train_limit" --test-limit "$test_limit")
+case "$optimizer" in
+  sgd) lr=${lr:-0.05}; recipe=(--lr "$lr"); torch_recipe=(--optimizer sgd --lr "$lr") ;;
+  adamw) lr=${lr:-1e-3}; recipe=(--optimizer adamw --schedule warmup-cosine --lr "$lr")
+         torch_recipe=(--optimizer adamw --lr "$lr") ;;
+  *) die "--optimizer '$optimizer' must be sgd or adamw" ;;
+esac
 case "$model" in mlp|cnn|resnet8|resnet20|vit) ;; *) die "--model '$model' must be mlp, cnn, resnet8, resnet20 or vit" ;; esac
 [[ $model == mlp || $model == vit ]] && norms=none
 
@@ -77,7 +89,7 @@ run_qtrain() {
   local name=$1 bits=$2 norm=$3 file=$tmp/qtrain_$2_$3.jsonl log=$tmp/qtrain_$2_$3.log
   local extra=()
   [[ $norm == none ]] || extra=(--norm "$norm")
-  extra+=("${limits[@]}" "${qflags[@]}")
+  extra+=("${limits[@]}" "${recipe[@]}" "${qflags[@]}")
   echo "== $name: qtrain train --model $model ${extra[*]} --bits $bits --epochs $epochs --seed $seed --threads $threads"
   if "$qtrain" train --data "$data" --model "$model" "${extra[@]}" --bits "$bits" --epochs "$epochs" --seed "$seed" \
        --threads "$threads" --metrics "$file" 2>&1 | tee "$log"; then
@@ -114,7 +126,7 @@ torch_py=${QTRAIN_TORCH_PYTHON:-/usr/bin/python3}  # the python3 that has torch 
 if "$torch_py" -c "import torch" >/dev/null 2>&1; then
   echo "== PyTorch fp32: bench/reference/torch_models.py --model $model --epochs $epochs --threads $threads"
   if "$torch_py" "$repo/bench/reference/torch_models.py" --model "$model" --epochs "$epochs" --threads "$threads" --data "$data" \
-       "${limits[@]}" --seed "$seed" \
+       "${limits[@]}" "${torch_recipe[@]}" --seed "$seed" \
        2>&1 | tee "$tmp/torch.log" &&
      summary=$(grep '^{' "$tmp/torch.log" | tail -n 1 | "$py" -c '
 import json, sys
@@ -137,7 +149,7 @@ table=$(
   subset=""
   [[ $train_limit == 0 ]] || subset=" (first $train_limit training images)"
   [[ $test_limit == 0 ]] || subset+=" (first $test_limit test images)"
-  echo "$model on Fashion-MNIST$subset: $epochs epoch(s), batch 64, seed $seed, $threads thread(s)," \
+  echo "$model on Fashion-MNIST$subset: $epochs epoch(s), batch 64, $optimizer lr $lr, seed $seed, $threads thread(s)," \
        "CPU ${cpu:-unknown}, qtrain kernels ${kernels:-unknown}${qflags[*]:+, qtrain flags ${qflags[*]}}"
   echo
   echo "| run | test accuracy | training images/s | ratio to PyTorch fp32 images/s |"

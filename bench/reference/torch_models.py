@@ -13,7 +13,9 @@ otherwise train.
   resnet20  the same with three basic blocks per stage
   vit       Vision Transformer as `qtrain train --model vit`: patch 7 (a stride-7 conv), dim 64, learned positional
             embedding, 4 pre-norm blocks (LayerNorm where qtrain uses its integer L1 layer norm, 4-head attention,
-            MLP x4 with GELU), final LayerNorm, mean pooling over the tokens, FC10; same SGD + OneCycle recipe
+            MLP x4 with GELU), final LayerNorm, mean pooling over the tokens, FC10
+With --optimizer adamw: AdamW and the linear warm-up + cosine schedule of `qtrain train --optimizer adamw --schedule
+warmup-cosine` (the transformer recipe), the same parameters left undecayed.
 
 Prints one line per epoch, then a final JSON line:
   {"framework": "pytorch-fp32", "epochs": N, "test_accuracy": 0..1, "train_images_per_second": X, "threads": T,
@@ -25,6 +27,7 @@ Run with Debian's python3-torch:  /usr/bin/python3 bench/reference/torch_models.
 import argparse
 import gzip
 import json
+import math
 import os
 import sys
 import time
@@ -171,7 +174,14 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default=None, help="data directory (default: the Debian Fashion-MNIST package path)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                    help="sgd: momentum 0.9, weight decay 5e-4, OneCycleLR (qtrain's defaults); adamw: betas "
+                         "(0.9, 0.999), eps 1e-8, decoupled weight decay --wd on all but the norms' parameters and "
+                         "the positional embedding (as qtrain), linear warm-up over --warmup-epochs then cosine to 0 "
+                         "(qtrain's --schedule warmup-cosine)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.05 for sgd, 1e-3 for adamw)")
+    ap.add_argument("--wd", type=float, default=None, help="weight decay (default 5e-4 for sgd, 0.05 for adamw)")
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="use only the first N test images (0: all)")
@@ -208,10 +218,34 @@ def main():
     xte = (xte - mu) / sd
 
     model = build(args.model, xtr.shape[1], xtr.shape[2])
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     n = xtr.shape[0]
     steps_per_epoch = n // args.batch  # drop the last partial batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch)
+    total = args.epochs * steps_per_epoch
+    if args.optimizer == "sgd":
+        lr = 0.05 if args.lr is None else args.lr
+        wd = 5e-4 if args.wd is None else args.wd
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total)
+    else:
+        lr = 1e-3 if args.lr is None else args.lr
+        wd = 0.05 if args.wd is None else args.wd
+        no_decay = set()
+        for m in model.modules():
+            if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+                no_decay.update(id(p) for p in m.parameters(recurse=False))
+        for name, p in model.named_parameters():
+            if name.endswith("pos"):
+                no_decay.add(id(p))
+        groups = [{"params": [p for p in model.parameters() if id(p) not in no_decay], "weight_decay": wd},
+                  {"params": [p for p in model.parameters() if id(p) in no_decay], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        warm = round(args.warmup_epochs * steps_per_epoch)
+
+        def factor(s):  # qtrain's LrSchedule for warmup-cosine (the step index s of the update)
+            if s < warm:
+                return (s + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(total - warm, 1))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     gen = torch.Generator().manual_seed(args.seed)
 
     train_seconds = 0.0
@@ -246,7 +280,7 @@ def main():
     print(json.dumps({"framework": "pytorch-fp32", "model": args.model, "dataset": args.dataset,
                       "epochs": args.epochs, "test_accuracy": acc,
                       "train_images_per_second": args.epochs * steps_per_epoch * args.batch / train_seconds,
-                      "threads": args.threads, "blas": blas}), flush=True)
+                      "threads": args.threads, "blas": blas, "optimizer": args.optimizer, "lr": lr}), flush=True)
 
 
 if __name__ == "__main__":
