@@ -15,7 +15,7 @@ constexpr int64_t kLimit62 = int64_t{1} << 62;
 constexpr i128 kLimit94 = i128{1} << 94;
 
 // R_even for int128, s ≥ 1: floor plus a remainder above half, or exactly half with an odd quotient.
-i128 round_even(i128 x, int s) {
+[[gnu::always_inline]] inline i128 round_even(i128 x, int s) {
   if (s >= 126) return 0;  // |x| < 2^125 here: |x / 2^s| < ½
   const i128 q = x >> s;
   const auto r = static_cast<u128>(x) & ((static_cast<u128>(1) << s) - 1);
@@ -24,15 +24,19 @@ i128 round_even(i128 x, int s) {
 }
 
 // T(x, k): x·2^k for k ≥ 0 (the caller's bound keeps it below 2^62 — clamped there as a guard), else R_even(x, −k).
-i128 term(i128 x, int k) {
+[[gnu::always_inline]] inline i128 term(i128 x, int k) {
   if (k < 0) return round_even(x, -k);
   if (x == 0) return 0;
   if (k >= 62) return x < 0 ? -kLimit62 : kLimit62;
   const i128 y = x * (i128{1} << k);
   return std::clamp<i128>(y, -kLimit62, kLimit62);
 }
+// The same for a product that fits int64 (|x| < 2^63): T(x, k) = R_even(x, −k), saturating at ±2^62 for k ≥ 0.
+[[gnu::always_inline]] inline int64_t term64(int64_t x, int k) { return shift_round_even_sat(x, -k); }
 
-int64_t clamp62(i128 x) { return static_cast<int64_t>(std::clamp<i128>(x, -kLimit62, kLimit62)); }
+[[gnu::always_inline]] inline int64_t clamp62(i128 x) {
+  return static_cast<int64_t>(std::clamp<i128>(x, -kLimit62, kLimit62));
+}
 
 }  // namespace
 
@@ -49,9 +53,11 @@ void adamw_moments(const int32_t* m, const int32_t* v, const int32_t* g, std::si
                    int gm_shift, int gv_shift, int64_t* mz, int64_t* vz, uint64_t* max_m, uint64_t* max_v) {
   uint64_t mm = *max_m, mv = *max_v;
   for (std::size_t j = 0; j < n; ++j) {
-    const i128 gj = g[j];
-    const int64_t mj = clamp62(term(i128{k.a1} * m[j], k.m_shift) + term(i128{k.c1} * gj, gm_shift));
-    const int64_t vj = clamp62(term(i128{k.a2} * v[j], k.v_shift) + term(i128{k.c2} * (gj * gj), gv_shift));
+    // |a·m| < 2^62 and |c1·g| < 2^55 are int64 products; c2·g² (< 2^86) needs int128.
+    const int64_t gj = g[j];
+    const auto g2 = static_cast<uint64_t>(gj * gj);
+    const int64_t mj = clamp62(i128{term64(k.a1 * m[j], k.m_shift)} + term64(k.c1 * gj, gm_shift));
+    const int64_t vj = clamp62(i128{term64(k.a2 * v[j], k.v_shift)} + term(i128{k.c2} * g2, gv_shift));
     mz[j] = mj;
     vz[j] = vj;
     mm = std::max(mm, magnitude(mj));
@@ -80,13 +86,16 @@ uint64_t adamw_apply(const int64_t* mz, const int64_t* vz, const int32_t* w, con
       const int lz = 63 - bit_length(num);
       const uint64_t q = (num << lz) / den;
       const int up = t - lz;
-      i128 x = up >= 0 ? (up >= 64 ? kLimit94 : std::min<i128>(i128{static_cast<int64_t>(q)} << up, kLimit94))
-                       : round_even(i128{static_cast<int64_t>(q)}, -up);
+      i128 x;
+      if (up <= 14)  // q < 2^48 (den ≥ 2^15): q·2^up < 2^62, the common case, in int64
+        x = shift_round_even(static_cast<int64_t>(q), -up);
+      else
+        x = up >= 64 ? kLimit94 : std::min<i128>(i128{static_cast<int64_t>(q)} << up, kLimit94);
       total = mj < 0 ? -x : x;
     }
     if (k.decay) {  // |w·dl_m| < 2^56 and dl_s ≥ 17 (η·λ < 2^7): the left shift stays below 2^71
-      const i128 x = i128{wj} * k.dl_m;
-      total += k.dl_s <= 32 ? x * (i128{1} << (32 - k.dl_s)) : round_even(x, k.dl_s - 32);
+      const int64_t x = int64_t{wj} * k.dl_m;
+      total += k.dl_s >= 32 ? i128{shift_round_even(x, k.dl_s - 32)} : i128{x} * (int64_t{1} << (32 - k.dl_s));
     }
     // R_stoch(total, 32, du): floor((total + du) / 2^32); |total| ≤ 2^94 + 2^62.
     const int64_t u = clamp62((total + du[j]) >> 32);
