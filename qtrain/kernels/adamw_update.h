@@ -1,5 +1,5 @@
 // The element passes of the integer AdamW update (qtrain/engine/optim/adamw.h), over plain arrays. Scalar code:
-// the moments need 93-bit products (int128) and the update one 64-bit division and one integer square root per
+// the moments need 93-bit products (int128) and the update one exact division and one integer square root per
 // element, which SIMD units do not have; the optimizer splits the passes over the pool instead.
 //
 // Notation (rounding.h): R_even(x, s) = x / 2^s to nearest, ties to even (s ≤ 0: an exact left shift);
@@ -14,7 +14,8 @@
 // Pass 2, storage and update, per element:
 //   m' = R_stoch(M, m_store, dm)    v' = R_stoch(V, v_store, dv)          (the new state, |m'|, v' ≤ 2^30)
 //   r  = ⌊√(max(v', 1)·2^sh)⌋ exact (sh ∈ {30, 31}: r ∈ [2^15, 2^31)),  D = r + eps   (ε in units of r, ≤ 2^40)
-//   N  = |m'|·f_m (< 2^56), lz = 63 − bit_length(N), q = ⌊N·2^lz / D⌋ (one uint64 division, ≥ 30 significant bits)
+//   N  = |m'|·f_m (< 2^56), lz = 52 − bit_length(N), q = ⌊⌊N·2^lz⌋ / D⌋ exactly (an IEEE double division with an
+//        integer fix-up; ≥ 20 significant bits while D < 2^32, i.e. unless ε dominates √v)
 //   X  = q·2^(t − lz) (t = 32 − f_s; R_even when t < lz), clamped to 2^94: |m'|·F/D in units of 2^−32 of a
 //        master step, F = f_m·2^−f_s
 //   T  = sign(m')·X + [decay] T(w·dl_m, 32 − dl_s)       (η·λ·w, the decoupled decay, dl = dl_m·2^−dl_s)

@@ -12,7 +12,7 @@
 //     moment is an exact convex combination; β^t for the bias corrections is the same dyadic β raised by binary
 //     exponentiation in IEEE doubles (the same bits on every machine; no libm pow).
 //   * √v is an exact integer square root of max(v, 1 unit)·2^30 or 2^31 (relative error < 2^−15, and never 0);
-//     m/(√v + ε) is one 64-bit division with at least 30 significant bits; the step K·m/D and the decay η·λ·w
+//     m/(√v + ε) is one exact integer division with at least 20 significant bits; the step K·m/D and the decay η·λ·w
 //     are summed 32 bits below the master step and rounded into it stochastically, so updates below one step
 //     move the weights by the right amount on average.
 // The master weights move to a coarser exponent when |w| would need more than 30 bits, as SGD's do. Every pass is
