@@ -6,7 +6,7 @@
 #
 # Usage: bench/accuracy.sh [--model M] [--norms LIST] [--epochs N] [--threads T] [--build DIR] [--data DIR] [--out FILE]
 #                          [--train-limit N] [--test-limit N] [--bits LIST] [--seed S] [--optimizer O] [--lr LR]
-#                          [-- EXTRA QTRAIN FLAGS]
+#                          [--pool mean|cls] [-- EXTRA QTRAIN FLAGS]
 #   --model M     mlp (default), cnn, resnet8, resnet20 or vit (PyTorch uses BatchNorm for the convolutional models,
 #                 LayerNorm for the ViT)
 #   --norms LIST  convolutional models: the qtrain norms to run, comma-separated (default l1; e.g. l1,l2)
@@ -22,16 +22,17 @@
 #   --optimizer O sgd (default: the recipe above) or adamw (AdamW betas 0.9/0.999, decoupled weight decay 0.05,
 #                 one epoch of linear warm-up then cosine to 0, peak lr 1e-3: the transformer recipe) in both
 #   --lr LR       peak learning rate of both (default 0.05 for sgd, 1e-3 for adamw)
+#   --pool P      vit: mean (default) or cls (a class token), in both
 #   -- FLAGS      passed to every qtrain run (e.g. -- --scale mse --act-groups 4)
 # Exits non-zero if any run fails.
 set -euo pipefail
 
-usage() { sed -n '7,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '7,27p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "accuracy.sh: error: $*" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 epochs=5 threads=1 build=build data=/usr/share/datasets/fashion-mnist out="" model=mlp norms=l1
-train_limit=0 test_limit=0 bits_list=8,4 qflags=() seed=0 optimizer=sgd lr=""
+train_limit=0 test_limit=0 bits_list=8,4 qflags=() seed=0 optimizer=sgd lr="" pool=mean
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --model) [[ $# -ge 2 ]] || die "--model needs a value"; model=$2; shift 2 ;;
@@ -47,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --seed) [[ $# -ge 2 ]] || die "--seed needs a value"; seed=$2; shift 2 ;;
     --optimizer) [[ $# -ge 2 ]] || die "--optimizer needs a value"; optimizer=$2; shift 2 ;;
     --lr) [[ $# -ge 2 ]] || die "--lr needs a value"; lr=$2; shift 2 ;;
+    --pool) [[ $# -ge 2 ]] || die "--pool needs a value"; pool=$2; shift 2 ;;
     --) shift; qflags=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
@@ -65,6 +67,8 @@ case "$optimizer" in
          torch_recipe=(--optimizer adamw --lr "$lr") ;;
   *) die "--optimizer '$optimizer' must be sgd or adamw" ;;
 esac
+case "$pool" in mean) ;; cls) [[ $model == vit ]] || die "--pool cls needs --model vit"
+  recipe+=(--pool cls); torch_recipe+=(--pool cls) ;; *) die "--pool '$pool' must be mean or cls" ;; esac
 case "$model" in mlp|cnn|resnet8|resnet20|vit) ;; *) die "--model '$model' must be mlp, cnn, resnet8, resnet20 or vit" ;; esac
 [[ $model == mlp || $model == vit ]] && norms=none
 

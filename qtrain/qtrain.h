@@ -57,6 +57,7 @@
 #include "qtrain/engine/layers/norm.h"
 #include "qtrain/engine/layers/pool.h"
 #include "qtrain/engine/layers/residual.h"
+#include "qtrain/engine/layers/class_token.h"
 #include "qtrain/engine/layers/pos_embed.h"
 #include "qtrain/engine/layers/attention.h"
 #include "qtrain/engine/layers/transformer_block.h"

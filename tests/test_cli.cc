@@ -1121,12 +1121,30 @@ TEST(CliAdamW, TwoStepsAreByteIdenticalOverThreadsAndTargets) {
                                              "--test-limit", "64"});
 }
 
+// --pool cls: a class token instead of mean pooling; the same bits over targets and threads, and the saved model
+// evaluates to the printed accuracy.
+TEST(CliVit, ClassTokenIsByteIdenticalOverThreadsAndTargetsAndEvaluates) {
+  REQUIRE_DATA();
+  expect_identical_over_targets_and_threads({"train", "--model", "vit", "--pool", "cls", "--depth", "1", "--epochs",
+                                             "1", "--train-limit", "128", "--batch", "64", "--test-limit", "64"});
+  TempDir dir;
+  const Result t = run({"train", "--model", "vit", "--pool", "cls", "--depth", "1", "--train-limit", "640",
+                        "--test-limit", "200", "--epochs", "1", "--save", dir / "m.qtm"});
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("gelu cls"), std::string::npos) << t.out;
+  const Result e = run({"eval", "--load", dir / "m.qtm", "--test-limit", "200"});
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(printed_accuracy(e.out), printed_accuracy(t.out));
+}
+
 TEST(CliVit, BadShapesAreUsageErrors) {
   const std::pair<Args, std::string> cases[] = {
       {{"train", "--model", "vit", "--patch", "5"}, "--patch 5 must divide the image sides 28x28"},
       {{"train", "--model", "vit", "--heads", "3"}, "--heads 3 must divide --dim 64"},
       {{"train", "--model", "vit", "--attn-bits", "9"}, "attention bit-width 9 is out of range 2..8"},
       {{"train", "--model", "vit", "--mlp-act", "tanh"}, "--mlp-act: unknown activation 'tanh'"},
+      {{"train", "--model", "vit", "--pool", "max"}, "--pool: unknown pooling 'max'; valid: mean, cls"},
+      {{"train", "--model", "cnn", "--pool", "cls"}, "--pool sets the vision transformer's shape"},
       {{"train", "--model", "mlp", "--depth", "2"}, "--depth sets the vision transformer's shape"},
   };
   for (const auto& [args, message] : cases) {

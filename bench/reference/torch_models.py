@@ -111,18 +111,25 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, channels, size, patch=7, dim=64, depth=4, heads=4, ratio=4):
+    def __init__(self, channels, size, patch=7, dim=64, depth=4, heads=4, ratio=4, pool="mean"):
         super().__init__()
         self.embed = nn.Conv2d(channels, dim, patch, stride=patch)
         tokens = (size // patch) ** 2
+        self.cls = None
+        if pool == "cls":  # qtrain's --pool cls: a learned token in front, the head reads its row
+            self.cls = nn.Parameter(torch.empty(1, 1, dim).uniform_(-0.02 * 3 ** 0.5, 0.02 * 3 ** 0.5))
+            tokens += 1
         self.pos = nn.Parameter(torch.empty(1, tokens, dim).uniform_(-0.02 * 3 ** 0.5, 0.02 * 3 ** 0.5))
         self.blocks = nn.Sequential(*[ViTBlock(dim, heads, ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 10)
 
     def forward(self, x):
-        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        return self.head(self.norm(self.blocks(x)).mean(1))
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+        x = self.norm(self.blocks(x + self.pos))
+        return self.head(x[:, 0] if self.cls is not None else x.mean(1))
 
 
 def blas_library():
@@ -137,9 +144,9 @@ def blas_library():
     return "reference" if paths else "unknown"
 
 
-def build(name, channels, size):
+def build(name, channels, size, pool="mean"):
     if name == "vit":
-        return ViT(channels, size)
+        return ViT(channels, size, pool=pool)
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 256), nn.ReLU(), nn.Linear(256, 128),
                              nn.ReLU(), nn.Linear(128, 10))
@@ -182,6 +189,7 @@ def main():
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.05 for sgd, 1e-3 for adamw)")
     ap.add_argument("--wd", type=float, default=None, help="weight decay (default 5e-4 for sgd, 0.05 for adamw)")
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--pool", choices=["mean", "cls"], default="mean", help="vit: mean of the tokens or a class token")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="use only the first N test images (0: all)")
@@ -217,7 +225,7 @@ def main():
     xtr = (xtr - mu) / sd
     xte = (xte - mu) / sd
 
-    model = build(args.model, xtr.shape[1], xtr.shape[2])
+    model = build(args.model, xtr.shape[1], xtr.shape[2], args.pool)
     n = xtr.shape[0]
     steps_per_epoch = n // args.batch  # drop the last partial batch
     total = args.epochs * steps_per_epoch
@@ -234,7 +242,7 @@ def main():
             if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
                 no_decay.update(id(p) for p in m.parameters(recurse=False))
         for name, p in model.named_parameters():
-            if name.endswith("pos"):
+            if name in ("pos", "cls"):
                 no_decay.add(id(p))
         groups = [{"params": [p for p in model.parameters() if id(p) not in no_decay], "weight_decay": wd},
                   {"params": [p for p in model.parameters() if id(p) in no_decay], "weight_decay": 0.0}]

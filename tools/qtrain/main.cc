@@ -94,7 +94,7 @@ struct TrainOptions {
   std::string optimizer = "sgd";
   std::string schedule = "onecycle";
   std::string norm = "l1";
-  qtrain::ModelSpec::ViT vit;  // --patch, --dim, --depth, --heads, --mlp-ratio, --attn-bits, --mlp-act
+  qtrain::ModelSpec::ViT vit;  // --patch, --dim, --depth, --heads, --mlp-ratio, --attn-bits, --mlp-act, --pool
   std::string scale = "mse";
   int act_groups = 0;
   int edge_bits = 0;
@@ -142,7 +142,7 @@ qtrain::TrainConfig train_config(const TrainOptions& o) {
   cfg.model.bits = parse_bits(o.bits);
   cfg.model.groups = o.groups;
   cfg.model.norm = o.norm;
-  for (const char* flag : {"--patch", "--dim", "--depth", "--heads", "--mlp-ratio", "--attn-bits", "--mlp-act"})
+  for (const char* flag : {"--patch", "--dim", "--depth", "--heads", "--mlp-ratio", "--attn-bits", "--mlp-act", "--pool"})
     if (o.given.count(flag) && o.model != "vit")
       throw UsageError(std::string(flag) + " sets the vision transformer's shape; --model " + o.model + " has none");
   cfg.model.vit = o.vit;
@@ -332,6 +332,8 @@ int main(int argc, char** argv) {
                     "vit: bits of the attention products' operands Q, K, P, V and of their gradients (2..8)")
       ->capture_default_str();
   train->add_option("--mlp-act", t.vit.act, "vit: MLP activation: gelu (integer table) or relu")->capture_default_str();
+  train->add_option("--pool", t.vit.pool, "vit: what the classifier reads: mean (of the tokens) or cls (a learned class token)")
+      ->capture_default_str();
   train->add_option("--norm", t.norm, "Normalization of the convolutional models: l1 (integer L1 batch norm) or l2")
       ->capture_default_str();
   train->add_option("--scale", t.scale,

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "qtrain/engine/layers/class_token.h"
 #include "qtrain/engine/layers/conv2d.h"
 #include "qtrain/engine/layers/linear.h"
 #include "qtrain/engine/layers/norm.h"
@@ -157,8 +158,8 @@ std::vector<std::unique_ptr<Layer>> build_mlp(const ModelSpec& spec, uint64_t se
 }
 
 // The Vision Transformer (model_spec.h): patch embedding as a patch×patch convolution of stride `patch` (its
-// N·(H/p)·(W/p) × dim output rows are the tokens in raster order), positional embedding, blocks, final norm, mean
-// pooling over the tokens, head. Edge layers (patch embedding, head) use the edge bits, as in the CNNs.
+// N·(H/p)·(W/p) × dim output rows are the tokens in raster order), the class token (pool "cls"), positional
+// embedding, blocks, final norm, mean pooling over the tokens or the class token's row, head. Edge layers (patch embedding, head) use the edge bits, as in the CNNs.
 std::vector<std::unique_ptr<Layer>> build_vit(const ModelSpec& spec, uint64_t seed) {
   const ModelSpec::ViT& v = spec.vit;
   const std::size_t tokens = spec.tokens();
@@ -180,12 +181,14 @@ std::vector<std::unique_ptr<Layer>> build_vit(const ModelSpec& spec, uint64_t se
   pe.scale = spec.scale_rule();
   pe.needs_input_grad = false;
   layers.push_back(std::make_unique<Conv2d>(pe, id++, seed));
-  layers.push_back(std::make_unique<PositionalEmbedding>(tokens, v.dim, id++, seed));
+  if (v.pool == "cls") layers.push_back(std::make_unique<ClassToken>(tokens, v.dim, id++, seed));
+  const std::size_t seq = spec.sequence();
+  layers.push_back(std::make_unique<PositionalEmbedding>(seq, v.dim, id++, seed));
 
   TransformerBlockSpec bs;
   bs.attention.dim = v.dim;
   bs.attention.heads = v.heads;
-  bs.attention.tokens = tokens;
+  bs.attention.tokens = seq;
   bs.attention.attn_bits = bs.attention.attn_grad_bits = v.attn_bits;
   bs.attention.attn_grad_groups = std::min(spec.resolved_groups(), quant::max_groups(v.attn_bits));
   LinearSpec& ls = bs.attention.projection;
@@ -204,7 +207,10 @@ std::vector<std::unique_ptr<Layer>> build_vit(const ModelSpec& spec, uint64_t se
     id += TransformerBlock::kLayerIds;
   }
   layers.push_back(std::make_unique<L1LayerNorm>(v.dim, id++));
-  layers.push_back(std::make_unique<GlobalAvgPool>(tokens, 1, v.dim));
+  if (v.pool == "cls")
+    layers.push_back(std::make_unique<ClassTokenRow>(seq, v.dim));
+  else
+    layers.push_back(std::make_unique<GlobalAvgPool>(seq, 1, v.dim));
   LinearSpec head;
   head.in = v.dim;
   head.out = spec.classes;

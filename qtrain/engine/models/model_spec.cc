@@ -46,6 +46,7 @@ ModelConfig ModelSpec::to_config() const {
     c.set("edge_bits", edge_bits).set("patch", static_cast<int64_t>(vit.patch)).set("dim", static_cast<int64_t>(vit.dim));
     c.set("depth", static_cast<int64_t>(vit.depth)).set("heads", static_cast<int64_t>(vit.heads));
     c.set("mlp_ratio", static_cast<int64_t>(vit.mlp_ratio)).set("attn_bits", vit.attn_bits).set("act", vit.act);
+    if (vit.pool != "mean") c.set("pool", vit.pool);  // absent: mean (files written before the option stay the same)
   } else if (convolutional()) {
     c.set("edge_bits", edge_bits).set("norm", norm);
   } else {
@@ -71,7 +72,8 @@ ModelSpec ModelSpec::from_config(const std::string& name, const ModelConfig& con
   // Only the keys a built-in reads: a misspelt one would otherwise be ignored silently.
   const char* const common[] = {"weight_bits", "act_bits", "grad_bits", "input_bits", "groups", "scale", "act_groups"};
   const char* const conv_only[] = {"edge_bits", "norm"};
-  const char* const vit_only[] = {"edge_bits", "patch", "dim", "depth", "heads", "mlp_ratio", "attn_bits", "act"};
+  const char* const vit_only[] = {"edge_bits", "patch",     "dim", "depth", "heads",
+                                  "mlp_ratio", "attn_bits", "act", "pool"};
   for (const auto& [key, value] : config.values()) {
     bool known = std::find(std::begin(common), std::end(common), key) != std::end(common);
     if (s.transformer())
@@ -81,7 +83,7 @@ ModelSpec ModelSpec::from_config(const std::string& name, const ModelConfig& con
     else
       known |= key == "hidden";
     if (!known) {
-      std::string list = s.transformer()       ? "edge_bits, patch, dim, depth, heads, mlp_ratio, attn_bits, act"
+      std::string list = s.transformer()       ? "edge_bits, patch, dim, depth, heads, mlp_ratio, attn_bits, act, pool"
                          : s.convolutional() ? "edge_bits, norm"
                                              : "hidden";
       for (const char* k : common) list += std::string(", ") + k;
@@ -104,6 +106,7 @@ ModelSpec ModelSpec::from_config(const std::string& name, const ModelConfig& con
     s.vit.mlp_ratio = static_cast<std::size_t>(config.get_int("mlp_ratio", 4, 1, 64));
     s.vit.attn_bits = static_cast<int>(config.get_int("attn_bits", 8, 2, 8));
     s.vit.act = config.get_string("act", "gelu", {"gelu", "relu"});
+    s.vit.pool = config.get_string("pool", "mean", {"mean", "cls"});
   } else if (s.convolutional()) {
     s.edge_bits = static_cast<int>(config.get_int("edge_bits", s.edge_bits, 0, 8));
     s.norm = config.get_string("norm", s.norm, {"l1", "l2"});
@@ -169,6 +172,8 @@ void ModelSpec::validate() const {
       throw UsageError("--dim × --mlp-ratio " + std::to_string(vit.dim * vit.mlp_ratio) +
                        " exceeds 131071 (the int32 accumulator bound)");
     check_bits("attention", vit.attn_bits);
+    if (vit.pool != "mean" && vit.pool != "cls")
+      throw UsageError("--pool: unknown pooling '" + vit.pool + "'; valid: mean, cls");
     if (vit.act != "gelu" && vit.act != "relu")
       throw UsageError("--mlp-act: unknown activation '" + vit.act + "'; valid: gelu, relu");
     if (classes < 2) throw UsageError("vit needs at least 2 classes");
@@ -188,7 +193,7 @@ std::string ModelSpec::describe() const {
   }
   if (transformer())
     o << in_h << 'x' << in_w << 'x' << in_c << " patch " << vit.patch << " dim " << vit.dim << " depth " << vit.depth
-      << " heads " << vit.heads << " mlp x" << vit.mlp_ratio << ' ' << vit.act;
+      << " heads " << vit.heads << " mlp x" << vit.mlp_ratio << ' ' << vit.act << (vit.pool == "cls" ? " cls" : "");
   else if (convolutional())
     o << in_h << 'x' << in_w << 'x' << in_c << ' ' << norm << "-norm";
   else
@@ -217,7 +222,7 @@ std::size_t ModelSpec::size_bound() const {
     n = add(n, add(mul(129, classes), uint64_t{1} << 18));
   } else if (kind == "vit") {
     // patch embedding, positional embedding, per block 4·d² + 2·r·d² weights (+ biases, norms), head.
-    const uint64_t d = vit.dim, t = tokens(), r = vit.mlp_ratio;
+    const uint64_t d = vit.dim, t = sequence(), r = vit.mlp_ratio;
     n = add(mul(vit.patch * vit.patch * in_c + 1, d), mul(t, d));
     n = add(n, mul(vit.depth, add(mul(mul(d, d), 4 + 2 * r), mul(d, 16 + 2 * r))));
     n = add(n, add(mul(d + 1, classes), uint64_t{1} << 18));

@@ -33,7 +33,8 @@ struct InputShape {
 //   resnet20  the same with three basic blocks per stage
 //   vit       Vision Transformer: patch embedding (a patch×patch convolution of stride `patch`), learned positional
 //             embedding, `depth` pre-norm blocks (L1 layer norm, multi-head attention, MLP ×mlp_ratio with GELU or
-//             ReLU), final L1 layer norm, mean pooling over the tokens, FC(classes)
+//             ReLU), final L1 layer norm, mean pooling over the tokens (or, with pool "cls", a learned class token
+//             prepended after the patch embedding whose row the head reads), FC(classes)
 // A registered model reads in_h × in_w × in_c (as an N·H·W × C tensor, like the convolutional built-ins) and
 // writes `classes` logits.
 struct ModelSpec {
@@ -61,10 +62,11 @@ struct ModelSpec {
   struct ViT {
     std::size_t patch = 7, dim = 64, depth = 4, heads = 4, mlp_ratio = 4;
     int attn_bits = 8;
-    std::string act = "gelu";  // MLP activation: gelu (integer table) or relu
+    std::string act = "gelu";    // MLP activation: gelu (integer table) or relu
+    std::string pool = "mean";   // what the head reads: mean (of the tokens) or cls (a class token's row)
     bool operator==(const ViT& o) const {
       return patch == o.patch && dim == o.dim && depth == o.depth && heads == o.heads && mlp_ratio == o.mlp_ratio &&
-             attn_bits == o.attn_bits && act == o.act;
+             attn_bits == o.attn_bits && act == o.act && pool == o.pool;
     }
   } vit;
   // A registered model's configuration, handed to its factory. Empty for the built-ins (their fields above).
@@ -84,7 +86,8 @@ struct ModelSpec {
   bool convolutional() const { return kind != "mlp"; }
   bool transformer() const { return kind == "vit"; }
   // vit: tokens per image, (in_h/patch)·(in_w/patch).
-  std::size_t tokens() const { return (in_h / vit.patch) * (in_w / vit.patch); }
+  std::size_t tokens() const { return (in_h / vit.patch) * (in_w / vit.patch); }  // the patches
+  std::size_t sequence() const { return tokens() + (vit.pool == "cls" ? 1 : 0); }   // the blocks' tokens
   // The input geometry and class count, for every kind (the MLP's input is 1×1×sizes.front() unless in_h × in_w ×
   // in_c has that size).
   InputShape input() const;

@@ -80,6 +80,7 @@ void check_resume_compatible(const TrainConfig& flags, const RunOptions& options
   require("--mlp-ratio", f.vit.mlp_ratio == m.vit.mlp_ratio, std::to_string(m.vit.mlp_ratio));
   require("--attn-bits", f.vit.attn_bits == m.vit.attn_bits, std::to_string(m.vit.attn_bits));
   require("--mlp-act", f.vit.act == m.vit.act, m.vit.act);
+  require("--pool", f.vit.pool == m.vit.pool, m.vit.pool);
   require("--augment", flags.augment.pad == c.augment.pad && flags.augment.flip == c.augment.flip,
           std::to_string(c.augment.pad));
   require("--epochs", flags.epochs == c.epochs, std::to_string(c.epochs));
