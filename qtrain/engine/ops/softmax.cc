@@ -37,11 +37,24 @@ void round_row(const int64_t* e, std::size_t n, int64_t s, int32_t* p, std::vect
                std::vector<uint32_t>& order) {
   int64_t total = 0;
   rem.resize(n);
+  // ⌊num / s⌋ by one reciprocal per row: num < 2^46 and s < 2^53 are exact doubles and num·(1/s) is within a few
+  // ulps of the quotient (≤ 2^15), so its truncation is the floor or one off either way; the integer remainder
+  // tells which (q·s < 2^46 + 2^53). Bit for bit the integer division, without one per element.
+  const double inv = 1.0 / static_cast<double>(s);
   for (std::size_t c = 0; c < n; ++c) {
     const int64_t num = e[c] << kPFrac;  // e ≤ 2^30: < 2^45
-    p[c] = static_cast<int32_t>(num / s);
-    rem[c] = num % s;
-    total += p[c];
+    auto q = static_cast<int64_t>(static_cast<double>(num) * inv);
+    int64_t r = num - q * s;
+    if (r < 0) {
+      --q;
+      r += s;
+    } else if (r >= s) {
+      ++q;
+      r -= s;
+    }
+    p[c] = static_cast<int32_t>(q);
+    rem[c] = r;
+    total += q;
   }
   const int64_t missing = (int64_t{1} << kPFrac) - total;  // 0 ≤ missing < n
   if (missing == 0) return;

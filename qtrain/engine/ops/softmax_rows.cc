@@ -22,6 +22,13 @@ int64_t exp2_q16(int64_t u) {
 }  // namespace
 
 void row_q16(const Tensor& x, std::size_t r, int64_t* z) {
+  if (x.axis() != ScaleAxis::kCol && x.dtype() == DType::kI32) {  // one exponent for the row: one shift
+    const int s = -(x.exponent_at(r, 0) + kZFrac);
+    const int32_t* v = x.data<int32_t>() + r * x.cols();
+    for (std::size_t c = 0; c < x.cols(); ++c)
+      z[c] = std::clamp(quant::shift_round_even_sat(v[c], s), -kZLimit, kZLimit);
+    return;
+  }
   for (std::size_t c = 0; c < x.cols(); ++c) {
     const int64_t v =
         x.dtype() == DType::kI32 ? x.data<int32_t>()[r * x.cols() + c] : x.data<int8_t>()[r * x.cols() + c];
