@@ -8,6 +8,7 @@
 #include "qtrain/kernels/eltwise.h"
 #include "qtrain/kernels/gemm.h"
 #include "qtrain/kernels/int4.h"
+#include "qtrain/kernels/int_softmax.h"
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/philox.h"
 #include "qtrain/kernels/rounding.h"

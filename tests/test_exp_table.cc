@@ -1,4 +1,4 @@
-// The softmax's 2^(j/256) table (qtrain/engine/ops/exp_table.h) is correctly rounded, proved with integers:
+// The softmax's 2^(j/256) table (qtrain/kernels/exp_table.h) is correctly rounded, proved with integers:
 // T = round(2^(30 + j/256)) exactly when (T − 1/2)^256 < 2^(30·256 + j) < (T + 1/2)^256, i.e.
 // (2T − 1)^256 < 2^(7936 + j) < (2T + 1)^256 (no tie is possible: 2^(j/256) is irrational for 0 < j < 256).
 // Also against long double exp2l, as the table was first computed (with exp2 in double).
@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "qtrain/engine/ops/exp_table.h"
+#include "qtrain/kernels/exp_table.h"
 
 namespace qtrain {
 namespace {

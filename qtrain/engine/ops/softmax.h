@@ -11,6 +11,9 @@
 // Backward  dY (int32, one exponent e_g) → u = R(dY, k), the 16-bit working gradient (k the smallest shift with
 //           |u| ≤ 2^15); T = Σ_j P_j·u_j (|T| ≤ 2^30, since ΣP = 2^15); dS_i = P_i·((u_i << 15) − T)·m (|·| < 2^62),
 //           exponent e_g + k − 30 − s, narrowed once to the finest int32 exponent (narrow.h); added to x's gradient.
+// Kernels   the row passes are kernels/int_softmax.h (SIMD, the same bits on every target and thread count); there
+//           z − max is clamped at −2^21 before the log2 e multiply (e is 0 below it anyway), which keeps the product
+//           in int64 for every scale up to 256 (unclamped it could overflow for scales above ~44 at |z| near 2^40).
 // Float formula: p = softmax(c·x), dx = c·p ⊙ (dy − Σ p ⊙ dy) (the usual straight-through choice: the stored p).
 #pragma once
 

@@ -2,10 +2,11 @@
 // both compute their exponentials the same way.
 //
 //   softmax_row_q16   row r of x (int32 or int8, any exponents) as Q16 fixed point, nearest-even, clamped to ±2^40
-//   softmax_row_exp   pass 1: m = max z; pass 2: e_i = 2^((z_i − m)·log2 e) as Q30 (the integer part a shift, the
-//                     fraction from the 257-entry table exp_table.h with linear interpolation; relative error
-//                     < 2^−17), the largest e_i exactly 2^30; returns S = Σ e_i, exact in int64 (n < 2^32)
-// Bounds: |z_i − m| ≤ 2^41, times log2 e in Q16 (< 2^17): < 2^58, no overflow.
+//   softmax_row_exp   kernels::softmax_exp_q30 (SIMD, kernels/int_softmax.h): m = max z, then e_i = 2^((z_i − m)·log2 e)
+//                     as Q30 (the integer part a shift, the fraction from the 257-entry table kernels/exp_table.h with
+//                     linear interpolation; relative error < 2^−17), the largest e_i exactly 2^30; returns S = Σ e_i,
+//                     exact in int64 (n < 2^32)
+// Bounds: z_i − m is clamped at −2^21 (e is 0 there already), times log2 e in Q16 (< 2^17): < 2^38.
 #pragma once
 
 #include <cstddef>

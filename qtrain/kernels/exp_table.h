@@ -1,6 +1,6 @@
 // 2^(j/256) for j = 0..256 as Q30 (2^30 to 2^31), each entry round(2^(30 + j/256)) correctly rounded: the table the
-// integer softmax interpolates 2^x in (softmax_ce.cc). Constants in the source, so the bits do not depend on the C
-// library's exp2; tests/test_exp_table.cc proves every entry with integer arithmetic. (int64: the last is 2^31.)
+// integer softmax interpolates 2^x in (kernels/int_softmax.cc). Constants in the source, so the bits do not depend on
+// the C library's exp2; tests/test_exp_table.cc proves every entry with integer arithmetic. (int64: the last is 2^31.)
 #pragma once
 
 #include <array>
