@@ -9,6 +9,7 @@
 #include "qtrain/kernels/gemm.h"
 #include "qtrain/kernels/int4.h"
 #include "qtrain/kernels/int_softmax.h"
+#include "qtrain/kernels/layer_norm_rows.h"
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/philox.h"
 #include "qtrain/kernels/rounding.h"

@@ -9,6 +9,7 @@
 
 #include "qtrain/engine/layers/norm.h"
 #include "qtrain/engine/layers/norm_stage.h"
+#include "qtrain/kernels/layer_norm_rows.h"
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/parallel.h"
 #include "qtrain/quant/error.h"
@@ -121,22 +122,12 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
     int e_xh = kNoConstraint;
     for (std::size_t r = r0; r < r1; ++r) {
       const int32_t* row = xp + r * nf;
-      int64_t s = 0;
-      int32_t lo = row[0], hi = row[0];
-      for (std::size_t j = 0; j < nf; ++j) {
-        s += row[j];
-        lo = std::min(lo, row[j]);
-        hi = std::max(hi, row[j]);
-      }
+      const kernels::LnRowStats st = kernels::ln_row_stats(row, nf);
+      const int32_t lo = st.lo, hi = st.hi;
       const int k = working_shift(static_cast<uint64_t>(int64_t{hi} - lo));
-      const int64_t mu = mean_half_up(s, static_cast<int64_t>(nf), k);
-      int64_t t = 0;
-      int16_t* d = saved->d.data() + r * nf;
-      for (std::size_t j = 0; j < nf; ++j) {
-        const int64_t v = shift_round_half_up(row[j], k) - mu;
-        d[j] = static_cast<int16_t>(v);
-        t += v < 0 ? -v : v;
-      }
+      // R_up's mean of values R_up(x, k) ∈ [R_up(lo, k), R_up(hi, k)]: an int32.
+      const int64_t mu = mean_half_up(st.sum, static_cast<int64_t>(nf), k);
+      const int64_t t = kernels::ln_row_center(row, nf, k, static_cast<int32_t>(mu), saved->d.data() + r * nf);
       const int unit = src->exponent_at(r, 0) + k;
       saved->unit[r] = unit;
       saved->rho[r] = fx_div({1, 0}, fx_add(fx_mul(kC, fx_div({t, 0}, f_fx)), {eps.m, eps.e - unit}));

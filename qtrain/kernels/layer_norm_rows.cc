@@ -1,0 +1,140 @@
+// The L1 layer norm's row statistics and working values (layer_norm_rows.h), one Highway source compiled for every
+// target. int32 lanes throughout: the sums widen each vector's lanes to int64 (PromoteTo of its two halves) before
+// they add, so no lane accumulates more than one int32; R_up is two arithmetic shifts and an add, exact in int32.
+// Tails that do not fill a vector run the reference's element loop.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "qtrain/kernels/layer_norm_rows.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "qtrain/kernels/layer_norm_rows.h"
+#include "qtrain/kernels/rounding.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace qtrain::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+#if HWY_TARGET != HWY_SCALAR
+
+using D32 = hn::ScalableTag<int32_t>;
+using V32 = hn::Vec<D32>;
+using D64 = hn::Repartition<int64_t, D32>;
+using V64 = hn::Vec<D64>;
+
+// Both halves of v widened to int64 and added.
+HWY_INLINE V64 WidenSum(V32 v) {
+  const D32 d;
+  const D64 d64;
+  const hn::Half<D32> dh;
+  return hn::Add(hn::PromoteTo(d64, hn::LowerHalf(dh, v)), hn::PromoteTo(d64, hn::UpperHalf(dh, v)));
+}
+
+int64_t LaneSum(V64 v) {
+  const D64 d64;
+  HWY_ALIGN int64_t a[hn::MaxLanes(d64)];
+  hn::Store(v, d64, a);
+  int64_t s = 0;
+  for (std::size_t i = 0; i < hn::Lanes(d64); ++i) s += a[i];
+  return s;
+}
+
+LnRowStats LnRowStatsT(const int32_t* HWY_RESTRICT x, std::size_t n) {
+  const D32 d;
+  const std::size_t lanes = hn::Lanes(d);
+  if (n < lanes) return ref::ln_row_stats(x, n);
+  V32 lo = hn::LoadU(d, x), hi = lo;
+  V64 sum = hn::Zero(D64());
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const V32 v = hn::LoadU(d, x + i);
+    lo = hn::Min(lo, v);
+    hi = hn::Max(hi, v);
+    sum = hn::Add(sum, WidenSum(v));
+  }
+  LnRowStats s;
+  s.sum = LaneSum(sum);
+  s.lo = hn::GetLane(hn::MinOfLanes(d, lo));
+  s.hi = hn::GetLane(hn::MaxOfLanes(d, hi));
+  for (; i < n; ++i) {
+    s.sum += x[i];
+    s.lo = std::min(s.lo, x[i]);
+    s.hi = std::max(s.hi, x[i]);
+  }
+  return s;
+}
+
+int64_t LnRowCenterT(const int32_t* HWY_RESTRICT x, std::size_t n, int k, int32_t mu, int16_t* HWY_RESTRICT d) {
+  const D32 d32;
+  const hn::Rebind<int16_t, D32> d16;
+  const std::size_t lanes = hn::Lanes(d32);
+  const V32 vmu = hn::Set(d32, mu), one = hn::Set(d32, 1);
+  V64 t = hn::Zero(D64());
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    V32 v = hn::LoadU(d32, x + i);
+    if (k > 0)  // R_up(x, k) = (x >> k) + bit k−1 of x
+      v = hn::Add(hn::ShiftRightSame(v, k), hn::And(hn::ShiftRightSame(v, k - 1), one));
+    const V32 c = hn::Sub(v, vmu);
+    hn::StoreU(hn::DemoteTo(d16, c), d16, d + i);  // |c| ≤ 2^15 − 1: the demotion is exact
+    t = hn::Add(t, WidenSum(hn::Abs(c)));
+  }
+  return LaneSum(t) + ref::ln_row_center(x + i, n - i, k, mu, d + i);
+}
+
+#else  // HWY_SCALAR: the references.
+
+LnRowStats LnRowStatsT(const int32_t* x, std::size_t n) { return ref::ln_row_stats(x, n); }
+int64_t LnRowCenterT(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d) {
+  return ref::ln_row_center(x, n, k, mu, d);
+}
+
+#endif  // HWY_TARGET != HWY_SCALAR
+
+}  // namespace qtrain::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace qtrain::kernels {
+HWY_EXPORT(LnRowStatsT);
+HWY_EXPORT(LnRowCenterT);
+
+namespace detail {
+void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
+}  // namespace detail
+
+LnRowStats ln_row_stats(const int32_t* x, std::size_t n) {
+  detail::ensure_dispatch_ready();
+  return HWY_DYNAMIC_DISPATCH(LnRowStatsT)(x, n);
+}
+int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d) {
+  detail::ensure_dispatch_ready();
+  return HWY_DYNAMIC_DISPATCH(LnRowCenterT)(x, n, k, mu, d);
+}
+
+namespace ref {
+LnRowStats ln_row_stats(const int32_t* x, std::size_t n) {
+  LnRowStats s;
+  s.lo = s.hi = x[0];
+  for (std::size_t j = 0; j < n; ++j) {
+    s.sum += x[j];
+    s.lo = std::min(s.lo, x[j]);
+    s.hi = std::max(s.hi, x[j]);
+  }
+  return s;
+}
+int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d) {
+  int64_t t = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    const int64_t v = shift_round_half_up(x[j], k) - mu;
+    d[j] = static_cast<int16_t>(v);
+    t += v < 0 ? -v : v;
+  }
+  return t;
+}
+}  // namespace ref
+}  // namespace qtrain::kernels
+#endif  // HWY_ONCE

@@ -1,0 +1,65 @@
+// The L1 layer norm's row kernels (qtrain/kernels/layer_norm_rows.h) against their scalar references on every SIMD
+// target: random rows of many lengths, rows of INT32_MIN/INT32_MAX, constant rows and one-hot rows, with the
+// working shift and mean the layer computes (norm_stage.h).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qtrain/engine/layers/norm_stage.h"
+#include "qtrain/kernels/layer_norm_rows.h"
+#include "target_test_util.h"
+
+namespace qtrain::kernels {
+namespace {
+
+constexpr int32_t kMin = std::numeric_limits<int32_t>::min(), kMax = std::numeric_limits<int32_t>::max();
+
+std::vector<std::vector<int32_t>> rows_to_test() {
+  std::mt19937_64 rng(17);
+  std::vector<std::vector<int32_t>> rows;
+  for (std::size_t n : {1, 2, 7, 15, 16, 17, 63, 64, 65, 200, 768}) {
+    for (int32_t span : {1 << 10, 1 << 14, 1 << 20, kMax}) {
+      std::vector<int32_t> r(n);
+      std::uniform_int_distribution<int32_t> u(span == kMax ? kMin : -span, span);
+      for (auto& v : r) v = u(rng);
+      rows.push_back(r);
+    }
+    std::vector<int32_t> extremes(n);
+    for (std::size_t j = 0; j < n; ++j) extremes[j] = j % 3 == 0 ? kMin : j % 3 == 1 ? kMax : random_i32(rng);
+    rows.push_back(extremes);
+    rows.push_back(std::vector<int32_t>(n, -12345));  // zero spread
+    rows.push_back(std::vector<int32_t>(n, kMin));
+    std::vector<int32_t> one_hot(n, 0);
+    one_hot[n / 2] = kMax;
+    rows.push_back(one_hot);
+  }
+  return rows;
+}
+
+class LayerNormRows : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LayerNormRows, MatchTheReferences) {
+  const ForcedTarget forced(GetParam());
+  ASSERT_TRUE(forced.ok()) << GetParam();
+  for (const std::vector<int32_t>& row : rows_to_test()) {
+    const std::size_t n = row.size();
+    const LnRowStats want = ref::ln_row_stats(row.data(), n);
+    ASSERT_EQ(ln_row_stats(row.data(), n), want) << "n " << n;
+    const int k = norm_stage::working_shift(static_cast<uint64_t>(int64_t{want.hi} - want.lo));
+    const auto mu = static_cast<int32_t>(norm_stage::mean_half_up(want.sum, static_cast<int64_t>(n), k));
+    std::vector<int16_t> d_ref(n), d(n);
+    const int64_t t_ref = ref::ln_row_center(row.data(), n, k, mu, d_ref.data());
+    ASSERT_EQ(ln_row_center(row.data(), n, k, mu, d.data()), t_ref) << "n " << n << " k " << k;
+    ASSERT_EQ(d, d_ref) << "n " << n << " k " << k;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, LayerNormRows, ::testing::ValuesIn(target_names()),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+}  // namespace
+}  // namespace qtrain::kernels
