@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "qtrain/engine/layers/norm_stage.h"
@@ -40,6 +41,8 @@ std::vector<std::vector<int32_t>> rows_to_test() {
   return rows;
 }
 
+uint32_t rng_value(std::size_t i) { return static_cast<uint32_t>((i + 1) * 2654435761u); }
+
 class LayerNormRows : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(LayerNormRows, MatchTheReferences) {
@@ -55,6 +58,24 @@ TEST_P(LayerNormRows, MatchTheReferences) {
     const int64_t t_ref = ref::ln_row_center(row.data(), n, k, mu, d_ref.data());
     ASSERT_EQ(ln_row_center(row.data(), n, k, mu, d.data()), t_ref) << "n " << n << " k " << k;
     ASSERT_EQ(d, d_ref) << "n " << n << " k " << k;
+    // The affine pass on these working values: ρ and γ across their ranges, shifts from 0 to past the SIMD range.
+    std::vector<int32_t> gamma(n);
+    std::vector<int64_t> beta(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      gamma[j] = static_cast<int32_t>(rng_value(j) % 65535) - 32767;
+      beta[j] = static_cast<int64_t>(rng_value(j + 7) % (1u << 30)) - (1 << 29);
+    }
+    for (const auto& [rho, s, sy] : {std::tuple{int64_t{(1u << 31) - 1}, 46, 16}, std::tuple{int64_t{1} << 30, 31, 1},
+                                     std::tuple{int64_t{123456789}, 33, 0}, std::tuple{int64_t{5}, 0, 15},
+                                     std::tuple{int64_t{1} << 30, 63, 2}, std::tuple{int64_t{1} << 20, 20, -1}}) {
+      // Keep |x̂| ≤ 2^15 + 1 (the layer's contract) for the shifts that would not.
+      if (s < 31 && rho > (int64_t{1} << s)) continue;
+      std::vector<int32_t> xh_ref(n), y_ref(n), xh(n), y(n);
+      ref::ln_row_affine(d_ref.data(), n, rho, s, gamma.data(), sy, beta.data(), xh_ref.data(), y_ref.data());
+      ln_row_affine(d_ref.data(), n, rho, s, gamma.data(), sy, beta.data(), xh.data(), y.data());
+      ASSERT_EQ(xh, xh_ref) << "n " << n << " rho " << rho << " s " << s;
+      ASSERT_EQ(y, y_ref) << "n " << n << " rho " << rho << " s " << s << " sy " << sy;
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// The L1 layer norm's row statistics and working values (layer_norm_rows.h), one Highway source compiled for every
+// The L1 layer norm's row passes (layer_norm_rows.h), one Highway source compiled for every
 // target. int32 lanes throughout: the sums widen each vector's lanes to int64 (PromoteTo of its two halves) before
 // they add, so no lane accumulates more than one int32; R_up is two arithmetic shifts and an add, exact in int32.
 // Tails that do not fill a vector run the reference's element loop.
@@ -11,6 +11,7 @@
 #define HWY_TARGET_INCLUDE "qtrain/kernels/layer_norm_rows.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "qtrain/kernels/int64_lanes-inl.h"
 #include "qtrain/kernels/layer_norm_rows.h"
 #include "qtrain/kernels/rounding.h"
 
@@ -22,19 +23,17 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 using D32 = hn::ScalableTag<int32_t>;
 using V32 = hn::Vec<D32>;
-using D64 = hn::Repartition<int64_t, D32>;
-using V64 = hn::Vec<D64>;
+using D64W = hn::Repartition<int64_t, D32>;  // the int64 halves of a full int32 vector (WidenSum)
 
 // Both halves of v widened to int64 and added.
-HWY_INLINE V64 WidenSum(V32 v) {
-  const D32 d;
-  const D64 d64;
+HWY_INLINE hn::Vec<D64W> WidenSum(V32 v) {
+  const D64W d64;
   const hn::Half<D32> dh;
   return hn::Add(hn::PromoteTo(d64, hn::LowerHalf(dh, v)), hn::PromoteTo(d64, hn::UpperHalf(dh, v)));
 }
 
-int64_t LaneSum(V64 v) {
-  const D64 d64;
+int64_t LaneSum(hn::Vec<D64W> v) {
+  const D64W d64;
   HWY_ALIGN int64_t a[hn::MaxLanes(d64)];
   hn::Store(v, d64, a);
   int64_t s = 0;
@@ -47,7 +46,7 @@ LnRowStats LnRowStatsT(const int32_t* HWY_RESTRICT x, std::size_t n) {
   const std::size_t lanes = hn::Lanes(d);
   if (n < lanes) return ref::ln_row_stats(x, n);
   V32 lo = hn::LoadU(d, x), hi = lo;
-  V64 sum = hn::Zero(D64());
+  hn::Vec<D64W> sum = hn::Zero(D64W());
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {
     const V32 v = hn::LoadU(d, x + i);
@@ -72,7 +71,7 @@ int64_t LnRowCenterT(const int32_t* HWY_RESTRICT x, std::size_t n, int k, int32_
   const hn::Rebind<int16_t, D32> d16;
   const std::size_t lanes = hn::Lanes(d32);
   const V32 vmu = hn::Set(d32, mu), one = hn::Set(d32, 1);
-  V64 t = hn::Zero(D64());
+  hn::Vec<D64W> t = hn::Zero(D64W());
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {
     V32 v = hn::LoadU(d32, x + i);
@@ -85,11 +84,37 @@ int64_t LnRowCenterT(const int32_t* HWY_RESTRICT x, std::size_t n, int k, int32_
   return LaneSum(t) + ref::ln_row_center(x + i, n - i, k, mu, d + i);
 }
 
+// int64 lanes (int64_lanes-inl.h): the products d·ρ and x̂·γ are MulEven of the lanes' low 32 bits.
+void LnRowAffineT(const int16_t* HWY_RESTRICT d, std::size_t n, int64_t rho, int s, const int32_t* HWY_RESTRICT gamma,
+                  int sy, const int64_t* HWY_RESTRICT beta, int32_t* HWY_RESTRICT xh, int32_t* HWY_RESTRICT y) {
+  if (s < 0 || s > 62 || sy < 0 || sy > 62 || rho < 0 || rho >= (int64_t{1} << 31))
+    return ref::ln_row_affine(d, n, rho, s, gamma, sy, beta, xh, y);
+  const D64 d64;
+  const D32H d32h;
+  const hn::Rebind<int16_t, D64> d16h;
+  const std::size_t lanes = hn::Lanes(d64);
+  const V64 vrho = hn::Set(d64, rho);
+  const RoundEven round_x(s), round_y(sy);
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const V64 dv = hn::PromoteTo(d64, hn::PromoteTo(d32h, hn::LoadU(d16h, d + i)));
+    const V64 x = round_x(MulI32(dv, vrho));
+    StoreI32(x, xh + i);
+    const V64 prod = MulI32(x, LoadI32(gamma + i));
+    StoreI32(hn::Add(round_y(prod), hn::LoadU(d64, beta + i)), y + i);
+  }
+  ref::ln_row_affine(d + i, n - i, rho, s, gamma + i, sy, beta + i, xh + i, y + i);
+}
+
 #else  // HWY_SCALAR: the references.
 
 LnRowStats LnRowStatsT(const int32_t* x, std::size_t n) { return ref::ln_row_stats(x, n); }
 int64_t LnRowCenterT(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d) {
   return ref::ln_row_center(x, n, k, mu, d);
+}
+void LnRowAffineT(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
+                  const int64_t* beta, int32_t* xh, int32_t* y) {
+  ref::ln_row_affine(d, n, rho, s, gamma, sy, beta, xh, y);
 }
 
 #endif  // HWY_TARGET != HWY_SCALAR
@@ -101,6 +126,7 @@ HWY_AFTER_NAMESPACE();
 namespace qtrain::kernels {
 HWY_EXPORT(LnRowStatsT);
 HWY_EXPORT(LnRowCenterT);
+HWY_EXPORT(LnRowAffineT);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -113,6 +139,12 @@ LnRowStats ln_row_stats(const int32_t* x, std::size_t n) {
 int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d) {
   detail::ensure_dispatch_ready();
   return HWY_DYNAMIC_DISPATCH(LnRowCenterT)(x, n, k, mu, d);
+}
+
+void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
+                   const int64_t* beta, int32_t* xh, int32_t* y) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(LnRowAffineT)(d, n, rho, s, gamma, sy, beta, xh, y);
 }
 
 namespace ref {
@@ -134,6 +166,13 @@ int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_
     t += v < 0 ? -v : v;
   }
   return t;
+}
+void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
+                   const int64_t* beta, int32_t* xh, int32_t* y) {
+  for (std::size_t j = 0; j < n; ++j) {
+    xh[j] = static_cast<int32_t>(shift_round_even(int64_t{d[j]} * rho, s));
+    y[j] = static_cast<int32_t>(shift_round_even(int64_t{xh[j]} * gamma[j], sy) + beta[j]);
+  }
 }
 }  // namespace ref
 }  // namespace qtrain::kernels

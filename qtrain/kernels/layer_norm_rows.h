@@ -1,10 +1,15 @@
-// The L1 layer norm's first forward pass over one row (engine/layers/layer_norm.cc), as SIMD kernels over plain
-// arrays: the row statistics that choose the working shift, then the working values and their L1 sum.
+// The L1 layer norm's forward passes over one row (engine/layers/layer_norm.cc), as SIMD kernels over plain
+// arrays: the row statistics that choose the working shift, the working values and their L1 sum, and the
+// normalized values with the affine output.
 //
 //   ln_row_stats:  S = Σ x_j (exact in int64: n·2^31 < 2^63), lo = min x_j, hi = max x_j        (n ≥ 1)
 //   ln_row_center: d_j = R_up(x_j, k) − μ,  T = Σ |d_j|  (R_up = shift_round_half_up, rounding.h; 0 ≤ k ≤ 31)
 //                  The caller's k and μ keep every d_j within ±(2^15 − 1) (norm_stage.h: working_shift,
 //                  mean_half_up), so d_j is exact in int32 lanes and stored as int16; T < n·2^15 is an int64 sum.
+//
+//   ln_row_affine: x̂_j = R_even(d_j·ρ, s),  y_j = R_even(x̂_j·γ_j, s_y) + β_j      (R_even = shift_round_even)
+//                  |d| ≤ 2^15 − 1 and 0 ≤ ρ < 2^31: |d·ρ| < 2^46; the layer's exponents keep |x̂| ≤ 2^15 + 1 and
+//                  |γ| ≤ 2^15 − 1 (|x̂·γ| < 2^31), y within int32 and |β| < 2^31. Shifts outside 0..62 run the reference.
 //
 // Each function picks the best Highway target compiled in (dispatch.h). Results are bit-identical on every target
 // to the scalar references (namespace ref), which are the specification.
@@ -24,10 +29,14 @@ struct LnRowStats {
 LnRowStats ln_row_stats(const int32_t* x, std::size_t n);
 // μ is R_up's mean of the row (so |μ| < 2^31); returns T.
 int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d);
+void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
+                   const int64_t* beta, int32_t* xh, int32_t* y);
 
 namespace ref {
 LnRowStats ln_row_stats(const int32_t* x, std::size_t n);
 int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d);
+void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
+                   const int64_t* beta, int32_t* xh, int32_t* y);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

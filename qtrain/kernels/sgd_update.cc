@@ -25,6 +25,7 @@
 #define HWY_TARGET_INCLUDE "qtrain/kernels/sgd_update.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "qtrain/kernels/int64_lanes-inl.h"
 #include "qtrain/kernels/rounding.h"
 #include "qtrain/kernels/sgd_update.h"
 
@@ -76,57 +77,6 @@ namespace sd = qtrain::kernels::sgd_detail;
 
 #if HWY_TARGET != HWY_SCALAR
 
-using D64 = hn::ScalableTag<int64_t>;
-using DU64 = hn::RebindToUnsigned<D64>;
-using D32F = hn::Repartition<int32_t, D64>;  // full vector of int32: MulEven's operands
-using D32H = hn::Rebind<int32_t, D64>;       // one int32 per int64 lane: loads and stores
-using DU32H = hn::Rebind<uint32_t, D64>;
-using V64 = hn::Vec<D64>;
-using VU64 = hn::Vec<DU64>;
-
-#if HWY_TARGET <= HWY_AVX3
-constexpr bool kNativeSra = true;  // vpsraq
-#else
-constexpr bool kNativeSra = false;
-#endif
-
-// floor((x + c) / 2^s) for 0 ≤ s ≤ 63, the addition modulo 2^64. Without a 64-bit arithmetic shift: the
-// logical shift of x + c + 2^63, minus 2^(63−s).
-struct FloorShift {
-  int s;
-  VU64 c;        // c (+ 2^63 when emulating)
-  V64 unbias;    // 2^(63−s) when emulating
-  FloorShift(int shift, uint64_t add) : s(shift) {
-    const DU64 du;
-    const D64 d;
-    c = hn::Set(du, kNativeSra ? add : add + (uint64_t{1} << 63));
-    unbias = hn::Set(d, kNativeSra ? 0 : static_cast<int64_t>(uint64_t{1} << (63 - shift)));
-  }
-  HWY_INLINE V64 operator()(VU64 x) const {
-    const D64 d;
-    const VU64 t = hn::Add(x, c);
-    if constexpr (kNativeSra) {
-      return hn::ShiftRightSame(hn::BitCast(d, t), s);
-    } else {
-      return hn::Sub(hn::BitCast(d, hn::ShiftRightSame(t, s)), unbias);
-    }
-  }
-};
-
-// R_even(x, s) for 0 ≤ s ≤ 62 (s = 0: identity).
-struct RoundEven {
-  FloorShift floor;
-  VU64 odd_mask;  // 1, or 0 for s = 0
-  explicit RoundEven(int s)
-      : floor(s, s == 0 ? 0 : (uint64_t{1} << (s - 1)) - 1), odd_mask(hn::Set(DU64(), s == 0 ? 0 : 1)) {}
-  HWY_INLINE V64 operator()(V64 x) const {
-    const DU64 du;
-    const VU64 xu = hn::BitCast(du, x);
-    const VU64 odd = hn::And(hn::ShiftRightSame(xu, floor.s), odd_mask);
-    return floor(hn::Add(xu, odd));
-  }
-};
-
 // R_stoch(x, s, r) for s ≥ 0 (s = 0: identity).
 struct RoundStochastic {
   FloorShift floor;
@@ -152,20 +102,6 @@ struct ShiftSat {
   }
   HWY_INLINE V64 operator()(V64 x) const { return hn::ShiftLeftSame(hn::Min(hn::Max(x, lo), hi), s); }
 };
-
-HWY_INLINE V64 LoadI32(const int32_t* HWY_RESTRICT p) { return hn::PromoteTo(D64(), hn::LoadU(D32H(), p)); }
-
-HWY_INLINE void StoreI32(V64 x, int32_t* HWY_RESTRICT p) {
-  const DU64 du;
-  const hn::Rebind<uint32_t, DU64> du32;
-  hn::StoreU(hn::TruncateTo(du32, hn::BitCast(du, x)), du32, reinterpret_cast<uint32_t*>(p));
-}
-
-// x (the low 32 bits of each lane, as int32) times m (0 ≤ m < 2^31, broadcast in every lane), exact in int64.
-HWY_INLINE V64 MulI32(V64 x, V64 m) {
-  const D32F d32;
-  return hn::MulEven(hn::BitCast(d32, x), hn::BitCast(d32, m));
-}
 
 // Running min and max of int64 lanes; max |·| at the end.
 struct MinMax {

@@ -171,12 +171,8 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
   split.run(pass_ns, [&](std::size_t, std::size_t r0, std::size_t r1) {
     for (std::size_t r = r0; r < r1; ++r) {
       const Fx rho = fx_narrow(saved->rho[r], 31);
-      const int s = e_xh - rho.e;
-      for (std::size_t j = 0; j < nf; ++j) {
-        const std::size_t i = r * nf + j;
-        saved->xh[i] = static_cast<int32_t>(shift_round_even(int64_t{saved->d[i]} * rho.m, s));
-        y[i] = static_cast<int32_t>(shift_round_even(int64_t{saved->xh[i]} * saved->gq[j], sy) + bq[j]);
-      }
+      kernels::ln_row_affine(saved->d.data() + r * nf, nf, rho.m, e_xh - rho.e, saved->gq.data(), sy, bq.data(),
+                             saved->xh.data() + r * nf, y + r * nf);
     }
   });
   if (!ctx.training()) return out;
