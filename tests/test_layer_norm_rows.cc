@@ -3,7 +3,10 @@
 // working shift and mean the layer computes (norm_stage.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <random>
 #include <string>
@@ -76,6 +79,46 @@ TEST_P(LayerNormRows, MatchTheReferences) {
       ASSERT_EQ(xh, xh_ref) << "n " << n << " rho " << rho << " s " << s;
       ASSERT_EQ(y, y_ref) << "n " << n << " rho " << rho << " s " << s << " sy " << sy;
     }
+    // The backward's output stage with the row as the gradient: a within and beyond int32, both signs; k and t
+    // across their ranges (|G| < 2^30 and |G·a|, |b| ≤ 2^60 as the stage guarantees).
+    uint64_t amax = 0;
+    for (int32_t v : row) amax = std::max<uint64_t>(amax, static_cast<uint64_t>(std::abs(int64_t{v})));
+    const int kg = norm_stage::working_shift(amax);
+    for (const auto& [a, b, t, c] :
+         {std::tuple{int64_t{3}, int64_t{-7}, 0, int64_t{5}}, std::tuple{int64_t{1} << 29, int64_t{1} << 40, 31, int64_t{-100}},
+          std::tuple{(int64_t{1} << 30) + 12345, -(int64_t{1} << 45), 40, int64_t{0}},
+          std::tuple{-(int64_t{1} << 30) - 999, int64_t{77}, 35, int64_t{1} << 20},
+          std::tuple{int64_t{1} << 30, int64_t{0}, 62, int64_t{-1}}, std::tuple{int64_t{1} << 40, int64_t{1}, 61, int64_t{9}}}) {
+      if (a > (int64_t{1} << 30) + 12345 || a < -(int64_t{1} << 30) - 999) continue;  // |G·a| ≤ 2^60 needs |a| ≤ 2^30
+      std::vector<int32_t> dx_ref(n), dx(n);
+      ref::ln_row_dx(row.data(), d_ref.data(), n, gamma.data(), kg, a, b, t, c, dx_ref.data());
+      ln_row_dx(row.data(), d_ref.data(), n, gamma.data(), kg, a, b, t, c, dx.data());
+      ASSERT_EQ(dx, dx_ref) << "n " << n << " a " << a << " b " << b << " t " << t << " k " << kg;
+    }
+  }
+}
+
+// Small gradients (|G| < 2^14) let the stage's a exceed int32 (|G·a| ≤ 2^60): the split product.
+TEST_P(LayerNormRows, OutputStageWithLargeCoefficients) {
+  const ForcedTarget forced(GetParam());
+  ASSERT_TRUE(forced.ok()) << GetParam();
+  std::mt19937_64 rng(5);
+  std::uniform_int_distribution<int32_t> small(-100, 100);
+  for (std::size_t n : {1, 8, 17, 64, 100}) {
+    std::vector<int32_t> g(n), gamma(n);
+    std::vector<int16_t> d(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      g[j] = small(rng);
+      gamma[j] = small(rng);
+      d[j] = static_cast<int16_t>(small(rng) % 3);
+    }
+    for (const int64_t a : {int64_t{1} << 40, -(int64_t{1} << 45) - 3, (int64_t{1} << 31) + 1, int64_t{-1} << 31})
+      for (const int t : {40, 46, 62}) {  // shifts that keep dx within int32, as the stage's t does
+        std::vector<int32_t> dx_ref(n), dx(n);
+        ref::ln_row_dx(g.data(), d.data(), n, gamma.data(), 0, a, -(int64_t{1} << 50), t, 3, dx_ref.data());
+        ln_row_dx(g.data(), d.data(), n, gamma.data(), 0, a, -(int64_t{1} << 50), t, 3, dx.data());
+        ASSERT_EQ(dx, dx_ref) << "n " << n << " a " << a << " t " << t;
+      }
   }
 }
 

@@ -4,6 +4,7 @@
 // Tails that do not fill a vector run the reference's element loop.
 
 #include <algorithm>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 
@@ -106,6 +107,34 @@ void LnRowAffineT(const int16_t* HWY_RESTRICT d, std::size_t n, int64_t rho, int
   ref::ln_row_affine(d + i, n - i, rho, s, gamma + i, sy, beta + i, xh + i, y + i);
 }
 
+// G·a with |a| possibly above 2^31: a = a_hi·2^31 + a_lo (0 ≤ a_lo < 2^31), two MulEven products of int32
+// operands, the high one shifted by 31; the sum is exact (|G·a| ≤ 2^60 by the stage's contract).
+void LnRowDxT(const int32_t* HWY_RESTRICT g, const int16_t* HWY_RESTRICT d, std::size_t n,
+              const int32_t* HWY_RESTRICT gamma, int k, int64_t a, int64_t b, int t, int64_t c, int32_t* HWY_RESTRICT dx) {
+  const int64_t a_hi = a >> 31, a_lo = a & ((int64_t{1} << 31) - 1);
+  if (k < 0 || k > 31 || t < 0 || t > 62 || a_hi < INT32_MIN || a_hi > INT32_MAX)
+    return ref::ln_row_dx(g, d, n, gamma, k, a, b, t, c, dx);
+  const D64 d64;
+  const D32H d32h;
+  const hn::Rebind<int16_t, D64> d16h;
+  const std::size_t lanes = hn::Lanes(d64);
+  const FloorShift round_g(k, k == 0 ? 0 : uint64_t{1} << (k - 1));  // R_up(·, k)
+  const FloorShift round_dx(t, t == 0 ? 0 : uint64_t{1} << (t - 1));
+  const V64 vlo = hn::Set(d64, a_lo), vhi = hn::Set(d64, a_hi), vb = hn::Set(d64, b), vc = hn::Set(d64, c);
+  const V64 zero = hn::Zero(d64), nb = hn::Neg(vb);
+  const DU64 du;
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const V64 r = round_g(hn::BitCast(du, LoadI32(g + i)));  // |R_up(g, k)| < 2^15
+    const V64 gg = MulI32(LoadI32(gamma + i), r);             // |G| < 2^30
+    const V64 ga = hn::Add(MulI32(gg, vlo), hn::ShiftLeft<31>(MulI32(gg, vhi)));
+    const V64 dv = hn::PromoteTo(d64, hn::PromoteTo(d32h, hn::LoadU(d16h, d + i)));
+    const V64 wb = hn::IfThenElse(hn::Gt(dv, zero), vb, hn::IfThenElseZero(hn::Lt(dv, zero), nb));
+    StoreI32(hn::Add(round_dx(hn::BitCast(du, hn::Add(ga, wb))), vc), dx + i);
+  }
+  ref::ln_row_dx(g + i, d + i, n - i, gamma + i, k, a, b, t, c, dx + i);
+}
+
 #else  // HWY_SCALAR: the references.
 
 LnRowStats LnRowStatsT(const int32_t* x, std::size_t n) { return ref::ln_row_stats(x, n); }
@@ -115,6 +144,10 @@ int64_t LnRowCenterT(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t
 void LnRowAffineT(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
                   const int64_t* beta, int32_t* xh, int32_t* y) {
   ref::ln_row_affine(d, n, rho, s, gamma, sy, beta, xh, y);
+}
+void LnRowDxT(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
+              int t, int64_t c, int32_t* dx) {
+  ref::ln_row_dx(g, d, n, gamma, k, a, b, t, c, dx);
 }
 
 #endif  // HWY_TARGET != HWY_SCALAR
@@ -127,6 +160,7 @@ namespace qtrain::kernels {
 HWY_EXPORT(LnRowStatsT);
 HWY_EXPORT(LnRowCenterT);
 HWY_EXPORT(LnRowAffineT);
+HWY_EXPORT(LnRowDxT);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -145,6 +179,12 @@ void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const in
                    const int64_t* beta, int32_t* xh, int32_t* y) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(LnRowAffineT)(d, n, rho, s, gamma, sy, beta, xh, y);
+}
+
+void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
+               int t, int64_t c, int32_t* dx) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(LnRowDxT)(g, d, n, gamma, k, a, b, t, c, dx);
 }
 
 namespace ref {
@@ -172,6 +212,14 @@ void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const in
   for (std::size_t j = 0; j < n; ++j) {
     xh[j] = static_cast<int32_t>(shift_round_even(int64_t{d[j]} * rho, s));
     y[j] = static_cast<int32_t>(shift_round_even(int64_t{xh[j]} * gamma[j], sy) + beta[j]);
+  }
+}
+void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
+               int t, int64_t c, int32_t* dx) {
+  for (std::size_t j = 0; j < n; ++j) {
+    const int64_t gg = gamma[j] * shift_round_half_up(g[j], k);
+    const int64_t w = (d[j] > 0) - (d[j] < 0);
+    dx[j] = static_cast<int32_t>(shift_round_half_up(gg * a + w * b, t) + c);
   }
 }
 }  // namespace ref

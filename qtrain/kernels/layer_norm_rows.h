@@ -10,6 +10,8 @@
 //   ln_row_affine: x̂_j = R_even(d_j·ρ, s),  y_j = R_even(x̂_j·γ_j, s_y) + β_j      (R_even = shift_round_even)
 //                  |d| ≤ 2^15 − 1 and 0 ≤ ρ < 2^31: |d·ρ| < 2^46; the layer's exponents keep |x̂| ≤ 2^15 + 1 and
 //                  |γ| ≤ 2^15 − 1 (|x̂·γ| < 2^31), y within int32 and |β| < 2^31. Shifts outside 0..62 run the reference.
+//   ln_row_dx:     G_j = γ_j·R_up(g_j, k), dx_j = R_up(G_j·a + sign(d_j)·b, t) + c       (the backward's output
+//                  stage, norm_stage.h: |G| < 2^30, |G·a| and |b| ≤ 2^60, 0 ≤ k ≤ 31, 0 ≤ t ≤ 62, dx within int32)
 //
 // Each function picks the best Highway target compiled in (dispatch.h). Results are bit-identical on every target
 // to the scalar references (namespace ref), which are the specification.
@@ -31,12 +33,16 @@ LnRowStats ln_row_stats(const int32_t* x, std::size_t n);
 int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d);
 void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
                    const int64_t* beta, int32_t* xh, int32_t* y);
+void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
+               int t, int64_t c, int32_t* dx);
 
 namespace ref {
 LnRowStats ln_row_stats(const int32_t* x, std::size_t n);
 int64_t ln_row_center(const int32_t* x, std::size_t n, int k, int32_t mu, int16_t* d);
 void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const int32_t* gamma, int sy,
                    const int64_t* beta, int32_t* xh, int32_t* y);
+void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
+               int t, int64_t c, int32_t* dx);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

@@ -262,13 +262,8 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
       split.run(kernels::kNsPerByte * dx_bytes, [&](std::size_t, std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
           const Stage s = make_stage(ta[r], tb[r], bias[r], e_dx, 60, 61);
-          const int32_t* gr_row = g + r * nf;
-          const int16_t* d = saved->d.data() + r * nf;
-          for (std::size_t j = 0; j < nf; ++j) {
-            const int64_t gg = saved->gq[j] * shift_round_half_up(gr_row[j], kd[r]);
-            const int64_t w = (d[j] > 0) - (d[j] < 0);
-            out_dx[r * nf + j] = static_cast<int32_t>(shift_round_half_up(gg * s.a + w * s.b, s.t) + s.c);
-          }
+          kernels::ln_row_dx(g + r * nf, saved->d.data() + r * nf, nf, saved->gq.data(), kd[r], s.a, s.b, s.t, s.c,
+                             out_dx + r * nf);
         }
       });
       accumulate_grad(*x, std::move(dx));
