@@ -135,6 +135,41 @@ void LnRowDxT(const int32_t* HWY_RESTRICT g, const int16_t* HWY_RESTRICT d, std:
   ref::ln_row_dx(g + i, d + i, n - i, gamma + i, k, a, b, t, c, dx + i);
 }
 
+LnGradSums LnRowGradSumsT(const int32_t* HWY_RESTRICT g, const int16_t* HWY_RESTRICT d, std::size_t n,
+                          const int32_t* HWY_RESTRICT gamma, int k) {
+  if (k < 0 || k > 31) return ref::ln_row_grad_sums(g, d, n, gamma, k);
+  const D64 d64;
+  const D32H d32h;
+  const hn::Rebind<int16_t, D64> d16h;
+  const DU64 du;
+  const std::size_t lanes = hn::Lanes(d64);
+  const FloorShift round_g(k, k == 0 ? 0 : uint64_t{1} << (k - 1));  // R_up(·, k)
+  const V64 zero = hn::Zero(d64), one = hn::Set(d64, 1);
+  V64 sg = zero, sgd = zero, ss = zero, gm = zero;
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const V64 gg = MulI32(LoadI32(gamma + i), round_g(hn::BitCast(du, LoadI32(g + i))));
+    const V64 dv = hn::PromoteTo(d64, hn::PromoteTo(d32h, hn::LoadU(d16h, d + i)));
+    sg = hn::Add(sg, gg);
+    sgd = hn::Add(sgd, MulI32(gg, dv));
+    ss = hn::Add(ss, hn::Sub(hn::IfThenElseZero(hn::Gt(dv, zero), one), hn::IfThenElseZero(hn::Lt(dv, zero), one)));
+    gm = hn::Max(gm, hn::Max(gg, hn::Neg(gg)));
+  }
+  HWY_ALIGN int64_t a[4][hn::MaxLanes(d64)];
+  hn::Store(sg, d64, a[0]);
+  hn::Store(sgd, d64, a[1]);
+  hn::Store(ss, d64, a[2]);
+  hn::Store(gm, d64, a[3]);
+  LnGradSums r = ref::ln_row_grad_sums(g + i, d + i, n - i, gamma + i, k);
+  for (std::size_t l = 0; l < lanes; ++l) {
+    r.sum_g += a[0][l];
+    r.sum_gd += a[1][l];
+    r.sum_s += a[2][l];
+    r.gmax = std::max(r.gmax, static_cast<uint64_t>(a[3][l]));
+  }
+  return r;
+}
+
 #else  // HWY_SCALAR: the references.
 
 LnRowStats LnRowStatsT(const int32_t* x, std::size_t n) { return ref::ln_row_stats(x, n); }
@@ -149,6 +184,9 @@ void LnRowDxT(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* 
               int t, int64_t c, int32_t* dx) {
   ref::ln_row_dx(g, d, n, gamma, k, a, b, t, c, dx);
 }
+LnGradSums LnRowGradSumsT(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k) {
+  return ref::ln_row_grad_sums(g, d, n, gamma, k);
+}
 
 #endif  // HWY_TARGET != HWY_SCALAR
 
@@ -161,6 +199,7 @@ HWY_EXPORT(LnRowStatsT);
 HWY_EXPORT(LnRowCenterT);
 HWY_EXPORT(LnRowAffineT);
 HWY_EXPORT(LnRowDxT);
+HWY_EXPORT(LnRowGradSumsT);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -185,6 +224,11 @@ void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t*
                int t, int64_t c, int32_t* dx) {
   detail::ensure_dispatch_ready();
   HWY_DYNAMIC_DISPATCH(LnRowDxT)(g, d, n, gamma, k, a, b, t, c, dx);
+}
+
+LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k) {
+  detail::ensure_dispatch_ready();
+  return HWY_DYNAMIC_DISPATCH(LnRowGradSumsT)(g, d, n, gamma, k);
 }
 
 namespace ref {
@@ -221,6 +265,17 @@ void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t*
     const int64_t w = (d[j] > 0) - (d[j] < 0);
     dx[j] = static_cast<int32_t>(shift_round_half_up(gg * a + w * b, t) + c);
   }
+}
+LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k) {
+  LnGradSums s;
+  for (std::size_t j = 0; j < n; ++j) {
+    const int64_t gg = gamma[j] * shift_round_half_up(g[j], k);
+    s.sum_g += gg;
+    s.sum_gd += gg * d[j];
+    s.sum_s += (d[j] > 0) - (d[j] < 0);
+    s.gmax = std::max(s.gmax, magnitude(gg));
+  }
+  return s;
 }
 }  // namespace ref
 }  // namespace qtrain::kernels

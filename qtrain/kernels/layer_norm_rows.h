@@ -12,6 +12,8 @@
 //                  |γ| ≤ 2^15 − 1 (|x̂·γ| < 2^31), y within int32 and |β| < 2^31. Shifts outside 0..62 run the reference.
 //   ln_row_dx:     G_j = γ_j·R_up(g_j, k), dx_j = R_up(G_j·a + sign(d_j)·b, t) + c       (the backward's output
 //                  stage, norm_stage.h: |G| < 2^30, |G·a| and |b| ≤ 2^60, 0 ≤ k ≤ 31, 0 ≤ t ≤ 62, dx within int32)
+//   ln_row_grad_sums: with G_j = γ_j·R_up(g_j, k): ΣG, ΣG·d, Σsign(d), max|G|    (|G| < 2^30, |G·d| < 2^45: exact
+//                  int64 sums for n ≤ 2^17)
 //
 // Each function picks the best Highway target compiled in (dispatch.h). Results are bit-identical on every target
 // to the scalar references (namespace ref), which are the specification.
@@ -21,6 +23,12 @@
 #include <cstdint>
 
 namespace qtrain::kernels {
+
+struct LnGradSums {
+  int64_t sum_g = 0, sum_gd = 0, sum_s = 0;
+  uint64_t gmax = 0;
+  bool operator==(const LnGradSums&) const = default;
+};
 
 struct LnRowStats {
   int64_t sum = 0;
@@ -35,6 +43,7 @@ void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const in
                    const int64_t* beta, int32_t* xh, int32_t* y);
 void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
                int t, int64_t c, int32_t* dx);
+LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k);
 
 namespace ref {
 LnRowStats ln_row_stats(const int32_t* x, std::size_t n);
@@ -43,6 +52,7 @@ void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const in
                    const int64_t* beta, int32_t* xh, int32_t* y);
 void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
                int t, int64_t c, int32_t* dx);
+LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

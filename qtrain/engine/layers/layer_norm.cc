@@ -9,6 +9,7 @@
 
 #include "qtrain/engine/layers/norm.h"
 #include "qtrain/engine/layers/norm_stage.h"
+#include "qtrain/kernels/eltwise.h"
 #include "qtrain/kernels/layer_norm_rows.h"
 #include "qtrain/kernels/norm.h"
 #include "qtrain/kernels/parallel.h"
@@ -217,18 +218,11 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
       for (std::size_t r = r0; r < r1; ++r) {
         const int32_t* gr_row = g + r * nf;
         const int16_t* d = saved->d.data() + r * nf;
-        uint64_t amax = 0;
-        for (std::size_t j = 0; j < nf; ++j) amax = std::max(amax, magnitude(gr_row[j]));
-        kd[r] = working_shift(amax);
-        int64_t sum_g = 0, sum_gd = 0, sum_s = 0;
-        uint64_t gmax_row = 0;
-        for (std::size_t j = 0; j < nf; ++j) {
-          const int64_t gg = saved->gq[j] * shift_round_half_up(gr_row[j], kd[r]);  // |G| < 2^30
-          sum_g += gg;
-          sum_gd += gg * d[j];  // |G·d| < 2^45, F ≤ 2^16 terms
-          sum_s += (d[j] > 0) - (d[j] < 0);
-          gmax_row = std::max(gmax_row, magnitude(gg));
-        }
+        kd[r] = working_shift(kernels::max_abs_i32(gr_row, nf, false));
+        // |G| < 2^30, |G·d| < 2^45, F ≤ 2^16 terms: exact int64 sums.
+        const kernels::LnGradSums gs = kernels::ln_row_grad_sums(gr_row, d, nf, saved->gq.data(), kd[r]);
+        const int64_t sum_g = gs.sum_g, sum_gd = gs.sum_gd, sum_s = gs.sum_s;
+        const uint64_t gmax_row = gs.gmax;
         const Fx rho = saved->rho[r];
         // A: dx per unit of G; G's unit is 2^(e_γ + e_dy + k_dy).
         Fx a_coef = fx_narrow(rho, 31);
