@@ -84,6 +84,18 @@ TEST_P(LayerNormRows, MatchTheReferences) {
     uint64_t amax = 0;
     for (int32_t v : row) amax = std::max<uint64_t>(amax, static_cast<uint64_t>(std::abs(int64_t{v})));
     const int kg = norm_stage::working_shift(amax);
+    {  // dγ/dβ sums: the row as g against its x̂, accumulated twice on top of nonzero sums
+      std::vector<int32_t> xh(n);
+      for (std::size_t j = 0; j < n; ++j) xh[j] = static_cast<int32_t>(rng_value(j + 3) % 65537) - 32768;
+      std::vector<int64_t> lo(n, 5), hi(n, -3), sd(n, 11), lo_r = lo, hi_r = hi, sd_r = sd;
+      for (int rep = 0; rep < 2; ++rep) {
+        ln_row_accumulate(row.data(), xh.data(), n, lo.data(), hi.data(), sd.data());
+        ref::ln_row_accumulate(row.data(), xh.data(), n, lo_r.data(), hi_r.data(), sd_r.data());
+      }
+      ASSERT_EQ(lo, lo_r) << "n " << n;
+      ASSERT_EQ(hi, hi_r) << "n " << n;
+      ASSERT_EQ(sd, sd_r) << "n " << n;
+    }
     ASSERT_EQ(ln_row_grad_sums(row.data(), d_ref.data(), n, gamma.data(), kg),
               ref::ln_row_grad_sums(row.data(), d_ref.data(), n, gamma.data(), kg))
         << "n " << n << " k " << kg;

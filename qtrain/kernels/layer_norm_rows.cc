@@ -170,6 +170,24 @@ LnGradSums LnRowGradSumsT(const int32_t* HWY_RESTRICT g, const int16_t* HWY_REST
   return r;
 }
 
+void LnRowAccumulateT(const int32_t* HWY_RESTRICT g, const int32_t* HWY_RESTRICT xh, std::size_t n,
+                      int64_t* HWY_RESTRICT lo, int64_t* HWY_RESTRICT hi, int64_t* HWY_RESTRICT sdy) {
+  const D64 d64;
+  const DU64 du;
+  const std::size_t lanes = hn::Lanes(d64);
+  const VU64 low_mask = hn::Set(du, 0xFFFFFFFFu);
+  const FloorShift high(32, 0);  // floor(p / 2^32)
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const V64 gv = LoadI32(g + i);
+    const VU64 p = hn::BitCast(du, MulI32(gv, LoadI32(xh + i)));
+    hn::StoreU(hn::Add(hn::LoadU(d64, lo + i), hn::BitCast(d64, hn::And(p, low_mask))), d64, lo + i);
+    hn::StoreU(hn::Add(hn::LoadU(d64, hi + i), high(p)), d64, hi + i);
+    hn::StoreU(hn::Add(hn::LoadU(d64, sdy + i), gv), d64, sdy + i);
+  }
+  ref::ln_row_accumulate(g + i, xh + i, n - i, lo + i, hi + i, sdy + i);
+}
+
 #else  // HWY_SCALAR: the references.
 
 LnRowStats LnRowStatsT(const int32_t* x, std::size_t n) { return ref::ln_row_stats(x, n); }
@@ -187,6 +205,9 @@ void LnRowDxT(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* 
 LnGradSums LnRowGradSumsT(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k) {
   return ref::ln_row_grad_sums(g, d, n, gamma, k);
 }
+void LnRowAccumulateT(const int32_t* g, const int32_t* xh, std::size_t n, int64_t* lo, int64_t* hi, int64_t* sdy) {
+  ref::ln_row_accumulate(g, xh, n, lo, hi, sdy);
+}
 
 #endif  // HWY_TARGET != HWY_SCALAR
 
@@ -200,6 +221,7 @@ HWY_EXPORT(LnRowCenterT);
 HWY_EXPORT(LnRowAffineT);
 HWY_EXPORT(LnRowDxT);
 HWY_EXPORT(LnRowGradSumsT);
+HWY_EXPORT(LnRowAccumulateT);
 
 namespace detail {
 void ensure_dispatch_ready();  // dispatch.cc: applies QTRAIN_KERNEL_TARGET once
@@ -229,6 +251,11 @@ void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t*
 LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k) {
   detail::ensure_dispatch_ready();
   return HWY_DYNAMIC_DISPATCH(LnRowGradSumsT)(g, d, n, gamma, k);
+}
+
+void ln_row_accumulate(const int32_t* g, const int32_t* xh, std::size_t n, int64_t* lo, int64_t* hi, int64_t* sdy) {
+  detail::ensure_dispatch_ready();
+  HWY_DYNAMIC_DISPATCH(LnRowAccumulateT)(g, xh, n, lo, hi, sdy);
 }
 
 namespace ref {
@@ -276,6 +303,14 @@ LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, c
     s.gmax = std::max(s.gmax, magnitude(gg));
   }
   return s;
+}
+void ln_row_accumulate(const int32_t* g, const int32_t* xh, std::size_t n, int64_t* lo, int64_t* hi, int64_t* sdy) {
+  for (std::size_t j = 0; j < n; ++j) {
+    const int64_t p = int64_t{g[j]} * xh[j];
+    lo[j] += p & 0xFFFFFFFF;
+    hi[j] += p >> 32;
+    sdy[j] += g[j];
+  }
 }
 }  // namespace ref
 }  // namespace qtrain::kernels

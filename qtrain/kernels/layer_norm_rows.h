@@ -14,6 +14,8 @@
 //                  stage, norm_stage.h: |G| < 2^30, |G·a| and |b| ≤ 2^60, 0 ≤ k ≤ 31, 0 ≤ t ≤ 62, dx within int32)
 //   ln_row_grad_sums: with G_j = γ_j·R_up(g_j, k): ΣG, ΣG·d, Σsign(d), max|G|    (|G| < 2^30, |G·d| < 2^45: exact
 //                  int64 sums for n ≤ 2^17)
+//   ln_row_accumulate: per feature j, p = g_j·x̂_j (|p| ≤ 2^46): lo_j += p mod 2^32, hi_j += floor(p / 2^32),
+//                  sdy_j += g_j — the exact wide sums of dγ and dβ over rows (lo and hi each < rows·2^32)
 //
 // Each function picks the best Highway target compiled in (dispatch.h). Results are bit-identical on every target
 // to the scalar references (namespace ref), which are the specification.
@@ -44,6 +46,7 @@ void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const in
 void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
                int t, int64_t c, int32_t* dx);
 LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k);
+void ln_row_accumulate(const int32_t* g, const int32_t* xh, std::size_t n, int64_t* lo, int64_t* hi, int64_t* sdy);
 
 namespace ref {
 LnRowStats ln_row_stats(const int32_t* x, std::size_t n);
@@ -53,6 +56,7 @@ void ln_row_affine(const int16_t* d, std::size_t n, int64_t rho, int s, const in
 void ln_row_dx(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k, int64_t a, int64_t b,
                int t, int64_t c, int32_t* dx);
 LnGradSums ln_row_grad_sums(const int32_t* g, const int16_t* d, std::size_t n, const int32_t* gamma, int k);
+void ln_row_accumulate(const int32_t* g, const int32_t* xh, std::size_t n, int64_t* lo, int64_t* hi, int64_t* sdy);
 }  // namespace ref
 
 }  // namespace qtrain::kernels

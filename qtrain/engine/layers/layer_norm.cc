@@ -189,9 +189,8 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
 
     // One pass over the rows: per feature dγ_j = Σ_r dy·x̂, dβ_j = Σ_r dy (per-task partials, merged exactly: the
     // WideSums part by part as one accumulation adds them); per row (input gradient) the stage's terms.
-    std::vector<kernels::WideSum> dot(nf);
-    std::vector<int64_t> sdy(nf, 0);
-    kernels::TilePartials<kernels::WideSum> pdot(dot.data(), split, nf);
+    std::vector<int64_t> dot_lo(nf, 0), dot_hi(nf, 0), sdy(nf, 0);  // dγ as WideSum halves, dβ
+    kernels::TilePartials<int64_t> plo(dot_lo.data(), split, nf), phi(dot_hi.data(), split, nf);
     kernels::TilePartials<int64_t> psdy(sdy.data(), split, nf);
     std::vector<Term> ta(need_dx ? n : 0), tb(need_dx ? n : 0);
     std::vector<Fx> bias(need_dx ? n : 0);
@@ -201,18 +200,14 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
     const double stats_bytes =
         static_cast<double>(n * nf * (2 * sizeof(int32_t) + (need_dx ? sizeof(int32_t) + sizeof(int16_t) : 0)));
     split.run(kernels::kNsPerByte * stats_bytes, [&](std::size_t i, std::size_t r0, std::size_t r1) {
-      kernels::WideSum* dt = pdot.at(i);
+      int64_t* lo = plo.at(i);
+      int64_t* hi = phi.at(i);
       int64_t* sd = psdy.at(i);
-      std::fill(dt, dt + nf, kernels::WideSum{});
+      std::fill(lo, lo + nf, 0);
+      std::fill(hi, hi + nf, 0);
       std::fill(sd, sd + nf, 0);
-      for (std::size_t r = r0; r < r1; ++r)
-        for (std::size_t j = 0; j < nf; ++j) {
-          const std::size_t e = r * nf + j;
-          const int64_t p = int64_t{g[e]} * saved->xh[e];  // |p| ≤ 2^46
-          dt[j].lo += p & 0xFFFFFFFF;
-          dt[j].hi += p >> 32;
-          sd[j] += g[e];
-        }
+      for (std::size_t r = r0; r < r1; ++r)  // |g·x̂| ≤ 2^46
+        kernels::ln_row_accumulate(g + r * nf, saved->xh.data() + r * nf, nf, lo, hi, sd);
       if (!need_dx) return;
       int e_dx = kNoConstraint;
       for (std::size_t r = r0; r < r1; ++r) {
@@ -237,11 +232,15 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
       }
       e_dx_part[i] = e_dx;
     });
-    pdot.merge(add_wide);
+    plo.merge(add_to);
+    phi.merge(add_to);
     psdy.merge(add_to);
     std::vector<Fx> dgamma(nf), dbeta(nf);
     for (std::size_t j = 0; j < nf; ++j) {
-      const Fx v = fx_of_wide(dot[j]);
+      kernels::WideSum w;
+      w.hi = dot_hi[j];
+      w.lo = dot_lo[j];
+      const Fx v = fx_of_wide(w);
       dgamma[j] = {v.m, v.e + e_dy + saved->e_xh};
       dbeta[j] = {sdy[j], e_dy};
     }
