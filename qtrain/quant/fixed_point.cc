@@ -20,6 +20,30 @@ Fx fx_div(Fx a, Fx b) {
   return {negative ? -q : q, num.e - den.e};
 }
 
+namespace {
+__extension__ using U128 = unsigned __int128;  // GCC/Clang extension: the reciprocal's 64×35-bit product
+}  // namespace
+
+FxDivisor::FxDivisor(Fx b) : b_(b) {
+  if (b.m == 0) throw std::logic_error("normalization: division by zero");
+  den_ = fx_normalize({static_cast<int64_t>(magnitude(b.m)), b.e}, 31);
+  // b.m = INT64_MIN (outside the |m| < 2^62 contract) leaves a negative mantissa: r_ = 0 sends every a to fx_div.
+  if (den_.m > 0) r_ = static_cast<uint64_t>((U128{1} << 64) / static_cast<uint64_t>(den_.m));
+}
+
+Fx FxDivisor::operator()(Fx a) const {
+  if (a.m == 0) return Fx{};
+  const Fx num = fx_normalize({static_cast<int64_t>(magnitude(a.m)), a.e}, 62);
+  if (num.m < 0 || r_ == 0) return fx_div(a, b_);  // a.m or b.m = INT64_MIN: fx_div's own path
+  const bool negative = (a.m < 0) != (b_.m < 0);
+  const auto d = static_cast<uint64_t>(den_.m);
+  const uint64_t x = static_cast<uint64_t>(num.m) + d / 2;  // < 2^62 + 2^30
+  auto q = static_cast<uint64_t>((U128{x} * r_) >> 64);
+  if (x - q * d >= d) ++q;
+  const auto qi = static_cast<int64_t>(q);
+  return {negative ? -qi : qi, num.e - den_.e};
+}
+
 // floor(sqrt(n)), bit by bit.
 uint64_t isqrt(uint64_t n) {
   uint64_t r = 0;

@@ -62,6 +62,19 @@ inline Fx fx_add(Fx a, Fx b) {
 inline Fx fx_sub(Fx a, Fx b) { return fx_add(a, fx_neg(b)); }
 // a / b for b ≠ 0: one integer division of a 62-bit numerator by a 31-bit denominator (a 31–32-bit quotient).
 Fx fx_div(Fx a, Fx b);
+// fx_div(a, b) for one b and many a, exactly: the quotient of the 62-bit numerator by b's 31-bit mantissa D from
+// a precomputed reciprocal R = floor(2^64 / D) (D ≥ 2^30: R < 2^35) instead of a division. For x < 2^63,
+// q' = floor(x·R / 2^64) satisfies q − 1 ≤ q' ≤ q (x·R/2^64 > x/D − x/2^64 > x/D − 1), and one comparison of the
+// remainder with D corrects it. The layer norm divides every row's sums by its one feature count.
+class FxDivisor {
+ public:
+  explicit FxDivisor(Fx b);
+  Fx operator()(Fx a) const;
+
+ private:
+  Fx b_, den_;      // b and its mantissa at 31 bits
+  uint64_t r_ = 0;  // floor(2^64 / den_.m); 0: fx_div itself
+};
 // floor(sqrt(n)), bit by bit.
 uint64_t isqrt(uint64_t n);
 // sqrt(a) for a ≥ 0, rounded to nearest: the mantissa is brought to 61–62 bits with an even exponent.
