@@ -1,5 +1,5 @@
-// Integer L1 batch norm against integer L2 batch norm (qtrain/engine/layers/norm.h) at ResNet shapes, single thread: the
-// comparison the paper makes ("L1 ≥ 1.35× the throughput of L2 on CPU"). Both layers share every pass but the
+// Integer L1 batch norm against integer L2 batch norm (qtrain/engine/layers/norm.h) at ResNet shapes, single thread:
+// the comparison the paper makes ("L1 ≥ 1.35× the throughput of L2 on CPU"). Both layers share every pass but the
 // statistic (L1: Σ|d| and Σsign(d) by abs/clamp and adds; L2: Σd² by one vpmaddwd per row pair, a split at bit 15
 // and two adds) and the backward's per-element term (sign(d)·b by selects vs d·b by a multiply), and both run the
 // same Highway kernels (qtrain/kernels/norm.h).
@@ -14,6 +14,11 @@
 // "wide" inputs span 2^20 (8-bit convolution accumulators: working shift k > 0); "narrow" ones 2^12 (4-bit: k = 0,
 // no shifts). Counters: elements/s = rows·C per second. After the runs, a table gives L1/L2 throughput ratios of the
 // fastest repetitions' CPU times (run with e.g. --benchmark_repetitions=5).
+//
+// The L1 layer norm (ln/…) at the ViT's shapes, 64 features per token: 64 images × 16 tokens = 1024 rows, and 4096
+// rows. fwd = the training forward, bwd = the backward (dx, dγ, dβ); each at the active kernel target ("simd") and
+// with the SCALAR target forced ("scalar": every row pass runs its scalar reference, layer_norm_rows.h), and a second
+// table gives scalar/SIMD time ratios. Only the layer norm: --benchmark_filter=ln/
 #include <benchmark/benchmark.h>
 #include <malloc.h>
 #include <unistd.h>
@@ -138,6 +143,74 @@ void run(benchmark::State& state, NormKind kind, Mode mode, const Shape& shape, 
       benchmark::Counter(static_cast<double>(rows * cols), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// ---- L1 layer norm ----------------------------------------------------------------------------------------------
+
+const std::size_t kLnRows[] = {1024, 4096};
+constexpr std::size_t kLnFeatures = 64;
+
+// The residual stream a ViT block's norm reads: one exponent, per-token offsets, ~20-bit spread.
+Tensor make_tokens(std::size_t rows, std::size_t cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist(0, 1 << 18);
+  Tensor x(rows, cols, DType::kI32, -16);
+  int32_t* p = x.data<int32_t>();
+  for (std::size_t r = 0; r < rows; ++r) {
+    const double offset = static_cast<double>(static_cast<int64_t>(rng() % (1 << 20)) - (1 << 19));
+    for (std::size_t c = 0; c < cols; ++c) p[r * cols + c] = static_cast<int32_t>(std::lround(offset + dist(rng)));
+  }
+  return x;
+}
+
+// Forces the SCALAR target for the case's lifetime when asked; restores the target that was active (the best one,
+// or QTRAIN_KERNEL_TARGET's).
+class ScopedTarget {
+ public:
+  explicit ScopedTarget(bool scalar) : saved_(qtrain::kernels::active_target().name) {
+    if (scalar && !qtrain::kernels::force_target("SCALAR")) std::fprintf(stderr, "no SCALAR target compiled in\n");
+  }
+  ~ScopedTarget() { qtrain::kernels::force_target(saved_); }
+  ScopedTarget(const ScopedTarget&) = delete;
+  ScopedTarget& operator=(const ScopedTarget&) = delete;
+
+ private:
+  std::string saved_;
+};
+
+void run_layer_norm(benchmark::State& state, bool forward_only, std::size_t rows, bool scalar) {
+  const ScopedTarget target(scalar);
+  qtrain::L1LayerNorm layer(kLnFeatures, 1);
+  auto x = std::make_shared<qtrain::Var>();
+  x->value = make_tokens(rows, kLnFeatures, 1);
+  x->requires_grad = true;
+  Tensor dy = make_grad(rows, kLnFeatures, 2);
+  uint64_t step = 0;
+  for (auto _ : state) {
+    if (!forward_only) state.PauseTiming();
+    qtrain::Tape tape;
+    x->grad = Tensor();
+    x->has_grad = false;
+    qtrain::VarPtr y = layer.forward({nullptr, &tape, 0, step++}, x);
+    if (forward_only) {
+      benchmark::DoNotOptimize(y->value.data<int32_t>());
+      tape.clear();
+      continue;
+    }
+    state.ResumeTiming();
+    y->grad = std::move(dy);  // no copy: handed back after the backward
+    y->has_grad = true;
+    tape.backward();
+    dy = std::move(y->grad);
+    benchmark::DoNotOptimize(x->grad.data<int32_t>());
+  }
+  state.counters["elements"] =
+      benchmark::Counter(static_cast<double>(rows * kLnFeatures), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+std::string ln_case_name(bool forward_only, std::size_t rows, bool scalar) {
+  return std::string("ln/") + (forward_only ? "fwd/" : "bwd/") + std::to_string(rows) + "x" +
+         std::to_string(kLnFeatures) + (scalar ? "/scalar" : "/simd");
+}
+
 // Remembers each repetition's CPU time per iteration so main can print L1/L2 ratios of the fastest repetitions (CPU
 // time, and the minimum: on a shared machine the least-disturbed run is the best estimate of the work itself).
 class RatioReporter : public benchmark::ConsoleReporter {
@@ -195,6 +268,12 @@ int main(int argc, char** argv) {
           benchmark::RegisterBenchmark(case_name(mode, kind, s, bits).c_str(), [=](benchmark::State& st) {
             run(st, kind, mode, s, bits);
           })->Unit(benchmark::kMicrosecond);
+  for (bool fwd : {true, false})
+    for (std::size_t rows : kLnRows)
+      for (bool scalar : {false, true})
+        benchmark::RegisterBenchmark(ln_case_name(fwd, rows, scalar).c_str(), [=](benchmark::State& st) {
+          run_layer_norm(st, fwd, rows, scalar);
+        })->Unit(benchmark::kMicrosecond);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   std::printf("kernel target: %s, single thread\n", qtrain::kernels::active_target().name.c_str());
@@ -214,6 +293,18 @@ int main(int argc, char** argv) {
         std::printf("%-6s %-7s %-18s %7.3f %11.1f %11.1f\n", mode_name(mode), bits > 16 ? "wide" : "narrow", s.label,
                     t2 / t1, elems / t1, elems / t2);
       }
+  std::printf(
+      "\nL1 layer norm: speed-up = fastest CPU time with the SCALAR target / with %s\n%-5s %-9s %8s %10s %10s\n",
+      qtrain::kernels::active_target().name.c_str(), "pass", "shape", "speed-up", "simd ns/el", "scalar ns/el");
+  for (bool fwd : {true, false})
+    for (std::size_t rows : kLnRows) {
+      const double ts = reporter.fastest(ln_case_name(fwd, rows, false));
+      const double tr = reporter.fastest(ln_case_name(fwd, rows, true));
+      if (ts <= 0 || tr <= 0) continue;
+      const double el = static_cast<double>(rows * kLnFeatures) / 1000;  // times are in µs
+      std::printf("%-5s %-9s %8.2f %10.2f %10.2f\n", fwd ? "fwd" : "bwd",
+                  (std::to_string(rows) + "x" + std::to_string(kLnFeatures)).c_str(), tr / ts, ts / el, tr / el);
+    }
   benchmark::Shutdown();
   return 0;
 }

@@ -1,6 +1,5 @@
 #include "qtrain/quant/fixed_point.h"
 
-#include <algorithm>
 #include <stdexcept>
 
 #include "qtrain/kernels/rounding.h"
@@ -9,55 +8,6 @@
 namespace qtrain::quant {
 
 using kernels::magnitude;
-
-int fx_bits(const Fx& a) { return bit_length(magnitude(a.m)); }
-// |a| < 2^fx_top(a).
-int fx_top(const Fx& a) { return a.e + fx_bits(a); }
-
-// At most b significant bits; never shifts left.
-Fx fx_narrow(Fx a, int b) {
-  const int s = fx_bits(a) - b;
-  if (s <= 0) return a;
-  a.m = shift_round_even(a.m, s);
-  a.e += s;
-  if (fx_bits(a) > b) {  // the rounding carried into bit b: m = ±2^b, halving it is exact
-    a.m /= 2;
-    ++a.e;
-  }
-  return a;
-}
-
-// Exactly b significant bits (0 stays 0).
-Fx fx_normalize(Fx a, int b) {
-  if (a.m == 0) return Fx{};
-  a = fx_narrow(a, b);
-  const int s = b - fx_bits(a);
-  a.m *= int64_t{1} << s;
-  a.e -= s;
-  return a;
-}
-
-Fx fx_neg(Fx a) {
-  a.m = -a.m;
-  return a;
-}
-
-Fx fx_mul(Fx a, Fx b) {
-  a = fx_narrow(a, 31);
-  b = fx_narrow(b, 31);
-  return {a.m * b.m, a.e + b.e};
-}
-
-Fx fx_add(Fx a, Fx b) {
-  if (a.m == 0) return b;
-  if (b.m == 0) return a;
-  a = fx_normalize(a, 61);
-  b = fx_normalize(b, 61);
-  const int e = std::max(a.e, b.e);
-  return {shift_round_even(a.m, e - a.e) + shift_round_even(b.m, e - b.e), e};
-}
-
-Fx fx_sub(Fx a, Fx b) { return fx_add(a, fx_neg(b)); }
 
 // a / b for b ≠ 0: one integer division of a 62-bit numerator by a 31-bit denominator (a 31–32-bit quotient).
 Fx fx_div(Fx a, Fx b) {
@@ -68,6 +18,30 @@ Fx fx_div(Fx a, Fx b) {
   const Fx den = fx_normalize({static_cast<int64_t>(magnitude(b.m)), b.e}, 31);
   const int64_t q = (num.m + den.m / 2) / den.m;
   return {negative ? -q : q, num.e - den.e};
+}
+
+namespace {
+__extension__ using U128 = unsigned __int128;  // GCC/Clang extension: the reciprocal's 64×35-bit product
+}  // namespace
+
+FxDivisor::FxDivisor(Fx b) : b_(b) {
+  if (b.m == 0) throw std::logic_error("normalization: division by zero");
+  den_ = fx_normalize({static_cast<int64_t>(magnitude(b.m)), b.e}, 31);
+  // b.m = INT64_MIN (outside the |m| < 2^62 contract) leaves a negative mantissa: r_ = 0 sends every a to fx_div.
+  if (den_.m > 0) r_ = static_cast<uint64_t>((U128{1} << 64) / static_cast<uint64_t>(den_.m));
+}
+
+Fx FxDivisor::operator()(Fx a) const {
+  if (a.m == 0) return Fx{};
+  const Fx num = fx_normalize({static_cast<int64_t>(magnitude(a.m)), a.e}, 62);
+  if (num.m < 0 || r_ == 0) return fx_div(a, b_);  // a.m or b.m = INT64_MIN: fx_div's own path
+  const bool negative = (a.m < 0) != (b_.m < 0);
+  const auto d = static_cast<uint64_t>(den_.m);
+  const uint64_t x = static_cast<uint64_t>(num.m) + d / 2;  // < 2^62 + 2^30
+  auto q = static_cast<uint64_t>((U128{x} * r_) >> 64);
+  if (x - q * d >= d) ++q;
+  const auto qi = static_cast<int64_t>(q);
+  return {negative ? -qi : qi, num.e - den_.e};
 }
 
 // floor(sqrt(n)), bit by bit.
@@ -94,9 +68,6 @@ Fx fx_sqrt(Fx a) {
   if (v - r * r > r) ++r;
   return {static_cast<int64_t>(r), n.e / 2};
 }
-
-// round(a / 2^e) to nearest even, saturated at ±2^62.
-int64_t fx_to_int(const Fx& a, int e) { return shift_round_even_sat(a.m, e - a.e); }
 
 // A control-plane constant as a dyadic number (30-bit mantissa).
 Fx fx_const(double x) {

@@ -106,7 +106,7 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
   const std::size_t n = src->rows(), nf = features_;
   const int32_t* xp = src->data<int32_t>();
   const Fx eps = fx_const(opt_.eps);
-  const Fx f_fx{static_cast<int64_t>(nf), 0};
+  const quant::FxDivisor per_feature(Fx{static_cast<int64_t>(nf), 0});  // x/F, exactly fx_div(x, F)
   // Rows are independent groups: every pass over them is split in runs of rows. Per element, the statistics pass
   // reads x twice and writes d; the output pass reads d and writes x̂ and y.
   const kernels::PassSplit split(ctx.pool, n);
@@ -131,7 +131,7 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
       const int64_t t = kernels::ln_row_center(row, nf, k, static_cast<int32_t>(mu), saved->d.data() + r * nf);
       const int unit = src->exponent_at(r, 0) + k;
       saved->unit[r] = unit;
-      saved->rho[r] = fx_div({1, 0}, fx_add(fx_mul(kC, fx_div({t, 0}, f_fx)), {eps.m, eps.e - unit}));
+      saved->rho[r] = fx_div({1, 0}, fx_add(fx_mul(kC, per_feature({t, 0})), {eps.m, eps.e - unit}));
       saved->dmax[r] =
           static_cast<uint64_t>(std::max(shift_round_half_up(hi, k) - mu, mu - shift_round_half_up(lo, k)));
       const Fx xmax = fx_mul(saved->rho[r], {static_cast<int64_t>(saved->dmax[r]), 0});
@@ -178,13 +178,12 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
   });
   if (!ctx.training()) return out;
 
-  ctx.tape->record([this, x, out, saved, n, nf, split] {
+  ctx.tape->record([this, x, out, saved, n, nf, split, per_feature] {
     if (!out->has_grad) return;
     const Tensor& dy = out->grad;
     if (dy.axis() != ScaleAxis::kTensor) throw std::logic_error(name() + ": gradient with several exponents");
     const int e_dy = dy.exponent();
     const int32_t* g = dy.data<int32_t>();
-    const Fx count{static_cast<int64_t>(nf), 0};
     const bool need_dx = x->requires_grad;
 
     // One pass over the rows: per feature dγ_j = Σ_r dy·x̂, dβ_j = Σ_r dy (per-task partials, merged exactly: the
@@ -222,9 +221,9 @@ VarPtr L1LayerNorm::forward(const StepContext& ctx, const VarPtr& x) {
         // A: dx per unit of G; G's unit is 2^(e_γ + e_dy + k_dy).
         Fx a_coef = fx_narrow(rho, 31);
         a_coef.e += saved->e_gq + e_dy + kd[r] - saved->unit[r];
-        const Fx mean_g = fx_div({sum_g, 0}, count);
-        const Fx mean_gx = fx_mul(kC, fx_div(fx_mul(rho, {sum_gd, 0}), count));  // c·mean(G·x̂), units of G
-        const Fx mean_s = fx_div({sum_s, 0}, count);
+        const Fx mean_g = per_feature({sum_g, 0});
+        const Fx mean_gx = fx_mul(kC, per_feature(fx_mul(rho, {sum_gd, 0})));  // c·mean(G·x̂), units of G
+        const Fx mean_s = per_feature({sum_s, 0});
         ta[r] = {a_coef, gmax_row};
         tb[r] = {fx_neg(fx_mul(a_coef, mean_gx)), saved->dmax[r] > 0 ? 1u : 0u};
         bias[r] = fx_neg(fx_mul(a_coef, fx_sub(mean_g, fx_mul(mean_gx, mean_s))));
